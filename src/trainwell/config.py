@@ -1,0 +1,443 @@
+"""Typed configuration, resolved once: defaults < preset < YAML file < ``key=value`` overrides.
+
+The dotted key names (``optim.lr``, ``model.width`` …) are the public contract. Unknown keys and
+values of the wrong type are rejected with one line naming the closest valid key.
+
+Example::
+
+    cfg = resolve(["preset=mnist1d", "optim.lr=0.05", "model.channels=32,64"])
+    cfg.optim.lr  # 0.05
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Union
+
+import yaml
+
+from trainwell.errors import ConfigError, closest, unknown_name_message
+
+
+@dataclass
+class DataConfig:
+    name: str = "digits"
+    """Data source (``trainwell list data``)."""
+    path: str | None = None
+    """File or folder for file-based sources (idx, cifar, folder, npz, csv)."""
+    val_fraction: float = 0.1
+    """Fraction of the training split held out for validation."""
+    test_fraction: float = 0.2
+    """Fraction held out for test when the source has no test split of its own."""
+    split_seed: int = 0
+    """Seed of the train/val/test split; fixed apart from train.seed so runs over seeds share a test set."""
+    preprocess: str = "standardize"
+    """Preprocessing fitted on the training split (``trainwell list preprocess``)."""
+    limit: int = 0
+    """Keep at most this many training examples (0 = all); for quick experiments and small-data regimes."""
+    label_column: str = "label"
+    """csv: the label column's name, or its 0-based index."""
+    image_size: list[int] = field(default_factory=list)
+    """folder/predict: resize images to [H, W] (empty = size of the first image)."""
+    grayscale: bool = False
+    """folder: convert images to one channel."""
+
+
+@dataclass
+class ModelConfig:
+    name: str = "mlp"
+    """Architecture (``trainwell list model``)."""
+    depth: int = 2
+    """mlp: hidden layers; resnet: residual blocks per stage."""
+    width: int = 256
+    """mlp: units per hidden layer; resnet: channels of the first stage."""
+    channels: list[int] = field(default_factory=lambda: [32, 64])
+    """cnn: output channels of each conv block."""
+    kernel_size: int = 3
+    """cnn: convolution kernel size."""
+    activation: str = "relu"
+    """Nonlinearity after each hidden layer (``trainwell list activation``)."""
+    norm: str = "none"
+    """Normalisation after each hidden linear/conv layer: none, batch, layer, group."""
+    dropout: float = 0.0
+    """Dropout probability before each hidden layer's output (0 = off)."""
+
+
+@dataclass
+class InitConfig:
+    scheme: str = "kaiming_normal"
+    """Weight initialisation (``trainwell list init``); 'default' keeps PyTorch's."""
+    std: float = 0.01
+    """Standard deviation for scheme=normal."""
+    mode: str = "fan_in"
+    """kaiming: fan_in preserves forward variance, fan_out backward variance."""
+    gain: float = 1.0
+    """orthogonal: multiplicative gain."""
+
+
+@dataclass
+class RegConfig:
+    l1: float = 0.0
+    """L1 penalty coefficient: loss += l1 * sum|w| (weights only)."""
+    l2: float = 0.0
+    """L2 penalty coefficient: loss += l2/2 * sum w^2 (weights only)."""
+
+
+@dataclass
+class OptimConfig:
+    name: str = "sgd"
+    """Optimiser (``trainwell list optim``)."""
+    lr: float = 0.05
+    """Peak learning rate."""
+    momentum: float = 0.9
+    """sgd: momentum."""
+    nesterov: bool = True
+    """sgd: Nesterov momentum."""
+    weight_decay: float = 5e-4
+    """Decoupled (adamw) or coupled (sgd, adam) weight decay on weights, never biases or norms."""
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    """adam/adamw: moment decay rates."""
+    eps: float = 1e-8
+    """adam/adamw: denominator epsilon."""
+
+
+@dataclass
+class SchedConfig:
+    name: str = "cosine"
+    """Learning-rate schedule (``trainwell list sched``)."""
+    warmup_epochs: float = 0.0
+    """Linear warmup from ~0 to optim.lr over this many epochs."""
+    step_epochs: int = 10
+    """step: decay every this many epochs."""
+    gamma: float = 0.1
+    """step: decay factor."""
+    min_lr: float = 0.0
+    """cosine: final learning rate."""
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 30
+    batch_size: int = 64
+    seed: int = 0
+    """Fixes every random draw (init, shuffling, augmentation, dropout); CPU runs repeat bit for bit."""
+    device: str = "auto"
+    """auto (cuda when available), cpu or cuda[:N]."""
+    grad_clip: float = 0.0
+    """Clip the global gradient norm to this value (0 = off)."""
+    eval_batch_size: int = 1024
+    progress: bool = True
+    """Show a progress bar."""
+    tensorboard: bool = False
+    """Also write TensorBoard events to RUN_DIR/tensorboard (needs the 'tensorboard' extra)."""
+
+
+@dataclass
+class MixConfig:
+    mixup_alpha: float = 0.0
+    """Mixup: lambda ~ Beta(alpha, alpha) (Zhang et al. 2018); 0 = off."""
+    cutmix_alpha: float = 0.0
+    """CutMix: lambda ~ Beta(alpha, alpha) (Yun et al. 2019); 0 = off."""
+    prob: float = 1.0
+    """Probability that a batch is mixed."""
+    switch_prob: float = 0.5
+    """When both are on: probability of cutmix rather than mixup."""
+
+
+@dataclass
+class LossConfig:
+    label_smoothing: float = 0.0
+    """Cross-entropy label smoothing (Szegedy et al. 2016)."""
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    init: InitConfig = field(default_factory=InitConfig)
+    reg: RegConfig = field(default_factory=RegConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    sched: SchedConfig = field(default_factory=SchedConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    augment: list[Any] = field(default_factory=list)
+    """Augmentation ops: names (defaults) or {name: args} mappings (``trainwell list augment``)."""
+    mix: MixConfig = field(default_factory=MixConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    preset: str | None = None
+    """The preset the config started from (recorded, not applied twice)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+#: Renamed keys keep working: old dotted name -> new dotted name.
+ALIASES: dict[str, str] = {
+    "optim.wd": "optim.weight_decay",
+    "train.lr": "optim.lr",
+}
+
+# ----------------------------------------------------------------------------- key table
+
+
+def _field_docs(cls: type) -> dict[str, str]:
+    """Attribute docstrings (the string literal after each field) of a dataclass, by field name."""
+    import ast
+    import inspect
+
+    docs: dict[str, str] = {}
+    try:
+        tree = ast.parse(inspect.getsource(cls))
+    except (OSError, TypeError):  # pragma: no cover - source unavailable (frozen app)
+        return docs
+    body = tree.body[0].body  # type: ignore[attr-defined]
+    for stmt, nxt in zip(body, body[1:]):
+        if isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name):
+            if isinstance(nxt, ast.Expr) and isinstance(getattr(nxt, "value", None), ast.Constant):
+                docs[stmt.target.id] = str(nxt.value.value).strip()
+    return docs
+
+
+def _leaf_types(cls: type = Config, prefix: str = "") -> dict[str, Any]:
+    """Every dotted leaf key of the config with its type annotation."""
+    out: dict[str, Any] = {}
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        hint = hints[f.name]
+        key = prefix + f.name
+        if dataclasses.is_dataclass(hint):
+            out.update(_leaf_types(hint, key + "."))
+        else:
+            out[key] = hint
+    return out
+
+
+LEAF_TYPES: dict[str, Any] = _leaf_types()
+SECTIONS = {k.split(".")[0] for k in LEAF_TYPES if "." in k}
+
+
+def key_table() -> list[tuple[str, str, Any, str]]:
+    """(key, type, default, doc) for every config key, in declaration order (for docs and --help)."""
+    defaults = flatten(Config().to_dict())
+    rows = []
+    for cls, prefix in [(Config, "")] + [
+        (typing.get_type_hints(Config)[s], s + ".") for s in [f.name for f in dataclasses.fields(Config)]
+        if dataclasses.is_dataclass(typing.get_type_hints(Config)[s])
+    ]:
+        docs = _field_docs(cls)
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            if dataclasses.is_dataclass(hints[f.name]):
+                continue
+            key = prefix + f.name
+            rows.append((key, _type_name(hints[f.name]), defaults[key], docs.get(f.name, "")))
+    return rows
+
+
+def _type_name(hint: Any) -> str:
+    return getattr(hint, "__name__", None) if not typing.get_args(hint) else str(hint).replace("typing.", "")
+
+
+# ----------------------------------------------------------------------------- coercion
+
+
+def _is_optional(hint: Any) -> tuple[bool, Any]:
+    origin = typing.get_origin(hint)
+    if origin in (Union, types.UnionType):
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        if len(args) == 1 and len(typing.get_args(hint)) == 2:
+            return True, args[0]
+    return False, hint
+
+
+def _coerce(key: str, value: Any, hint: Any) -> Any:
+    """Convert ``value`` to the type ``hint`` or raise a ConfigError naming the key."""
+    optional, inner = _is_optional(hint)
+    if value is None or (isinstance(value, str) and value.lower() in ("null", "none") and optional):
+        if optional:
+            return None
+        raise ConfigError(f"config key '{key}' cannot be empty; give a {_type_name(inner)}.")
+    hint = inner
+    origin = typing.get_origin(hint)
+
+    def bad(expected: str) -> ConfigError:
+        return ConfigError(f"config key '{key}' expects {expected}, got {value!r}.")
+
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "yes", "on", "1", "false", "no", "off", "0"):
+            return value.lower() in ("true", "yes", "on", "1")
+        raise bad("true or false")
+    if hint is int:
+        if isinstance(value, bool):
+            raise bad("an integer")
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str):
+            try:
+                return int(value)
+            except ValueError:
+                pass
+        raise bad("an integer")
+    if hint is float:
+        if isinstance(value, bool):
+            raise bad("a number")
+        if isinstance(value, (int, float)):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise bad("a number")
+    if hint is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise bad("a string")
+    if origin is list:
+        (item,) = typing.get_args(hint) or (Any,)
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()] if value.strip() else []
+        elif not isinstance(value, (list, tuple)):
+            value = [value]
+        if item is Any:
+            return list(value)
+        return [_coerce(f"{key}[{i}]", v, item) for i, v in enumerate(value)]
+    if hint is Any:
+        return value
+    raise bad(_type_name(hint))  # pragma: no cover - a field type we do not handle
+
+
+# ----------------------------------------------------------------------------- merging
+
+
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"optim": {"lr": 1}}`` -> ``{"optim.lr": 1}`` (lists and non-section dicts stay leaves)."""
+    out: dict[str, Any] = {}
+    for k, v in tree.items():
+        key = prefix + str(k)
+        if isinstance(v, dict) and key in SECTIONS:
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def _check_key(key: str, where: str) -> str:
+    key = ALIASES.get(key, key)
+    if key in LEAF_TYPES:
+        return key
+    if key in SECTIONS:
+        raise ConfigError(f"{where}: '{key}' is a section; set one of its keys, e.g. '{key}.{_first_key(key)}=...'.")
+    guess = closest(key, LEAF_TYPES)
+    hint = f" Did you mean '{guess}'?" if guess else ""
+    raise ConfigError(f"{where}: unknown config key '{key}'.{hint} List them with 'trainwell train --print-keys'.")
+
+
+def _first_key(section: str) -> str:
+    return next(k for k in LEAF_TYPES if k.startswith(section + ".")).split(".", 1)[1]
+
+
+def _apply(flat: dict[str, Any], updates: dict[str, Any], where: str) -> None:
+    for key, value in updates.items():
+        key = _check_key(key, where)
+        flat[key] = _coerce(key, value, LEAF_TYPES[key])
+
+
+def _build(cls: type, flat: dict[str, Any], prefix: str = "") -> Any:
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        hint = hints[f.name]
+        key = prefix + f.name
+        kwargs[f.name] = _build(hint, flat, key + ".") if dataclasses.is_dataclass(hint) else flat[key]
+    return cls(**kwargs)
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``"optim.lr=0.1"`` -> ``("optim.lr", 0.1)``; values are parsed as YAML scalars/lists."""
+    if "=" not in text:
+        raise ConfigError(f"override '{text}' is not of the form key=value (e.g. optim.lr=0.1).")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key, value
+
+
+def preset_names() -> list[str]:
+    folder = resources.files("trainwell") / "presets"
+    return sorted(p.name[: -len(".yaml")] for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
+def load_preset(name: str) -> dict[str, Any]:
+    if name not in preset_names():
+        raise ConfigError(unknown_name_message("preset", name, preset_names()))
+    text = (resources.files("trainwell") / "presets" / f"{name}.yaml").read_text()
+    return yaml.safe_load(text) or {}
+
+
+def load_yaml_file(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file '{path}' does not exist; check the path given to -c/--config.")
+    try:
+        tree = yaml.safe_load(path.read_text())
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        line = getattr(getattr(exc, "problem_mark", None), "line", None)
+        at = f" at line {line + 1}" if line is not None else ""
+        raise ConfigError(f"config file '{path}' is not valid YAML{at}; fix the syntax.") from None
+    if tree is None:
+        return {}
+    if not isinstance(tree, dict):
+        raise ConfigError(f"config file '{path}' must hold a mapping of sections (data:, model:, ...).")
+    return tree
+
+
+def resolve(
+    overrides: list[str] | dict[str, Any] | None = None,
+    config_file: str | Path | None = None,
+    base: Config | dict[str, Any] | None = None,
+) -> Config:
+    """Resolve a typed Config: defaults (or ``base``) < preset < file < overrides.
+
+    ``overrides`` is a list of ``key=value`` strings (CLI) or a mapping of dotted keys (API).
+    A ``preset`` key, in the file or the overrides, is applied first.
+    """
+    if isinstance(base, Config):
+        base = base.to_dict()
+    flat = flatten(base if base is not None else Config().to_dict())
+    file_tree = load_yaml_file(config_file) if config_file else {}
+    file_flat = flatten(file_tree)
+    if isinstance(overrides, dict):
+        over_flat = flatten(overrides)
+    else:
+        over_flat = dict(parse_override(o) for o in (overrides or []))
+    preset = over_flat.pop("preset", None) or file_flat.pop("preset", None)
+    file_flat.pop("preset", None)
+    if preset:
+        preset = str(preset)
+        _apply(flat, flatten(load_preset(preset)), f"preset '{preset}'")
+        flat["preset"] = preset
+    _apply(flat, file_flat, f"config file '{config_file}'")
+    _apply(flat, over_flat, "override")
+    return _build(Config, flat)
+
+
+def from_dict(tree: dict[str, Any], where: str = "config") -> Config:
+    """Rebuild a Config from a saved resolved dict (run directories), validating every key."""
+    flat = flatten(Config().to_dict())
+    _apply(flat, flatten(tree), where)
+    return _build(Config, flat)

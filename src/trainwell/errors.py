@@ -1,0 +1,43 @@
+"""User-facing errors.
+
+Every mistake a user can make (an unknown name, a bad file, a wrong shape) raises a
+:class:`TrainwellError`. The CLI prints its one-line message and exits with code 2, without a
+traceback; the Python API lets it propagate like any exception.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+
+class TrainwellError(Exception):
+    """An error caused by the user's input; the message says what, where and how to fix it."""
+
+    exit_code = 2
+
+
+class ConfigError(TrainwellError):
+    """A config key, value or name is invalid."""
+
+
+class DataError(TrainwellError):
+    """A data file or array is missing, corrupt or inconsistent."""
+
+
+class RunDirError(TrainwellError):
+    """A run directory is missing, incomplete or would be overwritten."""
+
+
+def closest(name: str, choices: Iterable[str]) -> str | None:
+    """The valid choice closest to ``name`` (for "did you mean" hints), or None."""
+    matches = difflib.get_close_matches(str(name), list(choices), n=1, cutoff=0.5)
+    return matches[0] if matches else None
+
+
+def unknown_name_message(kind: str, name: str, choices: Iterable[str]) -> str:
+    """One line naming the unknown value, the closest valid one and all valid ones."""
+    choices = sorted(choices)
+    guess = closest(name, choices)
+    hint = f" Did you mean '{guess}'?" if guess else ""
+    return f"unknown {kind} '{name}'.{hint} Valid: {', '.join(choices)}."
