@@ -1,0 +1,31 @@
+# Quick start: `make demo` (install + train on the bundled digits), `make test` (install + test suite).
+PYTHON ?= python3
+VENV   ?= .venv
+TORCH  ?= 2.13.0
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.trainwell-installed
+
+.PHONY: demo test install bench docs clean
+
+demo: $(STAMP)
+	$(BIN)/trainwell train --out runs/demo --overwrite
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -n 2 --durations=15
+
+install: $(STAMP)
+
+# torch is pinned first: a CPU wheel of it lies on the build machines, while an unpinned
+# `torch` would resolve to a multi-GB CUDA build.
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q "torch==$(TORCH)"
+	$(BIN)/python -m pip install -q -e ".[test]"
+	touch $(STAMP)
+
+bench: $(STAMP)
+	$(BIN)/python bench/bench_trainer.py
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache build src/*.egg-info

@@ -1,0 +1,208 @@
+"""The ``trainwell`` command line: a thin layer over the Python API.
+
+Every user mistake prints one line (what, where, how to fix) and exits with code 2, never a
+traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from trainwell.errors import TrainwellError
+
+EXAMPLES = """examples:
+  trainwell train                                   # digits, the default data
+  trainwell train preset=mnist1d train.epochs=40
+  trainwell train -c my.yaml optim.lr=0.1 --out runs/lr0.1
+  trainwell evaluate runs/lr0.1
+  trainwell predict runs/lr0.1 image.png batch.npz
+  trainwell list model
+"""
+
+
+def _add_output_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", metavar="DIR", help="output folder (default: a new folder under runs/)")
+    p.add_argument("--overwrite", action="store_true", help="replace the contents of an existing --out folder")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from trainwell import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="trainwell",
+        description="Train neural networks on sound foundations, with evidence of why they train well.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"trainwell {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("train", help="train a model and write a run directory",
+                       description="Train a model. Config: defaults < preset=NAME < -c FILE < key=value overrides.")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. optim.lr=0.1")
+    p.add_argument("-c", "--config", metavar="FILE", help="YAML config file")
+    p.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")
+    p.add_argument("--print-keys", action="store_true", help="list every config key with its default and exit")
+    p.add_argument("--quiet", action="store_true", help="print only errors")
+    _add_output_args(p)
+    p.set_defaults(handler=cmd_train)
+
+    p = sub.add_parser("evaluate", help="evaluate a run directory on its test split (or other data)")
+    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. data.path=other.npz data.name=npz")
+    p.add_argument("--split", default="test", choices=["train", "val", "test"])
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    _add_output_args(p)
+    p.set_defaults(handler=cmd_evaluate)
+
+    p = sub.add_parser("predict", help="classify npz/npy arrays or image files with a trained run")
+    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help=".npz/.npy arrays or image files")
+    p.add_argument("--device", default="auto")
+    _add_output_args(p)
+    p.set_defaults(handler=cmd_predict)
+
+    p = sub.add_parser("list", help="list registered names (data, model, activation, ...) with one-line docs")
+    p.add_argument("kind", nargs="?", help="one registry, e.g. model; omit for all")
+    p.set_defaults(handler=cmd_list)
+    return parser
+
+
+# ----------------------------------------------------------------------------- commands
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from trainwell.config import resolve
+
+    if args.print_keys:
+        _print_keys()
+        return 0
+    cfg = resolve(args.overrides, args.config)
+    if args.print_config:
+        sys.stdout.write(cfg.to_yaml())
+        return 0
+    from trainwell.train.run import train
+
+    run = train(cfg, out=args.out, overwrite=args.overwrite, quiet=args.quiet)
+    return 0 if not run.summary.get("diverged") else 1
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from trainwell.train.run import evaluate
+
+    out = args.out if args.out is not None else _default_out("evaluate", args.run_dir)
+    summary = evaluate(args.run_dir, args.overrides, split=args.split, out=out, overwrite=args.overwrite)
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        acc, loss = summary[f"{args.split}_acc"], summary[f"{args.split}_loss"]
+        print(f"{args.split} acc {_pct(acc)}  {args.split} loss {loss:.4f}  n={summary['n']}  -> {summary['out']}")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from trainwell.train.rundir import prepare_out_dir, write_json
+    from trainwell.train.run import predict
+
+    rows = predict(args.run_dir, args.inputs, device=args.device)
+    out_dir = prepare_out_dir(args.out if args.out is not None else _default_out("predict", args.run_dir),
+                              "predict", Path(args.run_dir).name, args.overwrite)
+    write_json(out_dir / "predictions.json", rows)
+    write_json(out_dir / "summary.json", {"run": str(args.run_dir), "n": len(rows),
+                                          "inputs": [str(p) for p in args.inputs]})
+    print(json.dumps(rows, indent=2))
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    tables = registry_tables()
+    if args.kind is not None and args.kind not in tables:
+        from trainwell.errors import ConfigError, unknown_name_message
+
+        raise ConfigError(unknown_name_message("registry", args.kind, tables))
+    console = Console()
+    for kind, rows in tables.items():
+        if args.kind is not None and kind != args.kind:
+            continue
+        table = Table(title=kind, title_justify="left", show_header=False, box=None, pad_edge=False)
+        table.add_column("name", style="bold")
+        table.add_column("doc")
+        for name, doc in rows:
+            table.add_row(name, doc)
+        console.print(table)
+        console.print()
+    return 0
+
+
+def registry_tables() -> dict[str, list[tuple[str, str]]]:
+    """Every registry as (name, one-line doc) rows, plus the presets; the source of `list` and the docs."""
+    import trainwell.data  # noqa: F401  (registers data sources and preprocessing)
+    import trainwell.nn  # noqa: F401  (models, activations, norms, inits)
+    import trainwell.train  # noqa: F401  (optimisers, schedules)
+    from trainwell.config import load_preset, preset_names
+    from trainwell.registry import ALL
+
+    try:
+        import trainwell.data.augment  # noqa: F401
+    except ImportError:  # pragma: no cover
+        pass
+    tables = {kind: [(e.name, e.doc) for e in reg] for kind, reg in ALL.items()}
+    tables["preset"] = [(name, _preset_doc(name)) for name in preset_names()]
+    return tables
+
+
+def _preset_doc(name: str) -> str:
+    from importlib import resources
+
+    text = (resources.files("trainwell") / "presets" / f"{name}.yaml").read_text()
+    first = text.splitlines()[0] if text else ""
+    return first.lstrip("# ").strip() if first.startswith("#") else ""
+
+
+def _print_keys() -> None:
+    from trainwell.config import key_table
+
+    for key, type_name, default, doc in key_table():
+        print(f"{key:<24} {type_name:<12} {default!s:<16} {doc}")
+
+
+def _default_out(kind: str, run_dir: str) -> Path:
+    from trainwell.train.rundir import default_run_dir
+
+    return default_run_dir(kind, Path(run_dir).name or "run")
+
+
+def _pct(x: float) -> str:
+    return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.2f}%"
+
+
+# ----------------------------------------------------------------------------- entry point
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    handler: Callable[[argparse.Namespace], int] | None = getattr(args, "handler", None)
+    if handler is None:
+        parser.print_help()
+        return 2
+    try:
+        return handler(args)
+    except TrainwellError as exc:
+        print(f"trainwell: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("trainwell: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Diagnostics (the doctor): per-layer statistics that give verdicts with evidence and a fix."""

@@ -1,0 +1,1 @@
+"""Experiments: ablations over seeds (compare) and the lecture's labs."""

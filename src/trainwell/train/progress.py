@@ -1,0 +1,87 @@
+"""Progress display: a rich progress bar with loss, accuracy and examples/s, plus one line per epoch.
+
+Reading the running loss forces a device sync, so the bar reads it at most a few times a second,
+never once per step.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+
+def format_epoch(row: dict[str, Any], epochs: int) -> str:
+    parts = [f"epoch {row['epoch']:>{len(str(epochs))}}/{epochs}"]
+    parts.append(f"train loss {row['train_loss']:.4f} acc {100 * row['train_acc']:5.1f}%")
+    if "val_loss" in row:
+        parts.append(f"val loss {row['val_loss']:.4f} acc {100 * row['val_acc']:5.1f}%")
+    parts.append(f"lr {row['lr']:.3g}")
+    eps = row.get("examples_per_second", math.nan)
+    if math.isfinite(eps):
+        parts.append(f"{eps:,.0f} ex/s")
+    return "  ".join(parts)
+
+
+class TrainProgress:
+    """A live bar on a terminal; plain epoch lines elsewhere (logs, CI, pipes)."""
+
+    def __init__(self, console: Console | None = None, refresh_seconds: float = 0.25, live: bool | None = None) -> None:
+        self.console = console or Console(stderr=True)
+        self.live = self.console.is_terminal if live is None else live
+        self.refresh_seconds = refresh_seconds
+        self._progress: Progress | None = None
+        self._task: Any = None
+        self._last = 0.0
+        self._steps = 0
+        self._t0 = 0.0
+        self._batch_size = 0
+
+    def start(self, total_steps: int, batch_size: int = 0) -> None:
+        self._t0 = time.perf_counter()
+        self._batch_size = batch_size
+        if not self.live:
+            return
+        self._progress = Progress(
+            TextColumn("[bold]train"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[stats]}"),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            console=self.console,
+            transient=False,
+        )
+        self._task = self._progress.add_task("train", total=total_steps, stats="")
+        self._progress.start()
+
+    def advance(self, steps: int, stats: Callable[[], tuple[float, float]]) -> None:
+        self._steps += steps
+        if self._progress is None:
+            return
+        now = time.perf_counter()
+        if now - self._last >= self.refresh_seconds:
+            self._last = now
+            loss, acc = stats()  # the only host sync, a few times a second
+            rate = self._steps * self._batch_size / max(now - self._t0, 1e-9)
+            text = f"loss {loss:.4f} acc {100 * acc:5.1f}%" + (f" {rate:,.0f} ex/s" if self._batch_size else "")
+            self._progress.update(self._task, advance=steps, stats=text)
+        else:
+            self._progress.update(self._task, advance=steps)
+
+    def epoch(self, row: dict[str, Any], epochs: int) -> None:
+        self.console.print(format_epoch(row, epochs), highlight=False)
+
+    def stop(self) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+            self._progress = None
+
+
+def is_interactive() -> bool:
+    return sys.stderr.isatty()
