@@ -46,6 +46,8 @@ class DataConfig:
     """folder/predict: resize images to [H, W] (empty = size of the first image)."""
     grayscale: bool = False
     """folder: convert images to one channel."""
+    cifar_labels: str = "fine"
+    """cifar (CIFAR-100 only): 'fine' (100 classes) or 'coarse' (20 superclasses)."""
 
 
 @dataclass
@@ -66,6 +68,8 @@ class ModelConfig:
     """Normalisation after each hidden linear/conv layer: none, batch, layer, group."""
     dropout: float = 0.0
     """Dropout probability before each hidden layer's output (0 = off)."""
+    head: str = "flatten"
+    """cnn: 'flatten' keeps where features are (best for MNIST-1D); 'avg' global-average-pools them."""
 
 
 @dataclass

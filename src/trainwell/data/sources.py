@@ -1,0 +1,969 @@
+"""Data sources: each turns a :class:`~trainwell.config.DataConfig` into an :class:`ArrayData`.
+
+A source is a function ``load(cfg) -> ArrayData`` registered in :data:`DATASETS` under the name
+users give as ``data.name``. Metadata on each entry:
+
+* ``needs_path`` - whether ``data.path`` must be set;
+* ``kind`` - ``"image"``, ``"signal"`` or ``"tabular"`` (``"any"`` for ``npz``, whose kind
+  depends on the file's array shapes).
+
+Array conventions, shared by every source and by :mod:`trainwell.data.splits`:
+
+* images are ``uint8`` arrays of shape ``(N, C, H, W)`` with values 0..255;
+* signals are ``float32`` arrays of shape ``(N, C, L)``;
+* tabular data are ``float32`` arrays of shape ``(N, F)``;
+* labels are ``int64`` arrays of shape ``(N,)`` with values ``0..K-1``.
+
+Nothing here downloads anything: ``digits`` is bundled with scikit-learn, ``mnist1d`` is
+generated locally (and cached), every other source reads files the user already has. Every
+problem with a file raises :class:`~trainwell.errors.DataError` with one line naming the file
+and the fix.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import csv
+import gzip
+import hashlib
+import json
+import math
+import os
+import pickle
+import random
+import re
+import struct
+import tarfile
+import tempfile
+import warnings
+import zipfile
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+
+from trainwell.config import DataConfig
+from trainwell.errors import ConfigError, DataError
+from trainwell.registry import new_registry
+
+DATASETS = new_registry("data", "Data sources (data.name): each loads arrays of examples and labels.")
+
+
+@dataclass
+class ArrayData:
+    """A whole dataset as numpy arrays, before splitting.
+
+    Shapes and dtypes (``N`` examples, ``K`` classes):
+
+    * ``x``: ``(N, F)`` float32 tabular, ``(N, C, L)`` float32 signal, or ``(N, C, H, W)`` uint8
+      image with values 0..255. May be a copy-on-write ``np.memmap`` (``npz``: writes stay in
+      memory and never reach the file).
+    * ``y``: ``(N,)`` int64 labels in ``0..K-1``.
+    * ``x_test``, ``y_test``: the source's own test split with the same per-example shape and
+      dtype, or both ``None`` when the source has none (a test split is then carved out of ``x``).
+    * ``classes``: ``K`` class names; ``classes[label]`` names a label.
+    * ``description``: one line, e.g. ``"digits: scikit-learn's 8x8 digits"``.
+    """
+
+    x: np.ndarray
+    y: np.ndarray
+    x_test: np.ndarray | None
+    y_test: np.ndarray | None
+    classes: list[str]
+    description: str
+
+    @property
+    def kind(self) -> str:
+        """``"image"`` (4-D x), ``"signal"`` (3-D) or ``"tabular"`` (2-D)."""
+        return kind_of(tuple(self.x.shape[1:]))
+
+
+def kind_of(example_shape: tuple[int, ...]) -> str:
+    """The kind of data whose examples have shape ``example_shape``: image (C, H, W), signal (C, L) or tabular (F,)."""
+    if len(example_shape) == 3:
+        return "image"
+    if len(example_shape) == 2:
+        return "signal"
+    return "tabular"
+
+
+# ----------------------------------------------------------------------------- shared helpers
+
+
+def _need_path(cfg: DataConfig, source: str, what: str) -> Path:
+    """``cfg.path`` as an existing Path, or a DataError/ConfigError saying how to give one.
+
+    ``what`` is ``"folder"``, ``"file"`` or ``"file or folder"``.
+    """
+    if not cfg.path:
+        raise ConfigError(f"data.name={source} reads a {what}; set data.path=PATH to it.")
+    path = Path(os.path.expanduser(str(cfg.path)))
+    if not path.exists():
+        raise DataError(f"{source}: data.path '{path}' does not exist; check the path.")
+    if what == "folder" and not path.is_dir():
+        raise DataError(f"{source}: data.path '{path}' is a file, not a folder; point data.path at the folder.")
+    if what == "file" and not path.is_file():
+        raise DataError(f"{source}: data.path '{path}' is a folder, not a file; point data.path at the file.")
+    return path
+
+
+def _numeric_class_names(*label_arrays: np.ndarray | None) -> list[str]:
+    """``["0", ..., "K-1"]`` with ``K = max label + 1`` over the given arrays (at least 1)."""
+    top = max((int(y.max()) for y in label_arrays if y is not None and y.size), default=0)
+    return [str(i) for i in range(max(top + 1, 1))]
+
+
+def _integer_labels(y: np.ndarray, where: str, what: str = "labels") -> np.ndarray:
+    """``y`` as int64 ``(N,)``; a DataError if it is not 1-D or holds non-integer values."""
+    y = np.asarray(y)
+    if y.ndim != 1:
+        raise DataError(f"{where}: {what} must be a 1-D array (N,), got shape {y.shape}; flatten them.")
+    if y.dtype.kind in "iub":
+        return y.astype(np.int64, copy=False)
+    if y.dtype.kind == "f":
+        if not np.all(np.isfinite(y)) or not np.all(y == np.round(y)):
+            raise DataError(f"{where}: {what} must be whole numbers 0..K-1, found non-integer values; fix the labels.")
+        return y.astype(np.int64)
+    raise DataError(f"{where}: {what} have dtype {y.dtype}, expected integers 0..K-1; convert them.")
+
+
+def _encode_labels(values: list[str], where: str) -> tuple[np.ndarray, list[str]]:
+    """Map label strings to ``0..K-1`` over their sorted unique values; returns (y int64, classes).
+
+    Integer-looking labels sort numerically (``"2" < "10"``), others as strings.
+    """
+    try:
+        keys: list[Any] = [int(v) for v in values]
+    except ValueError:
+        keys = list(values)
+    unique = sorted(set(keys))
+    index = {k: i for i, k in enumerate(unique)}
+    y = np.fromiter((index[k] for k in keys), dtype=np.int64, count=len(keys))
+    return y, [str(k) for k in unique]
+
+
+def _check_image_size(cfg: DataConfig) -> tuple[int, int] | None:
+    """``cfg.image_size`` as (H, W), or None when empty; a ConfigError for anything else."""
+    size = list(cfg.image_size or [])
+    if not size:
+        return None
+    if len(size) != 2 or any(not isinstance(s, int) or isinstance(s, bool) or s < 1 for s in size):
+        raise ConfigError(f"data.image_size must be two positive integers H,W (e.g. data.image_size=28,28), got {size}.")
+    return int(size[0]), int(size[1])
+
+
+def cache_dir() -> Path:
+    """Where generated datasets are cached: ``$TRAINWELL_CACHE`` or ``~/.cache/trainwell``."""
+    env = os.environ.get("TRAINWELL_CACHE")
+    return Path(os.path.expanduser(env)) if env else Path.home() / ".cache" / "trainwell"
+
+
+# ----------------------------------------------------------------------------- digits
+
+
+@DATASETS.register("digits", needs_path=False, kind="image")
+def load_digits(cfg: DataConfig) -> ArrayData:
+    """scikit-learn's bundled 8x8 handwritten digits: 1,797 grayscale images, 10 classes."""
+    from sklearn.datasets import load_digits as sk_load_digits
+
+    bunch = sk_load_digits()
+    # Pixels are counts 0..16 (4x4 blocks of a 32x32 bitmap); rescale to the uint8 image convention.
+    images = np.round(bunch.images * (255.0 / 16.0)).astype(np.uint8)[:, None, :, :]
+    return ArrayData(
+        x=images,
+        y=bunch.target.astype(np.int64),
+        x_test=None,
+        y_test=None,
+        classes=[str(i) for i in range(10)],
+        description="digits: scikit-learn's 8x8 handwritten digits (1,797 images, 10 classes)",
+    )
+
+
+# ----------------------------------------------------------------------------- mnist1d
+
+#: mnist1d's ``get_dataset_args()`` defaults (less the download URL, which we never use). Kept
+#: here so a cache hit needs no import of mnist1d (which pulls in matplotlib and requests); a test
+#: checks they equal the package's defaults.
+MNIST1D_ARGS: dict[str, Any] = {
+    "num_samples": 5000,
+    "train_split": 0.8,
+    "template_len": 12,
+    "padding": [36, 60],
+    "scale_coeff": 0.4,
+    "max_translation": 48,
+    "corr_noise_scale": 0.25,
+    "iid_noise_scale": 2e-2,
+    "shear_scale": 0.75,
+    "shuffle_seq": False,
+    "final_seq_length": 40,
+    "seed": 42,
+}
+
+# Bump when the cached file's layout changes, so old caches are ignored rather than misread.
+_MNIST1D_CACHE_FORMAT = 1
+
+
+def _mnist1d_version() -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version("mnist1d")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def _mnist1d_cache_file(args: dict[str, Any]) -> Path:
+    # The generator's output depends on its arguments and on the package's code: key on both.
+    key = json.dumps({"args": args, "mnist1d": _mnist1d_version(), "format": _MNIST1D_CACHE_FORMAT}, sort_keys=True)
+    return cache_dir() / f"mnist1d-{hashlib.sha256(key.encode()).hexdigest()[:16]}.npz"
+
+
+def generate_mnist1d(args: dict[str, Any]) -> dict[str, np.ndarray]:
+    """Run mnist1d's generator offline: ``{"x", "y", "x_test", "y_test"}``, x float32 (N, 1, L).
+
+    ``make_dataset`` reseeds Python's and numpy's global RNGs; both states are restored so that
+    loading data never changes the caller's random stream.
+    """
+    try:
+        from mnist1d.data import make_dataset
+    except ImportError as exc:
+        raise DataError(f"mnist1d: the 'mnist1d' package cannot be imported ({exc}); install it with 'pip install mnist1d'.") from None
+
+    class _Args:  # make_dataset reads attributes, like mnist1d's own ObjectView
+        def __init__(self, d: dict[str, Any]) -> None:
+            self.__dict__.update(d)
+
+    np_state, py_state = np.random.get_state(), random.getstate()
+    try:
+        raw = make_dataset(_Args(dict(args)))
+    finally:
+        np.random.set_state(np_state)
+        random.setstate(py_state)
+    return {
+        "x": np.ascontiguousarray(raw["x"], dtype=np.float32)[:, None, :],
+        "y": np.asarray(raw["y"], dtype=np.int64),
+        "x_test": np.ascontiguousarray(raw["x_test"], dtype=np.float32)[:, None, :],
+        "y_test": np.asarray(raw["y_test"], dtype=np.int64),
+    }
+
+
+def _read_mnist1d_cache(path: Path, args: dict[str, Any]) -> dict[str, np.ndarray] | None:
+    """The cached arrays, or None if the file is absent, unreadable or inconsistent."""
+    if not path.is_file():
+        return None
+    n = args["num_samples"] // 10 * 10
+    n_train = int(n * args["train_split"])
+    length = args["final_seq_length"]
+    expect = {
+        "x": ((n_train, 1, length), np.float32),
+        "y": ((n_train,), np.int64),
+        "x_test": ((n - n_train, 1, length), np.float32),
+        "y_test": ((n - n_train,), np.int64),
+    }
+    try:
+        # Open the file ourselves: np.load leaks its handle when the zip is unreadable.
+        with open(path, "rb") as f, np.load(f, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in expect}
+    except Exception:  # any failure to read a cache (truncated zip, bad header, missing key) -> regenerate
+        return None
+    for k, (shape, dtype) in expect.items():
+        if arrays[k].shape != shape or arrays[k].dtype != dtype:
+            return None
+    return arrays
+
+
+def _write_atomically(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    """Save ``arrays`` as an uncompressed .npz at ``path`` via a temporary file and os.replace.
+
+    Concurrent runs may race to write the same cache: each writes its own temporary file and the
+    rename is atomic, so readers never see a half-written file. A cache that cannot be written
+    (read-only home, full disk) only costs a regeneration next time, so it warns, never fails.
+    """
+    tmp = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **arrays)
+        os.replace(tmp, path)
+        tmp = None
+    except OSError as exc:
+        warnings.warn(f"could not cache generated data at '{path}' ({exc}); set TRAINWELL_CACHE to a writable folder.", stacklevel=3)
+    finally:
+        if tmp is not None and os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+@DATASETS.register("mnist1d", needs_path=False, kind="signal")
+def load_mnist1d(cfg: DataConfig) -> ArrayData:
+    """MNIST-1D (Greydanus 2020): 5,000 length-40 signals, 10 classes, 4000/1000 split; generated offline."""
+    args = dict(MNIST1D_ARGS)
+    path = _mnist1d_cache_file(args)
+    arrays = _read_mnist1d_cache(path, args)
+    if arrays is None:
+        arrays = generate_mnist1d(args)
+        _write_atomically(path, arrays)
+    return ArrayData(
+        x=arrays["x"],
+        y=arrays["y"],
+        x_test=arrays["x_test"],
+        y_test=arrays["y_test"],
+        classes=[str(i) for i in range(10)],
+        description="mnist1d: MNIST-1D signals of length 40 (Greydanus 2020), generated offline",
+    )
+
+
+# ----------------------------------------------------------------------------- idx (MNIST format)
+
+# IDX type codes (http://yann.lecun.com/exdb/mnist/, "THE IDX FILE FORMAT"); data are big-endian.
+_IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+
+_IDX_ROLES = {
+    "train_images": ("train-images-idx3-ubyte", "train-images.idx3-ubyte"),
+    "train_labels": ("train-labels-idx1-ubyte", "train-labels.idx1-ubyte"),
+    "test_images": ("t10k-images-idx3-ubyte", "t10k-images.idx3-ubyte"),
+    "test_labels": ("t10k-labels-idx1-ubyte", "t10k-labels.idx1-ubyte"),
+}
+
+
+def _find_idx(folder: Path, role: str) -> Path | None:
+    for name in _IDX_ROLES[role]:
+        for suffix in ("", ".gz"):  # uncompressed first: faster to read
+            candidate = folder / (name + suffix)
+            if candidate.is_file():
+                return candidate
+    return None
+
+
+def _read_exact(f: IO[bytes], n: int) -> bytes:
+    chunks, got = [], 0
+    while got < n:
+        chunk = f.read(n - got)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        got += len(chunk)
+    return b"".join(chunks)
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """Parse one IDX file (raw or ``.gz``) into a native-endian array of the header's shape.
+
+    Layout: two zero bytes, a type code, the number of dimensions ``d``, ``d`` big-endian uint32
+    sizes, then the data. The file must hold exactly the promised number of bytes. The data are
+    streamed into a preallocated, writable array (no second copy of a large file in memory).
+    """
+    where = f"idx file '{path}'"
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rb") as f:
+            magic = _read_exact(f, 4)
+            if len(magic) < 4 or magic[0] != 0 or magic[1] != 0 or magic[2] not in _IDX_DTYPES or magic[3] == 0:
+                raise DataError(
+                    f"{where} does not start with an IDX header (got bytes {magic.hex() or 'none'}); "
+                    "it is not an MNIST-format file or is corrupt: re-download it."
+                )
+            ndim = magic[3]
+            dims_raw = _read_exact(f, 4 * ndim)
+            if len(dims_raw) < 4 * ndim:
+                raise DataError(f"{where} is truncated inside its header; re-download it.")
+            dims = struct.unpack(f">{ndim}I", dims_raw)
+            dtype = np.dtype(_IDX_DTYPES[magic[2]])
+            count = math.prod(dims)
+            out = np.empty(count, dtype=dtype)
+            view = memoryview(out.view(np.uint8))
+            filled = 0
+            while filled < len(view):
+                n = f.readinto(view[filled:])
+                if not n:
+                    break
+                filled += n
+            if filled < len(view):
+                raise DataError(
+                    f"{where} is truncated: its header promises {'x'.join(map(str, dims))} values "
+                    f"({len(view)} bytes of data) but only {filled} bytes follow; re-download it."
+                )
+            if f.read(1):
+                raise DataError(
+                    f"{where} has bytes beyond the {'x'.join(map(str, dims))} values its header promises; "
+                    "it is corrupt or not an IDX file: re-download it."
+                )
+    except DataError:
+        raise
+    except (OSError, EOFError, zlib.error) as exc:  # gzip.BadGzipFile is an OSError
+        raise DataError(f"{where} cannot be read ({exc}); re-download it.") from None
+    return out.reshape(dims).astype(dtype.newbyteorder("="), copy=False)
+
+
+def _idx_pair(images_path: Path, labels_path: Path) -> tuple[np.ndarray, np.ndarray]:
+    images = read_idx(images_path)
+    labels = read_idx(labels_path)
+    if images.dtype != np.uint8 or images.ndim != 3:
+        raise DataError(
+            f"idx file '{images_path}' holds {images.dtype} values of shape {images.shape}; "
+            "expected uint8 images (N, H, W) as in MNIST: is it an image file?"
+        )
+    if labels.ndim != 1 or labels.dtype.kind not in "iu":
+        raise DataError(
+            f"idx file '{labels_path}' holds {labels.dtype} values of shape {labels.shape}; "
+            "expected integer labels (N,): is it a label file?"
+        )
+    if len(images) != len(labels):
+        raise DataError(
+            f"idx: '{images_path}' has {len(images)} images but '{labels_path}' has {len(labels)} labels; "
+            "the files come from different datasets or one is damaged."
+        )
+    return images[:, None, :, :], labels.astype(np.int64)
+
+
+@DATASETS.register("idx", needs_path=True, kind="image")
+def load_idx(cfg: DataConfig) -> ArrayData:
+    """A folder of MNIST-format IDX files (MNIST, Fashion-MNIST, KMNIST), raw or .gz."""
+    folder = _need_path(cfg, "idx", "folder")
+    found = {role: _find_idx(folder, role) for role in _IDX_ROLES}
+    for role in ("train_images", "train_labels"):
+        if found[role] is None:
+            raise DataError(
+                f"idx: no {_IDX_ROLES[role][0]}[.gz] (or {_IDX_ROLES[role][1]}[.gz]) in '{folder}'; "
+                "point data.path at the folder holding the MNIST-format files."
+            )
+    x, y = _idx_pair(found["train_images"], found["train_labels"])  # type: ignore[arg-type]
+    x_test = y_test = None
+    if (found["test_images"] is None) != (found["test_labels"] is None):
+        have, miss = ("test_images", "test_labels") if found["test_images"] else ("test_labels", "test_images")
+        raise DataError(
+            f"idx: '{found[have]}' has no matching {_IDX_ROLES[miss][0]}[.gz] in '{folder}'; "
+            "add it, or remove the test file to carve the test split from the training files."
+        )
+    if found["test_images"] is not None:
+        x_test, y_test = _idx_pair(found["test_images"], found["test_labels"])  # type: ignore[arg-type]
+    return ArrayData(
+        x=x,
+        y=y,
+        x_test=x_test,
+        y_test=y_test,
+        classes=_numeric_class_names(y, y_test),
+        description=f"idx: MNIST-format images from {folder}",
+    )
+
+
+# ----------------------------------------------------------------------------- cifar
+
+
+def _numpy_globals() -> dict[tuple[str, str], Any]:
+    """The only globals a CIFAR pickle may name: what numpy needs to rebuild a plain array.
+
+    The original batches were pickled by Python 2 with ``numpy.core.multiarray._reconstruct``
+    (``numpy._core`` in numpy >= 2); both spellings map to the installed function.
+    """
+    try:
+        from numpy._core import multiarray  # numpy >= 2
+    except ImportError:  # pragma: no cover - numpy 1.x
+        from numpy.core import multiarray  # type: ignore[no-redef]
+    return {
+        ("numpy.core.multiarray", "_reconstruct"): multiarray._reconstruct,
+        ("numpy._core.multiarray", "_reconstruct"): multiarray._reconstruct,
+        ("numpy", "ndarray"): np.ndarray,
+        ("numpy", "dtype"): np.dtype,
+    }
+
+
+class SafeUnpickler(pickle.Unpickler):
+    """An unpickler that can rebuild dicts, lists, bytes, numbers and numpy arrays, and nothing else.
+
+    A pickle can name any importable callable (``os.system``, ...) and have it called while
+    loading; :meth:`find_class` is where every such name is resolved, so refusing all but numpy's
+    array constructors makes loading a malicious file fail before anything runs.
+    """
+
+    _ALLOWED: dict[tuple[str, str], Any] | None = None
+
+    def __init__(self, file: IO[bytes], where: str) -> None:
+        # CIFAR batches were pickled by Python 2: "bytes" keeps its str objects (keys, names) as bytes.
+        super().__init__(file, encoding="bytes")
+        self.where = where
+
+    def find_class(self, module: str, name: str) -> Any:
+        if SafeUnpickler._ALLOWED is None:
+            SafeUnpickler._ALLOWED = _numpy_globals()
+        obj = SafeUnpickler._ALLOWED.get((module, name))
+        if obj is None:
+            raise DataError(
+                f"{self.where} asks to load '{module}.{name}', which no CIFAR batch contains; refused to "
+                "unpickle it (corrupt or malicious file): use the original CIFAR files."
+            )
+        return obj
+
+    def persistent_load(self, pid: Any) -> Any:
+        raise DataError(f"{self.where} uses pickle persistent ids, which no CIFAR batch contains; refused to unpickle it.")
+
+
+def safe_unpickle(f: IO[bytes], where: str) -> Any:
+    """Load one pickle with :class:`SafeUnpickler`; any failure is a DataError naming ``where``."""
+    try:
+        return SafeUnpickler(f, where).load()
+    except DataError:
+        raise
+    except Exception as exc:  # a damaged pickle can fail in many ways (EOFError, UnpicklingError, TypeError...)
+        raise DataError(f"{where} is not a readable CIFAR pickle ({type(exc).__name__}: {exc}); re-download it.") from None
+
+
+_CIFAR_NAMES = re.compile(r"^(data_batch_\d+|test_batch|batches\.meta|train|test|meta)$")
+_CIFAR10_NAMES = re.compile(r"^(data_batch_\d+|test_batch|batches\.meta)$")
+_CIFAR100_NAMES = re.compile(r"^(train|test|meta)$")
+
+
+def _cifar_from_folder(path: Path) -> tuple[dict[str, Any], str]:
+    """Unpickled CIFAR files by name, from ``path`` or its cifar-10/100 subfolder."""
+    for folder in (path, path / "cifar-10-batches-py", path / "cifar-100-python"):
+        if (folder / "data_batch_1").is_file() or (folder / "train").is_file():
+            names = _CIFAR10_NAMES if (folder / "data_batch_1").is_file() else _CIFAR100_NAMES
+            objs = {}
+            for child in sorted(folder.iterdir()):
+                if child.is_file() and names.match(child.name):
+                    with open(child, "rb") as f:
+                        objs[child.name] = safe_unpickle(f, f"cifar file '{child}'")
+            return objs, str(folder)
+    raise DataError(
+        f"cifar: no CIFAR-10 'data_batch_1' or CIFAR-100 'train' file in '{path}' "
+        "(or its cifar-10-batches-py/ or cifar-100-python/ subfolder); point data.path at the extracted "
+        "'python version' download or its .tar.gz."
+    )
+
+
+def _cifar_from_tar(path: Path) -> tuple[dict[str, Any], str]:
+    """Unpickled CIFAR files by name, streamed from a tar archive (never extracted to disk)."""
+    objs: dict[str, Any] = {}
+    try:
+        # Members are read in archive order: seeking backwards in a .tar.gz would decompress again.
+        with tarfile.open(path, "r:*") as tar:
+            for member in tar:
+                base = member.name.rsplit("/", 1)[-1]
+                if member.isfile() and _CIFAR_NAMES.match(base) and base not in objs:
+                    f = tar.extractfile(member)
+                    if f is not None:
+                        objs[base] = safe_unpickle(f, f"cifar member '{member.name}' of '{path}'")
+    except DataError:
+        raise
+    except Exception as exc:  # tarfile and its gzip/bz2/lzma decompressors raise many types on damage
+        raise DataError(f"cifar: '{path}' is not a readable tar archive ({exc}); re-download it.") from None
+    if "data_batch_1" not in objs and "train" not in objs:
+        raise DataError(
+            f"cifar: archive '{path}' holds no CIFAR-10 'data_batch_1' or CIFAR-100 'train' member; "
+            "use the 'python version' download (cifar-10-python.tar.gz or cifar-100-python.tar.gz)."
+        )
+    return objs, str(path)
+
+
+def _str_keys(obj: Any, where: str) -> dict[str, Any]:
+    if not isinstance(obj, dict):
+        raise DataError(f"{where} holds a {type(obj).__name__}, expected a CIFAR dict; re-download it.")
+    return {(k.decode("latin1") if isinstance(k, bytes) else str(k)): v for k, v in obj.items()}
+
+
+def _names(values: Any) -> list[str]:
+    return [v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v) for v in values]
+
+
+def _cifar_batch(obj: Any, where: str, label_key: str) -> tuple[np.ndarray, np.ndarray]:
+    d = _str_keys(obj, where)
+    data = d.get("data")
+    if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
+        got = f"{data.dtype} array {data.shape}" if isinstance(data, np.ndarray) else type(data).__name__
+        raise DataError(f"{where}: 'data' must be a uint8 array (N, 3072), got {got}; re-download it.")
+    if label_key not in d:
+        raise DataError(f"{where} has no '{label_key}' entry; re-download it.")
+    labels = _integer_labels(np.asarray(d[label_key]), where, f"'{label_key}'")
+    if len(labels) != len(data):
+        raise DataError(f"{where} has {len(data)} images but {len(labels)} labels; re-download it.")
+    # Rows are 1024 red, then 1024 green, then 1024 blue values, each row-major 32x32: (N, C, H, W).
+    return data.reshape(-1, 3, 32, 32), labels
+
+
+@DATASETS.register("cifar", needs_path=True, kind="image")
+def load_cifar(cfg: DataConfig) -> ArrayData:
+    """CIFAR-10 or CIFAR-100 'python version' batches: a folder or the .tar.gz download."""
+    if cfg.cifar_labels not in ("fine", "coarse"):
+        raise ConfigError(f"data.cifar_labels must be 'fine' or 'coarse', got '{cfg.cifar_labels}'.")
+    path = _need_path(cfg, "cifar", "file or folder")
+    objs, where = _cifar_from_folder(path) if path.is_dir() else _cifar_from_tar(path)
+    if "data_batch_1" in objs:
+        variant, label_key = "CIFAR-10", "labels"
+        train_names = sorted((n for n in objs if n.startswith("data_batch_")), key=lambda n: int(n.rsplit("_", 1)[1]))
+        test_name, meta_name, names_key = "test_batch", "batches.meta", "label_names"
+    else:
+        variant, label_key = f"CIFAR-100 ({cfg.cifar_labels} labels)", f"{cfg.cifar_labels}_labels"
+        train_names, test_name, meta_name = ["train"], "test", "meta"
+        names_key = f"{cfg.cifar_labels}_label_names"
+    parts = [_cifar_batch(objs[n], f"cifar file '{n}' in '{where}'", label_key) for n in train_names]
+    x = np.concatenate([p[0] for p in parts]) if len(parts) > 1 else parts[0][0]
+    y = np.concatenate([p[1] for p in parts]) if len(parts) > 1 else parts[0][1]
+    x_test = y_test = None
+    if test_name in objs:
+        x_test, y_test = _cifar_batch(objs[test_name], f"cifar file '{test_name}' in '{where}'", label_key)
+    classes = _numeric_class_names(y, y_test)
+    if meta_name in objs:
+        meta = _str_keys(objs[meta_name], f"cifar file '{meta_name}' in '{where}'")
+        if isinstance(meta.get(names_key), (list, tuple)):
+            classes = _names(meta[names_key])
+    return ArrayData(
+        x=x, y=y, x_test=x_test, y_test=y_test, classes=classes, description=f"cifar: {variant} from {where}"
+    )
+
+
+# ----------------------------------------------------------------------------- folder of images
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
+
+
+def _is_image_file(p: Path) -> bool:
+    return p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_SUFFIXES
+
+
+def load_image(path: Path, mode: str | None, size: tuple[int, int] | None) -> np.ndarray:
+    """One image file as uint8 ``(H, W)`` (grayscale) or ``(H, W, 3)`` (colour).
+
+    ``mode`` forces ``"L"`` or ``"RGB"``; None keeps single-channel images single-channel and
+    converts everything else to RGB (alpha is dropped, palettes expanded, animations give their
+    first frame). ``size`` = (H, W) resizes bilinearly. A file Pillow cannot decode is a DataError.
+    """
+    from PIL import Image
+
+    try:
+        with Image.open(path) as img:
+            img.load()
+            if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+                # 16-bit grayscale: Pillow's convert("L") clips at 255; keep the top 8 bits instead.
+                arr16 = np.clip(np.asarray(img, dtype=np.int64), 0, 65535) >> 8
+                img = Image.fromarray(arr16.astype(np.uint8), mode="L")
+            target = mode or ("L" if img.mode in ("L", "1", "LA", "F") else "RGB")
+            if img.mode != target:
+                img = img.convert(target)
+            if size is not None and img.size != (size[1], size[0]):
+                img = img.resize((size[1], size[0]), Image.Resampling.BILINEAR)
+            return np.asarray(img, dtype=np.uint8)
+    except Exception as exc:  # decoders of damaged files raise many types (OSError, SyntaxError, struct.error...)
+        raise DataError(f"image file '{path}' cannot be decoded ({exc}); delete or replace it.") from None
+
+
+def _load_images(files: list[Path], size: tuple[int, int] | None, grayscale: bool) -> np.ndarray:
+    """Decode ``files`` into one uint8 (N, C, H, W) array (C = 1 or 3), in order."""
+    workers = min(8, os.cpu_count() or 1, max(1, len(files)))
+    with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:  # Pillow decodes without the GIL
+        arrays = list(pool.map(lambda p: load_image(p, "L" if grayscale else None, size), files))
+    first_hw = arrays[0].shape[:2]
+    for p, a in zip(files, arrays):
+        if a.shape[:2] != first_hw:
+            raise DataError(
+                f"folder: image '{p}' is {a.shape[0]}x{a.shape[1]} (HxW) but '{files[0]}' is "
+                f"{first_hw[0]}x{first_hw[1]}; set data.image_size=H,W to resize all images to one size."
+            )
+    if all(a.ndim == 2 for a in arrays):
+        return np.stack(arrays)[:, None, :, :]
+    # Mixed: a grayscale image becomes RGB by repeating its channel, as Pillow's convert("RGB") does.
+    rgb = [np.repeat(a[:, :, None], 3, axis=2) if a.ndim == 2 else a for a in arrays]
+    return np.ascontiguousarray(np.stack(rgb).transpose(0, 3, 1, 2))
+
+
+def _class_folders(root: Path) -> list[Path]:
+    return sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def _collect(root: Path, classes: list[str], require_all: bool) -> tuple[list[Path], list[int]]:
+    files: list[Path] = []
+    labels: list[int] = []
+    for label, name in enumerate(classes):
+        folder = root / name
+        found = sorted(p for p in folder.iterdir() if _is_image_file(p)) if folder.is_dir() else []
+        if require_all and not found:
+            raise DataError(
+                f"folder: class folder '{folder}' has no image files ({', '.join(IMAGE_SUFFIXES)}); "
+                "add images or remove the folder."
+            )
+        files += found
+        labels += [label] * len(found)
+    return files, labels
+
+
+@DATASETS.register("folder", needs_path=True, kind="image")
+def load_folder(cfg: DataConfig) -> ArrayData:
+    """A folder with one sub-folder of images per class (optionally inside train/ and test/)."""
+    root = _need_path(cfg, "folder", "folder")
+    size = _check_image_size(cfg)
+    split = (root / "train").is_dir() and (root / "test").is_dir()
+    train_root = root / "train" if split else root
+    classes = [p.name for p in _class_folders(train_root)]
+    if not classes:
+        raise DataError(
+            f"folder: '{train_root}' has no class sub-folders; put each class's images in its own "
+            "sub-folder (e.g. cats/, dogs/)."
+        )
+    files, labels = _collect(train_root, classes, require_all=True)
+    test_files: list[Path] = []
+    test_labels: list[int] = []
+    if split:
+        extra = sorted({p.name for p in _class_folders(root / "test")} - set(classes))
+        if extra:
+            raise DataError(
+                f"folder: '{root / 'test'}' has class folders missing from '{train_root}': {', '.join(extra)}; "
+                "every test class needs training images."
+            )
+        test_files, test_labels = _collect(root / "test", classes, require_all=False)
+        if not test_files:
+            raise DataError(f"folder: '{root / 'test'}' holds no images; add some, or remove it to carve a test split.")
+    # Decode train and test together so both get the same channel count and size.
+    x_all = _load_images(files + test_files, size, cfg.grayscale)
+    x, x_test = x_all[: len(files)], (x_all[len(files) :] if split else None)
+    return ArrayData(
+        x=x,
+        y=np.asarray(labels, dtype=np.int64),
+        x_test=x_test,
+        y_test=np.asarray(test_labels, dtype=np.int64) if split else None,
+        classes=classes,
+        description=f"folder: {len(classes)} classes of images from {root}",
+    )
+
+
+# ----------------------------------------------------------------------------- npz
+
+_NPZ_NAMES = {
+    "x": ("x", "X"),
+    "y": ("y", "Y", "labels"),
+    "x_test": ("x_test", "X_test"),
+    "y_test": ("y_test", "Y_test", "labels_test"),
+}
+
+
+def _stored_member_offset(f: IO[bytes], info: zipfile.ZipInfo, where: str) -> int:
+    """File offset of a stored (uncompressed) zip member's data: after its local file header."""
+    f.seek(info.header_offset)
+    local = f.read(30)
+    if len(local) < 30 or local[:4] != b"PK\x03\x04":
+        raise DataError(f"{where}: the zip entry for '{info.filename}' is damaged; re-create the file.")
+    name_len, extra_len = struct.unpack("<HH", local[26:30])
+    return info.header_offset + 30 + name_len + extra_len
+
+
+def _memmap_member(path: Path, info: zipfile.ZipInfo, where: str) -> np.ndarray | None:
+    """Memory-map a stored ``.npy`` member in place (copy-on-write), or None to load it normally.
+
+    Copy-on-write (mode "c") gives a writable array, so torch.from_numpy neither warns nor risks a
+    write into a read-only mapping, while the file itself can never be modified.
+    """
+    with open(path, "rb") as f:
+        start = _stored_member_offset(f, info, where)
+        f.seek(start)
+        try:
+            version = np.lib.format.read_magic(f)
+            if version == (1, 0):
+                shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
+            elif version == (2, 0):
+                shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
+            else:
+                return None  # version 3 (utf-8 field names): rare, let numpy's reader handle it
+        except ValueError as exc:
+            raise DataError(f"{where}: member '{info.filename}' is not a valid .npy array ({exc}); re-create the file.") from None
+        data_start = f.tell()
+    if dtype.hasobject:
+        raise DataError(f"{where}: array '{info.filename}' holds Python objects, which are never loaded (no pickle); save numeric arrays.")
+    nbytes = math.prod(shape) * dtype.itemsize
+    if data_start - start + nbytes != info.file_size or data_start + nbytes > path.stat().st_size:
+        raise DataError(f"{where}: array '{info.filename}' is truncated or damaged; re-create the file.")
+    if nbytes == 0 or shape == ():
+        return None  # nothing worth mapping (and mmap refuses empty ranges)
+    return np.memmap(path, dtype=dtype, mode="c", offset=data_start, shape=shape, order="F" if fortran else "C")
+
+
+def read_npz(path: Path, names: list[str] | None = None) -> dict[str, np.ndarray]:
+    """Arrays of a ``.npz`` file by name (all, or ``names``), never unpickling anything.
+
+    Members stored uncompressed (``np.savez``) are memory-mapped; compressed ones
+    (``np.savez_compressed``) are decompressed into memory.
+    """
+    where = f"npz file '{path}'"
+    out: dict[str, np.ndarray] = {}
+    try:
+        with zipfile.ZipFile(path) as zf:
+            members = {i.filename[: -len(".npy")]: i for i in zf.infolist() if i.filename.endswith(".npy")}
+            for name in names if names is not None else list(members):
+                info = members[name]
+                arr = None
+                if info.compress_type == zipfile.ZIP_STORED and not info.flag_bits & 0x1:
+                    arr = _memmap_member(path, info, where)
+                if arr is None:
+                    with zf.open(info) as f:
+                        arr = np.lib.format.read_array(f, allow_pickle=False)
+                out[name] = arr
+    except DataError:
+        raise
+    except KeyError as exc:
+        raise DataError(f"{where} has no array {exc}; re-create the file.") from None
+    except (zipfile.BadZipFile, zlib.error, struct.error, EOFError, OSError, ValueError, RuntimeError, NotImplementedError) as exc:
+        # RuntimeError: an encrypted member; NotImplementedError: an unsupported compression method.
+        raise DataError(f"{where} is not a readable .npz archive ({exc}); it may be truncated: re-create it.") from None
+    return out
+
+
+def npz_array_names(path: Path) -> list[str]:
+    """Names of the arrays in a ``.npz`` file (a DataError if it is not a zip archive)."""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            return [i.filename[: -len(".npy")] for i in zf.infolist() if i.filename.endswith(".npy")]
+    except (zipfile.BadZipFile, OSError, EOFError) as exc:
+        raise DataError(f"npz file '{path}' is not a readable .npz archive ({exc}); it may be truncated: re-create it.") from None
+
+
+def _npz_features(x: np.ndarray, where: str, what: str) -> np.ndarray:
+    """Apply the array conventions to one feature array.
+
+    uint8 (N, C, H, W) stays as is (images 0..255); every other array becomes float32 (a float32
+    array, memory-mapped or not, is returned without copying). Channels-last images
+    (N, H, W, C) with C in 1, 3, 4 are moved to channels-first.
+    """
+    if x.dtype.kind not in "biuf":
+        raise DataError(f"{where}: '{what}' has dtype {x.dtype}; expected numbers (uint8 images or floats).")
+    if x.ndim < 2 or x.ndim > 4:
+        raise DataError(
+            f"{where}: '{what}' has shape {x.shape}; expected (N, F) tabular, (N, C, L) signals or "
+            "(N, C, H, W) images."
+        )
+    if x.ndim == 4 and x.shape[1] not in (1, 3, 4) and x.shape[3] in (1, 3, 4):
+        # Channels-last (N, H, W, C), as saved by most image tools: move channels first (copies).
+        x = np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+    if x.ndim == 4 and x.dtype == np.uint8:
+        return x
+    if x.dtype == np.float32 and x.dtype.isnative:
+        return x  # keeps a memory map mapped
+    return x.astype(np.float32)
+
+
+@DATASETS.register("npz", needs_path=True, kind="any")
+def load_npz(cfg: DataConfig) -> ArrayData:
+    """A NumPy .npz with arrays x, y (optionally x_test, y_test, classes); large files memory-mapped."""
+    path = _need_path(cfg, "npz", "file")
+    where = f"npz file '{path}'"
+    present = npz_array_names(path)
+    chosen = {role: next((n for n in options if n in present), None) for role, options in _NPZ_NAMES.items()}
+    for role in ("x", "y"):
+        if chosen[role] is None:
+            raise DataError(
+                f"{where} has no '{role}' array (arrays: {', '.join(present) or 'none'}); "
+                f"save it with np.savez(path, x=..., y=...)."
+            )
+    if (chosen["x_test"] is None) != (chosen["y_test"] is None):
+        raise DataError(f"{where} has only one of x_test and y_test; save both or neither.")
+    wanted = [n for n in chosen.values() if n is not None] + (["classes"] if "classes" in present else [])
+    arrays = read_npz(path, wanted)
+    x = _npz_features(arrays[chosen["x"]], where, chosen["x"])  # type: ignore[index]
+    raw_y = arrays[chosen["y"]]  # type: ignore[index]
+    x_test = y_test = None
+    raw_y_test = arrays[chosen["y_test"]] if chosen["y_test"] else None
+    if chosen["x_test"]:
+        x_test = _npz_features(arrays[chosen["x_test"]], where, chosen["x_test"])
+    if raw_y.dtype.kind in "US":  # string labels: number their sorted unique values
+        joined = _names(raw_y.tolist()) + (_names(raw_y_test.tolist()) if raw_y_test is not None else [])
+        codes, classes = _encode_labels(joined, where)
+        y = codes[: len(raw_y)]
+        y_test = codes[len(raw_y) :] if raw_y_test is not None else None
+    else:
+        y = _integer_labels(raw_y, where, f"'{chosen['y']}'")
+        if raw_y_test is not None:
+            y_test = _integer_labels(raw_y_test, where, f"'{chosen['y_test']}'")
+        classes = _numeric_class_names(y, y_test)
+        if "classes" in arrays:
+            names = arrays["classes"]
+            if names.ndim != 1:
+                raise DataError(f"{where}: 'classes' must be a 1-D array of names, got shape {names.shape}.")
+            classes = [str(v) for v in names.tolist()]
+    return ArrayData(x=x, y=y, x_test=x_test, y_test=y_test, classes=classes, description=f"npz: arrays from {path}")
+
+
+# ----------------------------------------------------------------------------- csv
+
+
+def _label_index(header: list[str], label_column: str, where: str) -> int:
+    names = [h.strip() for h in header]
+    if label_column in names:
+        return names.index(label_column)
+    text = str(label_column).strip()
+    if re.fullmatch(r"-?\d+", text):
+        i = int(text)
+        if -len(names) <= i < len(names):
+            return i % len(names)
+        raise ConfigError(f"data.label_column={i} is out of range: {where} has {len(names)} columns (0..{len(names) - 1}).")
+    raise ConfigError(
+        f"data.label_column '{label_column}' is not a column of {where} (columns: {', '.join(names)}); "
+        "give its name or 0-based index."
+    )
+
+
+def _parse_row(row: list[str], columns: list[str], where: str, line: int) -> list[float]:
+    """Cells as floats; a DataError naming the first cell that is not a number."""
+    values = []
+    for col, cell in zip(columns, row):
+        try:
+            values.append(float(cell))
+        except ValueError:
+            raise DataError(
+                f"{where}: column '{col}' at line {line} holds {cell.strip()!r}, not a number; "
+                "features must be numeric (encode categories as numbers, or drop the column)."
+            ) from None
+    return values
+
+
+@DATASETS.register("csv", needs_path=True, kind="tabular")
+def load_csv(cfg: DataConfig) -> ArrayData:
+    """A CSV file with a header row: numeric feature columns and one label column (data.label_column)."""
+    path = _need_path(cfg, "csv", "file")
+    where = f"csv file '{path}'"
+    try:
+        # utf-8-sig drops the byte-order mark spreadsheet programs put before the header.
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            sample = f.read(65536)
+            f.seek(0)
+            try:
+                dialect: Any = csv.Sniffer().sniff(sample, delimiters=",;\t|")
+            except csv.Error:
+                dialect = csv.excel
+            reader = csv.reader(f, dialect)
+            header = next(reader, None)
+            if not header:
+                raise DataError(f"{where} is empty; it needs a header row and one row per example.")
+            label_at = _label_index(header, cfg.label_column, where)
+            features: list[list[str]] = []
+            labels: list[str] = []
+            lines: list[int] = []
+            for row in reader:
+                if not row or all(not c.strip() for c in row):
+                    continue  # blank line
+                if len(row) != len(header):
+                    raise DataError(
+                        f"{where}: line {reader.line_num} has {len(row)} fields but the header has {len(header)}; fix that row."
+                    )
+                labels.append(row[label_at].strip())
+                features.append(row[:label_at] + row[label_at + 1 :])
+                lines.append(reader.line_num)
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{where} is not UTF-8 text ({exc.reason} at byte {exc.start}); save it as UTF-8 CSV.") from None
+    except csv.Error as exc:
+        raise DataError(f"{where} is not valid CSV ({exc}); fix the quoting.") from None
+    except OSError as exc:
+        raise DataError(f"{where} cannot be read ({exc}).") from None
+    columns = [h.strip() for i, h in enumerate(header) if i != label_at]
+    if not features:
+        raise DataError(f"{where} has a header but no data rows; add one row per example.")
+    if not columns:
+        raise DataError(f"{where} has only the label column; add feature columns.")
+    try:
+        x = np.array(features, dtype=np.float32)  # fast path: numpy parses every cell at once
+    except ValueError:
+        x = np.array([_parse_row(row, columns, where, line) for row, line in zip(features, lines)], dtype=np.float32)
+    empty = [i for i, v in enumerate(labels) if not v]
+    if empty:
+        raise DataError(f"{where}: line {lines[empty[0]]} has an empty label; give every row a label.")
+    y, classes = _encode_labels(labels, where)
+    return ArrayData(
+        x=x, y=y, x_test=None, y_test=None, classes=classes, description=f"csv: {len(columns)} features from {path}"
+    )

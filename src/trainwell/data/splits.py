@@ -1,0 +1,312 @@
+"""Train/validation/test splits as CPU tensors, made once and reproducibly from ``data.split_seed``.
+
+Pipeline (:func:`load_splits`)::
+
+    DATASETS.get(cfg.name)(cfg) -> ArrayData -> validate() -> make_splits() -> Splits
+
+How the splits are drawn (all draws seeded by ``data.split_seed`` only, never by ``train.seed``,
+so runs that differ in their training seed share the same test and validation examples):
+
+1. **test**: the source's own test split when it has one (``data.test_fraction`` is then
+   ignored); otherwise ``ceil(test_fraction * N)`` examples carved from the data.
+2. **val**: ``ceil(val_fraction * n)`` of the remaining ``n`` training examples.
+   ``data.val_fraction=0`` gives an *empty* validation split: the trainer then skips validation.
+3. **limit**: ``data.limit > 0`` keeps at most that many of the remaining training examples.
+
+Each draw is stratified (class proportions kept, to within one example per class) when every
+class has at least two examples among those drawn from, else uniformly random. The three draws
+use independent random streams: changing ``val_fraction`` or ``limit`` never changes the test set.
+Indices are kept in ascending order, so each split lists its examples in source order.
+
+Tensors keep the storage dtype: uint8 for images (convert batches with :func:`to_float`), float32
+otherwise. When a split is a whole source array (e.g. a source's own test split) of a
+memory-mapped ``npz``, the tensor shares the mapping instead of copying it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from trainwell.config import DataConfig
+from trainwell.data.sources import DATASETS, ArrayData, kind_of
+from trainwell.errors import ConfigError, DataError
+
+
+@dataclass
+class TensorSplit:
+    """One split: ``x`` (N, *input_shape) uint8 images or float32, CPU; ``y`` (N,) int64."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+
+    def __len__(self) -> int:
+        return int(self.y.shape[0])
+
+    @classmethod
+    def empty(cls, example_shape: tuple[int, ...], dtype: torch.dtype) -> TensorSplit:
+        """A split with no examples (x of shape (0, *example_shape))."""
+        return cls(torch.empty((0, *example_shape), dtype=dtype), torch.empty(0, dtype=torch.int64))
+
+
+@dataclass
+class Splits:
+    """The train, validation and test splits of one dataset, plus what a model needs to know.
+
+    ``val`` is empty (``len(val) == 0``) when ``data.val_fraction=0``; ``train`` and ``test`` never are.
+    """
+
+    train: TensorSplit
+    val: TensorSplit
+    test: TensorSplit
+    classes: list[str]
+    """Class names; ``classes[label]`` names a label."""
+    input_shape: tuple[int, ...]
+    """Shape of one example, e.g. (1, 8, 8) image, (1, 40) signal, (F,) tabular."""
+    description: str
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def kind(self) -> str:
+        """``"image"``, ``"signal"`` or ``"tabular"``, from :attr:`input_shape`."""
+        return kind_of(self.input_shape)
+
+    @property
+    def is_uint8(self) -> bool:
+        """Whether examples are stored as uint8 pixels (0..255) that :func:`to_float` scales."""
+        return self.train.x.dtype == torch.uint8
+
+
+# ----------------------------------------------------------------------------- validation
+
+# Scan for NaN/inf in blocks of about this many bytes, so a huge memory-mapped array is checked
+# without materialising a same-sized boolean mask.
+_SCAN_BYTES = 64 << 20
+
+
+def _count_nonfinite(x: np.ndarray) -> int:
+    if x.dtype.kind not in "fc":
+        return 0
+    step = max(1, _SCAN_BYTES // max(1, x[:1].nbytes))
+    return sum(int(np.count_nonzero(~np.isfinite(x[i : i + step]))) for i in range(0, len(x), step))
+
+
+def _check_part(x: np.ndarray, y: np.ndarray | None, where: str, what: str, num_classes: int) -> None:
+    """Check one (x, y) pair of ArrayData; ``what`` names it ("x, y" or "x_test, y_test")."""
+    xname, yname = (n.strip() for n in what.split(","))
+    if not isinstance(x, np.ndarray) or not isinstance(y, np.ndarray):
+        got = f"{type(x).__name__}, {type(y).__name__}"
+        raise DataError(f"{where}: {xname} and {yname} must be numpy arrays, got {got}.")
+    if x.ndim < 2:
+        raise DataError(
+            f"{where}: {xname} has shape {x.shape}; expected (N, F) tabular, (N, C, L) signals or (N, C, H, W) images "
+            "(a single feature needs shape (N, 1))."
+        )
+    if len(x) == 0:
+        raise DataError(f"{where}: {xname} is empty; the source holds no examples.")
+    if x.dtype.kind not in "biuf":
+        raise DataError(f"{where}: {xname} has dtype {x.dtype}; expected uint8 images or float features.")
+    if y.ndim != 1:
+        raise DataError(f"{where}: {yname} has shape {y.shape}; expected one label per example, shape (N,).")
+    if len(y) != len(x):
+        raise DataError(f"{where}: {xname} has {len(x)} examples but {yname} has {len(y)} labels; they must match.")
+    if y.dtype.kind == "f":
+        if not np.all(np.isfinite(y)) or not np.all(y == np.round(y)):
+            raise DataError(f"{where}: {yname} holds non-integer values; labels must be whole numbers 0..K-1.")
+    elif y.dtype.kind not in "iub":
+        raise DataError(f"{where}: {yname} has dtype {y.dtype}; labels must be integers 0..K-1.")
+    low, high = y.min(), y.max()
+    if low < 0 or high >= num_classes:
+        bad = low if low < 0 else high
+        raise DataError(
+            f"{where}: labels out of range: {yname} holds {int(bad)} but there are {num_classes} classes "
+            f"(labels 0..{num_classes - 1}); renumber the labels or give all class names."
+        )
+    bad = _count_nonfinite(x)
+    if bad:
+        split = "training data" if xname == "x" else "test split"
+        raise DataError(
+            f"{where}: {bad} NaN/inf values in {xname} (the {split}); remove or impute them before training."
+        )
+
+
+def validate(data: ArrayData, where: str) -> None:
+    """Check an ArrayData before splitting; a DataError naming ``where`` and the problem otherwise.
+
+    Checks: x has shape (N, ...) with N > 0 and a numeric dtype; y is (N,) whole numbers in
+    ``0..len(classes)-1``; no NaN/inf in x; at least 2 classes; x_test/y_test come together and
+    x_test has x's per-example shape and dtype. Arrays are only read (memory maps stay mapped).
+    """
+    num_classes = len(data.classes)
+    if num_classes < 2:
+        raise DataError(f"{where}: found {num_classes} class(es); classification needs at least 2.")
+    _check_part(data.x, data.y, where, "x, y", num_classes)
+    if (data.x_test is None) != (data.y_test is None):
+        raise DataError(f"{where}: only one of x_test and y_test is given; give both or neither.")
+    if data.x_test is not None:
+        _check_part(data.x_test, data.y_test, where, "x_test, y_test", num_classes)
+        if data.x_test.shape[1:] != data.x.shape[1:]:
+            raise DataError(
+                f"{where}: test examples have shape {data.x_test.shape[1:]} but training examples "
+                f"{data.x.shape[1:]}; both splits must have the same shape."
+            )
+        if data.x_test.dtype != data.x.dtype:
+            raise DataError(
+                f"{where}: test examples are {data.x_test.dtype} but training examples {data.x.dtype}; "
+                "store both splits with the same dtype."
+            )
+
+
+def check_split_config(cfg: DataConfig) -> None:
+    """ConfigError unless the split settings are usable (checked before any data is loaded)."""
+    for key in ("val_fraction", "test_fraction"):
+        value = getattr(cfg, key)
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 <= value < 1:
+            raise ConfigError(f"data.{key} must be a fraction in [0, 1), e.g. 0.1; got {value!r}.")
+    if not isinstance(cfg.limit, int) or cfg.limit < 0:
+        raise ConfigError(f"data.limit must be 0 (all) or a positive number of examples; got {cfg.limit!r}.")
+    if not isinstance(cfg.split_seed, int) or cfg.split_seed < 0:
+        raise ConfigError(f"data.split_seed must be a non-negative integer; got {cfg.split_seed!r}.")
+
+
+# ----------------------------------------------------------------------------- splitting
+
+
+def _choose(labels: np.ndarray, n_pick: int, rng: np.random.Generator) -> np.ndarray:
+    """Sorted positions of ``n_pick`` of ``labels``, stratified when every class has >= 2 examples.
+
+    Stratified: each class gets ``floor(n_pick * count / n)`` picks, and the leftover picks go to
+    the classes with the largest remainders (ties broken at random), so the total is exact and
+    every class is within one pick of its proportional share.
+    """
+    n = len(labels)
+    if n_pick >= n:
+        return np.arange(n)
+    _, inverse, counts = np.unique(labels, return_inverse=True, return_counts=True)
+    if counts.min() < 2:
+        return np.sort(rng.permutation(n)[:n_pick])
+    # Integer arithmetic: the remainders sum to exactly n * leftover, so the top-`leftover` classes
+    # by remainder all have a nonzero one and no class is given more picks than it has examples.
+    quota = counts * n_pick // n
+    remainder = counts * n_pick % n
+    leftover = n_pick - int(quota.sum())
+    order = np.lexsort((rng.random(len(counts)), -remainder))
+    quota[order[:leftover]] += 1
+    members = np.split(np.argsort(inverse, kind="stable"), np.cumsum(counts)[:-1])
+    picked = [rng.permutation(m)[:q] for m, q in zip(members, quota)]
+    return np.sort(np.concatenate(picked))
+
+
+def _n_held(fraction: float, n: int) -> int:
+    """``ceil(fraction * n)`` (as scikit-learn's train_test_split), so any fraction > 0 holds out >= 1."""
+    return min(n, math.ceil(fraction * n - 1e-9)) if fraction > 0 else 0
+
+
+def _as_tensor(a: np.ndarray) -> torch.Tensor:
+    """A CPU tensor over ``a``'s memory when torch can share it safely, else over a copy."""
+    if not (a.flags.writeable and a.flags.aligned) or any(s < 0 for s in a.strides):
+        # torch.from_numpy warns on read-only arrays (a write would crash) and cannot take
+        # negative strides; unaligned data would slow every kernel. Copy these few cases.
+        a = np.array(a, order="C")
+    return torch.from_numpy(a)
+
+
+def _split_tensors(x: np.ndarray, y: np.ndarray, idx: np.ndarray | None) -> TensorSplit:
+    """``x[idx]``, ``y[idx]`` as a TensorSplit; ``idx=None`` takes the whole arrays without gathering."""
+    if idx is not None and len(idx) == len(x):
+        idx = None  # indices are sorted and unique: all of them is the identity
+    xs = x if idx is None else x[idx]
+    if xs.dtype != np.uint8:
+        xs = xs.astype(np.float32, copy=False)  # also makes non-native byte orders native
+    ys = np.ascontiguousarray(y if idx is None else y[idx], dtype=np.int64)
+    return TensorSplit(_as_tensor(xs), torch.from_numpy(ys))
+
+
+def make_splits(data: ArrayData, cfg: DataConfig) -> Splits:
+    """Split validated ``data`` into train/val/test tensors as described in the module docstring.
+
+    Raises ConfigError for unusable fractions/limit and DataError when a split would be empty.
+    """
+    check_split_config(cfg)
+    name = cfg.name if isinstance(cfg.name, str) else "data"
+    test_seq, val_seq, limit_seq = np.random.SeedSequence(cfg.split_seed).spawn(3)
+    y = np.asarray(data.y).astype(np.int64, copy=False)
+    n = len(y)
+
+    if data.x_test is None:
+        if cfg.test_fraction == 0:
+            raise DataError(
+                f"test split is empty: data.name={name} has no test split of its own and data.test_fraction=0; "
+                "set data.test_fraction (e.g. 0.2)."
+            )
+        test_idx = _choose(y, _n_held(cfg.test_fraction, n), np.random.default_rng(test_seq))
+        rest = np.setdiff1d(np.arange(n), test_idx, assume_unique=True)
+        test = _split_tensors(data.x, y, test_idx)
+    else:
+        rest = np.arange(n)
+        test = _split_tensors(data.x_test, np.asarray(data.y_test), None)
+
+    n_val = _n_held(cfg.val_fraction, len(rest))
+    if n_val:
+        pos = _choose(y[rest], n_val, np.random.default_rng(val_seq))
+        val_idx, train_idx = rest[pos], np.delete(rest, pos)
+    else:
+        val_idx, train_idx = rest[:0], rest
+
+    if len(train_idx) == 0:
+        raise DataError(
+            f"train split is empty: {n} examples of data.name={name} leave none for training after "
+            f"data.test_fraction={cfg.test_fraction} and data.val_fraction={cfg.val_fraction}; "
+            "lower the fractions or give more data."
+        )
+    if cfg.limit and cfg.limit < len(train_idx):
+        train_idx = train_idx[_choose(y[train_idx], cfg.limit, np.random.default_rng(limit_seq))]
+
+    train = _split_tensors(data.x, y, train_idx)
+    example_shape = tuple(int(s) for s in data.x.shape[1:])
+    val = _split_tensors(data.x, y, val_idx) if len(val_idx) else TensorSplit.empty(example_shape, train.x.dtype)
+    if len(test) == 0:
+        raise DataError(f"test split is empty: data.name={name}'s own test split holds no examples; give it some.")
+    return Splits(
+        train=train,
+        val=val,
+        test=test,
+        classes=[str(c) for c in data.classes],
+        input_shape=example_shape,
+        description=data.description,
+    )
+
+
+def load_splits(cfg: DataConfig) -> Splits:
+    """Load ``cfg.name`` (a DATASETS name or a ``load(cfg) -> ArrayData`` callable), validate and split it."""
+    check_split_config(cfg)  # fail on a bad fraction before spending time loading data
+    load = DATASETS.get(cfg.name)
+    where = f"data.name={cfg.name}" if isinstance(cfg.name, str) else "data"
+    if cfg.path:
+        where += f" ('{cfg.path}')"
+    try:
+        data = load(cfg)
+    except OSError as exc:
+        # Sources turn the problems they expect into DataErrors; this catches the rest (a file
+        # without read permission, a disk error) so users still get one line, not a traceback.
+        name = f" '{exc.filename}'" if exc.filename else ""
+        raise DataError(f"{where}: cannot read{name}: {exc.strerror or exc}; check the file and its permissions.") from None
+    validate(data, where)
+    return make_splits(data, cfg)
+
+
+def to_float(x: torch.Tensor) -> torch.Tensor:
+    """A batch as float32: uint8 pixels 0..255 become [0, 1] (divided by 255); others are cast.
+
+    Apply per batch (ideally after moving it to the device, where uint8 is 4x cheaper to transfer).
+    Returns ``x`` itself when it is already float32.
+    """
+    if x.dtype == torch.uint8:
+        return x.to(torch.float32).div_(255.0)
+    return x.to(torch.float32)
