@@ -5,14 +5,8 @@ __version__ = "0.1.0"
 from trainwell.config import Config, resolve  # noqa: E402
 from trainwell.errors import TrainwellError  # noqa: E402
 
-
-def __getattr__(name: str):
-    # The training API imports torch; load it on first use so `trainwell --help` and config stay fast.
-    if name in ("train", "evaluate", "predict", "load_run", "Run"):
-        from trainwell.train import run
-
-        return getattr(run, name)
-    raise AttributeError(f"module 'trainwell' has no attribute '{name}'")
-
+# Importing the `trainwell.train` sub-package binds that name to the module; the API function of the
+# same name is bound after it, so `trainwell.train(...)` is always the function.
+from trainwell.train.run import Run, evaluate, load_run, predict, train  # noqa: E402
 
 __all__ = ["Config", "resolve", "TrainwellError", "train", "evaluate", "predict", "load_run", "Run", "__version__"]

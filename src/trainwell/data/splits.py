@@ -144,9 +144,9 @@ def validate(data: ArrayData, where: str) -> None:
     x_test has x's per-example shape and dtype. Arrays are only read (memory maps stay mapped).
     """
     num_classes = len(data.classes)
+    _check_part(data.x, data.y, where, "x, y", num_classes)  # first: a negative label is the real problem
     if num_classes < 2:
         raise DataError(f"{where}: found {num_classes} class(es); classification needs at least 2.")
-    _check_part(data.x, data.y, where, "x, y", num_classes)
     if (data.x_test is None) != (data.y_test is None):
         raise DataError(f"{where}: only one of x_test and y_test is given; give both or neither.")
     if data.x_test is not None:

@@ -32,7 +32,7 @@ class TrainProgress:
     """A live bar on a terminal; plain epoch lines elsewhere (logs, CI, pipes)."""
 
     def __init__(self, console: Console | None = None, refresh_seconds: float = 0.25, live: bool | None = None) -> None:
-        self.console = console or Console(stderr=True)
+        self.console = console or Console(stderr=True, soft_wrap=True)
         self.live = self.console.is_terminal if live is None else live
         self.refresh_seconds = refresh_seconds
         self._progress: Progress | None = None

@@ -42,7 +42,7 @@ from trainwell.train.rundir import (
     save_weights,
     write_json,
 )
-from trainwell.train.trainer import RandomState, evaluate_split, fit, predict_logits, resolve_device
+from trainwell.train.trainer import RandomState, evaluate_split, fit, predict_logits, preflight, resolve_device
 
 ConfigLike = Config | dict[str, Any] | list[str] | None
 
@@ -129,7 +129,7 @@ def train(
     cfg = as_config(config, overrides, config_file)
     check_names(cfg)
     device = resolve_device(cfg.train.device)
-    console = console or Console(stderr=True, quiet=quiet)
+    console = console or Console(stderr=True, quiet=quiet, soft_wrap=True)
     if splits is None:
         splits = load_splits(cfg.data)
     init_gen = torch.Generator().manual_seed(cfg.train.seed + 1)
@@ -137,6 +137,8 @@ def train(
     net = model if custom else build_model(cfg, splits.input_shape, splits.num_classes, generator=init_gen)
     preprocess = fit_preprocess(cfg.data.preprocess, to_float(splits.train.x))
     classifier = Classifier(net, preprocess)
+    preflight(classifier, cfg, len(splits.train))
+    augment = _build_augmenter(cfg, splits, device)
     tag = f"{cfg.data.name}-{cfg.model.name if not custom else 'custom'}"
     out_dir = prepare_out_dir(out, "train", tag, overwrite)
 
@@ -165,7 +167,6 @@ def train(
                     writer.add_scalar(key.replace("_", "/", 1), value, row["epoch"])
 
     rng = RandomState.from_seed(cfg.train.seed, device)
-    augment = _build_augmenter(cfg, splits, device)
     try:
         result = fit(classifier, splits, cfg, device, rng, augment=augment, log_epoch=log_epoch,
                      progress=progress, callbacks=callbacks)
@@ -332,7 +333,9 @@ def predict(run_dir: str | Path, inputs: list[str | Path], *, device: str = "aut
     if not inputs:
         raise DataError("predict needs at least one input file (.npz, .npy or an image).")
     image = len(run.input_shape) == 3
-    x, sources = read_inputs([str(p) for p in inputs], run.input_shape, image)
+    arrays = [read_inputs([str(p)], run.input_shape, image) for p in inputs]
+    sources = [f"{p}[{i}]" if len(a) > 1 else str(p) for p, a in zip(inputs, arrays) for i in range(len(a))]
+    x = np.concatenate(arrays)
     dev = resolve_device(device)
     run.model.to(dev)
     probs = F.softmax(predict_logits(run.model, torch.from_numpy(np.ascontiguousarray(x)), dev, batch_size), dim=1).cpu()
@@ -344,6 +347,6 @@ def predict(run_dir: str | Path, inputs: list[str | Path], *, device: str = "aut
             "class": k,
             "label": run.classes[k],
             "probability": float(p[k]),
-            "probabilities": {run.classes[j]: round(float(v), 6) for j, v in enumerate(p)},
+            "probabilities": {run.classes[j]: float(v) for j, v in enumerate(p)},
         })
     return rows

@@ -25,7 +25,7 @@ from torch import nn
 
 from trainwell.config import Config
 from trainwell.data.splits import Splits, TensorSplit, to_float
-from trainwell.errors import ConfigError
+from trainwell.errors import ConfigError, DataError
 from trainwell.train.mix import apply_mix, check_mix_config, mixing_enabled, sample_mix, smooth_targets
 from trainwell.train.optim import build_optimizer, build_scheduler, penalty
 
@@ -131,6 +131,8 @@ def steps_per_epoch(n: int, batch_size: int) -> int:
 
 def check_train_config(cfg: Config, n_train: int) -> None:
     t = cfg.train
+    if n_train < 2:
+        raise DataError(f"the training split has {n_train} example(s); training needs at least 2 — give more data.")
     if t.epochs < 1:
         raise ConfigError(f"train.epochs must be >= 1, got {t.epochs}.")
     if t.batch_size < 1:
@@ -144,6 +146,13 @@ def check_train_config(cfg: Config, n_train: int) -> None:
     if cfg.reg.l1 < 0 or cfg.reg.l2 < 0:
         raise ConfigError("reg.l1 and reg.l2 must be >= 0.")
     check_mix_config(cfg.mix)
+
+
+def preflight(model: nn.Module, cfg: Config, n_train: int) -> None:
+    """Every check of the training settings, run before any folder is created or data moved."""
+    check_train_config(cfg, n_train)
+    optimizer, _ = build_optimizer(model, cfg.optim)
+    build_scheduler(optimizer, cfg, steps_per_epoch(n_train, cfg.train.batch_size))
 
 
 Augmenter = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
