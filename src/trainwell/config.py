@@ -67,9 +67,9 @@ class ModelConfig:
     norm: str = "none"
     """Normalisation after each hidden linear/conv layer: none, batch, layer, group."""
     dropout: float = 0.0
-    """Dropout probability before each hidden layer's output (0 = off)."""
-    head: str = "flatten"
-    """cnn: 'flatten' keeps where features are (best for MNIST-1D); 'avg' global-average-pools them."""
+    """Dropout probability: after every hidden layer (mlp), before the final linear layer (cnn, resnet)."""
+    head: str = "avg"
+    """cnn: 'avg' global-average-pools the last feature map (shift-invariant); 'flatten' keeps positions."""
 
 
 @dataclass
@@ -77,7 +77,7 @@ class InitConfig:
     scheme: str = "kaiming_normal"
     """Weight initialisation (``trainwell list init``); 'default' keeps PyTorch's."""
     std: float = 0.01
-    """Standard deviation for scheme=normal."""
+    """Standard deviation for scheme=normal and scheme=uniform (U(+-sqrt(3) std), the same variance)."""
     mode: str = "fan_in"
     """kaiming: fan_in preserves forward variance, fan_out backward variance."""
     gain: float = 1.0
