@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import yaml
 
-FAST = ["train.epochs=2", "train.progress=false", "model.width=32", "model.depth=1"]
+FAST = ["train.epochs=2", "train.progress=false", "model.name=mlp", "model.width=32", "model.depth=1"]
 
 
 def run_cli(*args: str, cwd: Path | None = None, check: bool | None = True) -> subprocess.CompletedProcess:
@@ -322,3 +322,20 @@ def test_print_config_shows_the_resolved_config():
 def test_print_keys_lists_every_key():
     out = run_cli("train", "--print-keys").stdout
     assert "optim.lr" in out and "loss.label_smoothing" in out
+
+
+def test_show_param_groups_lists_decayed_and_exempt_tensors():
+    out = run_cli("train", "model.name=mlp", "model.norm=batch", "reg.l1=0.001", "--show-param-groups").stdout
+    lines = [line for line in out.splitlines() if "weight" in line or "bias" in line]
+    decayed = [line for line in lines if " decay " in f" {line} " and "no_decay" not in line]
+    exempt = [line for line in lines if "no_decay" in line]
+    assert len(decayed) == 3 and all("0.001" in line for line in decayed)
+    assert len(exempt) == 5 and all(".bias" in line or line.split()[0].split(".")[0] in ("2", "5") for line in exempt)
+
+
+def test_lr_find_command_writes_plot_and_suggestion(tmp_path):
+    out = tmp_path / "lrf"
+    proc = run_cli("lr-find", "model.name=mlp", "data.limit=300", "--steps", "20", "--out", str(out))
+    summary = json.loads((out / "summary.json").read_text())
+    assert "suggested lr" in proc.stdout and summary["suggested_lr"] > 0
+    assert (out / "lr_find.png").stat().st_size > 0

@@ -56,6 +56,11 @@ def test_sgd_decay_matches_closed_form():
     torch.testing.assert_close(net.weight.detach(), w0 * (1 - 0.1 * 0.01))
 
 
+def test_exemption_can_be_switched_off():
+    groups = split_param_groups(small_net(), exempt_bias_and_norm=False)
+    assert not groups.no_decay and len(groups.decay) == len(list(small_net().parameters()))
+
+
 def test_penalty_is_l1_plus_half_l2_over_weights_only():
     net = small_net()
     groups = split_param_groups(net)

@@ -19,7 +19,7 @@ from trainwell.errors import ConfigError, RunDirError
 from trainwell.train.progress import TrainProgress
 from trainwell.train.trainer import RandomState, _batches, fit, resolve_device, steps_per_epoch
 
-QUICK = {"data.limit": 300, "train.epochs": 2, "train.progress": False, "model.width": 32}
+QUICK = {"data.limit": 300, "train.epochs": 2, "train.progress": False, "model.name": "mlp", "model.width": 32}
 
 
 def test_same_seed_repeats_bit_for_bit_on_cpu(tmp_path):

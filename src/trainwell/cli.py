@@ -21,6 +21,7 @@ EXAMPLES = """examples:
   trainwell train -c my.yaml optim.lr=0.1 --out runs/lr0.1
   trainwell evaluate runs/lr0.1
   trainwell predict runs/lr0.1 image.png batch.npz
+  trainwell lr-find preset=mnist1d
   trainwell list model
 """
 
@@ -48,6 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-c", "--config", metavar="FILE", help="YAML config file")
     p.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")
     p.add_argument("--print-keys", action="store_true", help="list every config key with its default and exit")
+    p.add_argument("--show-param-groups", action="store_true",
+                   help="show which tensors get weight decay and L1/L2 penalties, and exit")
     p.add_argument("--quiet", action="store_true", help="print only errors")
     _add_output_args(p)
     p.set_defaults(handler=cmd_train)
@@ -67,6 +70,17 @@ def build_parser() -> argparse.ArgumentParser:
     _add_output_args(p)
     p.set_defaults(handler=cmd_predict)
 
+    p = sub.add_parser("lr-find", help="LR range test (Smith 2017): plot loss against LR and suggest an LR",
+                       description="Train briefly with an exponentially growing LR, restore the model, "
+                                   "and suggest an LR (the smoothed-minimum LR / 10).")
+    p.add_argument("overrides", nargs="*", metavar="key=value")
+    p.add_argument("-c", "--config", metavar="FILE", help="YAML config file")
+    p.add_argument("--steps", type=int, default=100)
+    p.add_argument("--start-lr", type=float, default=1e-6)
+    p.add_argument("--end-lr", type=float, default=10.0)
+    _add_output_args(p)
+    p.set_defaults(handler=cmd_lr_find)
+
     p = sub.add_parser("list", help="list registered names (data, model, activation, ...) with one-line docs")
     p.add_argument("kind", nargs="?", help="one registry, e.g. model; omit for all")
     p.set_defaults(handler=cmd_list)
@@ -85,6 +99,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg = resolve(args.overrides, args.config)
     if args.print_config:
         sys.stdout.write(cfg.to_yaml())
+        return 0
+    if args.show_param_groups:
+        _print_param_groups(cfg)
         return 0
     from trainwell.train.run import train
 
@@ -116,6 +133,18 @@ def cmd_predict(args: argparse.Namespace) -> int:
     write_json(out_dir / "summary.json", {"run": str(args.run_dir), "n": len(rows),
                                           "inputs": [str(p) for p in args.inputs]})
     print(json.dumps(rows, indent=2))
+    return 0
+
+
+def cmd_lr_find(args: argparse.Namespace) -> int:
+    from trainwell.config import resolve
+    from trainwell.train.run import find_lr
+
+    cfg = resolve(args.overrides, args.config)
+    summary = find_lr(cfg, out=args.out, overwrite=args.overwrite, steps=args.steps,
+                      start_lr=args.start_lr, end_lr=args.end_lr)
+    print(f"suggested lr {summary['suggested_lr']:.3g} (loss minimum at {summary['min_loss_lr']:.3g}); "
+          f"plot: {Path(summary['out']) / 'lr_find.png'}")
     return 0
 
 
@@ -165,6 +194,23 @@ def _preset_doc(name: str) -> str:
     text = (resources.files("trainwell") / "presets" / f"{name}.yaml").read_text()
     first = text.splitlines()[0] if text else ""
     return first.lstrip("# ").strip() if first.startswith("#") else ""
+
+
+def _print_param_groups(cfg) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from trainwell.train.run import param_group_rows
+
+    rows = param_group_rows(cfg)
+    table = Table(title=f"parameter groups ({cfg.optim.name}, weight_decay={cfg.optim.weight_decay}, "
+                        f"l1={cfg.reg.l1}, l2={cfg.reg.l2})", title_justify="left")
+    for col in ("name", "shape", "numel", "group", "weight_decay", "l1", "l2"):
+        table.add_column(col, justify="right" if col in ("numel", "weight_decay", "l1", "l2") else "left")
+    for r in rows:
+        table.add_row(r["name"], "x".join(map(str, r["shape"])), f"{r['numel']:,}", r["group"],
+                      f"{r['weight_decay']:g}", f"{r['l1']:g}", f"{r['l2']:g}")
+    Console(soft_wrap=True).print(table)
 
 
 def _print_keys() -> None:

@@ -17,7 +17,7 @@ import typing
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, Literal, Union
 
 import yaml
 
@@ -38,6 +38,10 @@ class DataConfig:
     """Seed of the train/val/test split; fixed apart from train.seed so runs over seeds share a test set."""
     preprocess: str = "standardize"
     """Preprocessing fitted on the training split (``trainwell list preprocess``)."""
+    pca_components: float = 0.99
+    """pca/pca_whiten: int >= 1 = that many components; a fraction in (0, 1) = enough components to keep that fraction of the variance."""
+    whiten_eps: float = 1e-2
+    """pca_whiten/zca: eps added to each eigenvalue, relative to the mean eigenvalue (scale-free); 1e-2 keeps pixel noise from being amplified, 0 = exact."""
     limit: int = 0
     """Keep at most this many training examples (0 = all); for quick experiments and small-data regimes."""
     label_column: str = "label"
@@ -52,8 +56,8 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    name: str = "mlp"
-    """Architecture (``trainwell list model``)."""
+    name: str = "cnn"
+    """Architecture (``trainwell list model``); cnn by default (digits: 98.8% mean over 8 seeds vs mlp's 98.2%)."""
     depth: int = 2
     """mlp: hidden layers; resnet: residual blocks per stage."""
     width: int = 256
@@ -82,6 +86,12 @@ class InitConfig:
     """kaiming: fan_in preserves forward variance, fan_out backward variance."""
     gain: float = 1.0
     """orthogonal: multiplicative gain."""
+    lsuv_tol: float = 0.1
+    """lsuv: rescale each layer until |Var(its output on the batch) - 1| < lsuv_tol."""
+    lsuv_max_iter: int = 10
+    """lsuv: at most this many rescalings per layer."""
+    lsuv_head: bool = False
+    """lsuv: also rescale the last layer (the logits) to unit variance, as the paper does; off = it keeps its orthonormal init."""
 
 
 @dataclass
@@ -90,14 +100,16 @@ class RegConfig:
     """L1 penalty coefficient: loss += l1 * sum|w| (weights only)."""
     l2: float = 0.0
     """L2 penalty coefficient: loss += l2/2 * sum w^2 (weights only)."""
+    exempt_bias_and_norm: bool = True
+    """Keep biases and norm scales/shifts out of weight decay and L1/L2 (false: every parameter)."""
 
 
 @dataclass
 class OptimConfig:
     name: str = "sgd"
     """Optimiser (``trainwell list optim``)."""
-    lr: float = 0.05
-    """Peak learning rate."""
+    lr: float | Literal["auto"] = 0.05
+    """Peak learning rate; 'auto' runs the LR range test first and uses its suggestion."""
     momentum: float = 0.9
     """sgd: momentum."""
     nesterov: bool = True
@@ -261,6 +273,12 @@ def _is_optional(hint: Any) -> tuple[bool, Any]:
     return False, hint
 
 
+def _arm_name(hint: Any) -> str:
+    if typing.get_origin(hint) is Literal:
+        return " or ".join(repr(a) for a in typing.get_args(hint))
+    return {float: "a number", int: "an integer", str: "a string", bool: "true or false"}.get(hint, _type_name(hint))
+
+
 def _coerce(key: str, value: Any, hint: Any) -> Any:
     """Convert ``value`` to the type ``hint`` or raise a ConfigError naming the key."""
     optional, inner = _is_optional(hint)
@@ -270,6 +288,19 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
         raise ConfigError(f"config key '{key}' cannot be empty; give a {_type_name(inner)}.")
     hint = inner
     origin = typing.get_origin(hint)
+    if origin is Literal:
+        if value in typing.get_args(hint):
+            return value
+        raise ConfigError(f"config key '{key}' expects one of {', '.join(map(repr, typing.get_args(hint)))}, got {value!r}.")
+    if origin in (Union, types.UnionType):  # e.g. float | Literal["auto"]: the first arm that fits
+        arms = [a for a in typing.get_args(hint) if a is not type(None)]
+        for arm in arms:
+            try:
+                return _coerce(key, value, arm)
+            except ConfigError:
+                continue
+        names = " or ".join(_arm_name(a) for a in arms)
+        raise ConfigError(f"config key '{key}' expects {names}, got {value!r}.")
 
     def bad(expected: str) -> ConfigError:
         return ConfigError(f"config key '{key}' expects {expected}, got {value!r}.")

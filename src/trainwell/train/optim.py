@@ -35,8 +35,8 @@ class ParamGroups:
         return {"decay": [n for n, _ in self.decay], "no_decay": [n for n, _ in self.no_decay]}
 
 
-def split_param_groups(model: nn.Module) -> ParamGroups:
-    """Weights of linear/conv layers (dim >= 2) decay; biases and norm parameters do not."""
+def split_param_groups(model: nn.Module, exempt_bias_and_norm: bool = True) -> ParamGroups:
+    """Weights of linear/conv layers (dim >= 2) decay; biases and norm parameters do not (unless not exempt)."""
     in_norm: set[int] = set()
     for module in model.modules():
         if isinstance(module, _NORM_TYPES):
@@ -45,7 +45,8 @@ def split_param_groups(model: nn.Module) -> ParamGroups:
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        (decay if p.dim() >= 2 and id(p) not in in_norm else no_decay).append((name, p))
+        is_weight = p.dim() >= 2 and id(p) not in in_norm
+        (decay if is_weight or not exempt_bias_and_norm else no_decay).append((name, p))
     return ParamGroups(decay, no_decay)
 
 
@@ -83,14 +84,16 @@ def _betas(cfg: OptimConfig) -> tuple[float, float]:
     return float(cfg.betas[0]), float(cfg.betas[1])
 
 
-def build_optimizer(model: nn.Module, cfg: OptimConfig) -> tuple[torch.optim.Optimizer, ParamGroups]:
+def build_optimizer(
+    model: nn.Module, cfg: OptimConfig, exempt_bias_and_norm: bool = True
+) -> tuple[torch.optim.Optimizer, ParamGroups]:
     if not cfg.lr > 0 or not math.isfinite(cfg.lr):
         raise ConfigError(f"optim.lr must be a positive number, got {cfg.lr}.")
     if cfg.weight_decay < 0:
         raise ConfigError(f"optim.weight_decay must be >= 0, got {cfg.weight_decay}.")
     if not 0 <= cfg.momentum < 1:
         raise ConfigError(f"optim.momentum must be in [0, 1), got {cfg.momentum}.")
-    groups = split_param_groups(model)
+    groups = split_param_groups(model, exempt_bias_and_norm)
     if not groups.decay and not groups.no_decay:
         raise ConfigError("the model has no trainable parameters.")
     return OPTIMIZERS.get(cfg.name)(groups, cfg), groups

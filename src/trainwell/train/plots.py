@@ -26,8 +26,17 @@ def plot_curves(history: list[dict[str, Any]], path: Path, title: str = "") -> P
         ax.legend()
     if title:
         fig.suptitle(title)
-    tmp = Path(path).with_name(f".{Path(path).name}.tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    tmp.replace(path)
-    return Path(path)
+    return save_figure(fig, path)
+
+
+def save_figure(fig, path: Path, dpi: int = 100) -> Path:
+    """Save atomically (temporary file, then rename) and close the figure."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{path.suffix}")
+    try:
+        fig.savefig(tmp, dpi=dpi)
+        tmp.replace(path)
+    finally:
+        plt.close(fig)
+        tmp.unlink(missing_ok=True)
+    return path

@@ -10,6 +10,7 @@ Python API::
 
 from __future__ import annotations
 
+import dataclasses
 import platform
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +30,7 @@ from trainwell.errors import ConfigError, DataError, RunDirError
 from trainwell.nn import MODELS, build_model
 from trainwell.nn.pipeline import Classifier, count_parameters
 from trainwell.train.optim import OPTIMIZERS, SCHEDULES
+from trainwell.train.lr_find import lr_range_test, plot_lr_find
 from trainwell.train.plots import plot_curves
 from trainwell.train.progress import TrainProgress, format_epoch
 from trainwell.train.rundir import (
@@ -137,12 +139,20 @@ def train(
     net = model if custom else build_model(cfg, splits.input_shape, splits.num_classes, generator=init_gen)
     preprocess = fit_preprocess(cfg.data.preprocess, to_float(splits.train.x))
     classifier = Classifier(net, preprocess)
+    lr_found = None
+    if cfg.optim.lr == "auto":
+        lr_found = lr_range_test(classifier, splits, cfg, device)
+        cfg = dataclasses.replace(cfg, optim=dataclasses.replace(cfg.optim, lr=lr_found.suggested_lr))
+        console.print(f"optim.lr=auto: LR range test suggests {lr_found.suggested_lr:.3g}", highlight=False)
     preflight(classifier, cfg, len(splits.train))
     augment = _build_augmenter(cfg, splits, device)
     tag = f"{cfg.data.name}-{cfg.model.name if not custom else 'custom'}"
     out_dir = prepare_out_dir(out, "train", tag, overwrite)
 
     atomic_write_text(out_dir / "config.yaml", cfg.to_yaml())
+    if lr_found is not None:
+        write_json(out_dir / "lr_find.json", lr_found.to_dict())
+        plot_lr_find(lr_found, out_dir / "lr_find.png")
     write_json(out_dir / "model.json", _model_card(splits, cfg, custom))
     metrics_log = MetricsLog(out_dir / "metrics.jsonl")
     writer = _tensorboard_writer(out_dir) if cfg.train.tensorboard else None
@@ -197,6 +207,8 @@ def train(
         "device": str(device),
         "seed": cfg.train.seed,
         "param_groups": {k: len(v) for k, v in result.param_groups.items()},
+        "lr": cfg.optim.lr,
+        "lr_auto": lr_found is not None,
         "torch": torch.__version__,
         "python": platform.python_version(),
     }
@@ -213,6 +225,56 @@ def train(
     if result.diverged:
         console.print("[yellow]warning:[/] the loss became non-finite and training stopped; lower optim.lr.")
     return Run(out_dir, cfg, classifier, summary, list(splits.classes), tuple(splits.input_shape), splits)
+
+
+def find_lr(
+    config: ConfigLike = None,
+    *,
+    overrides: list[str] | dict[str, Any] | None = None,
+    out: str | Path | None = None,
+    overwrite: bool = False,
+    steps: int = 100,
+    start_lr: float = 1e-6,
+    end_lr: float = 10.0,
+) -> dict[str, Any]:
+    """The LR range test on the configured model and data; writes lr_find.png/json and summary.json."""
+    cfg = as_config(config, overrides)
+    check_names(cfg)
+    device = resolve_device(cfg.train.device)
+    splits = load_splits(cfg.data)
+    net = build_model(cfg, splits.input_shape, splits.num_classes,
+                      generator=torch.Generator().manual_seed(cfg.train.seed + 1))
+    classifier = Classifier(net, fit_preprocess(cfg.data.preprocess, to_float(splits.train.x)))
+    torch.manual_seed(cfg.train.seed + 4)
+    result = lr_range_test(classifier, splits, cfg, device, start_lr=start_lr, end_lr=end_lr, steps=steps)
+    out_dir = prepare_out_dir(out, "lr-find", f"{cfg.data.name}-{cfg.model.name}", overwrite)
+    atomic_write_text(out_dir / "config.yaml", cfg.to_yaml())
+    write_json(out_dir / "lr_find.json", result.to_dict())
+    plot_lr_find(result, out_dir / "lr_find.png")
+    summary = {"suggested_lr": result.suggested_lr, "min_loss_lr": result.min_loss_lr,
+               "diverged_at": result.diverged_at, "steps": len(result.lrs), "optim": cfg.optim.name}
+    write_json(out_dir / "summary.json", summary)
+    return {**summary, "out": str(out_dir)}
+
+
+def param_group_rows(cfg: Config) -> list[dict[str, Any]]:
+    """Which tensors get weight decay and the L1/L2 penalties, for ``trainwell train --show-param-groups``."""
+    from trainwell.train.optim import split_param_groups
+
+    check_names(cfg)
+    splits = load_splits(cfg.data)
+    net = build_model(cfg, splits.input_shape, splits.num_classes)
+    groups = split_param_groups(net, cfg.reg.exempt_bias_and_norm)
+    rows = []
+    for group, params in (("decay", groups.decay), ("no_decay", groups.no_decay)):
+        on = group == "decay"
+        for name, p in params:
+            rows.append({
+                "name": name, "shape": list(p.shape), "numel": p.numel(), "group": group,
+                "weight_decay": cfg.optim.weight_decay if on else 0.0,
+                "l1": cfg.reg.l1 if on else 0.0, "l2": cfg.reg.l2 if on else 0.0,
+            })
+    return rows
 
 
 def _build_augmenter(cfg: Config, splits: Splits, device: torch.device):

@@ -151,7 +151,7 @@ def check_train_config(cfg: Config, n_train: int) -> None:
 def preflight(model: nn.Module, cfg: Config, n_train: int) -> None:
     """Every check of the training settings, run before any folder is created or data moved."""
     check_train_config(cfg, n_train)
-    optimizer, _ = build_optimizer(model, cfg.optim)
+    optimizer, _ = build_optimizer(model, cfg.optim, cfg.reg.exempt_bias_and_norm)
     build_scheduler(optimizer, cfg, steps_per_epoch(n_train, cfg.train.batch_size))
 
 
@@ -178,7 +178,7 @@ def fit(
     n_train = len(splits.train)
     check_train_config(cfg, n_train)
     num_classes = splits.num_classes
-    optimizer, groups = build_optimizer(model, cfg.optim)
+    optimizer, groups = build_optimizer(model, cfg.optim, cfg.reg.exempt_bias_and_norm)
     spe = steps_per_epoch(n_train, cfg.train.batch_size)
     scheduler = build_scheduler(optimizer, cfg, spe)
     mixing = mixing_enabled(cfg.mix)
