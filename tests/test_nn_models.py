@@ -275,3 +275,16 @@ def test_bad_num_classes_and_unknown_model_are_config_errors():
         build_model(_cfg("mlp"), (4,), 0)
     with pytest.raises(ConfigError, match="unknown model 'vgg'.*Valid: cnn, mlp, resnet"):
         build_model(_cfg("vgg"), (4,), NUM_CLASSES)
+
+
+def test_selu_mlp_uses_alpha_dropout_and_relu_plain_dropout():
+    from torch import nn
+
+    from trainwell.config import resolve
+    from trainwell.nn import build_model
+
+    selu = build_model(resolve(["model.name=mlp", "model.activation=selu", "model.dropout=0.1"]), (1, 8, 8), 10)
+    relu = build_model(resolve(["model.name=mlp", "model.activation=relu", "model.dropout=0.1"]), (1, 8, 8), 10)
+    assert any(isinstance(m, nn.AlphaDropout) for m in selu.modules())
+    assert not any(isinstance(m, nn.AlphaDropout) for m in relu.modules())
+    assert any(type(m) is nn.Dropout for m in relu.modules())

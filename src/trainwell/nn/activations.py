@@ -56,6 +56,9 @@ _ARG_CHECKS: dict[str, tuple[Callable[[float], bool], str]] = {
 
 @ACTIVATIONS.register(
     "identity",
+    advantages="keeps the network linear; the head's 'activation'",
+    drawbacks="a stack of linear layers is one linear map",
+    typical_use="output layers, deep-linear-network demonstrations",
     gain=lambda: calculate_gain("linear"),
     saturates="",
     zero_centred=True,
@@ -70,6 +73,9 @@ def identity() -> nn.Module:
 
 @ACTIVATIONS.register(
     "sigmoid",
+    advantages="squashes to (0, 1); reads as a firing rate or probability",
+    drawbacks="saturated units kill gradients; outputs not zero-centred (zig-zag updates); exp is costly",
+    typical_use="binary outputs and gates (LSTM), not hidden layers",
     gain=lambda: calculate_gain("sigmoid"),
     saturates="both tails (x -> -inf and x -> +inf)",
     zero_centred=False,
@@ -84,6 +90,9 @@ def sigmoid() -> nn.Module:
 
 @ACTIVATIONS.register(
     "tanh",
+    advantages="zero-centred, squashes to (-1, 1)",
+    drawbacks="still saturates: gradients vanish in both tails",
+    typical_use="recurrent nets; hidden layers when bounded outputs matter",
     gain=lambda: calculate_gain("tanh"),
     saturates="both tails (x -> -inf and x -> +inf)",
     zero_centred=True,
@@ -98,6 +107,9 @@ def tanh() -> nn.Module:
 
 @ACTIVATIONS.register(
     "relu",
+    advantages="no saturation for x > 0; cheap; converges ~6x faster than sigmoid/tanh (Krizhevsky et al. 2012)",
+    drawbacks="not zero-centred; units with x < 0 on every input die and never recover",
+    typical_use="the default for hidden layers of CNNs and MLPs",
     gain=lambda: calculate_gain("relu"),
     saturates="negative side, hard (f' = 0 for every x < 0)",
     zero_centred=False,
@@ -112,6 +124,9 @@ def relu() -> nn.Module:
 
 @ACTIVATIONS.register(
     "leaky_relu",
+    advantages="never saturates, never dies (gradient slope for x < 0)",
+    drawbacks="the slope is one more hyperparameter; results vary",
+    typical_use="when dead ReLUs are a problem",
     gain=lambda slope: calculate_gain("leaky_relu", slope),
     saturates="",
     zero_centred=False,
@@ -126,6 +141,9 @@ def leaky_relu(slope: float = 0.01) -> nn.Module:
 
 @ACTIVATIONS.register(
     "elu",
+    advantages="all ReLU benefits; mean outputs closer to zero; robust to noise in the negative regime",
+    drawbacks="needs exp",
+    typical_use="deep nets without normalisation",
     gain=_relu_gain_approx,
     saturates="negative tail (x -> -inf, f -> -alpha)",
     zero_centred=False,
@@ -140,6 +158,9 @@ def elu(alpha: float = 1.0) -> nn.Module:
 
 @ACTIVATIONS.register(
     "selu",
+    advantages="self-normalising: activations keep mean 0, variance 1 through depth",
+    drawbacks="needs lecun_normal init, alpha dropout and no batch norm to hold",
+    typical_use="deep fully connected nets (SNNs)",
     gain=lambda: calculate_gain("selu"),
     saturates="negative tail (x -> -inf, f -> -scale * alpha)",
     zero_centred=True,
@@ -154,6 +175,9 @@ def selu() -> nn.Module:
 
 @ACTIVATIONS.register(
     "gelu",
+    advantages="smooth, non-monotonic ReLU; strong in practice",
+    drawbacks="more costly than ReLU",
+    typical_use="transformers, modern CNNs",
     gain=_relu_gain_approx,
     saturates="negative tail (x -> -inf, f -> 0)",
     zero_centred=False,
@@ -168,6 +192,9 @@ def gelu() -> nn.Module:
 
 @ACTIVATIONS.register(
     "silu",
+    advantages="smooth, non-monotonic, self-gated",
+    drawbacks="more costly than ReLU",
+    typical_use="EfficientNet-style CNNs, modern MLPs",
     gain=_relu_gain_approx,
     saturates="negative tail (x -> -inf, f -> 0)",
     zero_centred=False,

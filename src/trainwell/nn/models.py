@@ -90,8 +90,12 @@ def conv(
     return layer
 
 
-def _dropout(p: float) -> list[nn.Module]:
-    return [nn.Dropout(p)] if p > 0 else []
+def _dropout(p: float, activation: str = "relu") -> list[nn.Module]:
+    """Dropout, or alpha dropout after SELU: plain dropout's zeros would break SELU's fixed point of
+    mean 0 / variance 1, alpha dropout keeps it (Klambauer et al. 2017)."""
+    if p <= 0:
+        return []
+    return [nn.AlphaDropout(p) if parse_activation(activation)[0] == "selu" else nn.Dropout(p)]
 
 
 # ----------------------------------------------------------------------------- mlp
@@ -109,7 +113,7 @@ def mlp(cfg: ModelConfig, input_shape: tuple[int, ...], num_classes: int) -> nn.
             linear(fan, cfg.width, cfg.activation, bias=_bias(cfg)),
             build_norm(cfg.norm, cfg.width, 0),
             build_activation(cfg.activation),
-            *_dropout(cfg.dropout),
+            *_dropout(cfg.dropout, cfg.activation),
         ]
         fan = cfg.width
     layers.append(linear(fan, num_classes, "identity"))
