@@ -235,6 +235,8 @@ def test_every_model_trains_from_the_cli(model, tmp_path):
         (["data.name=npz", "data.path=/nonexistent/file.npz"], ["/nonexistent/file.npz"]),
         (["data.name=idx", "data.path=/nonexistent"], ["/nonexistent"]),
         (["optim.lr=-1"], ["optim.lr"]),
+        (["augment=rotatoin"], ["rotation"]),
+        (["augment=rotation:degrees=-5"], ["degrees"]),
         (["sched.warmup_epochs=5"], ["warmup"]),
         (["optim.name=adam", "optim.betas=2,3"], ["optim.betas"]),
         (["train.device=cuda:7"] if not __import__("torch").cuda.is_available() else ["train.device=tpu"], ["device"]),

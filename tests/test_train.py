@@ -23,7 +23,8 @@ QUICK = {"data.limit": 300, "train.epochs": 2, "train.progress": False, "model.n
 
 
 def test_same_seed_repeats_bit_for_bit_on_cpu(tmp_path):
-    cfg = dict(QUICK, **{"model.dropout": 0.2, "mix.mixup_alpha": 0.2, "train.device": "cpu"})
+    cfg = dict(QUICK, **{"model.dropout": 0.2, "mix.mixup_alpha": 0.2, "train.device": "cpu",
+                         "augment": ["translation", "noise"]})
     a = trainwell.train(cfg, out=tmp_path / "a", quiet=True)
     b = trainwell.train(cfg, out=tmp_path / "b", quiet=True)
     wa, wb = load_file(tmp_path / "a" / "model.safetensors"), load_file(tmp_path / "b" / "model.safetensors")
