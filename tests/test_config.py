@@ -121,3 +121,18 @@ def test_parse_override_keeps_strings_with_equals():
 def test_api_dict_overrides_accept_nested_and_dotted():
     cfg = resolve({"optim": {"lr": 0.5}, "train.epochs": 2})
     assert cfg.optim.lr == 0.5 and cfg.train.epochs == 2
+
+
+def test_every_preset_names_valid_ops_and_registry_entries():
+    from trainwell.data import PREPROCESSORS
+    from trainwell.data.augment import parse_augment
+    from trainwell.data.sources import DATASETS
+    from trainwell.nn import MODELS
+    from trainwell.train.optim import OPTIMIZERS, SCHEDULES
+
+    for name in preset_names():
+        cfg = resolve([f"preset={name}"])
+        parse_augment(cfg.augment)
+        for registry, value in ((DATASETS, cfg.data.name), (MODELS, cfg.model.name), (OPTIMIZERS, cfg.optim.name),
+                                (SCHEDULES, cfg.sched.name), (PREPROCESSORS, cfg.data.preprocess)):
+            registry.entry(value)
