@@ -148,3 +148,32 @@ def test_default_digits_run_reaches_98_percent(tmp_path):
     """The README's promise: plain `trainwell train` (digits) reaches >= 98% test accuracy."""
     run = trainwell.train({"train.progress": False}, out=tmp_path / "digits", quiet=True)
     assert run.summary["test_acc"] >= 0.98, run.summary
+
+
+def test_tensorboard_events_hold_the_logged_metrics(tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run = trainwell.train(dict(QUICK, **{"train.tensorboard": True}), out=tmp_path / "tb", quiet=True)
+    acc = EventAccumulator(str(run.dir / "tensorboard"))
+    acc.Reload()
+    assert {"train/loss", "val/acc"} <= set(acc.Tags()["scalars"])
+    logged = [e.value for e in acc.Scalars("train/loss")]
+    history = [json.loads(line)["train_loss"] for line in (run.dir / "metrics.jsonl").read_text().splitlines()]
+    assert logged == pytest.approx(history, rel=1e-6)
+
+
+def test_missing_tensorboard_is_a_config_error_before_any_folder(tmp_path, monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_tensorboard(name, *args, **kwargs):
+        if name.startswith("torch.utils.tensorboard") or name.startswith("tensorboard"):
+            raise ImportError(name)
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_tensorboard)
+    with pytest.raises(ConfigError, match="tensorboard"):
+        trainwell.train(dict(QUICK, **{"train.tensorboard": True}), out=tmp_path / "never", quiet=True)
+    assert not (tmp_path / "never").exists()

@@ -100,14 +100,14 @@ def _model_card(splits: Splits, cfg: Config, custom: bool) -> dict[str, Any]:
     }
 
 
-def _tensorboard_writer(out_dir: Path) -> Any:
+def _tensorboard_writer_class() -> Any:
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:
         raise ConfigError(
             "train.tensorboard=true needs the tensorboard package; pip install 'trainwell[tensorboard]'."
         ) from None
-    return SummaryWriter(str(out_dir / "tensorboard"))
+    return SummaryWriter
 
 
 def train(
@@ -145,6 +145,7 @@ def train(
         cfg = dataclasses.replace(cfg, optim=dataclasses.replace(cfg.optim, lr=lr_found.suggested_lr))
         console.print(f"optim.lr=auto: LR range test suggests {lr_found.suggested_lr:.3g}", highlight=False)
     preflight(classifier, cfg, len(splits.train))
+    writer_class = _tensorboard_writer_class() if cfg.train.tensorboard else None
     augment = _build_augmenter(cfg, splits, device)
     tag = f"{cfg.data.name}-{cfg.model.name if not custom else 'custom'}"
     out_dir = prepare_out_dir(out, "train", tag, overwrite)
@@ -155,7 +156,7 @@ def train(
         plot_lr_find(lr_found, out_dir / "lr_find.png")
     write_json(out_dir / "model.json", _model_card(splits, cfg, custom))
     metrics_log = MetricsLog(out_dir / "metrics.jsonl")
-    writer = _tensorboard_writer(out_dir) if cfg.train.tensorboard else None
+    writer = writer_class(str(out_dir / "tensorboard")) if writer_class is not None else None
     params = count_parameters(classifier)
     console.print(
         f"[bold]trainwell[/] {splits.description} | {len(splits.train)}/{len(splits.val)}/{len(splits.test)} "

@@ -115,6 +115,17 @@ def evaluate_split(model: nn.Module, split: TensorSplit, device: torch.device, b
     return {"loss": loss, "acc": acc, "n": len(split)}
 
 
+#: Convert uint8 data to float once, up front, when the float copy stays under this size: one
+#: conversion instead of one per batch (bench/bench_trainer.py), at 4x the memory of uint8.
+FLOAT_CACHE_BYTES = 1 << 30
+
+
+def _on_device(x: torch.Tensor, device: torch.device) -> torch.Tensor:
+    if x.dtype == torch.uint8 and x.numel() * 4 <= FLOAT_CACHE_BYTES:
+        return to_float(x.to(device))
+    return x.to(device)
+
+
 def _batches(n: int, batch_size: int, generator: torch.Generator, device: torch.device) -> list[torch.Tensor]:
     """A shuffled epoch of index batches (a trailing batch of 1 is dropped: batch norm needs 2)."""
     perm = torch.randperm(n, generator=generator).to(device)
@@ -184,7 +195,7 @@ def fit(
     mixing = mixing_enabled(cfg.mix)
     smoothing = cfg.loss.label_smoothing
 
-    x_train = splits.train.x.to(device)
+    x_train = _on_device(splits.train.x, device)
     y_train = splits.train.y.to(device)
     result = FitResult(param_groups=groups.describe())
     best_val = -math.inf
