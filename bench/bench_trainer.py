@@ -10,6 +10,7 @@ ratio of the medians is printed (goal: <= 1.05).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import statistics
 import time
 
@@ -17,9 +18,9 @@ import torch
 import torch.nn.functional as F
 
 from trainwell.config import resolve
-from trainwell.data import fit_preprocess, load_splits, to_float
-from trainwell.nn import build_model
+from trainwell.data import load_splits, to_float
 from trainwell.nn.pipeline import Classifier
+from trainwell.train.run import build_classifier
 from trainwell.train.trainer import RandomState, fit, resolve_device
 
 CASES = {
@@ -29,8 +30,7 @@ CASES = {
 
 
 def make_model(cfg, splits, seed: int) -> Classifier:
-    net = build_model(cfg, splits.input_shape, splits.num_classes, generator=torch.Generator().manual_seed(seed))
-    return Classifier(net, fit_preprocess(cfg.data.preprocess, to_float(splits.train.x)))
+    return build_classifier(dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, seed=seed)), splits)
 
 
 def hand_written(cfg, splits, device, seed: int) -> float:

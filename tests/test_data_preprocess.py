@@ -1,14 +1,19 @@
-"""Preprocessing: standardize against scikit-learn's StandardScaler, inverses, saving and reloading."""
+"""Preprocessing: standardize against scikit-learn's StandardScaler, PCA/whitening against scikit-learn's PCA,
+ZCA's defining properties, inverses, saving and reloading."""
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 import pytest
 import torch
+from sklearn.decomposition import PCA as SkPCA
 from sklearn.preprocessing import StandardScaler
 
+from trainwell.config import DataConfig, resolve
 from trainwell.data import PREPROCESSORS, fit_preprocess, load_preprocess, to_float
-from trainwell.data.preprocess import Identity, Standardize
+from trainwell.data.preprocess import PCA, ZCA, Identity, PCAWhiten, Standardize
 from trainwell.errors import ConfigError, DataError, RunDirError
 
 
@@ -17,8 +22,8 @@ def data(shape, seed=0, dtype=torch.float64):
     return (torch.randn(shape, generator=g, dtype=dtype) * 3 + 5).to(dtype)
 
 
-def test_registry_has_none_and_standardize_with_docs():
-    assert PREPROCESSORS.names() == ["none", "standardize"]
+def test_registry_has_every_preprocessor_with_docs():
+    assert PREPROCESSORS.names() == ["none", "standardize", "pca", "pca_whiten", "zca"]
     assert all(e.doc for e in PREPROCESSORS)
 
 
@@ -129,3 +134,289 @@ def test_fit_rejects_nan_and_empty_inputs():
         fit_preprocess("standardize", x)
     with pytest.raises(DataError, match="non-empty tensor"):
         fit_preprocess("standardize", torch.zeros(0, 3))
+
+
+# ----------------------------------------------------------------------------- PCA and whitening
+
+
+def correlated(n, d, rank=None, seed=0, noise=0.3, dtype=torch.float64):
+    """Low-rank signal plus isotropic noise, off-centre, values of order 1: full rank when noise > 0."""
+    g = torch.Generator().manual_seed(seed)
+    rank = rank or max(1, d // 2)
+    spread = torch.linspace(3, 0.5, rank, dtype=torch.float64)[:, None] / math.sqrt(rank)
+    mix = torch.randn(rank, d, generator=g, dtype=torch.float64) * spread
+    x = torch.randn(n, rank, generator=g, dtype=torch.float64) @ mix + noise * torch.randn(n, d, generator=g, dtype=torch.float64)
+    return (x + torch.linspace(-2, 2, d, dtype=torch.float64)).to(dtype)
+
+
+def cfg(**kw):
+    return DataConfig(**kw)
+
+
+def test_config_keys_resolve_with_their_defaults():
+    c = resolve(["data.preprocess=zca", "data.pca_components=50", "data.whiten_eps=0"])
+    assert (c.data.preprocess, c.data.pca_components, c.data.whiten_eps) == ("zca", 50.0, 0.0)
+    assert (DataConfig().pca_components, DataConfig().whiten_eps) == (0.99, 1e-2)
+    with pytest.raises(ConfigError, match="data.pca_components"):
+        resolve(["data.pca_components=many"])
+
+
+# n > d: covariance + eigh; n <= d: SVD of the centred data (rank n - 1: the n-th direction is arbitrary).
+@pytest.mark.parametrize("n, d, k", [(400, 12, 5), (400, 12, 12), (20, 30, 7), (20, 30, 19)])
+@pytest.mark.parametrize("name, whiten", [("pca", False), ("pca_whiten", True)])
+def test_pca_matches_scikit_learn(name, whiten, n, d, k):
+    x = correlated(n, d, seed=n + d)
+    pre = fit_preprocess(name, x, cfg(pca_components=k, whiten_eps=0.0))
+    sk = SkPCA(n_components=k, whiten=whiten, svd_solver="full").fit(x.numpy())
+    assert pre.n_components == k and pre(x).shape == (n, k) and pre.output_shape((d,)) == (k,)
+    np.testing.assert_allclose(pre.mean.numpy(), sk.mean_, atol=1e-6)
+    np.testing.assert_allclose(pre.components.numpy(), sk.components_, atol=1e-5)  # same signs (svd_flip)
+    np.testing.assert_allclose(pre(x).double().numpy(), sk.transform(x.numpy()), atol=1e-5)
+    np.testing.assert_allclose(pre(x).double().numpy(), SkPCA(k, whiten=whiten).fit_transform(x.numpy()), atol=1e-5)
+
+
+def test_pca_of_images_flattens_and_matches_scikit_learn_on_uint8_pixels():
+    g = torch.Generator().manual_seed(3)
+    base = torch.rand(300, 1, 6, 6, generator=g)
+    x = (255 * (0.6 * base + 0.4 * base.mean(dim=(2, 3), keepdim=True))).to(torch.uint8)  # correlated pixels
+    pre = fit_preprocess("pca_whiten", x, cfg(pca_components=10, whiten_eps=0.0))
+    assert pre.output_shape((1, 6, 6)) == (10,) and pre.mean.shape == (1, 6, 6)
+    flat = to_float(x).double().reshape(300, -1).numpy()
+    expected = SkPCA(10, whiten=True, svd_solver="full").fit_transform(flat)
+    np.testing.assert_allclose(pre(x).double().numpy(), expected, atol=1e-5)
+    torch.testing.assert_close(pre(x[0]), pre(x)[0])  # one example (1, 6, 6) -> (10,)
+
+
+@pytest.mark.parametrize("fraction", [0.5, 0.8, 0.9, 0.95, 0.99])
+@pytest.mark.parametrize("n", [500, 25])
+def test_variance_fraction_picks_the_same_k_as_scikit_learn(fraction, n):
+    x = correlated(n, 40, rank=30, seed=1)
+    pre = fit_preprocess("pca", x, cfg(pca_components=fraction))
+    sk = SkPCA(n_components=fraction, svd_solver="full").fit(x.numpy())
+    assert pre.n_components == sk.n_components_
+    np.testing.assert_allclose(pre(x).double().numpy(), sk.transform(x.numpy()), atol=1e-5)
+
+
+def test_whiten_eps_is_relative_to_the_mean_eigenvalue():
+    # Scaling the data by 100 gives the same whitened output: eps scales with the eigenvalues.
+    x = correlated(300, 10)
+    for name in ("pca_whiten", "zca"):
+        a = fit_preprocess(name, x, cfg(pca_components=6))
+        b = fit_preprocess(name, 100 * x, cfg(pca_components=6))
+        torch.testing.assert_close(a(x), b(100 * x), atol=1e-4, rtol=1e-4)
+    # pca_whiten: component i is divided by sqrt(λ_i + eps * mean(λ)).
+    lam = torch.linalg.eigvalsh(torch.cov(x.T)).flip(0)
+    pre = fit_preprocess("pca_whiten", x, cfg(pca_components=6, whiten_eps=0.5))
+    expected = 1 / torch.sqrt(lam[:6] + 0.5 * lam.mean())
+    torch.testing.assert_close(pre.scale.double(), expected, rtol=1e-5, atol=0)
+
+
+@pytest.mark.parametrize("eps", [1e-8, 1e-2])
+def test_zca_output_covariance_is_identity_up_to_eps(eps):
+    x = correlated(2000, 16, seed=4)
+    pre = fit_preprocess("zca", x, cfg(whiten_eps=eps))
+    out = pre(x).double()
+    assert out.shape == x.shape
+    cov = torch.cov(out.T)
+    # Exactly: eigenvalues of the output covariance are λ / (λ + eps) along the same directions.
+    lam, u = torch.linalg.eigh(torch.cov(x.T))
+    eps_abs = eps * lam.mean()
+    torch.testing.assert_close(cov, u @ torch.diag(lam / (lam + eps_abs)) @ u.T, atol=1e-5, rtol=0)
+    tolerance = float(eps_abs / (lam.min() + eps_abs)) + 1e-5
+    assert (cov - torch.eye(16, dtype=torch.float64)).abs().max() < tolerance
+    torch.testing.assert_close(out.mean(0), torch.zeros(16, dtype=torch.float64), atol=1e-5, rtol=0)
+
+
+def test_zca_matrix_is_symmetric_and_whitens():
+    x = correlated(1000, 12, seed=5)
+    pre = fit_preprocess("zca", x, cfg(whiten_eps=1e-8))
+    w = pre.matrix.double()
+    assert torch.equal(pre.matrix, pre.matrix.T)
+    c = torch.cov(x.T)
+    torch.testing.assert_close(w @ c @ w.T, torch.eye(12, dtype=torch.float64), atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("eps", [1e-8, 1e-2])
+def test_zca_is_the_whitening_closest_to_its_input(eps):
+    x = correlated(1000, 12, seed=6)
+    centred = (x - x.mean(0)).double()
+    zca = fit_preprocess("zca", x, cfg(whiten_eps=eps))
+    pcaw = fit_preprocess("pca_whiten", x, cfg(pca_components=12, whiten_eps=eps))
+
+    def distance(y):
+        return float(((centred - y.double().reshape(centred.shape)) ** 2).sum(1).mean())
+
+    d_zca = distance(zca(x))
+    assert d_zca < distance(pcaw(x))
+    # Any other whitening is a rotation of ZCA's output (Q W): all of them are farther from the input.
+    g = torch.Generator().manual_seed(0)
+    for _ in range(5):
+        q, _ = torch.linalg.qr(torch.randn(12, 12, generator=g, dtype=torch.float64))
+        assert d_zca < distance(zca(x).double() @ q.T)
+
+
+def test_zca_keeps_image_shapes_and_single_examples():
+    x = correlated(200, 2 * 3 * 4, seed=7, dtype=torch.float32).reshape(200, 2, 3, 4)
+    pre = fit_preprocess("zca", x)
+    assert pre(x).shape == x.shape and pre.output_shape((2, 3, 4)) == (2, 3, 4)
+    torch.testing.assert_close(pre(x[5]), pre(x)[5])
+    assert pre.output_shape((2, 3, 4)) == Standardize.fit(x).output_shape((2, 3, 4)) == Identity.fit(x).output_shape((2, 3, 4))
+
+
+@pytest.mark.parametrize("name, k", [("zca", None), ("pca", 12), ("pca_whiten", 12)])
+@pytest.mark.parametrize("eps", [0.0, 1e-2])
+def test_inverse_undoes_forward_with_all_components(name, k, eps):
+    x = correlated(300, 12, seed=8, dtype=torch.float32).reshape(300, 3, 4)
+    pre = fit_preprocess(name, x, cfg(pca_components=k or 0.99, whiten_eps=eps))
+    torch.testing.assert_close(pre.inverse(pre(x)), x, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(pre.inverse(pre(x[0])), x[0], atol=1e-4, rtol=1e-4)
+
+
+def test_pca_inverse_with_fewer_components_is_scikit_learns_reconstruction():
+    x = correlated(300, 12, seed=9)
+    pre = fit_preprocess("pca", x, cfg(pca_components=4))
+    sk = SkPCA(4, svd_solver="full").fit(x.numpy())
+    np.testing.assert_allclose(pre.inverse(pre(x)).double().numpy(), sk.inverse_transform(sk.transform(x.numpy())), atol=1e-4)
+
+
+@pytest.mark.parametrize("name", ["pca", "pca_whiten", "zca"])
+def test_pca_family_round_trips_through_state_dict(name):
+    x = correlated(150, 2 * 5 * 5, seed=10, dtype=torch.float32).reshape(150, 2, 5, 5)
+    pre = fit_preprocess(name, x, cfg(pca_components=0.9))
+    state = {k: v.clone() for k, v in pre.state_dict().items()}
+    expected = {"pca": {"mean", "components"}}.get(name, {"mean", "components", "scale"})
+    assert set(state) == expected and all(t.dtype == torch.float32 for t in state.values())
+    again = load_preprocess(name, state)
+    assert type(again) is type(pre) and again.n_components == pre.n_components  # k from the buffer shapes
+    assert again.output_shape((2, 5, 5)) == pre.output_shape((2, 5, 5))
+    assert torch.equal(again(x), pre(x))
+
+
+def test_zca_load_state_dict_into_an_existing_module_rebuilds_its_matrix():
+    # How a run reloads: build the module, then load_state_dict the saved weights into its parent.
+    a = fit_preprocess("zca", correlated(100, 6, seed=11))
+    b = fit_preprocess("zca", correlated(100, 6, seed=12))
+    parent = torch.nn.Sequential(b)
+    parent.load_state_dict({"0." + k: v for k, v in a.state_dict().items()})
+    x = correlated(5, 6, seed=13)
+    assert torch.equal(parent(x), a(x))
+
+
+@pytest.mark.parametrize("name", ["pca", "pca_whiten", "zca"])
+def test_fitted_on_the_given_split_only(name):
+    x = correlated(400, 10, seed=14)
+    train, other = x[:200], x[200:] * 2 + 1
+    a = fit_preprocess(name, train, cfg(pca_components=5))
+    b = fit_preprocess(name, other, cfg(pca_components=5))
+    c = fit_preprocess(name, train, cfg(pca_components=5))
+    assert not torch.allclose(a.mean, b.mean) and not torch.allclose(a(train), b(train))
+    assert torch.equal(a.mean, c.mean) and torch.equal(a(other), c(other))  # the other split did not leak in
+    torch.testing.assert_close(a.mean.double(), train.mean(0), atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("name", ["pca", "pca_whiten", "zca"])
+def test_chunked_fit_equals_one_pass(name, monkeypatch):
+    x = correlated(103, 8, seed=15)
+    whole = fit_preprocess(name, x, cfg(pca_components=4))
+    monkeypatch.setattr(PCA if name != "zca" else ZCA, "_CHUNK_BYTES", 8 * 8 * 7)  # 7 examples per chunk
+    monkeypatch.setattr(PCAWhiten, "_CHUNK_BYTES", 8 * 8 * 7)
+    chunked = fit_preprocess(name, x, cfg(pca_components=4))
+    torch.testing.assert_close(chunked(x), whole(x), atol=1e-5, rtol=1e-5)
+
+
+def test_numpy_and_torch_scatter_paths_agree(monkeypatch):
+    import trainwell.data.preprocess as pp
+
+    x = correlated(300, 10, seed=17)
+    fast = fit_preprocess("zca", x)
+    monkeypatch.setattr(pp, "_NUMPY_SYRK", False)  # the path non-CPU tensors take
+    slow = fit_preprocess("zca", x)
+    torch.testing.assert_close(fast(x), slow(x), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("numpy_path", [True, False])
+def test_covariance_is_accurate_for_data_far_from_the_origin(numpy_path, monkeypatch):
+    import trainwell.data.preprocess as pp
+
+    monkeypatch.setattr(pp, "_NUMPY_SYRK", numpy_path)
+    monkeypatch.setattr(PCAWhiten, "_CHUNK_BYTES", 8 * 6 * 50)  # 50 rows per chunk: the shift is a chunk mean
+    x = correlated(1000, 6, seed=18) + 1e5  # Σ x xᵀ - N m mᵀ would lose ~10 of float64's 16 digits
+    pre = fit_preprocess("pca_whiten", x, cfg(pca_components=6, whiten_eps=0.0))
+    lam = np.linalg.eigvalsh(np.cov(x.numpy(), rowvar=False))[::-1]
+    np.testing.assert_allclose(1 / pre.scale.double().numpy() ** 2, lam, rtol=1e-5)
+
+
+def test_uint8_fit_equals_fit_on_to_float():
+    x = torch.randint(0, 256, (60, 1, 4, 4), dtype=torch.uint8)
+    for name in ("pca", "zca"):
+        a, b = fit_preprocess(name, x, cfg(pca_components=5)), fit_preprocess(name, to_float(x), cfg(pca_components=5))
+        torch.testing.assert_close(a(x), b(to_float(x)), atol=1e-5, rtol=1e-5)
+        assert 0 < float(a.mean.mean()) < 1
+
+
+@pytest.mark.parametrize("value", [0.0, -3.0, 1.5, 7.25, float("nan"), float("inf"), 41.0])
+def test_bad_pca_components_are_config_errors(value):
+    with pytest.raises(ConfigError, match="data.pca_components"):
+        fit_preprocess("pca", correlated(50, 40), cfg(pca_components=value))
+
+
+@pytest.mark.parametrize("name", ["pca_whiten", "zca"])
+@pytest.mark.parametrize("value", [-1e-3, float("nan"), float("inf")])
+def test_bad_whiten_eps_is_a_config_error(name, value):
+    with pytest.raises(ConfigError, match="data.whiten_eps"):
+        fit_preprocess(name, correlated(50, 8), cfg(whiten_eps=value))
+
+
+def test_exact_whitening_of_rank_deficient_data_is_a_data_error():
+    x = correlated(50, 8, rank=3, noise=0.0)  # rank 3 < 8
+    with pytest.raises(DataError, match="whiten_eps > 0"):
+        fit_preprocess("zca", x, cfg(whiten_eps=0.0))
+    with pytest.raises(DataError, match="whiten_eps > 0"):
+        fit_preprocess("pca_whiten", x, cfg(pca_components=5, whiten_eps=0.0))
+    assert torch.isfinite(fit_preprocess("zca", x)(x)).all()  # the default eps copes
+    assert fit_preprocess("pca_whiten", x, cfg(pca_components=3, whiten_eps=0.0)).n_components == 3
+
+
+@pytest.mark.parametrize("name", ["pca", "zca"])
+def test_fitting_leaves_the_data_alone_and_rejects_nan(name):
+    x = correlated(100, 6)
+    before = x.clone()
+    fit_preprocess(name, x, cfg(pca_components=3))
+    assert torch.equal(x, before)
+    x[7, 2] = float("inf")
+    with pytest.raises(DataError, match="NaN/inf"):
+        fit_preprocess(name, x, cfg(pca_components=3))
+
+
+def test_constant_data_and_wrong_shapes_are_data_errors():
+    with pytest.raises(DataError, match="constant"):
+        fit_preprocess("zca", torch.ones(20, 4))
+    with pytest.raises(DataError, match="at least 2"):
+        fit_preprocess("pca", torch.ones(1, 4))
+    pre = fit_preprocess("pca", correlated(30, 6), cfg(pca_components=2))
+    with pytest.raises(DataError, match="shape"):
+        pre(torch.zeros(3, 7))
+    with pytest.raises(DataError, match="shape"):
+        pre.output_shape((7,))
+
+
+def test_from_state_rejects_inconsistent_pca_states():
+    pre = fit_preprocess("pca_whiten", correlated(30, 6), cfg(pca_components=3))
+    state = pre.state_dict()
+    with pytest.raises(RunDirError, match="inconsistent"):
+        load_preprocess("pca_whiten", {**state, "scale": state["scale"][:2]})
+    with pytest.raises(RunDirError, match="inconsistent"):
+        load_preprocess("zca", state)  # (3, 6) components: not a full basis
+    with pytest.raises(RunDirError, match="expected"):
+        load_preprocess("pca", state)  # pca has no scale
+
+
+def test_a_model_built_for_output_shape_trains_on_pca_features():
+    from trainwell.nn import build_model
+    from trainwell.nn.pipeline import Classifier
+
+    x = correlated(64, 2 * 4 * 4, seed=16, dtype=torch.float32).reshape(64, 2, 4, 4)
+    c = resolve(["model.name=mlp", "model.depth=1", "model.width=8", "data.preprocess=pca", "data.pca_components=5"])
+    pre = fit_preprocess(c.data.preprocess, x, c.data)
+    net = build_model(c, pre.output_shape((2, 4, 4)), 3, generator=torch.Generator().manual_seed(0))
+    assert Classifier(net, pre)(x).shape == (64, 3)

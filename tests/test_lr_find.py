@@ -8,11 +8,12 @@ import pytest
 import torch
 
 import trainwell
-from trainwell.data import fit_preprocess, load_splits, to_float
+from trainwell.data import load_splits
 from trainwell.errors import ConfigError
 from trainwell.nn import build_model
 from trainwell.nn.pipeline import Classifier
 from trainwell.train.lr_find import lr_range_test, smooth_losses, suggest_lr
+from trainwell.train.run import build_classifier
 
 QUICK = {"data.limit": 400, "train.progress": False, "model.name": "mlp", "model.width": 32}
 
@@ -47,8 +48,7 @@ def test_an_early_spike_does_not_move_the_suggestion():
 def test_range_test_restores_the_model_and_rng():
     cfg = trainwell.resolve(QUICK)
     splits = load_splits(cfg.data)
-    model = Classifier(build_model(cfg, splits.input_shape, splits.num_classes),
-                       fit_preprocess("standardize", to_float(splits.train.x)))
+    model = build_classifier(cfg, splits)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     rng_before = torch.get_rng_state()
     result = lr_range_test(model, splits, cfg, torch.device("cpu"), steps=30)

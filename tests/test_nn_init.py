@@ -54,7 +54,8 @@ def _gen(seed: int = 0) -> torch.Generator:
 
 
 def test_every_scheme_is_covered():
-    assert set(DIST) | {"default", "orthogonal"} == set(INITS.names())
+    # lsuv's data step is tested in test_lsuv.py; its start is the gain-1 orthogonal matrix below.
+    assert set(DIST) | {"default", "orthogonal", "lsuv"} == set(INITS.names())
 
 
 @pytest.mark.parametrize(
@@ -174,6 +175,7 @@ def test_layer_without_a_record_gets_gain_one():
 
 def test_head_gets_gain_one_and_hidden_layers_the_activation_gain():
     cfg = Config()
+    cfg.model.name = "mlp"  # explicit: the default model may change
     cfg.model.depth, cfg.model.width, cfg.model.activation = 2, 400, "relu"
     cfg.init.scheme = "kaiming_normal"
     model = build_model(cfg, (400,), num_classes=400, generator=_gen())
@@ -217,3 +219,13 @@ def test_non_positive_std_is_a_config_error(scheme, std):
 def test_metadata_is_complete():
     for entry in INITS:
         assert entry.doc and isinstance(entry.meta["uses_gain"], bool) and entry.meta["formula"]
+
+
+def test_needs_batch_schemes_get_their_data_free_start_in_init_model():
+    # build_model and reloading a saved run call init_model without data: it must not refuse lsuv.
+    layer = nn.Conv2d(8, 16, 3)
+    layer.follows = "tanh"
+    init_model(layer, InitConfig(scheme="lsuv"), _gen())
+    w = layer.weight.detach().double().flatten(1)
+    torch.testing.assert_close(w @ w.T, torch.eye(16, dtype=torch.float64), rtol=0, atol=1e-5)
+    assert all(e.meta.get("needs_batch", False) == (e.name == "lsuv") for e in INITS)

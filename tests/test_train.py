@@ -100,14 +100,11 @@ def test_live_progress_bar_renders_loss_and_throughput(tmp_path):
     buffer = io.StringIO()
     console = Console(file=buffer, force_terminal=True, width=120)
     progress = TrainProgress(console, refresh_seconds=0.0, live=True)
-    from trainwell.data import fit_preprocess, to_float
-    from trainwell.nn import build_model
-    from trainwell.nn.pipeline import Classifier
+    from trainwell.train.run import build_classifier
 
     cfg = trainwell.resolve(QUICK)
     splits = load_splits(cfg.data)
-    model = Classifier(build_model(cfg, splits.input_shape, splits.num_classes),
-                       fit_preprocess("standardize", to_float(splits.train.x)))
+    model = build_classifier(cfg, splits)
     fit(model, splits, cfg, torch.device("cpu"), RandomState.from_seed(0, torch.device("cpu")), progress=progress,
         log_epoch=lambda row: progress.epoch(row, cfg.train.epochs))
     text = buffer.getvalue()
@@ -177,3 +174,24 @@ def test_missing_tensorboard_is_a_config_error_before_any_folder(tmp_path, monke
     with pytest.raises(ConfigError, match="tensorboard"):
         trainwell.train(dict(QUICK, **{"train.tensorboard": True}), out=tmp_path / "never", quiet=True)
     assert not (tmp_path / "never").exists()
+
+
+@pytest.mark.parametrize("preprocess", ["pca", "pca_whiten", "zca"])
+def test_whitening_runs_reload_with_the_fitted_shape(preprocess, tmp_path):
+    run = trainwell.train(dict(QUICK, **{"data.preprocess": preprocess, "data.pca_components": 0.95}),
+                          out=tmp_path / preprocess, quiet=True)
+    loaded = trainwell.load_run(run.dir)
+    from trainwell.data import to_float
+
+    x = to_float(run.splits.test.x[:20])
+    run.model.cpu().eval()
+    torch.testing.assert_close(loaded.model(x), run.model(x))
+    if preprocess != "zca":  # PCA projects to k < 64 features: the net was built for them
+        assert next(loaded.model.net.parameters()).shape[1] < 64
+
+
+def test_lsuv_runs_end_to_end_and_reload(tmp_path):
+    run = trainwell.train(dict(QUICK, **{"init.scheme": "lsuv", "model.activation": "tanh", "model.depth": 4}),
+                          out=tmp_path / "lsuv", quiet=True)
+    assert np.isfinite(run.summary["test_loss"])
+    assert trainwell.evaluate(run.dir)["test_acc"] == pytest.approx(run.summary["test_acc"])

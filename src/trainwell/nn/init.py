@@ -8,20 +8,25 @@ Metadata: ``uses_gain`` (whether ``gain`` enters the formula) and ``formula``.
 
 Extension point for data-dependent schemes (LSUV, Mishkin & Matas 2016: rescale each layer until its
 output variance on a real batch is 1): they need a batch and a forward pass, so they cannot be a
-``(weight, gain, cfg, generator)`` factory. Register them with ``needs_batch=True`` and run them
-*after* :func:`init_model` (which refuses them) in a function that takes the model and a batch.
+``(weight, gain, cfg, generator)`` factory alone. Register them with ``needs_batch=True``: their
+factory is the data-free start, which :func:`init_model` applies (so ``build_model`` and reloading a
+saved run work without data), and a separate function taking the model and a batch does the data
+step *after* it. ``lsuv`` is the one such scheme: ``init_model`` gives the orthonormal start and
+:func:`lsuv_init` the rescaling.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import warnings
 
 import torch
 from torch import Tensor, nn
 from torch.nn.init import _calculate_fan_in_and_fan_out
 
 from trainwell.config import InitConfig
-from trainwell.errors import ConfigError
+from trainwell.errors import ConfigError, DataError
 from trainwell.nn.activations import activation_gain
 from trainwell.registry import new_registry
 
@@ -122,6 +127,21 @@ def uniform(weight: Tensor, gain: float, cfg: InitConfig, generator: torch.Gener
     nn.init.uniform_(weight, -bound, bound, generator=generator)
 
 
+@INITS.register(
+    "lsuv",
+    uses_gain=False,
+    needs_batch=True,
+    formula="orthonormal W (gain 1), then per layer W /= std(output on a batch) until |Var - 1| < init.lsuv_tol",
+)
+def lsuv(weight: Tensor, gain: float, cfg: InitConfig, generator: torch.Generator | None) -> None:
+    """Orthonormal start, then each layer rescaled to unit output variance on a batch (Mishkin & Matas 2016).
+
+    This factory is the data-free part (a gain-1 orthogonal matrix, whatever the activation: the
+    data step sets the scale); :func:`lsuv_init` does the rescaling on a batch.
+    """
+    nn.init.orthogonal_(weight, gain=1.0, generator=generator)
+
+
 def layer_gain(layer: nn.Module) -> float:
     """The gain for ``layer``'s weight: that of the activation recorded in ``layer.follows``.
 
@@ -138,10 +158,12 @@ def init_model(model: nn.Module, cfg: InitConfig, generator: torch.Generator | N
     Every Linear/Conv weight gets the scheme with the gain of the activation that follows it
     (:func:`layer_gain`), every such bias 0; norm layers get scale 1 and shift 0. Draws come from
     ``generator`` in module order. ``default`` leaves the model exactly as PyTorch built it.
+    Schemes registered with ``needs_batch=True`` get their data-free start only: for ``lsuv`` call
+    :func:`lsuv_init` with a batch afterwards.
     """
     entry = INITS.entry(cfg.scheme)
-    if entry.meta.get("needs_batch"):
-        raise ConfigError(f"init.scheme={cfg.scheme} needs a batch of data; it cannot run in init_model.")
+    # A needs_batch scheme's factory is its data-free start (lsuv: orthonormal weights); its data
+    # step (lsuv_init) runs afterwards on a batch.
     if cfg.scheme == "default":
         return model
     for module in model.modules():
@@ -155,3 +177,129 @@ def init_model(model: nn.Module, cfg: InitConfig, generator: torch.Generator | N
             if getattr(module, "bias", None) is not None:
                 module.bias.zero_()
     return model
+
+
+# ----------------------------------------------------------------------------- LSUV
+
+
+class _Captured(Exception):
+    """Raised by a forward hook to stop the forward pass once the layer of interest has run."""
+
+    def __init__(self, output: Tensor) -> None:
+        super().__init__()
+        self.output = output
+
+
+def _check_lsuv_cfg(cfg: InitConfig) -> None:
+    if not (isinstance(cfg.lsuv_tol, (int, float)) and math.isfinite(cfg.lsuv_tol) and 0 < cfg.lsuv_tol < 1):
+        raise ConfigError(f"init.lsuv_tol must be in (0, 1), got {cfg.lsuv_tol}; e.g. init.lsuv_tol=0.1.")
+    if isinstance(cfg.lsuv_max_iter, bool) or not isinstance(cfg.lsuv_max_iter, int) or cfg.lsuv_max_iter < 0:
+        raise ConfigError(f"init.lsuv_max_iter must be an integer >= 0, got {cfg.lsuv_max_iter!r}; e.g. init.lsuv_max_iter=10.")
+
+
+def _output_variance(model: nn.Module, batch: Tensor, layer: nn.Module) -> float:
+    """Var of ``layer``'s output (all elements, float64) on ``batch``; the forward pass stops at ``layer``."""
+
+    def hook(module: nn.Module, inputs: object, output: Tensor) -> None:
+        raise _Captured(output)
+
+    handle = layer.register_forward_hook(hook)
+    try:
+        model(batch)
+    except _Captured as captured:
+        return float(captured.output.detach().to(torch.float64).var(unbiased=False))
+    finally:
+        handle.remove()
+    raise ConfigError("lsuv: a Linear/Conv layer of the model did not run on the batch.")  # pragma: no cover
+
+
+def _forward_order(model: nn.Module, batch: Tensor) -> list[tuple[str, nn.Module]]:
+    """The model's Linear/Conv layers in the order the forward pass first calls them."""
+    names = {m: n for n, m in model.named_modules() if isinstance(m, WEIGHT_LAYERS)}
+    order: list[nn.Module] = []
+
+    def hook(module: nn.Module, inputs: object, output: object) -> None:
+        if module not in order:
+            order.append(module)
+
+    handles = [m.register_forward_hook(hook) for m in names]
+    try:
+        model(batch)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return [(names[m], m) for m in order]
+
+
+@torch.no_grad()
+def lsuv_init(
+    model: nn.Module, batch: Tensor, cfg: InitConfig, generator: torch.Generator | None = None
+) -> dict[str, float]:
+    """Layer-sequential unit-variance init (Mishkin & Matas 2016, "All you need is a good init").
+
+    1. Orthonormal start: :func:`init_model` with scheme ``lsuv`` (every Linear/Conv weight a gain-1
+       (semi-)orthogonal matrix drawn from ``generator``, biases 0, norm layers identity).
+    2. For each Linear/Conv layer in forward order (found by running ``batch`` once), run ``batch``
+       through the model and divide the layer's weight by the std of the layer's output, until
+       ``|Var(output) - 1| < cfg.lsuv_tol`` or ``cfg.lsuv_max_iter`` rescalings.
+
+    ``batch`` is what the model takes (already preprocessed), e.g. one training batch; at least 2
+    examples. The variance is measured on the layer's own output, before any norm and activation
+    (the pre-activation the paper uses), over all its elements. With biases 0 one rescaling is
+    exact, since earlier layers are already fixed; more are needed only when the layer's input
+    depends on the batch's own statistics.
+
+    The passes run in **eval mode** (each module's mode is restored afterwards): dropout is off and
+    batch norm uses its running statistics, so the result is deterministic, no random numbers are
+    drawn, and no running statistics are updated. A freshly built batch norm (mean 0, var 1)
+    then passes values through, and in training it normalises each layer's output whatever that
+    layer's scale: LSUV matters for networks *without* batch norm, where nothing else sets the
+    signal's scale layer by layer.
+
+    The head (the last Linear/Conv layer in forward order) keeps its orthonormal weights unless
+    ``cfg.lsuv_head``: its output is the logits, whose scale is the softmax's initial confidence,
+    not a signal that later layers need at unit variance. The paper rescales every layer; set
+    ``init.lsuv_head=true`` for that.
+
+    Returns the final output variance of each layer it rescaled, by module name (the head only
+    with ``lsuv_head``). Draws come only from ``generator`` (step 1), so a seeded generator gives
+    the same weights every time.
+    """
+    _check_lsuv_cfg(cfg)
+    if not isinstance(batch, Tensor) or batch.ndim < 1 or len(batch) < 2:
+        shape = tuple(batch.shape) if isinstance(batch, Tensor) else type(batch).__name__
+        raise DataError(f"lsuv needs a batch of at least 2 examples to measure variances; got {shape}.")
+    if batch.is_floating_point() and not bool(torch.isfinite(batch).all()):
+        raise DataError("lsuv: the batch holds NaN/inf values; clean or preprocess the data first.")
+    modes = {m: m.training for m in model.modules()}
+    model.eval()
+    try:
+        init_model(model, dataclasses.replace(cfg, scheme="lsuv"), generator)
+        layers = _forward_order(model, batch)
+        if not layers:
+            raise ConfigError("init.scheme=lsuv needs a model with Linear/Conv layers that run on the batch.")
+        if not cfg.lsuv_head:
+            layers = layers[:-1]
+        variances: dict[str, float] = {}
+        for name, layer in layers:
+            for step in range(cfg.lsuv_max_iter + 1):
+                var = _output_variance(model, batch, layer)
+                if not (math.isfinite(var) and var > 0):
+                    raise DataError(
+                        f"lsuv: layer '{name}' has output variance {var} on the batch, so it cannot be rescaled; "
+                        "use a larger, varied batch (or another init.scheme)."
+                    )
+                if abs(var - 1.0) < cfg.lsuv_tol or step == cfg.lsuv_max_iter:
+                    break
+                layer.weight.div_(math.sqrt(var))
+            if abs(var - 1.0) >= cfg.lsuv_tol and cfg.lsuv_max_iter > 0:
+                warnings.warn(
+                    f"lsuv: layer '{name}' output variance {var:.3g} after {cfg.lsuv_max_iter} rescalings "
+                    f"(tolerance {cfg.lsuv_tol}); raise init.lsuv_max_iter.",
+                    stacklevel=2,
+                )
+            variances[name] = var
+    finally:
+        for module, training in modes.items():
+            module.training = training
+    return variances

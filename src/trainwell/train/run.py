@@ -27,7 +27,8 @@ import trainwell
 from trainwell.config import Config, from_dict, resolve
 from trainwell.data import PREPROCESSORS, Splits, fit_preprocess, load_preprocess, load_splits, read_inputs, to_float
 from trainwell.errors import ConfigError, DataError, RunDirError
-from trainwell.nn import MODELS, build_model
+from trainwell.nn import INITS, MODELS, build_model
+from trainwell.nn.init import lsuv_init
 from trainwell.nn.pipeline import Classifier, count_parameters
 from trainwell.train.optim import OPTIMIZERS, SCHEDULES
 from trainwell.train.lr_find import lr_range_test, plot_lr_find
@@ -84,6 +85,26 @@ def check_names(cfg: Config) -> None:
     PREPROCESSORS.entry(cfg.data.preprocess)
 
 
+def build_classifier(cfg: Config, splits: Splits, model: nn.Module | None = None) -> Classifier:
+    """Preprocessing fitted on the training split, then the network built for its output shape.
+
+    Initialisation draws from a generator seeded by train.seed; a data-dependent scheme (LSUV)
+    then rescales the layers on a random training batch pushed through the fitted preprocessing.
+    """
+    init_gen = torch.Generator().manual_seed(cfg.train.seed + 1)
+    preprocess = fit_preprocess(cfg.data.preprocess, to_float(splits.train.x), cfg.data)
+    if model is not None:
+        return Classifier(model, preprocess)
+    net = build_model(cfg, preprocess.output_shape(splits.input_shape), splits.num_classes, generator=init_gen)
+    if INITS.entry(cfg.init.scheme).meta.get("needs_batch"):
+        # A random sample, not the first rows: a split may be ordered by class.
+        idx = torch.randperm(len(splits.train), generator=init_gen)[: max(cfg.train.batch_size, 256)]
+        with torch.no_grad():
+            batch = preprocess(to_float(splits.train.x[idx]))
+        lsuv_init(net, batch, cfg.init, init_gen)
+    return Classifier(net, preprocess)
+
+
 def _model_card(splits: Splits, cfg: Config, custom: bool) -> dict[str, Any]:
     return {
         "format": FORMAT,
@@ -134,11 +155,9 @@ def train(
     console = console or Console(stderr=True, quiet=quiet, soft_wrap=True)
     if splits is None:
         splits = load_splits(cfg.data)
-    init_gen = torch.Generator().manual_seed(cfg.train.seed + 1)
     custom = model is not None
-    net = model if custom else build_model(cfg, splits.input_shape, splits.num_classes, generator=init_gen)
-    preprocess = fit_preprocess(cfg.data.preprocess, to_float(splits.train.x))
-    classifier = Classifier(net, preprocess)
+    classifier = build_classifier(cfg, splits, model)
+    net = classifier.net
     lr_found = None
     if cfg.optim.lr == "auto":
         lr_found = lr_range_test(classifier, splits, cfg, device)
@@ -243,9 +262,7 @@ def find_lr(
     check_names(cfg)
     device = resolve_device(cfg.train.device)
     splits = load_splits(cfg.data)
-    net = build_model(cfg, splits.input_shape, splits.num_classes,
-                      generator=torch.Generator().manual_seed(cfg.train.seed + 1))
-    classifier = Classifier(net, fit_preprocess(cfg.data.preprocess, to_float(splits.train.x)))
+    classifier = build_classifier(cfg, splits)
     torch.manual_seed(cfg.train.seed + 4)
     result = lr_range_test(classifier, splits, cfg, device, start_lr=start_lr, end_lr=end_lr, steps=steps)
     out_dir = prepare_out_dir(out, "lr-find", f"{cfg.data.name}-{cfg.model.name}", overwrite)
@@ -264,8 +281,7 @@ def param_group_rows(cfg: Config) -> list[dict[str, Any]]:
 
     check_names(cfg)
     splits = load_splits(cfg.data)
-    net = build_model(cfg, splits.input_shape, splits.num_classes)
-    groups = split_param_groups(net, cfg.reg.exempt_bias_and_norm)
+    groups = split_param_groups(build_classifier(cfg, splits).net, cfg.reg.exempt_bias_and_norm)
     rows = []
     for group, params in (("decay", groups.decay), ("no_decay", groups.no_decay)):
         on = group == "decay"
@@ -314,8 +330,9 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> Run:
     input_shape = tuple(int(d) for d in card["input_shape"])
     state = load_weights(run_dir / "model.safetensors")
     pre_state = {k[len("preprocess.") :]: v for k, v in state.items() if k.startswith("preprocess.")}
-    net = build_model(cfg, input_shape, int(card["num_classes"]))
-    model = Classifier(net, load_preprocess(card["preprocess"], pre_state))
+    preprocess = load_preprocess(card["preprocess"], pre_state)
+    net = build_model(cfg, preprocess.output_shape(input_shape), int(card["num_classes"]))
+    model = Classifier(net, preprocess)
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:

@@ -1,0 +1,210 @@
+"""LSUV (Mishkin & Matas 2016): orthonormal start, then unit output variance layer by layer, in forward order."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from trainwell.config import InitConfig, resolve
+from trainwell.errors import ConfigError, DataError
+from trainwell.nn import INITS, build_model, init_model
+from trainwell.nn.init import WEIGHT_LAYERS, lsuv_init
+
+
+def _gen(seed: int = 0) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def _tanh_mlp(depth: int = 8):
+    cfg = resolve(["model.name=mlp", f"model.depth={depth}", "model.width=48", "model.activation=tanh", "init.scheme=lsuv"])
+    return build_model(cfg, (20,), 10, generator=_gen(0)), torch.randn(128, 20, generator=_gen(1)) * 3 + 1, cfg.init
+
+
+def _relu_cnn():
+    cfg = resolve(["model.name=cnn", "model.channels=8,16,16", "model.activation=relu", "init.scheme=lsuv"])
+    return build_model(cfg, (3, 16, 16), 10, generator=_gen(0)), torch.rand(48, 3, 16, 16, generator=_gen(1)), cfg.init
+
+
+MODELS = {"tanh_mlp": _tanh_mlp, "relu_cnn": _relu_cnn}
+
+
+def _layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, WEIGHT_LAYERS)]
+
+
+def measured_variances(model: nn.Module, batch: torch.Tensor) -> dict[str, float]:
+    """Every Linear/Conv output variance on ``batch``, with our own hooks and one eval-mode pass."""
+    out: dict[str, float] = {}
+
+    def record(name: str):
+        def hook(module: nn.Module, inputs: object, output: torch.Tensor) -> None:  # must return None
+            out.setdefault(name, float(output.double().var(unbiased=False)))
+
+        return hook
+
+    handles = [m.register_forward_hook(record(n)) for n, m in _layers(model)]
+    was = model.training
+    model.eval()
+    with torch.no_grad():
+        model(batch)
+    model.train(was)
+    for h in handles:
+        h.remove()
+    return out
+
+
+def _is_orthonormal(weight: torch.Tensor, scale: float = 1.0, atol: float = 1e-5) -> bool:
+    """W Wᵀ = scale² I when rows <= cols, Wᵀ W = scale² I otherwise (conv weights as (out, in * kernel))."""
+    w = weight.detach().double().flatten(1)
+    gram = w @ w.T if w.shape[0] <= w.shape[1] else w.T @ w
+    return torch.allclose(gram, scale**2 * torch.eye(len(gram), dtype=torch.float64), rtol=0, atol=atol * scale**2)
+
+
+def test_lsuv_is_registered_as_needing_a_batch():
+    entry = INITS.entry("lsuv")
+    assert entry.meta["needs_batch"] is True and entry.meta["uses_gain"] is False and entry.doc
+
+
+@pytest.mark.parametrize("kind", sorted(MODELS))
+def test_every_hidden_layer_has_unit_output_variance_after_lsuv(kind):
+    model, batch, cfg = MODELS[kind]()
+    *hidden, head = _layers(model)
+    assert len(hidden) >= (8 if kind == "tanh_mlp" else 3)
+    before = measured_variances(model, batch)
+    assert any(abs(before[n] - 1) >= cfg.lsuv_tol for n, _ in hidden)  # the test is not vacuous
+    returned = lsuv_init(model, batch, cfg, _gen(2))
+    after = measured_variances(model, batch)
+    assert set(returned) == {n for n, _ in hidden}  # head excluded by default
+    for name, _ in hidden:
+        assert abs(after[name] - 1.0) < cfg.lsuv_tol
+        assert returned[name] == pytest.approx(after[name], rel=1e-6)
+
+
+@pytest.mark.parametrize("kind", sorted(MODELS))
+def test_head_keeps_its_orthonormal_weights_by_default_and_is_rescaled_with_lsuv_head(kind):
+    model, batch, cfg = MODELS[kind]()
+    lsuv_init(model, batch, cfg, _gen(2))
+    head_name, head = _layers(model)[-1]
+    assert _is_orthonormal(head.weight)  # untouched: gain-1 orthogonal
+    assert abs(measured_variances(model, batch)[head_name] - 1.0) >= cfg.lsuv_tol  # so not at unit variance here
+
+    cfg.lsuv_head = True
+    returned = lsuv_init(model, batch, cfg, _gen(2))
+    assert head_name in returned
+    assert abs(measured_variances(model, batch)[head_name] - 1.0) < cfg.lsuv_tol
+
+
+@pytest.mark.parametrize("kind", sorted(MODELS))
+def test_weights_are_orthonormal_before_the_data_step_and_proportional_after(kind):
+    model, batch, cfg = MODELS[kind]()
+    # build_model with scheme=lsuv already gives the gain-1 orthonormal start (no batch needed).
+    assert all(_is_orthonormal(m.weight) for _, m in _layers(model))
+    # lsuv_max_iter=0: the orthonormal start only (variances measured, nothing rescaled).
+    cfg.lsuv_max_iter = 0
+    lsuv_init(model, batch, cfg, _gen(2))
+    start = {n: m.weight.detach().clone() for n, m in _layers(model)}
+    for weight in start.values():
+        assert _is_orthonormal(weight)
+    # The data step multiplies each weight by one scalar: W Wᵀ stays ∝ I, and W is the same matrix.
+    cfg.lsuv_max_iter = 10
+    lsuv_init(model, batch, cfg, _gen(2))
+    for name, layer in _layers(model):
+        w, w0 = layer.weight.detach().double(), start[name].double()
+        c = float(w.flatten().dot(w0.flatten()) / w0.flatten().dot(w0.flatten()))
+        torch.testing.assert_close(w, c * w0, rtol=1e-5, atol=1e-7)
+        assert _is_orthonormal(layer.weight, scale=abs(c), atol=1e-4)
+
+
+def test_biases_are_zero_after_lsuv():
+    model, batch, cfg = _tanh_mlp()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.fill_(0.5)
+    lsuv_init(model, batch, cfg, _gen(2))
+    assert all(torch.all(m.bias == 0) for _, m in _layers(model) if m.bias is not None)
+
+
+def test_seeded_lsuv_is_repeatable_and_leaves_the_global_rng_alone():
+    states = []
+    rng = torch.get_rng_state()
+    for seed in (5, 5, 6):
+        model, batch, cfg = _relu_cnn()
+        lsuv_init(model, batch, cfg, _gen(seed))
+        states.append(model.state_dict())
+    assert torch.equal(torch.get_rng_state(), rng)
+    assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
+    assert not all(torch.equal(states[0][k], states[2][k]) for k in states[0])
+
+
+class _Reversed(nn.Module):
+    """Layers registered in the reverse of the order the forward pass uses them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c = nn.Linear(32, 4)
+        self.b = nn.Linear(32, 32)
+        self.a = nn.Linear(16, 32)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.c(torch.tanh(self.b(torch.tanh(self.a(x)))))
+
+
+def test_layers_are_rescaled_in_forward_order_not_registration_order():
+    model, batch = _Reversed(), torch.randn(256, 16, generator=_gen(1)) * 5
+    cfg = InitConfig(scheme="lsuv", lsuv_head=True, lsuv_max_iter=1)  # one rescaling each: order matters
+    lsuv_init(model, batch, cfg, _gen(0))
+    after = measured_variances(model, batch)
+    for name in "abc":
+        assert abs(after[name] - 1.0) < 1e-4
+
+
+def test_modes_and_batch_norm_running_statistics_are_left_alone():
+    cfg = resolve(["model.name=cnn", "model.channels=8,8", "model.norm=batch", "model.dropout=0.5", "init.scheme=lsuv"])
+    model = build_model(cfg, (2, 12, 12), 5, generator=_gen(0))
+    model.train()
+    model[1].eval()  # a mixed-mode model keeps each module's own mode
+    bn = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    stats = [(m.running_mean.clone(), m.running_var.clone(), int(m.num_batches_tracked)) for m in bn]
+    modes = {m: m.training for m in model.modules()}
+    lsuv_init(model, torch.randn(32, 2, 12, 12, generator=_gen(1)), cfg.init, _gen(2))
+    assert {m: m.training for m in model.modules()} == modes
+    for m, (mean, var, n) in zip(bn, stats):
+        assert torch.equal(m.running_mean, mean) and torch.equal(m.running_var, var) and int(m.num_batches_tracked) == n
+
+
+def test_init_model_with_lsuv_gives_the_orthonormal_start_whatever_the_activation():
+    layer = nn.Linear(64, 32)
+    layer.follows = "relu"  # gain sqrt(2) for orthogonal, ignored by lsuv (the data step sets the scale)
+    init_model(layer, InitConfig(scheme="lsuv", gain=3.0), _gen())
+    assert _is_orthonormal(layer.weight) and torch.all(layer.bias == 0)
+
+
+@pytest.mark.parametrize(
+    "field, value", [("lsuv_tol", 0.0), ("lsuv_tol", -0.1), ("lsuv_tol", float("nan")), ("lsuv_tol", 1.5),
+                     ("lsuv_max_iter", -1)]
+)
+def test_bad_lsuv_config_is_a_config_error(field, value):
+    model, batch, cfg = _tanh_mlp(depth=2)
+    setattr(cfg, field, value)
+    with pytest.raises(ConfigError, match=f"init.{field}"):
+        lsuv_init(model, batch, cfg)
+
+
+def test_bad_batches_are_data_errors():
+    model, batch, cfg = _tanh_mlp(depth=2)
+    with pytest.raises(DataError, match="at least 2 examples"):
+        lsuv_init(model, batch[:1], cfg)
+    bad = batch.clone()
+    bad[0, 0] = math.nan
+    with pytest.raises(DataError, match="NaN/inf"):
+        lsuv_init(model, bad, cfg)
+    with pytest.raises(DataError, match="output variance"):
+        lsuv_init(model, torch.zeros(8, 20), cfg)  # zero input: nothing to rescale
+
+
+def test_config_keys_resolve():
+    cfg = resolve(["init.scheme=lsuv", "init.lsuv_tol=0.05", "init.lsuv_max_iter=3", "init.lsuv_head=true"])
+    assert (cfg.init.lsuv_tol, cfg.init.lsuv_max_iter, cfg.init.lsuv_head) == (0.05, 3, True)
