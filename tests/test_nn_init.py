@@ -229,3 +229,13 @@ def test_needs_batch_schemes_get_their_data_free_start_in_init_model():
     w = layer.weight.detach().double().flatten(1)
     torch.testing.assert_close(w @ w.T, torch.eye(16, dtype=torch.float64), rtol=0, atol=1e-5)
     assert all(e.meta.get("needs_batch", False) == (e.name == "lsuv") for e in INITS)
+
+
+def test_hidden_biases_take_the_constant_and_the_head_stays_zero():
+    from trainwell.config import resolve
+    from trainwell.nn import build_model
+
+    model = build_model(resolve(["model.name=mlp", "init.bias=0.01", "model.depth=2"]), (6,), 3)
+    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    assert all(torch.all(m.bias == 0.01) for m in linears[:-1])
+    assert torch.all(linears[-1].bias == 0)

@@ -86,6 +86,8 @@ class InitConfig:
     """kaiming: fan_in preserves forward variance, fan_out backward variance."""
     gain: float = 1.0
     """orthogonal: multiplicative gain."""
+    bias: float = 0.0
+    """Constant for the biases of hidden layers (0 = zeros); the output layer's bias stays 0."""
     lsuv_tol: float = 0.1
     """lsuv: rescale each layer until |Var(its output on the batch) - 1| < lsuv_tol."""
     lsuv_max_iter: int = 10

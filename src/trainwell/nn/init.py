@@ -156,7 +156,8 @@ def init_model(model: nn.Module, cfg: InitConfig, generator: torch.Generator | N
     """Initialise ``model`` in place with ``cfg.scheme`` and return it.
 
     Every Linear/Conv weight gets the scheme with the gain of the activation that follows it
-    (:func:`layer_gain`), every such bias 0; norm layers get scale 1 and shift 0. Draws come from
+    (:func:`layer_gain`), every hidden bias ``cfg.bias`` (0 by default; e.g. 0.01 keeps ReLUs alive
+    at the start, as some recommend) and the head's bias 0; norm layers get scale 1 and shift 0. Draws come from
     ``generator`` in module order. ``default`` leaves the model exactly as PyTorch built it.
     Schemes registered with ``needs_batch=True`` get their data-free start only: for ``lsuv`` call
     :func:`lsuv_init` with a batch afterwards.
@@ -170,7 +171,8 @@ def init_model(model: nn.Module, cfg: InitConfig, generator: torch.Generator | N
         if isinstance(module, WEIGHT_LAYERS):
             entry.factory(module.weight, layer_gain(module), cfg, generator)
             if module.bias is not None:
-                module.bias.zero_()
+                # The head keeps 0: a constant added to every logit changes nothing but the loss scale.
+                module.bias.fill_(cfg.bias if getattr(module, "follows", "identity") != "identity" else 0.0)
         elif isinstance(module, NORM_LAYERS):
             if getattr(module, "weight", None) is not None:
                 module.weight.fill_(1.0)
