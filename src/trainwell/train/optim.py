@@ -142,22 +142,28 @@ def onecycle(t: float, cfg: SchedConfig, lr: float, epoch: float) -> float:
     return floor + (1 - floor) * (1 - t)
 
 
-def lr_multiplier(step_index: int, steps_per_epoch: int, total_steps: int, cfg: SchedConfig, lr: float) -> float:
+def warmup_steps_for(cfg: SchedConfig, steps_per_epoch: int, total_steps: int) -> int:
+    """Warmup length in steps: sched.warmup_epochs, or the schedule's default fraction when 0."""
+    default_fraction = SCHEDULES.entry(cfg.name).meta.get("default_warmup_fraction")
+    if cfg.warmup_epochs == 0 and default_fraction is not None:
+        steps = int(default_fraction * total_steps)
+    else:
+        steps = int(round(cfg.warmup_epochs * steps_per_epoch))
+    return min(steps, total_steps)
+
+
+def lr_multiplier(step_index: int, steps_per_epoch: int, total_steps: int, cfg: SchedConfig, lr: float,
+                  warmup_steps: int | None = None) -> float:
     """The multiplier of optim.lr at a step: linear warmup from ~0, then the schedule.
 
     Warmup goes from 1/warmup_steps to 1 over ``warmup_epochs`` (Goyal et al. 2017).
     """
-    fn = SCHEDULES.get(cfg.name)
-    warmup_epochs = cfg.warmup_epochs
-    if warmup_epochs == 0 and "default_warmup_fraction" in SCHEDULES.entry(cfg.name).meta:
-        warmup_steps = int(SCHEDULES.entry(cfg.name).meta["default_warmup_fraction"] * total_steps)
-    else:
-        warmup_steps = int(round(warmup_epochs * steps_per_epoch))
-    warmup_steps = min(warmup_steps, total_steps)
+    if warmup_steps is None:
+        warmup_steps = warmup_steps_for(cfg, steps_per_epoch, total_steps)
     if step_index < warmup_steps:
         return (step_index + 1) / warmup_steps
     t = (step_index - warmup_steps) / max(total_steps - warmup_steps, 1)
-    return fn(min(t, 1.0), cfg, lr, step_index / steps_per_epoch)
+    return SCHEDULES.get(cfg.name)(min(t, 1.0), cfg, lr, step_index / steps_per_epoch)
 
 
 def build_scheduler(
@@ -173,5 +179,6 @@ def build_scheduler(
         )
     total = steps_per_epoch * cfg.train.epochs
     lr = cfg.optim.lr
-    fn: Callable[[int], float] = lambda i: lr_multiplier(i, steps_per_epoch, total, sched, lr)  # noqa: E731
+    warmup = warmup_steps_for(sched, steps_per_epoch, total)  # once, not per step
+    fn: Callable[[int], float] = lambda i: lr_multiplier(i, steps_per_epoch, total, sched, lr, warmup)  # noqa: E731
     return torch.optim.lr_scheduler.LambdaLR(optimizer, fn)

@@ -231,8 +231,8 @@ def fit(
             optimizer.step()
             scheduler.step()
 
-            loss_sum += loss.detach() * len(idx)
-            correct += (logits.detach().argmax(1) == yb).sum()
+            loss_sum.add_(loss.detach(), alpha=len(idx))  # on the device: no host sync
+            correct.add_((logits.detach().argmax(1) == yb).sum())
             seen += len(idx)
             if progress is not None:
                 progress.advance(1, lambda: (loss_sum.item() / seen, correct.item() / seen))
