@@ -337,3 +337,21 @@ def test_show_param_groups_lists_decayed_and_exempt_tensors():
     assert all(r[5] == "0.001" for r in decayed) and all(r[5] == "0" and r[4] == "0" for r in exempt)
     # batch-norm scales/shifts (layers 2 and 5) and the head's bias
     assert sorted(r[0] for r in exempt) == ["2.bias", "2.weight", "5.bias", "5.weight", "7.bias"]
+
+
+def test_doctor_command_flags_a_tiny_init_deep_net(tmp_path):
+    out = tmp_path / "doc"
+    proc = run_cli("doctor", "model.name=mlp", "model.norm=none", "model.depth=6", "model.width=64",
+                   "init.scheme=normal", "init.std=0.01", "--json", "--out", str(out))
+    report = json.loads(proc.stdout)
+    codes = {f["code"] for f in report["findings"]}
+    assert "vanishing-activations" in codes
+    assert all({"code", "severity", "layers", "evidence", "fix"} <= set(f) for f in report["findings"])
+    assert (out / "histograms.png").is_file()
+
+
+def test_train_with_doctor_writes_findings_into_the_summary(tmp_path):
+    out = tmp_path / "run"
+    run_cli("train", *FAST, "data.limit=300", "doctor=true", "--out", str(out))
+    summary = json.loads((out / "summary.json").read_text())
+    assert "findings" in summary["doctor"] and (out / "doctor.json").is_file()

@@ -235,7 +235,7 @@ def test_hidden_biases_take_the_constant_and_the_head_stays_zero():
     from trainwell.config import resolve
     from trainwell.nn import build_model
 
-    model = build_model(resolve(["model.name=mlp", "init.bias=0.01", "model.depth=2"]), (6,), 3)
+    model = build_model(resolve(["model.name=mlp", "model.norm=none", "init.bias=0.01", "model.depth=2"]), (6,), 3)
     linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
     assert all(torch.all(m.bias == 0.01) for m in linears[:-1])
     assert torch.all(linears[-1].bias == 0)

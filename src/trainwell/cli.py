@@ -22,6 +22,9 @@ EXAMPLES = """examples:
   trainwell evaluate runs/lr0.1
   trainwell predict runs/lr0.1 image.png batch.npz
   trainwell lr-find preset=mnist1d
+  trainwell doctor model.name=mlp model.depth=6 init.scheme=normal   # diagnose a config at init
+  trainwell doctor runs/lr0.1 --strict                                # diagnose a finished run
+  trainwell train doctor=true                                         # diagnose while training
   trainwell list model
 """
 
@@ -80,6 +83,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--end-lr", type=float, default=10.0)
     _add_output_args(p)
     p.set_defaults(handler=cmd_lr_find)
+
+    from trainwell.diagnose.command import add_doctor_parser
+
+    add_doctor_parser(sub)
 
     p = sub.add_parser("list", help="list registered names (data, model, activation, ...) with one-line docs")
     p.add_argument("kind", nargs="?", help="one registry, e.g. model; omit for all")

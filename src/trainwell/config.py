@@ -57,7 +57,7 @@ class DataConfig:
 @dataclass
 class ModelConfig:
     name: str = "cnn"
-    """Architecture (``trainwell list model``); cnn by default (digits: 98.8% mean over 8 seeds vs mlp's 98.2%)."""
+    """Architecture (``trainwell list model``); cnn by default (digits, 8 seeds: 98.9% with batch norm, mlp 98.2%)."""
     depth: int = 2
     """mlp: hidden layers; resnet: residual blocks per stage."""
     width: int = 256
@@ -68,8 +68,8 @@ class ModelConfig:
     """cnn: convolution kernel size."""
     activation: str = "relu"
     """Nonlinearity after each hidden layer (``trainwell list activation``)."""
-    norm: str = "none"
-    """Normalisation after each hidden linear/conv layer: none, batch, layer, group."""
+    norm: str = "batch"
+    """Normalisation after each hidden linear/conv layer: none, batch, layer, group (batch: no dead filters at lr 0.05)."""
     dropout: float = 0.0
     """Dropout probability: after every hidden layer (mlp), before the final linear layer (cnn, resnet)."""
     head: str = "avg"
@@ -186,6 +186,8 @@ class Config:
     """Augmentation ops: names (defaults) or {name: args} mappings (``trainwell list augment``)."""
     mix: MixConfig = field(default_factory=MixConfig)
     loss: LossConfig = field(default_factory=LossConfig)
+    doctor: bool = False
+    """Diagnose the model while it trains (trainwell doctor's checks, one step in 50): findings in summary.json and doctor.json."""
     preset: str | None = None
     """The preset the config started from (recorded, not applied twice)."""
 

@@ -165,6 +165,12 @@ def train(
         console.print(f"optim.lr=auto: LR range test suggests {lr_found.suggested_lr:.3g}", highlight=False)
     preflight(classifier, cfg, len(splits.train))
     writer_class = _tensorboard_writer_class() if cfg.train.tensorboard else None
+    doctor = None
+    if cfg.doctor:
+        from trainwell.diagnose import DoctorCallback
+
+        doctor = DoctorCallback(classifier, console=console, peak_lr=float(cfg.optim.lr))
+        callbacks = (*callbacks, doctor)
     augment = _build_augmenter(cfg, splits, device)
     tag = f"{cfg.data.name}-{cfg.model.name if not custom else 'custom'}"
     out_dir = prepare_out_dir(out, "train", tag, overwrite)
@@ -205,6 +211,8 @@ def train(
             progress.stop()
         if writer is not None:
             writer.close()
+        if doctor is not None:
+            doctor.close()
 
     test = evaluate_split(classifier, splits.test, device, cfg.train.eval_batch_size)
     final = result.history[-1] if result.history else {}
@@ -232,6 +240,9 @@ def train(
         "torch": torch.__version__,
         "python": platform.python_version(),
     }
+    if doctor is not None:
+        summary["doctor"] = doctor.summary()
+        doctor.write(out_dir)  # doctor.json + doctor_*.png
     save_weights(out_dir / "model.safetensors", classifier.state_dict())
     if result.history:
         plot_curves(result.history, out_dir / "curves.png", title=f"{tag} (seed {cfg.train.seed})")

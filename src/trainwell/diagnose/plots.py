@@ -1,0 +1,111 @@
+"""Figures of a report (matplotlib, Agg backend, PNG): the lecture's histograms, std and gradient by depth."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from trainwell.diagnose.report import LayerStats, Report
+
+
+def _figure():
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _hist_layers(report: Report) -> list[LayerStats]:
+    """Activation outputs when the model has activation modules, else the weight layers' outputs."""
+    acts = [layer for layer in report.layers if layer.kind == "activation" and layer.hist]
+    return acts or [layer for layer in report.layers if layer.is_weight and layer.hist]
+
+
+def plot_histograms(report: Report, path: Path) -> Path:
+    """One panel per layer: the distribution of its outputs over the fixed range (CS231n's init figure).
+
+    Collapsing activations show as one spike at 0; saturating ones as spikes at the bounds.
+    """
+    plt = _figure()
+    layers = _hist_layers(report)
+    n = max(len(layers), 1)
+    cols = min(n, 6)
+    rows = math.ceil(n / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(2.6 * cols, 2.2 * rows), squeeze=False)
+    for ax in axes.flat[n:]:
+        ax.axis("off")
+    for ax, layer in zip(axes.flat, layers):
+        lo, hi = layer.hist_range
+        total = sum(layer.hist) or 1.0
+        width = (hi - lo) / max(len(layer.hist), 1)
+        centres = [lo + width * (i + 0.5) for i in range(len(layer.hist))]
+        ax.bar(centres, [c / total for c in layer.hist], width=width, color="tab:blue")
+        ax.set_xlim(lo, hi)
+        ax.set_title(f"{layer.name} {layer.activation or ''}\nmean {layer.mean:.2g} std {layer.std:.2g}", fontsize=8)
+        ax.tick_params(labelsize=7)
+    fig.suptitle(f"activation histograms ({report.context})" if report.context else "activation histograms", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def _log_line(ax, layers: list[LayerStats], values: list[float | None], label: str, marker: str) -> None:
+    pts = [(layer.depth, v) for layer, v in zip(layers, values) if v is not None and math.isfinite(v) and v > 0]
+    if pts:
+        ax.plot([d for d, _ in pts], [v for _, v in pts], marker=marker, label=label)
+
+
+def plot_std_by_depth(report: Report, path: Path) -> Path:
+    """Std of each layer's output against depth (log scale): flat is healthy, a slope vanishes or explodes."""
+    plt = _figure()
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    weights = [layer for layer in report.layers if layer.is_weight]
+    acts = [layer for layer in report.layers if layer.kind == "activation"]
+    _log_line(ax, weights, [layer.std for layer in weights], "pre-activation (Linear/Conv output)", "o")
+    _log_line(ax, acts, [layer.std for layer in acts], "activation output", "s")
+    if report.input is not None and math.isfinite(report.input.std) and report.input.std > 0:
+        ax.axhline(report.input.std, color="gray", linestyle="--", linewidth=1, label="input std")
+    _finish(ax, "std of outputs by depth", "std")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def plot_grad_by_depth(report: Report, path: Path) -> Path:
+    """Weight-gradient norm and back-propagated gradient std (dL/dz) per layer against depth (log scale)."""
+    plt = _figure()
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    weights = [layer for layer in report.layers if layer.is_weight]
+    _log_line(ax, weights, [layer.grad_norm for layer in weights], "||dL/dW||", "o")
+    _log_line(ax, weights, [layer.grad_std for layer in weights], "std dL/dz (pre-activation)", "s")
+    _log_line(ax, weights, [layer.update_ratio for layer in weights], "update ratio ||dW||/||W||", "^")
+    _finish(ax, "gradients by depth", "value")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def _finish(ax, title: str, ylabel: str) -> None:
+    ax.set_yscale("log")
+    ax.set_xlabel("depth (order of the forward pass)")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7)
+    ax.grid(True, which="both", alpha=0.3)
+
+
+def plot_report(report: Report, out_dir: str | Path, prefix: str = "") -> list[Path]:
+    """Write the three figures of ``report`` into ``out_dir`` (created if needed); returns their paths."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    return [
+        plot_histograms(report, out_dir / f"{prefix}histograms.png"),
+        plot_std_by_depth(report, out_dir / f"{prefix}std_by_depth.png"),
+        plot_grad_by_depth(report, out_dir / f"{prefix}grad_by_depth.png"),
+    ]

@@ -1,0 +1,351 @@
+"""Hooks that record per-layer statistics on sampled steps of any ``nn.Module``, with no change to the loop.
+
+Design (why it is cheap):
+
+* One forward pre-hook on the model stays installed. It counts training-mode forwards; on every
+  ``every``-th one (the first included) it installs the per-layer hooks for that step only, and on
+  the next forward it removes them. A non-sampled step therefore costs one Python call.
+* On a sampled step: forward hooks on every Linear/Conv and activation module record their output
+  (moments, histogram, dead and saturated counts); a hook on each output tensor records dL/d(output)
+  in the backward pass; a post-accumulate-grad hook on each weight records ||dL/dW|| and, when
+  ``track_updates``, snapshots W. On the next forward, ||W_now - W_snapshot|| / ||W_snapshot|| is the
+  measured update ratio: the real step, whatever the optimiser (momentum, Adam, weight decay and
+  clipping included), which ``lr * grad`` would not be.
+* Everything stays in device tensors (:class:`~trainwell.diagnose.stats.LayerAccumulator`); the host
+  reads them once, in :meth:`Recorder.read`.
+
+Layers are keyed by module name, with ``#k`` for the k-th extra call of a module reused in one
+forward (a shared ``self.act``), in the order they first run: that order is the depth.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from trainwell.diagnose.stats import (
+    LayerAccumulator,
+    Moments,
+    estimate_update_ratio,
+    input_stats_dims,
+    read_all,
+    update_ratio,
+)
+from trainwell.diagnose.thresholds import HIST_BINS, HIST_LIMIT
+from trainwell.errors import ConfigError
+
+#: Layers with a weight the doctor tracks (the same as trainwell.nn.init.WEIGHT_LAYERS).
+WEIGHT_LAYERS: tuple[type[nn.Module], ...] = (nn.Linear, nn.modules.conv._ConvNd)
+#: Normalisation layers: a weight layer whose output feeds one is "normalised" (its scale is reset).
+NORM_LAYERS: tuple[type[nn.Module], ...] = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm,
+                                            nn.LocalResponseNorm)
+
+
+@dataclass(frozen=True)
+class ActivationInfo:
+    """What the doctor needs to know about an activation module."""
+
+    name: str
+    family: str  # "relu" or "sigmoid" (trainwell.nn.activations' families)
+    can_die: bool  # derivative exactly 0 on a half-line: units can die
+    bounds: tuple[float, float] | None  # output range of a saturating (squashing) unit
+
+
+def _activation_table() -> dict[type[nn.Module], ActivationInfo]:
+    """Module type -> ActivationInfo, from trainwell's ACTIVATIONS metadata plus common torch extras."""
+    from trainwell.nn.activations import ACTIVATIONS
+
+    bounds = {"sigmoid": (0.0, 1.0), "tanh": (-1.0, 1.0)}
+    table: dict[type[nn.Module], ActivationInfo] = {}
+    for entry in ACTIVATIONS:
+        if entry.meta.get("family") == "identity":
+            continue
+        table[type(entry.factory())] = ActivationInfo(
+            entry.name, entry.meta["family"], bool(entry.meta["can_die"]), bounds.get(entry.name)
+        )
+    extras = {
+        nn.ReLU6: ActivationInfo("relu6", "relu", True, None),
+        nn.Hardsigmoid: ActivationInfo("hardsigmoid", "sigmoid", False, (0.0, 1.0)),
+        nn.Softsign: ActivationInfo("softsign", "sigmoid", False, (-1.0, 1.0)),
+        nn.PReLU: ActivationInfo("prelu", "relu", False, None),
+        nn.RReLU: ActivationInfo("rrelu", "relu", False, None),
+        nn.CELU: ActivationInfo("celu", "relu", False, None),
+        nn.Softplus: ActivationInfo("softplus", "relu", False, None),
+        nn.Mish: ActivationInfo("mish", "relu", False, None),
+        nn.Hardswish: ActivationInfo("hardswish", "relu", False, None),
+    }
+    for cls, info in extras.items():
+        table.setdefault(cls, info)
+    return table
+
+
+_TABLE: dict[type[nn.Module], ActivationInfo] | None = None
+
+
+def activation_info(module: nn.Module) -> ActivationInfo | None:
+    """The ActivationInfo of an activation module, or None for any other module.
+
+    ``nn.Hardtanh`` (not a subclass of the above) saturates at its ``min_val``/``max_val``.
+    """
+    global _TABLE
+    if _TABLE is None:
+        _TABLE = _activation_table()
+    info = _TABLE.get(type(module))
+    if info is None and type(module) is nn.Hardtanh:
+        info = ActivationInfo("hardtanh", "sigmoid", False, (float(module.min_val), float(module.max_val)))
+    return info
+
+
+def input_module(model: nn.Module) -> nn.Module:
+    """The module whose input is the network's input: ``model.net`` after a ``model.preprocess``
+    (trainwell's Classifier: the doctor judges inputs as the network sees them), else the model."""
+    net, pre = getattr(model, "net", None), getattr(model, "preprocess", None)
+    if isinstance(net, nn.Module) and isinstance(pre, nn.Module):
+        return net
+    return model
+
+
+@dataclass
+class Site:
+    """A tracked module: its name, kind ('linear', 'conv', 'activation', 'norm') and activation info."""
+
+    name: str
+    module: nn.Module
+    kind: str
+    info: ActivationInfo | None = None
+
+
+def _sites(model: nn.Module) -> list[Site]:
+    sites = []
+    for name, module in model.named_modules():
+        name = name or type(module).__name__
+        if isinstance(module, nn.Linear):
+            sites.append(Site(name, module, "linear"))
+        elif isinstance(module, nn.modules.conv._ConvNd):
+            sites.append(Site(name, module, "conv"))
+        elif isinstance(module, NORM_LAYERS):
+            sites.append(Site(name, module, "norm"))
+        elif (info := activation_info(module)) is not None:
+            sites.append(Site(name, module, "activation", info))
+    return sites
+
+
+@dataclass
+class LayerRecord:
+    """One tracked call site after :meth:`Recorder.read`: identity and the host-side statistics."""
+
+    key: str
+    name: str
+    kind: str
+    module: nn.Module
+    info: ActivationInfo | None
+    normalized: bool
+    hist_range: tuple[float, float]
+    values: dict[str, Any]
+    examples: int
+    samples: int
+
+
+class Recorder:
+    """Attach to ``model``; record statistics on every ``every``-th training-mode forward.
+
+    ``track_updates``: measure ||dW|| / ||W|| between a sampled step and the next forward (training).
+    ``update_estimate``: ``(weight, grad) -> ratio`` used instead when no step is taken (diagnosis at
+    initialisation). Call :meth:`read` for the statistics, :meth:`reset` to start over, :meth:`close`
+    to remove every hook.
+    """
+
+    def __init__(self, model: nn.Module, every: int = 1, *, track_updates: bool = False,
+                 update_estimate: Callable[[Tensor, Tensor], Tensor] | None = None,
+                 sample_eval: bool = False, bins: int = HIST_BINS) -> None:
+        if not isinstance(model, nn.Module):
+            raise ConfigError(f"the doctor diagnoses an nn.Module, got {type(model).__name__}.")
+        if not isinstance(every, int) or isinstance(every, bool) or every < 1:
+            raise ConfigError(f"the doctor's sampling interval (every, --every) must be an integer >= 1, "
+                              f"got {every!r}; e.g. 50.")
+        self.model = model
+        self.every = every
+        self.track_updates = track_updates
+        self.update_estimate = update_estimate
+        self.sample_eval = sample_eval
+        self.bins = bins
+        self.sites = _sites(model)
+        self.input_site = input_module(model)
+        self.accs: dict[str, LayerAccumulator] = {}
+        self.meta: dict[str, tuple[Site, int]] = {}  # key -> (site, first-call order)
+        self.normalized: set[str] = set()
+        self.inputs = Moments()
+        self.inputs_all = Moments()
+        self.input_examples = 0
+        self.input_nonfinite: Tensor | None = None
+        self.samples = 0
+        self.steps = 0
+        self._step_handles: list[Any] = []
+        self._snapshots: list[tuple[str, nn.Parameter, Tensor]] = []
+        self._calls: dict[int, int] = {}
+        self._prev_weight: str | None = None
+        self._last_weight_kind = "conv"
+        self._root = model.register_forward_pre_hook(self._on_forward)
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def close(self) -> None:
+        """Remove every hook (the model is left as it was)."""
+        self.flush_updates()
+        self._remove_step_hooks()
+        self._root.remove()
+
+    def reset(self) -> None:
+        """Forget what was accumulated (keeps the hooks and the step counter)."""
+        self.accs.clear()
+        self.meta.clear()
+        self.normalized.clear()
+        self.inputs, self.inputs_all, self.input_examples, self.input_nonfinite = Moments(), Moments(), 0, None
+        self.samples = 0
+
+    # ------------------------------------------------------------------ hooks
+
+    def _on_forward(self, module: nn.Module, args: tuple) -> None:
+        # The previous sampled step's backward and optimiser step are done by now.
+        self.flush_updates()
+        self._remove_step_hooks()
+        if not (module.training or self.sample_eval):
+            return
+        sampled = self.steps % self.every == 0
+        self.steps += 1
+        if sampled:
+            self.samples += 1
+            self._install()
+            if self.input_site is module:
+                # A pre-hook added while the model's own pre-hooks run is not called this time.
+                self._on_input(module, args)
+
+    def _install(self) -> None:
+        self._calls = {}
+        self._prev_weight = None
+        add = self._step_handles.append
+        if self.input_site is not self.model:
+            add(self.input_site.register_forward_pre_hook(self._on_input))
+        for site in self.sites:
+            add(site.module.register_forward_hook(self._forward_hook(site)))
+            if site.kind in ("linear", "conv") and isinstance(getattr(site.module, "weight", None), nn.Parameter) \
+                    and site.module.weight.requires_grad:
+                add(site.module.weight.register_post_accumulate_grad_hook(self._weight_hook(site.name)))
+
+    def _remove_step_hooks(self) -> None:
+        for handle in self._step_handles:
+            handle.remove()
+        self._step_handles.clear()
+
+    def _on_input(self, module: nn.Module, args: tuple) -> None:
+        x = args[0] if args else None
+        if not isinstance(x, Tensor) or not x.is_floating_point() or x.ndim < 2:
+            return
+        x = x.detach().float()
+        feature_mean = self.inputs.update(x, input_stats_dims(x))
+        self.inputs_all.update(x)
+        self.input_examples += int(x.shape[0])
+        bad = ~torch.isfinite(feature_mean).all()  # a NaN/inf anywhere makes its feature's mean non-finite
+        self.input_nonfinite = bad if self.input_nonfinite is None else self.input_nonfinite | bad
+
+    def _key(self, site: Site) -> str:
+        k = self._calls.get(id(site.module), 0)
+        self._calls[id(site.module)] = k + 1
+        return site.name if k == 0 else f"{site.name}#{k}"
+
+    def _accumulator(self, key: str, site: Site) -> LayerAccumulator:
+        acc = self.accs.get(key)
+        if acc is None:
+            info = site.info
+            lo, hi = info.bounds if info is not None and info.bounds is not None else (-HIST_LIMIT, HIST_LIMIT)
+            acc = LayerAccumulator(lo, hi, self.bins, can_die=bool(info and info.can_die),
+                                   bounds=info.bounds if info is not None else None)
+            self.accs[key] = acc
+            self.meta[key] = (site, len(self.meta))
+        return acc
+
+    def _forward_hook(self, site: Site) -> Callable:
+        def hook(module: nn.Module, args: tuple, output: Any) -> None:
+            key = self._key(site)
+            if site.kind == "norm":
+                # The most recent weight layer feeds a norm: its output scale is reset (BN/LN/GN).
+                if self._prev_weight is not None:
+                    self.normalized.add(self._prev_weight)
+                return
+            if not isinstance(output, Tensor) or not output.is_floating_point():
+                return
+            if site.kind == "activation":
+                self._prev_weight = None
+                # Units: features after a Linear (last axis), channels after a Conv (axis 1).
+                unit_dim = -1 if self._last_weight_kind == "linear" or output.ndim == 2 else 1
+            else:
+                self._prev_weight = key
+                self._last_weight_kind = site.kind
+                unit_dim = -1 if site.kind == "linear" else 1
+            acc = self._accumulator(key, site)
+            with torch.no_grad():
+                acc.update_output(output, unit_dim)
+            if output.requires_grad and torch.is_grad_enabled():
+                output.register_hook(lambda g, acc=acc: acc.update_grad(g))
+
+        return hook
+
+    def _weight_hook(self, name: str) -> Callable:
+        def hook(param: nn.Parameter) -> None:
+            acc = self.accs.get(name)
+            if acc is None or param.grad is None:
+                return
+            with torch.no_grad():
+                acc.update_weight(param, param.grad)
+                if self.track_updates:
+                    self._snapshots.append((name, param, param.detach().clone()))
+                elif self.update_estimate is not None:
+                    acc.update_ratio(self.update_estimate(param, param.grad))
+
+        return hook
+
+    def flush_updates(self) -> None:
+        """Turn pending weight snapshots into update ratios (call once the optimiser has stepped)."""
+        if not self._snapshots:
+            return
+        with torch.no_grad():
+            for name, param, before in self._snapshots:
+                acc = self.accs.get(name)
+                if acc is not None:
+                    acc.update_ratio(update_ratio(before, param))
+        self._snapshots.clear()
+
+    # ------------------------------------------------------------------ reading
+
+    def read(self) -> tuple[list[LayerRecord], dict[str, Any] | None]:
+        """Host-side statistics of every call site in depth order, and of the network's input.
+
+        One device -> host transfer for everything (:func:`~trainwell.diagnose.stats.read_all`).
+        """
+        groups = {key: acc.tensors() for key, acc in self.accs.items()}
+        if self.inputs.mean is not None:
+            groups["__input__"] = {
+                "feature_mean": self.inputs.mean, "feature_var": self.inputs.var(),
+                "mean": self.inputs_all.mean, "var": self.inputs_all.var(),
+                "nonfinite": self.input_nonfinite.float(),
+            }
+        host = read_all(groups)
+        records = []
+        for key, acc in self.accs.items():
+            site, _ = self.meta[key]
+            records.append(LayerRecord(key, site.name, site.kind, site.module, site.info, key in self.normalized,
+                                       (acc.lo, acc.hi), host[key], acc.examples, acc.samples))
+        inputs = host.get("__input__")
+        if inputs is not None:
+            inputs["examples"] = self.input_examples
+        return records, inputs
+
+
+def estimator(lr: float, optimizer: str = "sgd") -> Callable[[Tensor, Tensor], Tensor]:
+    """``(weight, grad) -> estimated update ratio`` of a first step of ``optimizer`` at ``lr`` (see
+    :func:`~trainwell.diagnose.stats.estimate_update_ratio`)."""
+    return lambda w, g: estimate_update_ratio(w, g, lr, optimizer)
