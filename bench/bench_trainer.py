@@ -9,9 +9,7 @@ ratio of the medians is printed (goal: <= 1.05).
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import statistics
 import time
 
 import torch
@@ -21,7 +19,9 @@ from trainwell.config import resolve
 from trainwell.data import load_splits, to_float
 from trainwell.nn.pipeline import Classifier
 from trainwell.train.run import build_classifier
-from trainwell.train.trainer import RandomState, fit, resolve_device
+from trainwell.train.trainer import RandomState, fit
+
+from common import interleaved, parse_args  # bench/common.py (the script's folder is on sys.path)
 
 CASES = {
     "digits-mlp": ["data.name=digits", "model.name=mlp", "train.batch_size=64"],
@@ -68,26 +68,16 @@ def sync(device: torch.device) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--cases", default=",".join(CASES))
-    args = parser.parse_args()
-    device = resolve_device(args.device)
-    print(f"device {device}, torch {torch.__version__}, threads {torch.get_num_threads()}, rounds {args.rounds}")
+    args = parse_args(__doc__, CASES, epochs=3)
     print(f"{'case':<14} {'hand-written s':>15} {'trainwell s':>12} {'ratio':>7}")
     for name in args.cases.split(","):
         # val_fraction=0: the hand-written loop does no validation either.
         cfg = resolve(CASES[name] + [f"train.epochs={args.epochs}", "data.val_fraction=0", "train.progress=false"])
         splits = load_splits(cfg.data)
-        hand_written(cfg, splits, device, 0)  # warm-up (allocator, kernels)
-        hand, ours = [], []
-        for r in range(args.rounds):
-            hand.append(hand_written(cfg, splits, device, r))
-            ours.append(with_trainwell(cfg, splits, device, r))
-        h, o = statistics.median(hand), statistics.median(ours)
-        print(f"{name:<14} {h:>15.3f} {o:>12.3f} {o / h:>7.3f}")
+        seeds = iter(range(10**6))
+        hand, ours = interleaved(lambda: hand_written(cfg, splits, args.device, next(seeds)),
+                                 lambda: with_trainwell(cfg, splits, args.device, next(seeds)), args.rounds)
+        print(f"{name:<14} {hand:>15.3f} {ours:>12.3f} {ours / hand:>7.3f}")
 
 
 if __name__ == "__main__":

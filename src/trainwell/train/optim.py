@@ -8,7 +8,6 @@ silences its channel) — the nanoGPT/timm convention.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -166,9 +165,42 @@ def lr_multiplier(step_index: int, steps_per_epoch: int, total_steps: int, cfg: 
     return SCHEDULES.get(cfg.name)(min(t, 1.0), cfg, lr, step_index / steps_per_epoch)
 
 
-def build_scheduler(
-    optimizer: torch.optim.Optimizer, cfg: Config, steps_per_epoch: int
-) -> torch.optim.lr_scheduler.LambdaLR:
+class ScheduleTable:
+    """Per-step learning rates computed once; ``step()`` writes the next one into the optimiser.
+
+    Replaces ``torch.optim.lr_scheduler.LambdaLR``, which cost ~0.27 ms per step on 2 CPU cores
+    (11% of a small MLP's step; bench/bench_trainer.py): here a step is one list lookup.
+    ``state_dict``/``load_state_dict`` hold the step index, all that resuming needs.
+    """
+
+    def __init__(self, optimizer: torch.optim.Optimizer, multipliers: list[float]) -> None:
+        self.optimizer = optimizer
+        self.base_lrs = [group["lr"] for group in optimizer.param_groups]
+        self.multipliers = multipliers
+        self.index = 0
+        self._apply()
+
+    def _apply(self) -> None:
+        m = self.multipliers[min(self.index, len(self.multipliers) - 1)]
+        for group, base in zip(self.optimizer.param_groups, self.base_lrs):
+            group["lr"] = base * m
+
+    def step(self) -> None:
+        self.index += 1
+        self._apply()
+
+    def get_last_lr(self) -> list[float]:
+        return [group["lr"] for group in self.optimizer.param_groups]
+
+    def state_dict(self) -> dict:
+        return {"index": self.index}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.index = int(state["index"])
+        self._apply()
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, cfg: Config, steps_per_epoch: int) -> ScheduleTable:
     sched = cfg.sched
     SCHEDULES.entry(sched.name)  # unknown names fail here, before training starts
     if sched.warmup_epochs < 0:
@@ -179,6 +211,5 @@ def build_scheduler(
         )
     total = steps_per_epoch * cfg.train.epochs
     lr = cfg.optim.lr
-    warmup = warmup_steps_for(sched, steps_per_epoch, total)  # once, not per step
-    fn: Callable[[int], float] = lambda i: lr_multiplier(i, steps_per_epoch, total, sched, lr, warmup)  # noqa: E731
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, fn)
+    warmup = warmup_steps_for(sched, steps_per_epoch, total)
+    return ScheduleTable(optimizer, [lr_multiplier(i, steps_per_epoch, total, sched, lr, warmup) for i in range(total)])
