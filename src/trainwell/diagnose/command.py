@@ -44,6 +44,10 @@ def add_doctor_parser(sub: Any) -> argparse.ArgumentParser:
                    help="where report.json and the plots go (default: a new folder under runs/)")
     p.add_argument("--overwrite", action="store_true", help="replace the contents of an existing --out folder")
     p.add_argument("--no-plots", action="store_true", help="write report.json only")
+    p.add_argument("--fix", action="store_true",
+                   help="config mode: propose a corrected config for the findings and diagnose it again")
+    p.add_argument("--apply", metavar="FILE",
+                   help="with --fix: write the corrected config as YAML to FILE (trainwell train -c FILE)")
     p.set_defaults(handler=cmd_doctor)
     return p
 
@@ -90,6 +94,10 @@ def run_doctor(args: argparse.Namespace) -> tuple[Any, Path]:
 
 def cmd_doctor(args: argparse.Namespace) -> int:
     """Handler of ``trainwell doctor``: print the report (tables or --json) and exit by severity."""
+    if args.apply and not args.fix:
+        raise ConfigError("--apply needs --fix: trainwell doctor --fix --apply FILE [key=value ...].")
+    if args.fix:
+        return cmd_fix(args)
     report, out_dir = run_doctor(args)
     if args.json:
         print(json.dumps(report.to_dict(), indent=2))
@@ -101,3 +109,53 @@ def cmd_doctor(args: argparse.Namespace) -> int:
         console.print(f"-> {out_dir}", highlight=False)
     sys.stdout.flush()
     return report.exit_code(strict=args.strict)
+
+
+def cmd_fix(args: argparse.Namespace) -> int:
+    """``--fix``: diagnose the config, propose changes, diagnose the corrected config, show both."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from trainwell.config import resolve
+    from trainwell.diagnose.doctor import diagnose_config
+    from trainwell.diagnose.fix import as_overrides, propose_fix
+    from trainwell.train.rundir import atomic_write_text, prepare_out_dir, write_json
+
+    target = list(args.target)
+    if target and "=" not in target[0]:
+        raise ConfigError("--fix works on a config (key=value overrides or -c FILE), not on a run directory; "
+                          "pass the overrides the run was trained with.")
+    if args.apply and Path(args.apply).exists() and not args.overwrite:
+        raise ConfigError(f"'{args.apply}' exists; choose another --apply FILE or pass --overwrite.")
+    cfg = resolve(target, args.config)
+    before = diagnose_config(cfg, batch_size=args.batch_size, epochs=args.epochs, every=args.every)
+    changes = propose_fix(cfg, before)
+    fixed_cfg = resolve(as_overrides(changes), base=cfg)
+    after = diagnose_config(fixed_cfg, batch_size=args.batch_size, epochs=args.epochs, every=args.every) \
+        if changes else before
+    out_dir = prepare_out_dir(args.out, "doctor", f"{cfg.data.name}-{cfg.model.name}-fix", args.overwrite)
+    result = {"changes": changes, "overrides": as_overrides(changes),
+              "before": before.to_dict()["findings"], "after": after.to_dict()["findings"]}
+    write_json(out_dir / "fix.json", result)
+    atomic_write_text(out_dir / "config.fixed.yaml", fixed_cfg.to_yaml())
+    if args.apply:
+        atomic_write_text(Path(args.apply), fixed_cfg.to_yaml())
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return after.exit_code(strict=args.strict)
+    console = Console(soft_wrap=True)
+    if not changes:
+        console.print("doctor --fix: no change to propose" + (" - nothing looks wrong." if not before.findings
+                                                               else " for these findings."), highlight=False)
+    table = Table(title="doctor --fix: before and after", title_justify="left")
+    for col in ("", "findings (warning or worse)"):
+        table.add_column(col)
+    table.add_row("before", ", ".join(before.codes()) or "none")
+    table.add_row("change", " ".join(as_overrides(changes)) or "none")
+    table.add_row("after", ", ".join(after.codes()) or "none")
+    console.print(table)
+    if args.apply:
+        console.print(f"wrote the corrected config to {args.apply}; train it with: trainwell train -c {args.apply}",
+                      highlight=False)
+    console.print(f"-> {out_dir}", highlight=False)
+    return after.exit_code(strict=args.strict)
