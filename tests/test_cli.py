@@ -355,3 +355,4 @@ def test_train_with_doctor_writes_findings_into_the_summary(tmp_path):
     run_cli("train", *FAST, "data.limit=300", "doctor=true", "--out", str(out))
     summary = json.loads((out / "summary.json").read_text())
     assert "findings" in summary["doctor"] and (out / "doctor.json").is_file()
+    assert (out / "doctor_fractions.png").stat().st_size > 0  # dead/saturated units per epoch

@@ -303,6 +303,10 @@ class DoctorCallback:
                               "last": last.to_dict() if last is not None else None})
         if plots and last is not None and last.layers:
             paths += plot_report(last, out_dir, prefix="doctor_")
+            from trainwell.diagnose.plots import plot_fractions_over_training
+
+            paths.append(plot_fractions_over_training([r for r in self.reports if r.layers],
+                                                      out_dir / "doctor_fractions.png"))
         return paths
 
 

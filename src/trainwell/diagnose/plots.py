@@ -90,6 +90,29 @@ def plot_grad_by_depth(report: Report, path: Path) -> Path:
     return path
 
 
+def plot_fractions_over_training(reports: list[Report], path: Path) -> Path:
+    """Dead (ReLU family) and saturated (sigmoid/tanh) fraction of each activation layer per epoch."""
+    plt = _figure()
+    fig, (ax_dead, ax_sat) = plt.subplots(1, 2, figsize=(10, 3.5))
+    epochs = list(range(1, len(reports) + 1))
+    names = [layer.name for layer in reports[-1].layers if layer.kind == "activation"]
+    for name in names:
+        for ax, attr in ((ax_dead, "dead_fraction"), (ax_sat, "saturated_fraction")):
+            values = [next((getattr(layer, attr) for layer in r.layers if layer.name == name), None) for r in reports]
+            pts = [(e, 100 * v) for e, v in zip(epochs, values) if v is not None]
+            if pts:
+                ax.plot([e for e, _ in pts], [v for _, v in pts], marker="o", label=name)
+    for ax, title in ((ax_dead, "dead units over training"), (ax_sat, "saturated units over training")):
+        ax.set(xlabel="epoch", ylabel="% of units", title=title, ylim=(-2, 102))
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
 def _finish(ax, title: str, ylabel: str) -> None:
     ax.set_yscale("log")
     ax.set_xlabel("depth (order of the forward pass)")
