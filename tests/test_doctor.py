@@ -437,7 +437,7 @@ def test_doctor_callback_with_fit_on_digits(digits, tmp_path):
     assert not model._forward_pre_hooks
     paths = doctor.write(tmp_path)
     assert [p.name for p in paths] == ["doctor.json", "doctor_histograms.png", "doctor_std_by_depth.png",
-                                       "doctor_grad_by_depth.png"]
+                                       "doctor_grad_by_depth.png", "doctor_fractions.png"]
     saved = json.loads(paths[0].read_text())
     assert saved["summary"]["codes"] == [] and saved["last"]["context"] == "epoch 2"
 
