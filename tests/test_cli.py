@@ -348,6 +348,7 @@ def test_doctor_command_flags_a_tiny_init_deep_net(tmp_path):
     assert "vanishing-activations" in codes
     assert all({"code", "severity", "layers", "evidence", "fix"} <= set(f) for f in report["findings"])
     assert (out / "histograms.png").is_file()
+    assert json.loads((out / "summary.json").read_text())["findings"] == report["findings"]
 
 
 def test_train_with_doctor_writes_findings_into_the_summary(tmp_path):

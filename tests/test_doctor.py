@@ -487,7 +487,8 @@ def test_doctor_command_on_a_run_dir_and_on_a_config(run_dir, tmp_path, capsys):
     assert cmd_doctor(_doctor_args(str(run_dir), "--json", "--out", str(tmp_path / "a"))) == 0
     printed = json.loads(capsys.readouterr().out)
     assert {"findings", "layers"} <= set(printed)
-    assert {p.name for p in (tmp_path / "a").iterdir()} == {"report.json", "histograms.png", "std_by_depth.png",
+    assert json.loads((tmp_path / "a" / "summary.json").read_text())["findings"] == printed["findings"]
+    assert {p.name for p in (tmp_path / "a").iterdir()} == {"report.json", "summary.json", "histograms.png", "std_by_depth.png",
                                                            "grad_by_depth.png"}
     # A config with a planted fault: N(0, 0.01) init of a deep MLP -> an error, exit 1 with --strict.
     args = _doctor_args("model.name=mlp", "model.norm=none", "model.depth=5", "model.width=32", "init.scheme=normal",

@@ -87,6 +87,7 @@ def run_doctor(args: argparse.Namespace) -> tuple[Any, Path]:
         tag, kind = f"{cfg.data.name}-{cfg.model.name}", "doctor"
     out_dir = prepare_out_dir(args.out, kind, tag, args.overwrite)  # None: a new folder under runs/
     write_json(out_dir / "report.json", report.to_dict())
+    write_json(out_dir / "summary.json", {"findings": report.to_dict()["findings"], "context": report.context})
     if not args.no_plots and report.layers:
         plot_report(report, out_dir)
     return report, out_dir
@@ -137,6 +138,8 @@ def cmd_fix(args: argparse.Namespace) -> int:
     result = {"changes": changes, "overrides": as_overrides(changes),
               "before": before.to_dict()["findings"], "after": after.to_dict()["findings"]}
     write_json(out_dir / "fix.json", result)
+    write_json(out_dir / "summary.json", {"findings": result["after"], "changes": changes,
+                                          "findings_before": result["before"]})
     atomic_write_text(out_dir / "config.fixed.yaml", fixed_cfg.to_yaml())
     if args.apply:
         atomic_write_text(Path(args.apply), fixed_cfg.to_yaml())
