@@ -6,6 +6,7 @@ import math
 from pathlib import Path
 
 from trainwell.diagnose.report import LayerStats, Report
+from trainwell.train.plots import save_figure
 
 
 def _figure():
@@ -47,9 +48,7 @@ def plot_histograms(report: Report, path: Path) -> Path:
         ax.tick_params(labelsize=7)
     fig.suptitle(f"activation histograms ({report.context})" if report.context else "activation histograms", fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def _log_line(ax, layers: list[LayerStats], values: list[float | None], label: str, marker: str) -> None:
@@ -70,9 +69,7 @@ def plot_std_by_depth(report: Report, path: Path) -> Path:
         ax.axhline(report.input.std, color="gray", linestyle="--", linewidth=1, label="input std")
     _finish(ax, "std of outputs by depth", "std")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def plot_grad_by_depth(report: Report, path: Path) -> Path:
@@ -85,9 +82,7 @@ def plot_grad_by_depth(report: Report, path: Path) -> Path:
     _log_line(ax, weights, [layer.update_ratio for layer in weights], "update ratio ||dW||/||W||", "^")
     _finish(ax, "gradients by depth", "value")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def plot_fractions_over_training(reports: list[Report], path: Path) -> Path:
@@ -108,9 +103,7 @@ def plot_fractions_over_training(reports: list[Report], path: Path) -> Path:
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def _finish(ax, title: str, ylabel: str) -> None:
