@@ -305,6 +305,16 @@ def param_group_rows(cfg: Config) -> list[dict[str, Any]]:
     return rows
 
 
+def check_run(cfg: Config, splits: Splits) -> Classifier:
+    """Everything ``train`` checks before it creates a folder (names, model for the data, optimiser,
+    schedule, augmentation), without training: a grid of runs is checked whole before any starts."""
+    check_names(cfg)
+    classifier = build_classifier(cfg, splits)
+    preflight(classifier, cfg, len(splits.train))
+    _build_augmenter(cfg, splits, torch.device("cpu"))
+    return classifier
+
+
 def _build_augmenter(cfg: Config, splits: Splits, device: torch.device):
     if not cfg.augment:
         return None

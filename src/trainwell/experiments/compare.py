@@ -1,0 +1,377 @@
+"""Ablations over seeds: a grid of configs × seeds, run on a process pool, resumable.
+
+Python API::
+
+    from trainwell.experiments import Plan, grid, run_plan
+    plan = Plan(base=["model.name=mlp"], cells=grid([("model.activation", ["relu", "sigmoid"])]), seeds=[0, 1, 2])
+    result = run_plan(plan, out="runs/act")       # runs/act/runs/c00-.../seed-0/ ... + report.html
+    result.cells[1].ci, result.cells[1].test      # mean with 95% CI, paired test against cell 0
+
+Every run is an ordinary run directory (``out/runs/<cell>/seed-<s>``), so any of them can be
+evaluated, diagnosed or fine-tuned on its own. ``summary.json`` is written last by a run, so its
+presence marks a finished run: a compare started again with the same plan skips those.
+"""
+
+from __future__ import annotations
+
+import importlib
+import itertools
+import json
+import math
+import os
+import re
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from dataclasses import asdict, dataclass, field
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from trainwell.config import Config, resolve
+from trainwell.errors import ConfigError, RunDirError, TrainwellError
+from trainwell.train.rundir import read_json, write_json
+
+PLAN_FILE = "compare.json"
+MEASURES_FILE = "measures.json"
+
+
+# ----------------------------------------------------------------------------- plan
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One configuration of the grid: a label and the overrides that make it."""
+
+    label: str
+    overrides: dict[str, Any]
+
+    def args(self) -> list[str]:
+        return [f"{k}={_format_value(v)}" for k, v in self.overrides.items()]
+
+
+def _format_value(v: Any) -> str:
+    if isinstance(v, (list, tuple)):
+        return "[" + ",".join(_format_value(x) for x in v) + "]"
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    return str(v)
+
+
+def parse_vary(spec: str) -> tuple[str, list[str]]:
+    """``"model.activation=relu,tanh"`` -> ("model.activation", ["relu", "tanh"]).
+
+    Values are split on commas outside brackets, so a list value is written ``[16,32]``:
+    ``model.channels=[16,32],[32,64]``.
+    """
+    key, sep, rest = spec.partition("=")
+    key = key.strip()
+    if not sep or not key or not rest.strip():
+        raise ConfigError(f"--vary '{spec}' must look like KEY=a,b,c (e.g. --vary model.activation=relu,tanh).")
+    values, depth, current = [], 0, ""
+    for ch in rest:
+        if ch == "[":
+            depth += 1
+        elif ch == "]":
+            depth -= 1
+        if ch == "," and depth == 0:
+            values.append(current.strip())
+            current = ""
+        else:
+            current += ch
+    values.append(current.strip())
+    if depth != 0 or any(v == "" for v in values):
+        raise ConfigError(f"--vary '{spec}': empty value or unbalanced brackets; write KEY=a,b,c "
+                          "and lists as [16,32].")
+    if len(set(values)) != len(values):
+        raise ConfigError(f"--vary '{spec}' repeats a value; list each value once.")
+    return key, values
+
+
+def grid(axes: Sequence[tuple[str, Sequence[Any]]]) -> list[Cell]:
+    """The cartesian product of the axes; the first cell (every axis at its first value) is the baseline."""
+    keys = [k for k, _ in axes]
+    if len(set(keys)) != len(keys):
+        raise ConfigError(f"--vary names a key twice ({', '.join(keys)}); give each key once with all its values.")
+    if not axes:
+        return [Cell("baseline", {})]
+    cells = []
+    for combo in itertools.product(*[list(v) for _, v in axes]):
+        overrides = dict(zip(keys, combo))
+        cells.append(Cell(", ".join(f"{k}={_format_value(v)}" for k, v in overrides.items()), overrides))
+    return cells
+
+
+@dataclass
+class Plan:
+    """What to run: base overrides, the cells, the seeds, the metric compared.
+
+    ``measure``: optional ``"module:function"`` called as ``function(run, splits) -> dict`` after each
+    run (in the worker), its numbers saved in the run's ``measures.json`` and usable as metrics.
+    """
+
+    base: list[str] = field(default_factory=list)
+    cells: list[Cell] = field(default_factory=lambda: [Cell("baseline", {})])
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    metric: str = "test_acc"
+    config_file: str | None = None
+    measure: str | None = None
+    title: str = "trainwell compare"
+    higher_is_better: bool = True
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["cells"] = [{"label": c.label, "overrides": c.overrides} for c in self.cells]
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Plan:
+        d = dict(d)
+        d["cells"] = [Cell(c["label"], dict(c["overrides"])) for c in d["cells"]]
+        return cls(**d)
+
+    def identity(self) -> dict[str, Any]:
+        """What must match for a restarted compare to reuse finished runs (not the title)."""
+        d = self.to_dict()
+        d.pop("title")
+        return json.loads(json.dumps(d))
+
+
+@dataclass(frozen=True)
+class Job:
+    cell: int
+    seed: int
+    overrides: list[str]
+    run_dir: Path
+
+
+def cell_dir_name(index: int, cell: Cell) -> str:
+    slug = re.sub(r"[^A-Za-z0-9._=+-]+", "_", cell.label).strip("_")[:60]
+    return f"c{index:02d}-{slug}" if slug else f"c{index:02d}"
+
+
+def jobs(plan: Plan, out: Path) -> list[Job]:
+    """Seed-major order, so that an interrupted compare has every cell at the first seeds."""
+    result = []
+    for seed in plan.seeds:
+        for i, cell in enumerate(plan.cells):
+            overrides = [*plan.base, *cell.args(), f"train.seed={seed}", "train.progress=false"]
+            result.append(Job(i, seed, overrides, out / "runs" / cell_dir_name(i, cell) / f"seed-{seed}"))
+    return result
+
+
+def validate(plan: Plan, deep: bool = True) -> list[Config]:
+    """Check every cell before anything runs, so a typo fails in seconds, not after an hour of runs.
+
+    Each cell's config is resolved; with ``deep``, its data is loaded (once per distinct data
+    config, which also fills the cache of generated data before workers race for it) and its model,
+    optimiser, schedule and augmentation are built as ``train`` would.
+    """
+    from trainwell.data import load_splits
+    from trainwell.train.run import check_names, check_run
+
+    if not plan.seeds:
+        raise ConfigError("--seeds must be at least 1.")
+    if len(set(plan.seeds)) != len(plan.seeds):
+        raise ConfigError(f"seeds {plan.seeds} repeat a seed; each seed once.")
+    configs, data_cache = [], {}
+    for cell in plan.cells:
+        try:
+            cfg = resolve([*plan.base, *cell.args()], plan.config_file)
+            check_names(cfg)
+            if deep:
+                key = json.dumps(asdict(cfg.data), sort_keys=True, default=str)
+                if key not in data_cache:
+                    data_cache[key] = load_splits(cfg.data)
+                check_run(cfg, data_cache[key])
+        except TrainwellError as exc:
+            raise type(exc)(f"cell '{cell.label}': {exc}") from None
+        configs.append(cfg)
+    return configs
+
+
+def is_finished(job: Job, plan: Plan) -> bool:
+    if not (job.run_dir / "summary.json").is_file():
+        return False
+    return plan.measure is None or (job.run_dir / MEASURES_FILE).is_file()
+
+
+# ----------------------------------------------------------------------------- execution
+
+
+def default_workers(n_jobs: int, configs: Sequence[Config]) -> int:
+    """One process per core on CPU (each with one thread: small models scale better across processes);
+    one on a GPU, which the runs would otherwise share."""
+    from trainwell.train.trainer import resolve_device
+
+    if any(resolve_device(c.train.device).type != "cpu" for c in configs):
+        return 1
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(n_jobs, cores))
+
+
+def _init_worker(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+def _load_callable(spec: str) -> Callable[..., Any]:
+    module, _, name = spec.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def execute_job(overrides: list[str], config_file: str | None, run_dir: str, measure: str | None) -> dict[str, Any]:
+    """Train one run into ``run_dir`` (a partial folder from an interrupted compare is replaced) and
+    measure it; returns its summary merged with its measures. Top-level so a process pool can call it."""
+    from trainwell.train.run import load_run, train
+
+    run_dir_path = Path(run_dir)
+    if not (run_dir_path / "summary.json").is_file():
+        train(resolve(overrides, config_file), out=run_dir_path, overwrite=True, quiet=True)
+    summary = read_json(run_dir_path / "summary.json", "summary")
+    if measure is not None:
+        from trainwell.data import load_splits
+
+        run = load_run(run_dir_path)
+        measures = _load_callable(measure)(run, load_splits(run.config.data))
+        write_json(run_dir_path / MEASURES_FILE, measures)
+        summary = {**summary, **measures}
+    return summary
+
+
+@dataclass
+class Execution:
+    ran: int = 0
+    skipped: int = 0
+    failed: list[dict[str, Any]] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def prepare_compare_dir(out: str | Path, plan: Plan, overwrite: bool) -> Path:
+    """Create ``out`` or reuse it when it holds the same plan (resume); refuse anything else."""
+    out = Path(out)
+    plan_path = out / PLAN_FILE
+    if out.exists() and not out.is_dir():
+        raise RunDirError(f"output path '{out}' exists and is a file; choose another --out.")
+    if out.is_dir() and any(out.iterdir()):
+        same = False
+        if plan_path.is_file():
+            try:
+                same = json.loads(plan_path.read_text()).get("plan") == plan.identity()
+            except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+                same = False
+        if overwrite:
+            shutil.rmtree(out / "runs", ignore_errors=True)
+        elif not same:
+            what = "a different compare" if plan_path.is_file() else "other files"
+            raise RunDirError(f"output folder '{out}' holds {what}; choose another --out, run the same command "
+                              "to resume it, or pass --overwrite to start again.")
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(plan_path, {"plan": plan.identity(), "title": plan.title})
+    return out
+
+
+def execute(plan: Plan, out: Path, workers: int | None = None, console: Console | None = None,
+            quiet: bool = False, on_result: Callable[[Job, dict[str, Any]], None] | None = None,
+            configs: list[Config] | None = None) -> Execution:
+    """Run the plan's unfinished jobs; finished ones (a previous, interrupted call) are skipped.
+
+    ``configs``: the result of :func:`validate` when the caller already checked the plan.
+    """
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, \
+        TimeRemainingColumn
+
+    configs = configs if configs is not None else validate(plan)
+    all_jobs = jobs(plan, out)
+    pending = [j for j in all_jobs if not is_finished(j, plan)]
+    state = Execution(skipped=len(all_jobs) - len(pending))
+    workers = workers or default_workers(len(pending), configs)
+    if workers < 1:
+        raise ConfigError(f"--workers must be at least 1, got {workers}.")
+    console = console or Console(stderr=True, quiet=quiet)
+    t0 = time.perf_counter()
+    progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                        TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[last]}"),
+                        console=console, disable=quiet, transient=False)
+    if state.skipped and not quiet:
+        console.print(f"resuming: {state.skipped} of {len(all_jobs)} runs already finished in {out}", highlight=False)
+
+    def done(job: Job, summary: dict[str, Any] | None, error: str | None) -> None:
+        if error is None:
+            state.ran += 1
+            value = summary.get(plan.metric) if summary else None
+            shown = f"{value:.4g}" if isinstance(value, (int, float)) else "?"
+            progress.update(task, advance=1, last=f"{plan.cells[job.cell].label} seed {job.seed}: {plan.metric} {shown}")
+            if on_result is not None:
+                on_result(job, summary or {})
+        else:
+            state.failed.append({"cell": plan.cells[job.cell].label, "seed": job.seed, "run_dir": str(job.run_dir),
+                                 "error": error})
+            progress.update(task, advance=1, last=f"[red]{plan.cells[job.cell].label} seed {job.seed} failed")
+            console.print(f"[red]run failed[/] {job.run_dir}: {error}", highlight=False)
+
+    with progress:
+        task = progress.add_task(plan.title, total=len(all_jobs), completed=state.skipped, last="")
+        if workers == 1 or len(pending) <= 1:
+            for job in pending:
+                try:
+                    done(job, execute_job(job.overrides, plan.config_file, str(job.run_dir), plan.measure), None)
+                except TrainwellError as exc:
+                    done(job, None, str(exc))
+        else:
+            cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+            threads = max(1, cores // workers)
+            with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"),
+                                     initializer=_init_worker, initargs=(threads,)) as pool:
+                futures = {pool.submit(execute_job, j.overrides, plan.config_file, str(j.run_dir), plan.measure): j
+                           for j in pending}
+                try:
+                    remaining = set(futures)
+                    while remaining:
+                        finished, remaining = wait(remaining, return_when=FIRST_COMPLETED)
+                        for fut in finished:
+                            exc = fut.exception()
+                            if exc is None:
+                                done(futures[fut], fut.result(), None)
+                            elif isinstance(exc, TrainwellError):
+                                done(futures[fut], None, str(exc))
+                            else:
+                                raise exc
+                except BaseException:
+                    for fut in futures:
+                        fut.cancel()
+                    raise
+    state.seconds = time.perf_counter() - t0
+    return state
+
+
+def finished_runs(plan: Plan, out: Path) -> dict[tuple[int, int], tuple[dict[str, Any], list[dict[str, Any]]]]:
+    """(cell, seed) -> (summary merged with measures, metrics rows) for every finished run."""
+    from trainwell.train.rundir import read_metrics
+
+    found = {}
+    for job in jobs(plan, out):
+        if not is_finished(job, plan):
+            continue
+        summary = read_json(job.run_dir / "summary.json", "summary")
+        if plan.measure is not None:
+            summary = {**summary, **read_json(job.run_dir / MEASURES_FILE, "measures")}
+        metrics_path = job.run_dir / "metrics.jsonl"
+        rows = read_metrics(metrics_path) if metrics_path.is_file() else []
+        found[(job.cell, job.seed)] = (summary, rows)
+    return found
+
+
+def nan_to_none(obj: Any) -> Any:
+    """JSON has no NaN: non-finite floats become null, recursively."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: nan_to_none(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [nan_to_none(v) for v in obj]
+    return obj

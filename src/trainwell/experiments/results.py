@@ -1,0 +1,266 @@
+"""Aggregate a compare's finished runs: per-cell mean and 95% CI, paired tests, table, plots, report.
+
+Outputs written into the compare folder:
+
+=============== ============================================================
+``summary.json`` every cell: per-seed values, mean, CI, paired test vs baseline
+``results.csv``  one row per cell (the same numbers, for a spreadsheet)
+``curves.png``   validation accuracy and training loss per epoch, mean ± 95% CI
+``bars.png``     the compared metric per cell with its CI and the seeds as dots
+``report.html``  all of the above in one self-contained page
+=============== ============================================================
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from trainwell.experiments.compare import Cell, Execution, Plan, execute, finished_runs, nan_to_none, \
+    prepare_compare_dir
+from trainwell.experiments.stats import MeanCI, PairedTest, curve_band, mean_ci, paired_test
+from trainwell.train.rundir import atomic_write_text, write_json
+
+#: Curves drawn with bands: (metrics.jsonl key, axis label, scale).
+CURVES = (("val_acc", "validation accuracy (%)", 100.0), ("train_loss", "training loss", 1.0))
+
+
+@dataclass
+class CellResult:
+    index: int
+    cell: Cell
+    values: dict[int, float]
+    ci: MeanCI
+    test: PairedTest | None  # None for the baseline
+    curves: dict[str, dict[str, list[float]]] = field(default_factory=dict)
+    summaries: dict[int, dict[str, Any]] = field(default_factory=dict)
+    histories: dict[int, list[dict[str, Any]]] = field(default_factory=dict)
+
+    @property
+    def label(self) -> str:
+        return self.cell.label
+
+    def mean_of(self, key: str) -> MeanCI:
+        """Mean and CI over seeds of any numeric summary (or measure) key."""
+        return mean_ci([s.get(key) for s in self.summaries.values() if isinstance(s.get(key), (int, float))])
+
+
+@dataclass
+class CompareResult:
+    plan: Plan
+    out: Path
+    cells: list[CellResult]
+    execution: Execution | None = None
+    alpha: float = 0.05
+
+    @property
+    def baseline(self) -> CellResult:
+        return self.cells[0]
+
+    def cell(self, label: str) -> CellResult:
+        for c in self.cells:
+            if c.label == label:
+                return c
+        raise KeyError(label)
+
+    def to_dict(self) -> dict[str, Any]:
+        holm_p = holm([c.test.p if c.test else math.nan for c in self.cells])
+        rows = []
+        for c, p_adj in zip(self.cells, holm_p):
+            row = {
+                "label": c.label, "overrides": c.cell.overrides, "baseline": c.index == 0,
+                "values": {str(s): v for s, v in sorted(c.values.items())},
+                "mean": c.ci.mean, "ci_low": c.ci.low, "ci_high": c.ci.high, "std": c.ci.std, "n": c.ci.n,
+            }
+            if c.test is not None:
+                row.update({"diff": c.test.diff.mean, "diff_low": c.test.diff.low, "diff_high": c.test.diff.high,
+                            "p": c.test.p, "p_holm": p_adj, "significant": c.test.significant})
+            rows.append(row)
+        ex = self.execution
+        return nan_to_none({
+            "kind": "compare", "title": self.plan.title, "metric": self.plan.metric, "seeds": self.plan.seeds,
+            "alpha": self.alpha, "test": "paired t-test over seeds against the baseline (first cell)",
+            "base": self.plan.base, "cells": rows,
+            "runs": {"total": len(self.plan.seeds) * len(self.plan.cells),
+                     "finished": sum(len(c.values) for c in self.cells),
+                     "ran": ex.ran if ex else 0, "skipped": ex.skipped if ex else 0,
+                     "failed": ex.failed if ex else [], "seconds": ex.seconds if ex else 0.0},
+        })
+
+
+def holm(pvalues: list[float]) -> list[float]:
+    """Holm–Bonferroni adjusted p-values (Holm 1979); NaN entries are left out and stay NaN."""
+    idx = sorted((i for i, p in enumerate(pvalues) if math.isfinite(p)), key=lambda i: pvalues[i])
+    m, running, out = len(idx), 0.0, [math.nan] * len(pvalues)
+    for rank, i in enumerate(idx):
+        running = max(running, min(1.0, (m - rank) * pvalues[i]))
+        out[i] = running
+    return out
+
+
+def aggregate(plan: Plan, out: str | Path, execution: Execution | None = None, alpha: float = 0.05) -> CompareResult:
+    """Read every finished run of the plan and summarise each cell (missing runs are just absent)."""
+    out = Path(out)
+    found = finished_runs(plan, out)
+    cells: list[CellResult] = []
+    for i, cell in enumerate(plan.cells):
+        summaries = {s: found[(i, s)][0] for s in plan.seeds if (i, s) in found}
+        histories = {s: found[(i, s)][1] for s in plan.seeds if (i, s) in found}
+        values = {s: float(v) for s, summ in summaries.items()
+                  if isinstance(v := summ.get(plan.metric), (int, float)) and not isinstance(v, bool)}
+        curves = {key: curve_band([[r.get(key, math.nan) for r in h] for h in histories.values()])
+                  for key, _, _ in CURVES}
+        test = None if i == 0 else paired_test(values, cells[0].values, alpha)
+        cells.append(CellResult(i, cell, values, mean_ci(list(values.values())), test, curves, summaries, histories))
+    return CompareResult(plan, out, cells, execution, alpha)
+
+
+# ----------------------------------------------------------------------------- outputs
+
+
+def _fmt(v: float | None, scale: float = 1.0, digits: int = 4) -> str:
+    if v is None or not math.isfinite(v):
+        return "–"
+    return f"{v * scale:.2f}" if scale == 100.0 else f"{v * scale:.{digits}g}"
+
+
+def _pm(ci: MeanCI, scale: float, digits: int, signed: bool = False) -> str:
+    """``97.36 ± 1.77``: the mean and the half-width of its (symmetric Student-t) interval."""
+    if not math.isfinite(ci.mean):
+        return "–"
+    mean = f"{ci.mean * scale:+.2f}" if signed and scale == 100.0 else \
+        (f"{ci.mean * scale:+.{digits}g}" if signed else _fmt(ci.mean, scale, digits))
+    return mean + (f" ± {_fmt(ci.half_width, scale, digits)}" if math.isfinite(ci.half_width) else "")
+
+
+def metric_format(metric: str) -> tuple[float, str, str]:
+    """(scale, unit of values, unit of differences): accuracies in %, differences in percentage points."""
+    return (100.0, "%", " pp") if metric.endswith("acc") else (1.0, "", "")
+
+
+def axis_keys(cells: list[Cell]) -> list[str]:
+    """The varied keys when the cells are a plain grid (labels generated from them), else []."""
+    from trainwell.experiments.compare import grid
+
+    keys = list(cells[0].overrides) if cells else []
+    if not keys or any(list(c.overrides) != keys or c.label != grid([(k, [c.overrides[k]]) for k in keys])[0].label
+                       for c in cells):
+        return []
+    return keys
+
+
+def table_rows(result: CompareResult) -> tuple[list[str], list[list[str]]]:
+    """The table shown in the terminal and the report: one row per cell, a column per varied key."""
+    from trainwell.experiments.compare import _format_value
+
+    metric = result.plan.metric
+    scale, unit, dunit = metric_format(metric)
+    digits = 4
+    keys = axis_keys([c.cell for c in result.cells])
+    headers = [*(keys or ["cell"]), "n", f"{metric}{' %' if unit else ''} (95% CI)", f"Δ{dunit} (95% CI)",
+               "p", ""]
+    rows = []
+    for c in result.cells:
+        name = [_format_value(c.cell.overrides[k]) for k in keys] if keys else [c.label]
+        row = [*name, str(c.ci.n), _pm(c.ci, scale, digits)]
+        if c.test is None:
+            row += ["", "", "baseline"]
+        else:
+            better = (c.test.diff.mean > 0) == result.plan.higher_is_better
+            mark = ("better" if better else "worse") if c.test.significant else ""
+            row += [_pm(c.test.diff, scale, 3, signed=True), _fmt(c.test.p, digits=2), mark]
+        rows.append(row)
+    return headers, rows
+
+
+def print_table(result: CompareResult, console: Console) -> None:
+    headers, rows = table_rows(result)
+    table = Table(title=f"{result.plan.title}: {result.plan.metric} over seeds {result.plan.seeds} "
+                        f"(mean, 95% CI; Δ and paired t-test p vs the baseline)", title_justify="left")
+    for h in headers:
+        numeric = h in ("n", "p") or h.startswith((result.plan.metric, "Δ"))
+        table.add_column(h, justify="right" if numeric else "left", overflow="fold", no_wrap=numeric)
+    for row in rows:
+        style = {"better": "green", "worse": "red", "baseline": "dim"}.get(row[-1])
+        table.add_row(*row, style=style)
+    console.print(table)
+
+
+def write_csv(result: CompareResult, path: Path) -> None:
+    data = result.to_dict()
+    keys = sorted({k for c in result.plan.cells for k in c.overrides})
+    cols = ["label", *keys, "n", "mean", "ci_low", "ci_high", "std", "diff", "diff_low", "diff_high", "p", "p_holm",
+            "significant"]
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(cols)
+    for row in data["cells"]:
+        writer.writerow([row["label"], *[row["overrides"].get(k, "") for k in keys],
+                         *["" if row.get(c) is None else row.get(c) for c in cols[1 + len(keys):]]])
+    atomic_write_text(path, buf.getvalue())
+
+
+def write_outputs(result: CompareResult, console: Console | None = None, command: str | None = None) -> dict[str, Any]:
+    """summary.json, results.csv, curves.png, bars.png and report.html into the compare folder."""
+    from trainwell.experiments import plots
+    from trainwell.experiments.htmlreport import Code, Image, KeyValues, Section, Table as HTable, Text, write_report
+
+    out = result.out
+    data = result.to_dict()
+    write_json(out / "summary.json", data)
+    write_csv(result, out / "results.csv")
+    curves = plots.plot_cell_curves(result.cells, CURVES, out / "curves.png", title=result.plan.title)
+    bars = plots.plot_cell_bars(result.cells, result.plan.metric, out / "bars.png", title=result.plan.title)
+    headers, rows = table_rows(result)
+    significant = {i for i, c in enumerate(result.cells) if c.test is not None and c.test.significant}
+    runs = data["runs"]
+    sections = [
+        Section("Result", [
+            Text(f"{len(result.cells)} configurations × {len(result.plan.seeds)} seeds "
+                 f"({runs['finished']} of {runs['total']} runs finished). Each cell: mean of {result.plan.metric} "
+                 f"with a 95% Student-t confidence interval over seeds; Δ: the mean per-seed difference from the "
+                 f"baseline (first cell) with its interval, and the p-value of a paired t-test over seeds "
+                 f"(marked at p < {result.alpha}; Holm-adjusted p-values are in summary.json)."),
+            HTable(headers, rows, caption=f"{result.plan.metric} per configuration", highlight=significant),
+            Image(bars, caption=f"{result.plan.metric}: mean, 95% CI and each seed"),
+            Image(curves, caption="per epoch, mean ± 95% CI over seeds"),
+        ]),
+        Section("Setup", [
+            KeyValues({"base overrides": " ".join(result.plan.base) or "(defaults)",
+                       "config file": result.plan.config_file or "–", "seeds": result.plan.seeds,
+                       "metric": result.plan.metric, "runs folder": str(out / "runs")}),
+            *([Code(command)] if command else []),
+        ]),
+    ]
+    if runs["failed"]:
+        sections.append(Section("Failed runs", [HTable(["cell", "seed", "error"],
+                                                       [[f["cell"], f["seed"], f["error"]] for f in runs["failed"]])]))
+    write_report(out / "report.html", result.plan.title, sections,
+                 subtitle=f"{result.plan.metric} over {len(result.plan.seeds)} seeds")
+    if console is not None:
+        print_table(result, console)
+    return data
+
+
+def run_plan(plan: Plan, out: str | Path, *, workers: int | None = None, overwrite: bool = False,
+             quiet: bool = False, console: Console | None = None, alpha: float = 0.05,
+             command: str | None = None) -> CompareResult:
+    """Run (or resume) a plan and write its outputs; returns the aggregated result."""
+    from trainwell.experiments.compare import validate
+
+    configs = validate(plan)  # before the folder exists: a mistake leaves nothing behind
+    out = prepare_compare_dir(out, plan, overwrite)
+    console = console or Console(stderr=True, quiet=quiet, soft_wrap=True)
+    execution = execute(plan, out, workers=workers, console=console, quiet=quiet, configs=configs)
+    result = aggregate(plan, out, execution, alpha)
+    write_outputs(result, None if quiet else Console(soft_wrap=True), command)
+    if not quiet:
+        console.print(f"report: {out / 'report.html'}", highlight=False)
+    return result

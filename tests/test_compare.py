@@ -1,0 +1,160 @@
+"""trainwell compare: grids, seeds, aggregation against the runs' own summaries, resume, errors."""
+
+import csv
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from trainwell.errors import ConfigError, RunDirError
+from trainwell.experiments.compare import Cell, Plan, grid, jobs, parse_vary
+from trainwell.experiments.results import run_plan
+
+FAST = ["model.name=mlp", "model.width=32", "model.depth=1", "train.epochs=2", "data.limit=200"]
+
+
+def small_plan(**kw):
+    return Plan(base=list(FAST), cells=grid([("model.activation", ["relu", "tanh"])]), seeds=[0, 1], **kw)
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    out = tmp_path_factory.mktemp("cmp") / "out"
+    return out, run_plan(small_plan(), out, workers=1, quiet=True)
+
+
+def test_parse_vary():
+    assert parse_vary("model.activation=relu,tanh") == ("model.activation", ["relu", "tanh"])
+    assert parse_vary("model.channels=[16,32],[32,64]") == ("model.channels", ["[16,32]", "[32,64]"])
+    assert parse_vary(" optim.lr = 0.1 ") == ("optim.lr", ["0.1"])
+    for bad in ("model.activation", "=relu", "model.activation=", "a=x,,y", "a=[1,2", "a=x,x"):
+        with pytest.raises(ConfigError):
+            parse_vary(bad)
+
+
+def test_grid_is_the_cartesian_product_with_the_baseline_first(tmp_path):
+    cells = grid([("optim.lr", ["0.1", "0.01"]), ("model.norm", ["none", "batch"])])
+    assert [c.overrides for c in cells] == [
+        {"optim.lr": "0.1", "model.norm": "none"}, {"optim.lr": "0.1", "model.norm": "batch"},
+        {"optim.lr": "0.01", "model.norm": "none"}, {"optim.lr": "0.01", "model.norm": "batch"}]
+    assert cells[0].label == "optim.lr=0.1, model.norm=none"
+    with pytest.raises(ConfigError, match="twice"):
+        grid([("optim.lr", ["1"]), ("optim.lr", ["2"])])
+    plan = Plan(cells=cells, seeds=[3, 4])
+    js = jobs(plan, tmp_path)
+    assert [(j.seed, j.cell) for j in js[:5]] == [(3, 0), (3, 1), (3, 2), (3, 3), (4, 0)]  # seed-major
+    assert len({j.run_dir for j in js}) == 8 and "train.seed=4" in js[-1].overrides
+    assert Cell("x", {"model.channels": [16, 32], "train.tensorboard": True}).args() == \
+        ["model.channels=[16,32]", "train.tensorboard=true"]
+
+
+def test_aggregates_exactly_what_the_runs_wrote(finished):
+    out, result = finished
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["runs"]["finished"] == 4 and summary["runs"]["ran"] == 4
+    for c, row in zip(result.cells, summary["cells"]):
+        per_run = [json.loads((out / "runs" / d / f"seed-{s}" / "summary.json").read_text())["test_acc"]
+                   for d in [p.name for p in sorted((out / "runs").iterdir())][c.index:c.index + 1] for s in (0, 1)]
+        assert [row["values"][str(s)] for s in (0, 1)] == per_run
+        assert row["mean"] == pytest.approx(np.mean(per_run))
+        # the runs ran the cell's setting
+        cfg = (out / "runs" / sorted((out / "runs").iterdir())[c.index].name / "seed-1" / "config.yaml").read_text()
+        assert f"activation: {c.cell.overrides['model.activation']}" in cfg and "seed: 1" in cfg
+    tanh = summary["cells"][1]
+    diffs = [tanh["values"][s] - summary["cells"][0]["values"][s] for s in ("0", "1")]
+    assert tanh["diff"] == pytest.approx(np.mean(diffs))
+    rows = list(csv.DictReader((out / "results.csv").open()))
+    assert [r["model.activation"] for r in rows] == ["relu", "tanh"]
+    assert float(rows[1]["mean"]) == pytest.approx(tanh["mean"])
+    for name in ("curves.png", "bars.png", "report.html", "compare.json"):
+        assert (out / name).stat().st_size > 0
+    html = (out / "report.html").read_text()
+    assert html.count("data:image/png;base64,") == 2 and "tanh" in html and "model.activation" in html
+
+
+def test_curves_are_the_per_epoch_mean_of_the_runs(finished):
+    out, result = finished
+    relu = result.cells[0]
+    epoch2 = [h[1]["val_acc"] for h in relu.histories.values()]
+    assert relu.curves["val_acc"]["mean"][1] == pytest.approx(np.mean(epoch2))
+
+
+def test_restart_skips_finished_runs_and_reruns_only_the_missing_one(finished, tmp_path):
+    import shutil
+
+    src, first = finished
+    out = tmp_path / "copy"
+    shutil.copytree(src, out)
+    victim = sorted((out / "runs").iterdir())[1] / "seed-0"
+    (victim / "summary.json").unlink()  # as if interrupted mid-run
+    again = run_plan(small_plan(), out, workers=1, quiet=True)
+    assert (again.execution.ran, again.execution.skipped) == (1, 3)
+    assert again.cells[1].values == first.cells[1].values  # CPU runs are bit-for-bit reproducible
+    nothing = run_plan(small_plan(), out, workers=1, quiet=True)
+    assert (nothing.execution.ran, nothing.execution.skipped) == (0, 4)
+
+
+def test_refuses_a_folder_holding_something_else(finished, tmp_path):
+    out, _ = finished
+    other = Plan(base=list(FAST), cells=grid([("model.activation", ["relu", "elu"])]), seeds=[0, 1])
+    with pytest.raises(RunDirError, match="different compare"):
+        run_plan(other, out, workers=1, quiet=True)
+    stranger = tmp_path / "stranger"
+    stranger.mkdir()
+    (stranger / "notes.txt").write_text("keep me")
+    with pytest.raises(RunDirError, match="other files"):
+        run_plan(small_plan(), stranger, workers=1, quiet=True)
+    assert (stranger / "notes.txt").read_text() == "keep me"
+
+
+def test_a_bad_cell_fails_before_anything_runs(tmp_path):
+    plan = Plan(base=list(FAST), cells=grid([("model.activation", ["relu", "sigmod"])]), seeds=[0])
+    with pytest.raises(ConfigError, match="cell 'model.activation=sigmod'.*sigmoid"):
+        run_plan(plan, tmp_path / "out", workers=1, quiet=True)
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(ConfigError, match="unknown config key"):
+        run_plan(Plan(base=list(FAST), cells=grid([("model.widht", ["8"])]), seeds=[0]), tmp_path / "o2",
+                 workers=1, quiet=True)
+
+
+@pytest.mark.slow
+def test_process_pool_gives_the_same_numbers_as_in_process(finished, tmp_path):
+    _, serial = finished
+    pooled = run_plan(small_plan(), tmp_path / "pool", workers=2, quiet=True)
+    assert pooled.execution.ran == 4
+    assert [c.values for c in pooled.cells] == [c.values for c in serial.cells]
+
+
+def test_measure_hook_results_become_metrics(tmp_path):
+    plan = Plan(base=list(FAST) + ["model.depth=3"], cells=grid([("model.activation", ["relu", "sigmoid"])]),
+                seeds=[0, 1], measure="trainwell.experiments.labs.activations:measure", metric="grad_rms_first")
+    result = run_plan(plan, tmp_path / "m", workers=1, quiet=True)
+    relu, sigmoid = result.cells
+    assert len(relu.values) == 2 and all(v > 0 for v in relu.values.values())
+    assert (tmp_path / "m" / "runs" / "c00-model.activation=relu" / "seed-0" / "measures.json").is_file()
+    assert sigmoid.ci.mean < relu.ci.mean  # sigmoid's derivative <= 1/4 shrinks what reaches layer 1
+
+
+@pytest.mark.slow
+def test_cli_compare_end_to_end_and_errors(tmp_path):
+    cmd = [sys.executable, "-m", "trainwell.cli", "compare", *FAST, "--vary", "model.activation=relu,tanh",
+           "--seeds", "2", "--workers", "1", "--out", str(tmp_path / "c")]
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "2 cells" not in done.stderr and "report.html" in done.stdout
+    assert "model.activation" in done.stdout and "tanh" in done.stdout  # the table
+
+
+def test_cli_compare_errors_are_one_line(capsys, tmp_path):
+    from trainwell.cli import main
+
+    assert main(["compare", "--vary", "model.activation"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "KEY=a,b,c" in err
+    assert main(["compare", *FAST]) == 2 and "--vary" in capsys.readouterr().err
+    assert main(["compare", "--vary", "model.activation=relu,sigmod", "--out", str(tmp_path / "x")]) == 2
+    assert "did you mean 'sigmoid'" in capsys.readouterr().err.lower() and not (tmp_path / "x").exists()
+    assert main(["compare", "--vary", "model.activation=relu", "--seeds", "0"]) == 2
+    assert "--seeds" in capsys.readouterr().err

@@ -1,0 +1,79 @@
+"""experiments.stats: confidence intervals, paired tests, Holm, curve bands (vs scipy and by properties)."""
+
+import math
+
+import numpy as np
+import pytest
+from scipy import stats as st
+
+from trainwell.experiments.results import holm
+from trainwell.experiments.stats import curve_band, first_reaching, mean_ci, paired_test
+
+
+@pytest.mark.parametrize("n", [2, 3, 5, 20])
+def test_mean_ci_matches_scipy_t_interval(n):
+    x = np.random.default_rng(n).normal(0.9, 0.02, n)
+    ci = mean_ci(x.tolist())
+    low, high = st.t.interval(0.95, n - 1, loc=x.mean(), scale=st.sem(x))
+    assert ci.mean == pytest.approx(x.mean())
+    assert (ci.low, ci.high) == (pytest.approx(low), pytest.approx(high))
+    assert ci.std == pytest.approx(x.std(ddof=1)) and ci.n == n
+
+
+def test_mean_ci_covers_the_true_mean_95_percent_of_the_time():
+    rng = np.random.default_rng(0)
+    trials = 4000
+    hits = sum(ci.low <= 1.0 <= ci.high for ci in (mean_ci(rng.normal(1.0, 3.0, 4).tolist()) for _ in range(trials)))
+    # Binomial(4000, 0.95): sd 0.34%; +-1.2% is > 3 sd.
+    assert 0.938 < hits / trials < 0.962
+
+
+def test_mean_ci_edge_cases():
+    one = mean_ci([0.5])
+    assert (one.mean, one.low, one.high, one.n) == (0.5, 0.5, 0.5, 1) and math.isnan(one.std)
+    none = mean_ci([])
+    assert none.n == 0 and math.isnan(none.mean)
+    assert mean_ci([1.0, float("nan"), None, 3.0]).mean == 2.0  # non-finite values are left out
+
+
+def test_paired_test_matches_scipy_ttest_rel_and_pairs_by_seed():
+    rng = np.random.default_rng(1)
+    base = rng.normal(0.9, 0.02, 6)
+    cell = base + rng.normal(0.01, 0.005, 6)
+    t = paired_test(dict(enumerate(cell)), dict(enumerate(base)))
+    assert t.p == pytest.approx(st.ttest_rel(cell, base).pvalue)
+    assert t.diff.mean == pytest.approx((cell - base).mean()) and t.n == 6
+    # Seeds missing on one side are not paired; order of the dicts does not matter.
+    shuffled = {s: cell[s] for s in [5, 3, 1, 0, 2, 4, 9] if s < 6} | {9: 0.0}
+    t2 = paired_test(shuffled, {s: base[s] for s in range(6)} | {7: 1.0})
+    assert t2.p == pytest.approx(t.p) and t2.n == 6
+
+
+def test_paired_test_significance_and_degenerate_cases():
+    base = {0: 0.90, 1: 0.80, 2: 0.85, 3: 0.95}
+    assert paired_test({s: v + 0.05 + 0.001 * s for s, v in base.items()}, base).significant
+    noise = {0: 0.91, 1: 0.79, 2: 0.86, 3: 0.94}
+    assert not paired_test(noise, base).significant
+    constant = paired_test({s: v + 0.01 for s, v in base.items()}, base)
+    assert constant.p == 0.0 and constant.significant
+    same = paired_test(dict(base), base)
+    assert same.p == 1.0 and not same.significant
+    single = paired_test({0: 1.0}, {0: 0.5})
+    assert math.isnan(single.p) and not single.significant and single.n == 1
+
+
+def test_holm_adjustment_by_hand():
+    assert holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
+    out = holm([float("nan"), 0.02, 0.5])
+    assert math.isnan(out[0]) and out[1:] == pytest.approx([0.04, 0.5])
+    assert holm([0.9, 0.8]) == pytest.approx([1.0, 1.0])  # capped at 1
+
+
+def test_curve_band_is_ragged_safe_and_first_reaching():
+    band = curve_band([[1.0, 2.0, 3.0], [3.0, 4.0]])
+    assert band["mean"] == pytest.approx([2.0, 3.0, 3.0])
+    assert band["low"][2] == band["high"][2] == 3.0  # one curve left: no spread
+    assert band["low"][0] < 2.0 < band["high"][0]
+    assert first_reaching([0.2, 0.5, 0.9, 0.95], 0.9) == 3
+    assert first_reaching([0.2, float("nan"), 0.5], 0.9) is None
+    assert first_reaching([], 0.5) is None
