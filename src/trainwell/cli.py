@@ -25,6 +25,8 @@ EXAMPLES = """examples:
   trainwell doctor model.name=mlp model.depth=6 init.scheme=normal   # diagnose a config at init
   trainwell doctor runs/lr0.1 --strict                                # diagnose a finished run
   trainwell train doctor=true                                         # diagnose while training
+  trainwell compare model.name=mlp --vary model.activation=relu,sigmoid,tanh --seeds 5
+  trainwell lab activations                         # does ReLU beat sigmoid here? (trainwell lab list)
   trainwell list model
 """
 
@@ -87,6 +89,11 @@ def build_parser() -> argparse.ArgumentParser:
     from trainwell.diagnose.command import add_doctor_parser
 
     add_doctor_parser(sub)
+
+    from trainwell.experiments.command import add_compare_parser, add_lab_parser
+
+    add_compare_parser(sub)
+    add_lab_parser(sub)
 
     p = sub.add_parser("list", help="list registered names (data, model, activation, ...) with one-line docs")
     p.add_argument("kind", nargs="?", help="one registry, e.g. model; omit for all")
@@ -183,6 +190,7 @@ def registry_tables() -> dict[str, list[tuple[str, str]]]:
     import trainwell.data  # noqa: F401  (registers data sources and preprocessing)
     import trainwell.nn  # noqa: F401  (models, activations, norms, inits)
     import trainwell.train  # noqa: F401  (optimisers, schedules)
+    import trainwell.experiments.labs  # noqa: F401  (labs)
     from trainwell.config import load_preset, preset_names
     from trainwell.registry import ALL
 

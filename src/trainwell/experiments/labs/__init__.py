@@ -1,0 +1,11 @@
+"""The lecture's labs, one module each; importing this package registers them all in ``LABS``."""
+
+from trainwell.experiments.labs import (  # noqa: F401
+    activations,
+    batchnorm,
+    dropout,
+    init,
+    mixup,
+    preprocessing,
+    regularization,
+)

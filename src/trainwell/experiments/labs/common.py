@@ -1,0 +1,114 @@
+"""Pieces shared by the labs: reading cells, formatting figures, measuring a run's model."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from trainwell.experiments.results import CellResult, CompareResult
+from trainwell.experiments.stats import MeanCI, mean_ci
+
+
+def pct(ci: MeanCI) -> str:
+    """``97.41% ± 0.62`` (mean ± half-width of the 95% CI, in percentage points)."""
+    if not math.isfinite(ci.mean):
+        return "–"
+    half = f" ± {100 * ci.half_width:.2f}" if math.isfinite(ci.half_width) else ""
+    return f"{100 * ci.mean:.2f}%{half}"
+
+
+def num(value: float, digits: int = 3) -> str:
+    return "–" if value is None or not math.isfinite(value) else f"{value:.{digits}g}"
+
+
+def measure_ci(cell: CellResult, key: str) -> MeanCI:
+    """Mean and CI over seeds of a number each run measured (summary.json or measures.json)."""
+    return cell.mean_of(key)
+
+
+def per_seed_lists(cell: CellResult, key: str) -> list[list[float]]:
+    """A list-valued measure (e.g. one number per layer) from each seed."""
+    return [s[key] for s in cell.summaries.values() if isinstance(s.get(key), list)]
+
+
+def mean_lists(lists: list[list[float]]) -> list[float]:
+    """Element-wise mean of equally long lists (one per seed)."""
+    if not lists:
+        return []
+    n = min(len(x) for x in lists)
+    return [mean_ci([x[i] for x in lists]).mean for i in range(n)]
+
+
+def by_label(result: CompareResult) -> dict[str, CellResult]:
+    return {c.label: c for c in result.cells}
+
+
+def weight_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """Linear and conv layers in call order (registration order for the built-in models)."""
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, (nn.Linear, nn.modules.conv._ConvNd))]
+
+
+def training_batch(splits: Any, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A random batch of the training split (float inputs, labels), the same for every cell of a seed."""
+    from trainwell.data import to_float
+
+    gen = torch.Generator().manual_seed(10_000 + seed)
+    idx = torch.randperm(len(splits.train), generator=gen)[:n]
+    return to_float(splits.train.x[idx]), splits.train.y[idx]
+
+
+def rms_gradients(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> list[float]:
+    """RMS of dL/dW for each weight layer after one forward/backward in training mode.
+
+    RMS rather than the norm so that layers of different sizes compare: this is the typical size
+    of a weight's gradient, the quantity that vanishes through saturating layers.
+    """
+    model.train()
+    model.zero_grad(set_to_none=True)
+    F.cross_entropy(model(x), y).backward()
+    rms = [float(m.weight.grad.pow(2).mean().sqrt()) for _, m in weight_layers(model)]
+    model.zero_grad(set_to_none=True)
+    return rms
+
+
+def model_at_init(run: Any, splits: Any) -> nn.Module:
+    """The run's model as it was before training: the same config and seed rebuild the same weights."""
+    from trainwell.train.run import build_classifier
+
+    return build_classifier(run.config, splits)
+
+
+def seed_curves(cell: CellResult, key: str) -> dict[int, list[float]]:
+    """Each seed's per-epoch curve of a metrics key (``val_acc``, ``train_loss``, ...); NaN where a row lacks it."""
+    return {s: [float(r[key]) if isinstance(r.get(key), (int, float)) else math.nan for r in h]
+            for s, h in cell.histories.items()}
+
+
+def epochs_to_target(cell: CellResult, target: float, key: str = "val_acc") -> dict[int, int | None]:
+    """Per seed, the first epoch (1-based) whose ``key`` is >= ``target``; None where it never got there."""
+    from trainwell.experiments.stats import first_reaching
+
+    return {s: first_reaching(curve, target) for s, curve in seed_curves(cell, key).items()}
+
+
+def reach_summary(epochs: dict[int, int | None]) -> dict[str, Any]:
+    """Mean epochs over the seeds that reached the target (NaN if none did), how many reached, of how many."""
+    reached = [e for e in epochs.values() if e is not None]
+    return {"mean": mean_ci(reached).mean, "reached": len(reached), "n": len(epochs)}
+
+
+def seed_values(cell: CellResult, key: str) -> dict[int, float]:
+    """seed -> a numeric summary or measure key of that seed's run (seeds lacking it are left out)."""
+    return {s: float(v) for s, summ in cell.summaries.items()
+            if isinstance(v := summ.get(key), (int, float)) and not isinstance(v, bool)}
+
+
+def paired_measure(cell: CellResult, other: CellResult, key: str, alpha: float = 0.05):
+    """Paired t-test over seeds of any measured key, ``cell`` against ``other`` (diff = cell − other)."""
+    from trainwell.experiments.stats import paired_test
+
+    return paired_test(seed_values(cell, key), seed_values(other, key), alpha)
