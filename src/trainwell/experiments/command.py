@@ -70,6 +70,13 @@ def _out(args: argparse.Namespace, kind: str, tag: str) -> Path:
     return Path(args.out) if args.out else default_run_dir(kind, tag)
 
 
+def _interrupted(out: Path) -> int:
+    """Finished runs are kept (summary.json marks them): the same command resumes."""
+    print(f"trainwell: interrupted; finished runs are kept in {out} — run the same command again "
+          "(same --out) to resume.", file=sys.stderr)
+    return 130
+
+
 def cmd_compare(args: argparse.Namespace) -> int:
     from trainwell.experiments.compare import Plan, grid, parse_vary
     from trainwell.experiments.results import run_plan
@@ -81,8 +88,11 @@ def cmd_compare(args: argparse.Namespace) -> int:
                 config_file=args.config, higher_is_better=not args.lower_is_better,
                 title="compare " + " × ".join(k for k, _ in axes))
     out = _out(args, "compare", "-".join(k.split(".")[-1] for k, _ in axes))
-    result = run_plan(plan, out, workers=args.workers, overwrite=args.overwrite, quiet=args.quiet,
-                      command=_command_line())
+    try:
+        result = run_plan(plan, out, workers=args.workers, overwrite=args.overwrite, quiet=args.quiet,
+                          command=_command_line())
+    except KeyboardInterrupt:
+        return _interrupted(out)
     failed = result.execution.failed if result.execution else []
     print(f"{sum(len(c.values) for c in result.cells)} runs aggregated -> {result.out / 'report.html'}"
           + (f"; {len(failed)} failed" if failed else ""))
@@ -123,8 +133,12 @@ def cmd_lab(args: argparse.Namespace) -> int:
         return 0
     lab = get_lab(args.name)
     out = _out(args, "lab", lab.name)
-    outcome = run_lab(lab.name, list(args.overrides), out=out, seeds=_seeds(args, lab.seeds), workers=args.workers,
-                      overwrite=args.overwrite, quiet=args.quiet, quick=args.quick, command=_command_line())
+    try:
+        outcome = run_lab(lab.name, list(args.overrides), out=out, seeds=_seeds(args, lab.seeds),
+                          workers=args.workers, overwrite=args.overwrite, quiet=args.quiet, quick=args.quick,
+                          command=_command_line())
+    except KeyboardInterrupt:
+        return _interrupted(out)
     mark = "[green]HELD[/]" if outcome.held else "[red]DID NOT HOLD[/]"
     console = Console(soft_wrap=True)
     console.print(f"{mark}  {lab.claim}", highlight=False)

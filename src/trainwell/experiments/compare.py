@@ -134,9 +134,11 @@ class Plan:
         return cls(**d)
 
     def identity(self) -> dict[str, Any]:
-        """What must match for a restarted compare to reuse finished runs (not the title)."""
+        """What must match for a restarted compare to reuse finished runs: what the runs are, not how
+        they are summarised (title, metric), which can change between calls."""
         d = self.to_dict()
-        d.pop("title")
+        for key in ("title", "metric", "higher_is_better"):
+            d.pop(key)
         return json.loads(json.dumps(d))
 
 
@@ -158,7 +160,8 @@ def jobs(plan: Plan, out: Path) -> list[Job]:
     result = []
     for seed in plan.seeds:
         for i, cell in enumerate(plan.cells):
-            overrides = [*plan.base, *cell.args(), f"train.seed={seed}", "train.progress=false"]
+            overrides = [*plan.base, *cell.args(), f"train.seed={seed}", "train.progress=false",
+                         "train.plots=false"]
             result.append(Job(i, seed, overrides, out / "runs" / cell_dir_name(i, cell) / f"seed-{seed}"))
     return result
 
@@ -276,8 +279,7 @@ def prepare_compare_dir(out: str | Path, plan: Plan, overwrite: bool) -> Path:
 
 
 def execute(plan: Plan, out: Path, workers: int | None = None, console: Console | None = None,
-            quiet: bool = False, on_result: Callable[[Job, dict[str, Any]], None] | None = None,
-            configs: list[Config] | None = None) -> Execution:
+            quiet: bool = False, configs: list[Config] | None = None) -> Execution:
     """Run the plan's unfinished jobs; finished ones (a previous, interrupted call) are skipped.
 
     ``configs``: the result of :func:`validate` when the caller already checked the plan.
@@ -306,8 +308,6 @@ def execute(plan: Plan, out: Path, workers: int | None = None, console: Console 
             value = summary.get(plan.metric) if summary else None
             shown = f"{value:.4g}" if isinstance(value, (int, float)) else "?"
             progress.update(task, advance=1, last=f"{plan.cells[job.cell].label} seed {job.seed}: {plan.metric} {shown}")
-            if on_result is not None:
-                on_result(job, summary or {})
         else:
             state.failed.append({"cell": plan.cells[job.cell].label, "seed": job.seed, "run_dir": str(job.run_dir),
                                  "error": error})
