@@ -54,3 +54,16 @@ def test_cli_lab_list_and_errors(capsys):
 def test_markdown_table_escapes_pipes():
     text = markdown_table(["a", "b"], [["x|y", 1.5]])
     assert text.splitlines() == ["| a | b |", "|---|---|", "| x\\|y | 1.5 |"]
+
+
+@pytest.mark.slow
+def test_labdocs_writes_the_page_from_the_labs_outcomes(tmp_path):
+    from trainwell.experiments.labdocs import main as labdocs
+
+    assert labdocs(["--labs", "activations", "--quick", "--workers", "1", "--runs", str(tmp_path / "runs"),
+                    "--docs", str(tmp_path / "docs")]) == 0
+    page = (tmp_path / "docs" / "labs.md").read_text()
+    summary = json.loads((tmp_path / "runs" / "activations" / "summary.json").read_text())
+    assert summary["verdict"] in page and ("**held**" in page) == summary["held"]
+    for image in ("activations-gradients_by_layer.png", "activations-bars.png"):
+        assert (tmp_path / "docs" / "labs" / image).stat().st_size > 0 and f"labs/{image}" in page

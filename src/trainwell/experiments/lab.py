@@ -108,6 +108,8 @@ def run_lab(name: str, overrides: list[str] | None = None, *, out: str | Path, s
         "cells": [{"label": c.label, "n": c.ci.n, "mean": c.ci.mean, "ci_low": c.ci.low, "ci_high": c.ci.high}
                   for c in result.cells],
         "runs": sum(len(c.values) for c in result.cells), "failed": failed,
+        "runs_ran": result.execution.ran if result.execution else 0,
+        "runs_skipped": result.execution.skipped if result.execution else 0,
         "seconds": seconds, "command": command,
     })
     write_json(out / "summary.json", summary)

@@ -3,8 +3,9 @@
     python -m trainwell.experiments.labdocs                 # all labs (make labs)
     python -m trainwell.experiments.labdocs --labs init,dropout
 
-Runs go to ``runs/labs/<name>`` and resume if interrupted (delete that folder to start again); the
-figures are copied into ``docs/labs/``. Nothing in the page is written by hand: each verdict is the
+Runs go to ``runs/labs/<name>``, started afresh so that each lab's time is the time it takes
+(``--resume`` keeps finished runs instead: its time then covers only the runs it made); the figures
+are copied into ``docs/labs/``. Nothing in the page is written by hand: each verdict is the
 one the lab computed from its runs.
 """
 
@@ -65,9 +66,10 @@ def lab_section(name: str, out: Path, docs: Path, outcome: object) -> tuple[str,
     images.append(f"![{summary['metric']} per configuration](labs/{bars.name})\n*{summary['metric']} per "
                   "configuration: mean, 95% CI and each seed*")
     held = "**held**" if summary["held"] else "**did not hold**"
-    minutes = summary["seconds"] / 60
+    # Resumed: the time of this call is not the lab's time.
+    took = "–" if summary.get("runs_skipped") else f"{summary['seconds'] / 60:.1f} min"
     row = (f"| [{name}](#{name}) | {lab.claim} | {'yes' if summary['held'] else 'no'} | {summary['runs']} "
-           f"| {minutes:.1f} min |\n")
+           f"| {took} |\n")
     tables = "\n\n".join(markdown_table(t.headers, t.rows) + (f"\n\n*{t.caption}*" if t.caption else "")
                          for t in outcome.tables)
     section = (
@@ -76,7 +78,7 @@ def lab_section(name: str, out: Path, docs: Path, outcome: object) -> tuple[str,
         f"**Verdict: {held}.** {summary['verdict']}\n\n"
         f"{tables}\n\n" + "\n\n".join(images) + "\n\n"
         f"Reproduce: `trainwell lab {name}` ({len(summary['seeds'])} seeds, {summary['runs']} runs, "
-        f"{minutes:.1f} min here). Settings: `{' '.join(summary['overrides'])}`.\n\n"
+        f"{took} here). Settings: `{' '.join(summary['overrides'])}`.\n\n"
     )
     return row, section
 
@@ -91,6 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--docs", default="docs", help="docs folder (labs.md and labs/*.png)")
     parser.add_argument("--workers", type=int, default=None)
     parser.add_argument("--quick", action="store_true", help="smoke runs (tests): a page with meaningless numbers")
+    parser.add_argument("--resume", action="store_true", help="keep runs that finished in an earlier call")
     args = parser.parse_args(argv)
     docs = Path(args.docs)
     rows, sections = [], []
@@ -99,6 +102,7 @@ def main(argv: list[str] | None = None) -> int:
         out = Path(args.runs) / name
         print(f"lab {name} -> {out}", file=sys.stderr)
         outcome = run_lab(name, out=out, workers=args.workers, quick=args.quick, quiet=args.quick,
+                          overwrite=not args.resume,
                           command=f"trainwell lab {name}")
         row, section = lab_section(name, out, docs, outcome)
         rows.append(row)
