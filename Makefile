@@ -5,7 +5,7 @@ TORCH  ?= 2.13.0
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.trainwell-installed
 
-.PHONY: demo test install bench docs clean
+.PHONY: demo test install bench docs labs clean
 
 demo: $(STAMP)
 	$(BIN)/trainwell train --out runs/demo --overwrite
@@ -23,6 +23,10 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q "torch==$(TORCH)"
 	$(BIN)/python -m pip install -q -e ".[test]"
 	touch $(STAMP)
+
+# Run every lab with its defaults (resumable, runs/labs/) and regenerate docs/labs.md.
+labs: $(STAMP)
+	$(BIN)/python -m trainwell.experiments.labdocs
 
 bench: $(STAMP)
 	$(BIN)/python bench/bench_trainer.py

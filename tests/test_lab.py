@@ -64,6 +64,6 @@ def test_labdocs_writes_the_page_from_the_labs_outcomes(tmp_path):
                     "--docs", str(tmp_path / "docs")]) == 0
     page = (tmp_path / "docs" / "labs.md").read_text()
     summary = json.loads((tmp_path / "runs" / "activations" / "summary.json").read_text())
-    assert summary["verdict"] in page and ("**held**" in page) == summary["held"]
+    assert summary["verdict"] in page and ("Verdict: held." in page) == summary["held"]
     for image in ("activations-gradients_by_layer.png", "activations-bars.png"):
         assert (tmp_path / "docs" / "labs" / image).stat().st_size > 0 and f"labs/{image}" in page

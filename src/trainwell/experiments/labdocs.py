@@ -65,7 +65,7 @@ def lab_section(name: str, out: Path, docs: Path, outcome: object) -> tuple[str,
     shutil.copyfile(out / "compare" / "bars.png", bars)
     images.append(f"![{summary['metric']} per configuration](labs/{bars.name})\n*{summary['metric']} per "
                   "configuration: mean, 95% CI and each seed*")
-    held = "**held**" if summary["held"] else "**did not hold**"
+    held = "held" if summary["held"] else "did not hold"
     # Resumed: the time of this call is not the lab's time.
     took = "–" if summary.get("runs_skipped") else f"{summary['seconds'] / 60:.1f} min"
     row = (f"| [{name}](#{name}) | {lab.claim} | {'yes' if summary['held'] else 'no'} | {summary['runs']} "
