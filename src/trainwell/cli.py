@@ -25,6 +25,9 @@ EXAMPLES = """examples:
   trainwell doctor model.name=mlp model.depth=6 init.scheme=normal   # diagnose a config at init
   trainwell doctor runs/lr0.1 --strict                                # diagnose a finished run
   trainwell train doctor=true                                         # diagnose while training
+  trainwell finetune runs/pre data.classes=5,6,7,8,9 data.per_class=10 --compare-scratch  # transfer learning
+  trainwell ensemble runs/a runs/b runs/c --out runs/ens    # combine runs; evaluate/predict take runs/ens
+  trainwell train train.ensemble=5                  # 5 seeds in parallel, written as one ensemble
   trainwell compare model.name=mlp --vary model.activation=relu,sigmoid,tanh --seeds 5
   trainwell lab activations                         # does ReLU beat sigmoid here? (trainwell lab list)
   trainwell list model
@@ -87,8 +90,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=cmd_lr_find)
 
     from trainwell.diagnose.command import add_doctor_parser
+    from trainwell.train.finetune_command import add_finetune_parser
+    from trainwell.train.ensemble_command import add_ensemble_parser
 
     add_doctor_parser(sub)
+    add_finetune_parser(sub)
+    add_ensemble_parser(sub)
 
     from trainwell.experiments.command import add_compare_parser, add_lab_parser
 
@@ -185,6 +192,11 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
+#: How the registries are listed (``trainwell list``, docs/reference.md): data to experiments.
+_REGISTRY_ORDER = {kind: i for i, kind in enumerate((
+    "data", "preprocess", "augment", "model", "activation", "norm", "init", "optim", "sched", "lab"))}
+
+
 def registry_tables() -> dict[str, list[tuple[str, str]]]:
     """Every registry as (name, one-line doc) rows, plus the presets; the source of `list` and the docs."""
     import trainwell.data  # noqa: F401  (registers data sources and preprocessing)
@@ -198,7 +210,8 @@ def registry_tables() -> dict[str, list[tuple[str, str]]]:
         import trainwell.data.augment  # noqa: F401
     except ImportError:  # pragma: no cover
         pass
-    tables = {kind: [(e.name, e.doc) for e in reg] for kind, reg in ALL.items()}
+    # A fixed order (not the order modules happened to be imported in): the docs must not depend on it.
+    tables = {kind: [(e.name, e.doc) for e in ALL[kind]] for kind in sorted(ALL, key=lambda k: (_REGISTRY_ORDER.get(k, 99), k))}
     tables["preset"] = [(name, _preset_doc(name)) for name in preset_names()]
     return tables
 

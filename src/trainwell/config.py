@@ -44,6 +44,10 @@ class DataConfig:
     """pca_whiten/zca: eps added to each eigenvalue, relative to the mean eigenvalue (scale-free); 1e-2 keeps pixel noise from being amplified, 0 = exact."""
     limit: int = 0
     """Keep at most this many training examples (0 = all); for quick experiments and small-data regimes."""
+    classes: list[int] = field(default_factory=list)
+    """Keep only these original class indices, e.g. [5,6,7,8,9], in train, val and test, relabelled 0..k-1 in the order given (class names kept); empty = all. Splits are drawn first, so an example stays in the same split whatever the selection."""
+    per_class: int = 0
+    """Keep at most this many training examples per class (0 = all), drawn with data.split_seed (not train.seed): every seed and fine-tune strategy sees the same few labels; a larger per_class adds to the smaller one's picks."""
     label_column: str = "label"
     """csv: the label column's name, or its 0-based index."""
     image_size: list[int] = field(default_factory=list)
@@ -135,7 +139,9 @@ class SchedConfig:
     gamma: float = 0.1
     """step: decay factor."""
     min_lr: float = 0.0
-    """cosine: final learning rate."""
+    """cosine: final learning rate; cosine_restarts: the learning rate at the end of each cycle."""
+    cycles: int = 0
+    """cosine_restarts: number of equal cycles, the lr restarting at optim.lr at each (0 = train.snapshots)."""
 
 
 @dataclass
@@ -151,8 +157,14 @@ class TrainConfig:
     eval_batch_size: int = 1024
     progress: bool = True
     """Show a progress bar."""
+    plots: bool = True
+    """Draw curves.png in the run folder (compare turns it off: it draws the curves of all runs itself)."""
     tensorboard: bool = False
     """Also write TensorBoard events to RUN_DIR/tensorboard (needs the 'tensorboard' extra)."""
+    ensemble: int = 1
+    """Train this many members (seeds train.seed, train.seed+1, ...) in parallel and write them as one ensemble (``trainwell ensemble``); 1 = a single model."""
+    snapshots: int = 0
+    """Snapshot ensemble (Huang et al. 2017): with sched.name=cosine_restarts, save the weights at the end of each of this many cycles and combine them into RUN_DIR/snapshot-ensemble; 0 = off."""
 
 
 @dataclass
@@ -174,6 +186,18 @@ class LossConfig:
 
 
 @dataclass
+class FinetuneConfig:
+    strategy: str = "gradual"
+    """trainwell finetune: full (every layer trains), linear_probe (only the new head), gradual (ULMFiT: head first, one more layer group from the top every finetune.unfreeze_every epochs; the best on digits 0-4 -> 5-9), discriminative (all train, group g from the top at optim.lr * finetune.lr_decay**g)."""
+    bn: str = "frozen"
+    """trainwell finetune: frozen = every pretrained batch-norm layer keeps its running mean/var (held in eval mode; its scale/shift still train with its group); train = statistics update. Pitfall: requires_grad=False on BN weights does NOT stop running_mean/var from changing in train mode."""
+    unfreeze_every: int = 1
+    """trainwell finetune, strategy gradual: epochs between unfreezing one more layer group (head alone for the first ones)."""
+    lr_decay: float = 0.3846
+    """trainwell finetune, strategy discriminative: lr of layer group g from the top (head g=0) = optim.lr * lr_decay**g; ULMFiT's 1/2.6, in (0, 1]."""
+
+
+@dataclass
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -186,6 +210,7 @@ class Config:
     """Augmentation ops: names (defaults) or {name: args} mappings (``trainwell list augment``)."""
     mix: MixConfig = field(default_factory=MixConfig)
     loss: LossConfig = field(default_factory=LossConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     doctor: bool = False
     """Diagnose the model while it trains (trainwell doctor's checks, one step in 50): findings in summary.json and doctor.json."""
     preset: str | None = None

@@ -11,7 +11,15 @@ so runs that differ in their training seed share the same test and validation ex
    ignored); otherwise ``ceil(test_fraction * N)`` examples carved from the data.
 2. **val**: ``ceil(val_fraction * n)`` of the remaining ``n`` training examples.
    ``data.val_fraction=0`` gives an *empty* validation split: the trainer then skips validation.
-3. **limit**: ``data.limit > 0`` keeps at most that many of the remaining training examples.
+3. **classes**: ``data.classes=[5,6,7,8,9]`` keeps only those classes in all three splits,
+   relabelled 0..k-1 in that order (names kept). It filters the splits drawn above, so an example
+   lands in the same split whatever the selection (a model pretrained on classes 0-4 never saw a
+   test example of the fine-tuning run).
+4. **per_class**: ``data.per_class > 0`` keeps at most that many training examples of each class:
+   the first of a random order of the class's examples drawn from ``split_seed`` and the original
+   class index alone, so every train.seed sees the same few labels and 10 per class are a subset
+   of 50 per class.
+5. **limit**: ``data.limit > 0`` keeps at most that many of the remaining training examples.
 
 Each draw is stratified (class proportions kept, to within one example per class) when every
 class has at least two examples among those drawn from, else uniformly random. The three draws
@@ -173,6 +181,15 @@ def check_split_config(cfg: DataConfig) -> None:
         raise ConfigError(f"data.limit must be 0 (all) or a positive number of examples; got {cfg.limit!r}.")
     if not isinstance(cfg.split_seed, int) or cfg.split_seed < 0:
         raise ConfigError(f"data.split_seed must be a non-negative integer; got {cfg.split_seed!r}.")
+    if not isinstance(cfg.per_class, int) or isinstance(cfg.per_class, bool) or cfg.per_class < 0:
+        raise ConfigError(f"data.per_class must be 0 (all) or a positive number of examples; got {cfg.per_class!r}.")
+    classes = list(cfg.classes or [])
+    if not all(isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in classes):
+        raise ConfigError(f"data.classes must be class indices >= 0, e.g. data.classes=[5,6,7,8,9]; got {classes!r}.")
+    if len(set(classes)) != len(classes):
+        raise ConfigError(f"data.classes lists a class twice ({classes}); give each class index once.")
+    if len(classes) == 1:
+        raise ConfigError(f"data.classes keeps one class ({classes[0]}); classification needs at least 2.")
 
 
 # ----------------------------------------------------------------------------- splitting
@@ -201,6 +218,34 @@ def _choose(labels: np.ndarray, n_pick: int, rng: np.random.Generator) -> np.nda
     members = np.split(np.argsort(inverse, kind="stable"), np.cumsum(counts)[:-1])
     picked = [rng.permutation(m)[:q] for m, q in zip(members, quota)]
     return np.sort(np.concatenate(picked))
+
+
+def _class_remap(cfg: DataConfig, classes: list[str], name: str) -> np.ndarray | None:
+    """Original label -> new label (-1 = dropped) for ``data.classes``; None when it is empty (all)."""
+    if not cfg.classes:
+        return None
+    k = len(classes)
+    unknown = [c for c in cfg.classes if c >= k]
+    if unknown:
+        names = f" ({', '.join(f'{i}={c}' for i, c in enumerate(classes))})" if k <= 20 else ""
+        raise DataError(
+            f"data.classes: class index {unknown[0]} is not in data.name={name}, whose classes are "
+            f"0..{k - 1}{names}; pick from those."
+        )
+    remap = np.full(k, -1, dtype=np.int64)
+    remap[np.asarray(cfg.classes, dtype=np.int64)] = np.arange(len(cfg.classes))
+    return remap
+
+
+def _per_class(idx: np.ndarray, labels: np.ndarray, n: int, seed: int) -> np.ndarray:
+    """Sorted ``idx`` keeping at most ``n`` per label: the first ``n`` of an order drawn from ``seed``
+    and the label alone (a larger ``n`` keeps a superset; other classes and ``n`` change nothing)."""
+    kept = []
+    for c in np.unique(labels):
+        members = idx[labels == c]
+        rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(3, int(c))))
+        kept.append(members[rng.permutation(len(members))[:n]])
+    return np.sort(np.concatenate(kept)) if kept else idx[:0]
 
 
 def _n_held(fraction: float, n: int) -> int:
@@ -238,6 +283,9 @@ def make_splits(data: ArrayData, cfg: DataConfig) -> Splits:
     test_seq, val_seq, limit_seq = np.random.SeedSequence(cfg.split_seed).spawn(3)
     y = np.asarray(data.y).astype(np.int64, copy=False)
     n = len(y)
+    remap = _class_remap(cfg, [str(c) for c in data.classes], name)
+    # Labels as the splits store them: relabelled 0..k-1 when data.classes selects some.
+    y_out = y if remap is None else remap[y]
 
     if data.x_test is None:
         if cfg.test_fraction == 0:
@@ -247,10 +295,16 @@ def make_splits(data: ArrayData, cfg: DataConfig) -> Splits:
             )
         test_idx = _choose(y, _n_held(cfg.test_fraction, n), np.random.default_rng(test_seq))
         rest = np.setdiff1d(np.arange(n), test_idx, assume_unique=True)
-        test = _split_tensors(data.x, y, test_idx)
+        if remap is not None:
+            test_idx = test_idx[y_out[test_idx] >= 0]
+        test = _split_tensors(data.x, y_out, test_idx)
     else:
         rest = np.arange(n)
-        test = _split_tensors(data.x_test, np.asarray(data.y_test), None)
+        y_test = np.asarray(data.y_test).astype(np.int64, copy=False)
+        if remap is None:
+            test = _split_tensors(data.x_test, y_test, None)
+        else:
+            test = _split_tensors(data.x_test, remap[y_test], np.flatnonzero(remap[y_test] >= 0))
 
     n_val = _n_held(cfg.val_fraction, len(rest))
     if n_val:
@@ -265,21 +319,35 @@ def make_splits(data: ArrayData, cfg: DataConfig) -> Splits:
             f"data.test_fraction={cfg.test_fraction} and data.val_fraction={cfg.val_fraction}; "
             "lower the fractions or give more data."
         )
+    classes, description = [str(c) for c in data.classes], data.description
+    if remap is not None:
+        train_idx, val_idx = train_idx[y_out[train_idx] >= 0], val_idx[y_out[val_idx] >= 0]
+        classes = [classes[c] for c in cfg.classes]
+        description += f" [classes {','.join(map(str, cfg.classes))}]"
+        if len(train_idx) == 0:
+            raise DataError(f"train split is empty: data.name={name} has no training examples of "
+                            f"data.classes={list(cfg.classes)}; pick classes the data holds.")
+    if cfg.per_class:
+        train_idx = _per_class(train_idx, y[train_idx], cfg.per_class, cfg.split_seed)
+        description += f" [{cfg.per_class} per class]"
     if cfg.limit and cfg.limit < len(train_idx):
-        train_idx = train_idx[_choose(y[train_idx], cfg.limit, np.random.default_rng(limit_seq))]
+        train_idx = train_idx[_choose(y_out[train_idx], cfg.limit, np.random.default_rng(limit_seq))]
 
-    train = _split_tensors(data.x, y, train_idx)
+    train = _split_tensors(data.x, y_out, train_idx)
     example_shape = tuple(int(s) for s in data.x.shape[1:])
-    val = _split_tensors(data.x, y, val_idx) if len(val_idx) else TensorSplit.empty(example_shape, train.x.dtype)
+    val = _split_tensors(data.x, y_out, val_idx) if len(val_idx) else TensorSplit.empty(example_shape, train.x.dtype)
     if len(test) == 0:
+        if remap is not None:
+            raise DataError(f"test split is empty: data.name={name} has no test examples of "
+                            f"data.classes={list(cfg.classes)}; pick classes the data holds.")
         raise DataError(f"test split is empty: data.name={name}'s own test split holds no examples; give it some.")
     return Splits(
         train=train,
         val=val,
         test=test,
-        classes=[str(c) for c in data.classes],
+        classes=classes,
         input_shape=example_shape,
-        description=data.description,
+        description=description,
     )
 
 

@@ -7,6 +7,7 @@ silences its channel) — the nanoGPT/timm convention.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -21,6 +22,11 @@ OPTIMIZERS = new_registry("optim", "Optimisers: optim.name")
 SCHEDULES = new_registry("sched", "Learning-rate schedules after warmup: sched.name")
 
 _NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm, nn.LocalResponseNorm)
+
+# Two optional attributes of a parameter that the optimiser honours (trainwell.train.finetune sets them):
+#   p.lr_scale = 0.5         its learning rate is optim.lr * 0.5 (own param group; schedules keep the ratio);
+#   p.unfreezes_later = True a frozen parameter (requires_grad=False) that a callback unfreezes during
+#                            training joins the optimiser now; with no gradient the optimiser skips it.
 
 
 @dataclass
@@ -42,7 +48,7 @@ def split_param_groups(model: nn.Module, exempt_bias_and_norm: bool = True) -> P
             in_norm.update(id(p) for p in module.parameters(recurse=False))
     decay, no_decay = [], []
     for name, p in model.named_parameters():
-        if not p.requires_grad:
+        if not p.requires_grad and not getattr(p, "unfreezes_later", False):
             continue
         is_weight = p.dim() >= 2 and id(p) not in in_norm
         (decay if is_weight or not exempt_bias_and_norm else no_decay).append((name, p))
@@ -50,9 +56,20 @@ def split_param_groups(model: nn.Module, exempt_bias_and_norm: bool = True) -> P
 
 
 def _groups(groups: ParamGroups, weight_decay: float) -> list[dict]:
-    out = [{"params": [p for _, p in groups.decay], "weight_decay": weight_decay}]
-    if groups.no_decay:
-        out.append({"params": [p for _, p in groups.no_decay], "weight_decay": 0.0})
+    """Torch param groups: decay / no-decay, split further by ``p.lr_scale`` (largest scale first)."""
+    def scale_of(p: nn.Parameter) -> float:
+        return float(getattr(p, "lr_scale", 1.0))
+
+    scales = sorted({scale_of(p) for _, p in groups.decay + groups.no_decay}, reverse=True) or [1.0]
+    out = []
+    for scale in scales:
+        extra = {} if scale == 1.0 else {"lr_scale": scale}
+        decay = [p for _, p in groups.decay if scale_of(p) == scale]
+        no_decay = [p for _, p in groups.no_decay if scale_of(p) == scale]
+        if decay or len(scales) == 1:  # one scale: the decay group comes first, empty or not
+            out.append({"params": decay, "weight_decay": weight_decay, **extra})
+        if no_decay:
+            out.append({"params": no_decay, "weight_decay": 0.0, **extra})
     return out
 
 
@@ -95,7 +112,10 @@ def build_optimizer(
     groups = split_param_groups(model, exempt_bias_and_norm)
     if not groups.decay and not groups.no_decay:
         raise ConfigError("the model has no trainable parameters.")
-    return OPTIMIZERS.get(cfg.name)(groups, cfg), groups
+    optimizer = OPTIMIZERS.get(cfg.name)(groups, cfg)
+    for group in optimizer.param_groups:  # per-parameter lr_scale (discriminative fine-tuning)
+        group["lr"] = group["lr"] * group.get("lr_scale", 1.0)
+    return optimizer, groups
 
 
 def penalty(groups: ParamGroups, l1: float, l2: float) -> torch.Tensor | None:
@@ -139,6 +159,84 @@ def onecycle(t: float, cfg: SchedConfig, lr: float, epoch: float) -> float:
     """One cycle (Smith & Topin 2019): warmup (30% of training unless set), then linear decay to ~0."""
     floor = cfg.min_lr / lr
     return floor + (1 - floor) * (1 - t)
+
+
+@SCHEDULES.register("cosine_restarts")
+def cosine_restarts(t: float, cfg: SchedConfig, lr: float, epoch: float) -> float:
+    """Cosine with warm restarts: sched.cycles equal cycles from optim.lr to min_lr (SGDR; snapshot ensembles)."""
+    _, phase = cycle_position(t, max(cfg.cycles, 1))
+    floor = cfg.min_lr / lr
+    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * phase))
+
+
+def cycle_position(t: float, cycles: int) -> tuple[int, float]:
+    """(cycle index, phase in [0, 1]) of progress t in [0, 1] cut into ``cycles`` equal cycles.
+
+    The tolerance keeps t = c / cycles, computed as (step - warmup) / span, from landing a rounding
+    error before the restart; t = 1 is the end of the last cycle (phase 1).
+    """
+    x = t * cycles
+    k = min(math.floor(x + 1e-9), cycles - 1)
+    return k, max(x - k, 0.0)
+
+
+def restart_cycles(cfg: Config) -> int:
+    """Cycles of cosine_restarts: sched.cycles, or train.snapshots when sched.cycles is 0."""
+    return cfg.sched.cycles or cfg.train.snapshots
+
+
+def check_cycles(cfg: Config, steps_per_epoch: int) -> None:
+    """sched.cycles and train.snapshots: one snapshot per cosine_restarts cycle, each at least an epoch long."""
+    sched, snapshots = cfg.sched, cfg.train.snapshots
+    if sched.cycles < 0:
+        raise ConfigError(f"sched.cycles must be >= 0 (0 = train.snapshots), got {sched.cycles}.")
+    if snapshots < 0:
+        raise ConfigError(f"train.snapshots must be >= 0 (0 = off), got {snapshots}.")
+    if snapshots and sched.name != "cosine_restarts":
+        raise ConfigError(
+            f"train.snapshots={snapshots} needs sched.name=cosine_restarts (snapshots are taken at the end of "
+            f"each lr cycle), got sched.name={sched.name}; add sched.name=cosine_restarts."
+        )
+    if snapshots and sched.cycles not in (0, snapshots):
+        raise ConfigError(
+            f"train.snapshots={snapshots} takes one snapshot per cycle but sched.cycles={sched.cycles}; "
+            "set sched.cycles=0 (it then follows train.snapshots) or equal to train.snapshots."
+        )
+    if sched.name == "cosine_restarts" and restart_cycles(cfg) < 1:
+        raise ConfigError("sched.name=cosine_restarts needs sched.cycles >= 1 (or train.snapshots >= 1); "
+                          "e.g. sched.cycles=4.")
+    if snapshots:
+        # Snapshots are taken at epoch ends, so every cycle must end at one: the epochs after warmup
+        # must be a whole number of epochs, split into `snapshots` cycles of whole epochs each.
+        epochs, total = cfg.train.epochs, steps_per_epoch * cfg.train.epochs
+        warmup = warmup_steps_for(sched, steps_per_epoch, total)
+        span = total - warmup
+        if warmup % steps_per_epoch or span % (snapshots * steps_per_epoch) or span < snapshots * steps_per_epoch:
+            w = math.ceil(warmup / steps_per_epoch)
+            fit = w + snapshots * max(1, math.ceil((epochs - w) / snapshots))
+            raise ConfigError(
+                f"train.snapshots={snapshots} needs each cycle to end at an epoch end: train.epochs={epochs} minus "
+                f"sched.warmup_epochs={sched.warmup_epochs:g} must be a positive multiple of {snapshots} whole epochs; "
+                f"e.g. train.epochs={fit}" + (f" with sched.warmup_epochs={w}." if w != sched.warmup_epochs else ".")
+            )
+
+
+def snapshot_epochs(cfg: Config, steps_per_epoch: int) -> list[int]:
+    """The epochs (1-based) after which a snapshot is taken: the epoch end at which each cosine_restarts
+    cycle ends (:func:`check_cycles` makes every cycle end at one); the last cycle ends with the run.
+
+    Computed from the schedule's own cycle index, so the snapshots and the restarts cannot disagree.
+    """
+    epochs = cfg.train.epochs
+    total = steps_per_epoch * epochs
+    warmup = warmup_steps_for(cfg.sched, steps_per_epoch, total)
+    span, cycles = max(total - warmup, 1), max(restart_cycles(cfg), 1)
+
+    def cycle(step: int) -> int:  # the same t as lr_multiplier's
+        return 0 if step < warmup else cycle_position(min((step - warmup) / span, 1.0), cycles)[0]
+
+    return [e for e in range(1, epochs + 1)
+            if e == epochs or cycle((e + 1) * steps_per_epoch - 1) > cycle(e * steps_per_epoch - 1)]
 
 
 def warmup_steps_for(cfg: SchedConfig, steps_per_epoch: int, total_steps: int) -> int:
@@ -209,6 +307,9 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg: Config, steps_per_epo
         raise ConfigError(
             f"sched.warmup_epochs={sched.warmup_epochs} exceeds train.epochs={cfg.train.epochs}; lower it."
         )
+    check_cycles(cfg, steps_per_epoch)
+    if sched.name == "cosine_restarts":
+        sched = dataclasses.replace(sched, cycles=restart_cycles(cfg))
     total = steps_per_epoch * cfg.train.epochs
     lr = cfg.optim.lr
     warmup = warmup_steps_for(sched, steps_per_epoch, total)

@@ -14,7 +14,7 @@ import dataclasses
 import platform
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -143,20 +143,33 @@ def train(
     quiet: bool = False,
     console: Console | None = None,
     callbacks: tuple = (),
+    prepare: Callable[[Classifier], None] | None = None,
 ) -> Run:
     """Train a model from a config and write a complete run directory.
 
     ``model`` replaces the registry's model by any ``nn.Module`` taking (N, *input_shape) floats;
-    ``splits`` replaces the configured data source.
+    ``splits`` replaces the configured data source. ``prepare(classifier)`` runs on the built model
+    before anything else touches it (e.g. fine-tuning loads pretrained weights and freezes layers);
+    unlike ``model``, the run stays a registry model that ``load_run`` rebuilds. ``callbacks`` get
+    ``on_epoch_end`` events from the loop.
     """
     cfg = as_config(config, overrides, config_file)
     check_names(cfg)
+    if cfg.train.ensemble != 1 or cfg.train.snapshots:  # ensembles, snapshot ensembles: train/ensemble.py
+        from trainwell.train import ensemble
+
+        ensemble.check_ensemble_keys(cfg, custom_model=model is not None,
+                                     custom_data=splits is not None or prepare is not None)
+        if cfg.train.ensemble > 1:
+            return ensemble.train_ensemble(cfg, out, overwrite=overwrite, quiet=quiet, console=console)
     device = resolve_device(cfg.train.device)
     console = console or Console(stderr=True, quiet=quiet, soft_wrap=True)
     if splits is None:
         splits = load_splits(cfg.data)
     custom = model is not None
     classifier = build_classifier(cfg, splits, model)
+    if prepare is not None:
+        prepare(classifier)
     net = classifier.net
     lr_found = None
     if cfg.optim.lr == "auto":
@@ -180,6 +193,12 @@ def train(
         write_json(out_dir / "lr_find.json", lr_found.to_dict())
         plot_lr_find(lr_found, out_dir / "lr_find.png")
     write_json(out_dir / "model.json", _model_card(splits, cfg, custom))
+    snapshots = None
+    if cfg.train.snapshots:  # the weights at the end of each lr cycle -> out/snapshots/NN
+        from trainwell.train.ensemble import snapshot_callback
+
+        snapshots = snapshot_callback(cfg, out_dir, _model_card(splits, cfg, custom), len(splits.train))
+        callbacks = (*callbacks, snapshots)
     metrics_log = MetricsLog(out_dir / "metrics.jsonl")
     writer = writer_class(str(out_dir / "tensorboard")) if writer_class is not None else None
     params = count_parameters(classifier)
@@ -244,8 +263,10 @@ def train(
         summary["doctor"] = doctor.summary()
         doctor.write(out_dir)  # doctor.json + doctor_*.png
     save_weights(out_dir / "model.safetensors", classifier.state_dict())
-    if result.history:
+    if result.history and cfg.train.plots:
         plot_curves(result.history, out_dir / "curves.png", title=f"{tag} (seed {cfg.train.seed})")
+    if snapshots is not None:
+        summary["snapshot_ensemble"] = snapshots.combine(out_dir, splits, console)
     write_json(out_dir / "summary.json", summary)
     console.print(
         f"test acc {100 * summary['test_acc']:.2f}%  test loss {summary['test_loss']:.4f}  "
@@ -329,6 +350,10 @@ def _build_augmenter(cfg: Config, splits: Splits, device: torch.device):
 def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> Run:
     """Rebuild a trained model from its run directory (safetensors + JSON/YAML, no pickle)."""
     run_dir = Path(run_dir)
+    if (run_dir / "ensemble.json").is_file():  # an ensemble folder: trainwell ensemble, train.ensemble=K
+        from trainwell.train.ensemble import load_ensemble
+
+        return load_ensemble(run_dir, device)
     if not run_dir.is_dir():
         raise RunDirError(f"run directory '{run_dir}' does not exist; pass a folder written by 'trainwell train'.")
     card = read_json(run_dir / "model.json", "model card")
