@@ -139,7 +139,7 @@ def test_head_is_rebuilt_for_another_number_of_classes(pretrained, tmp_path, cla
     head = list(run.model.net.children())[-1]
     assert head.out_features == len(classes) and run.classes == [str(c) for c in classes]
     assert _weights(pretrained)["net.7.weight"].shape == (5, 32)
-    assert run.summary["pretrained"] == str(pretrained) and run.summary["strategy"] == "gradual"  # the default
+    assert run.summary["pretrained"] == str(pretrained) and run.summary["strategy"] == "discriminative"  # the default
 
 
 def test_linear_probe_trains_only_the_head(pretrained, tmp_path, monkeypatch):

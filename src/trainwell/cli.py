@@ -34,7 +34,8 @@ EXAMPLES = """examples:
 """
 
 
-def _add_output_args(p: argparse.ArgumentParser) -> None:
+def add_output_args(p: argparse.ArgumentParser) -> None:
+    """--out and --overwrite, the same for every command that writes a folder."""
     p.add_argument("--out", metavar="DIR", help="output folder (default: a new folder under runs/)")
     p.add_argument("--overwrite", action="store_true", help="replace the contents of an existing --out folder")
 
@@ -60,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--show-param-groups", action="store_true",
                    help="show which tensors get weight decay and L1/L2 penalties, and exit")
     p.add_argument("--quiet", action="store_true", help="print only errors")
-    _add_output_args(p)
+    add_output_args(p)
     p.set_defaults(handler=cmd_train)
 
     p = sub.add_parser("evaluate", help="evaluate a run directory on its test split (or other data)")
@@ -68,14 +69,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. data.path=other.npz data.name=npz")
     p.add_argument("--split", default="test", choices=["train", "val", "test"])
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
-    _add_output_args(p)
+    add_output_args(p)
     p.set_defaults(handler=cmd_evaluate)
 
     p = sub.add_parser("predict", help="classify npz/npy arrays or image files with a trained run")
     p.add_argument("run_dir", metavar="RUN_DIR")
     p.add_argument("inputs", nargs="+", metavar="INPUT", help=".npz/.npy arrays or image files")
     p.add_argument("--device", default="auto")
-    _add_output_args(p)
+    add_output_args(p)
     p.set_defaults(handler=cmd_predict)
 
     p = sub.add_parser("lr-find", help="LR range test (Smith 2017): plot loss against LR and suggest an LR",
@@ -86,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=100)
     p.add_argument("--start-lr", type=float, default=1e-6)
     p.add_argument("--end-lr", type=float, default=10.0)
-    _add_output_args(p)
+    add_output_args(p)
     p.set_defaults(handler=cmd_lr_find)
 
     from trainwell.diagnose.command import add_doctor_parser

@@ -34,8 +34,9 @@ def add_ensemble_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--no-copy", action="store_true",
                    help="point at the runs instead of copying them into OUT/members/ (smaller, not self-contained)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
-    p.add_argument("--out", metavar="DIR", help="output folder (default: a new folder under runs/)")
-    p.add_argument("--overwrite", action="store_true", help="replace the contents of an existing --out folder")
+    from trainwell.cli import add_output_args
+
+    add_output_args(p)
     p.set_defaults(handler=cmd_ensemble)
     return p
 

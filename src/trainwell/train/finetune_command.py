@@ -36,8 +36,9 @@ def add_finetune_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--compare-scratch", action="store_true",
                    help="also train the same config from scratch (same seed, same data) into OUT/scratch")
     p.add_argument("--quiet", action="store_true", help="print only the result line and errors")
-    p.add_argument("--out", metavar="DIR", help="output folder (default: a new folder under runs/)")
-    p.add_argument("--overwrite", action="store_true", help="replace the contents of an existing --out folder")
+    from trainwell.cli import add_output_args
+
+    add_output_args(p)
     p.set_defaults(handler=cmd_finetune)
     return p
 
