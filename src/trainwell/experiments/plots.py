@@ -7,6 +7,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from matplotlib.ticker import MaxNLocator
+
 from trainwell.train.plots import plt, save_figure
 
 #: Baseline grey; significantly better green, worse red; the rest blue.
@@ -37,6 +39,7 @@ def plot_cell_curves(cells: Sequence[Any], curves: Sequence[tuple[str, str, floa
             ax.fill_between(epochs, [v * scale for v in low], [v * scale for v in high], color=colour, alpha=0.18,
                             lw=0)
         ax.set(xlabel="epoch", ylabel=label)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         if key.endswith("loss"):
             ax.set_yscale("log")
         ax.grid(alpha=0.3)

@@ -186,7 +186,7 @@ def print_table(result: CompareResult, console: Console) -> None:
                         f"(mean, 95% CI; Δ and paired t-test p vs the baseline)", title_justify="left")
     for h in headers:
         numeric = h in ("n", "p") or h.startswith((result.plan.metric, "Δ"))
-        table.add_column(h, justify="right" if numeric else "left", overflow="fold", no_wrap=numeric)
+        table.add_column(h, justify="right" if numeric else "left", overflow="fold", no_wrap=numeric or h == "")
     for row in rows:
         style = {"better": "green", "worse": "red", "baseline": "dim"}.get(row[-1])
         table.add_row(*row, style=style)
