@@ -42,19 +42,18 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 from rich.console import Console
 from torch import nn
 
-from trainwell.config import Config, from_dict, resolve
+from trainwell.config import Config, resolve
 from trainwell.data import Splits, load_preprocess, load_splits, to_float
 from trainwell.errors import ConfigError, DataError, RunDirError, TrainwellError, unknown_name_message
 from trainwell.nn import build_model
 from trainwell.nn.models import PreActBlock
 from trainwell.nn.pipeline import Classifier, count_parameters
 from trainwell.train.optim import _NORM_TYPES
-from trainwell.train.rundir import FORMAT, default_run_dir, load_weights, read_json, write_json
-from trainwell.train.run import Run, check_names, train
+from trainwell.train.rundir import default_run_dir, load_weights, write_json
+from trainwell.train.run import Run, check_names, read_run_files, train
 from trainwell.train.trainer import EpochEnd
 
 STRATEGIES = ("full", "linear_probe", "gradual", "discriminative")
@@ -305,21 +304,7 @@ def load_pretrained(spec: str | Path) -> Pretrained:
         return Pretrained(text, "hub", hub=(lib, name))
     path = Path(text)
     if path.is_dir():
-        card = read_json(path / "model.json", "model card")
-        if not isinstance(card, dict) or card.get("format") != FORMAT:
-            raise RunDirError(f"'{path / 'model.json'}' is not a trainwell model card; pass a run directory.")
-        if card.get("custom_model"):
-            raise RunDirError(f"run '{path}' used a custom nn.Module, which trainwell cannot rebuild; load its "
-                              "model.safetensors into that module in Python and call train(model=...).")
-        config_path = path / "config.yaml"
-        if not config_path.is_file():
-            raise RunDirError(f"'{path}' is not a complete run directory (config.yaml is missing).")
-        try:
-            tree = yaml.safe_load(config_path.read_text())
-        except yaml.YAMLError:
-            raise RunDirError(f"'{config_path}' is corrupt (not valid YAML); restore it.") from None
-        cfg = from_dict(tree or {}, f"'{config_path}'")
-        state = load_weights(path / "model.safetensors")
+        card, cfg, state = read_run_files(path)
         return Pretrained(text, "run", state, cfg, tuple(int(d) for d in card["input_shape"]), card["preprocess"])
     if path.is_file() or path.suffix == ".safetensors":
         if not path.is_file():

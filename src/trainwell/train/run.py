@@ -347,13 +347,9 @@ def _build_augmenter(cfg: Config, splits: Splits, device: torch.device):
 # ----------------------------------------------------------------------------- loading
 
 
-def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> Run:
-    """Rebuild a trained model from its run directory (safetensors + JSON/YAML, no pickle)."""
+def read_run_files(run_dir: str | Path) -> tuple[dict[str, Any], Config, dict[str, torch.Tensor]]:
+    """A run folder's model card, config and weights, each checked: one clear error per problem."""
     run_dir = Path(run_dir)
-    if (run_dir / "ensemble.json").is_file():  # an ensemble folder: trainwell ensemble, train.ensemble=K
-        from trainwell.train.ensemble import load_ensemble
-
-        return load_ensemble(run_dir, device)
     if not run_dir.is_dir():
         raise RunDirError(f"run directory '{run_dir}' does not exist; pass a folder written by 'trainwell train'.")
     card = read_json(run_dir / "model.json", "model card")
@@ -373,8 +369,18 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> Run:
     except yaml.YAMLError:
         raise RunDirError(f"'{config_path}' is corrupt (not valid YAML); restore it.") from None
     cfg = from_dict(tree or {}, f"'{config_path}'")
+    return card, cfg, load_weights(run_dir / "model.safetensors")
+
+
+def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> Run:
+    """Rebuild a trained model from its run directory (safetensors + JSON/YAML, no pickle)."""
+    run_dir = Path(run_dir)
+    if (run_dir / "ensemble.json").is_file():  # an ensemble folder: trainwell ensemble, train.ensemble=K
+        from trainwell.train.ensemble import load_ensemble
+
+        return load_ensemble(run_dir, device)
+    card, cfg, state = read_run_files(run_dir)
     input_shape = tuple(int(d) for d in card["input_shape"])
-    state = load_weights(run_dir / "model.safetensors")
     pre_state = {k[len("preprocess.") :]: v for k, v in state.items() if k.startswith("preprocess.")}
     preprocess = load_preprocess(card["preprocess"], pre_state)
     net = build_model(cfg, preprocess.output_shape(input_shape), int(card["num_classes"]))
