@@ -184,7 +184,7 @@ def validate(plan: Plan, deep: bool = True) -> list[Config]:
     for cell in plan.cells:
         try:
             cfg = resolve([*plan.base, *cell.args()], plan.config_file)
-            check_names(cfg)
+            check_names(cfg)  # before loading any data
             if deep:
                 key = json.dumps(asdict(cfg.data), sort_keys=True, default=str)
                 if key not in data_cache:
@@ -205,6 +205,11 @@ def is_finished(job: Job, plan: Plan) -> bool:
 # ----------------------------------------------------------------------------- execution
 
 
+def available_cores() -> int:
+    """Cores this process may run on (its affinity mask, e.g. under taskset or a container's cpuset)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 def default_workers(n_jobs: int, configs: Sequence[Config]) -> int:
     """One process per core on CPU (each with one thread: small models scale better across processes);
     one on a GPU, which the runs would otherwise share."""
@@ -212,8 +217,7 @@ def default_workers(n_jobs: int, configs: Sequence[Config]) -> int:
 
     if any(resolve_device(c.train.device).type != "cpu" for c in configs):
         return 1
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, min(n_jobs, cores))
+    return max(1, min(n_jobs, available_cores()))
 
 
 def _init_worker(threads: int) -> None:
@@ -323,8 +327,7 @@ def execute(plan: Plan, out: Path, workers: int | None = None, console: Console 
                 except TrainwellError as exc:
                     done(job, None, str(exc))
         else:
-            cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-            threads = max(1, cores // workers)
+            threads = max(1, available_cores() // workers)
             with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"),
                                      initializer=_init_worker, initargs=(threads,)) as pool:
                 futures = {pool.submit(execute_job, j.overrides, plan.config_file, str(j.run_dir), plan.measure): j

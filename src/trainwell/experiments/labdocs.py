@@ -12,7 +12,6 @@ one the lab computed from its runs.
 from __future__ import annotations
 
 import argparse
-import os
 import platform
 import shutil
 import sys
@@ -21,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from trainwell.experiments.compare import available_cores
 from trainwell.experiments.lab import LABS, get_lab, run_lab
 from trainwell.train.rundir import atomic_write_text, read_json
 
@@ -107,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
         row, section = lab_section(name, out, docs, outcome)
         rows.append(row)
         sections.append(section)
-    machine = f"a {os.cpu_count()}-core {platform.machine()} CPU, torch {torch.__version__}"
+    machine = f"a {available_cores()}-core {platform.machine()} CPU, torch {torch.__version__}"
     text = HEADER.format(machine=machine) + "".join(rows) + "\n" + "".join(sections)
     text += f"\n---\nGenerated in {(time.perf_counter() - t0) / 60:.1f} min.\n"
     atomic_write_text(docs / "labs.md", text)

@@ -193,8 +193,9 @@ def print_table(result: CompareResult, console: Console) -> None:
     console.print(table)
 
 
-def write_csv(result: CompareResult, path: Path) -> None:
-    data = result.to_dict()
+def write_csv(result: CompareResult, path: Path, data: dict[str, Any] | None = None) -> None:
+    """``data``: ``result.to_dict()`` when the caller already has it."""
+    data = data if data is not None else result.to_dict()
     keys = sorted({k for c in result.plan.cells for k in c.overrides})
     cols = ["label", *keys, "n", "mean", "ci_low", "ci_high", "std", "diff", "diff_low", "diff_high", "p", "p_holm",
             "significant"]
@@ -215,7 +216,7 @@ def write_outputs(result: CompareResult, console: Console | None = None, command
     out = result.out
     data = result.to_dict()
     write_json(out / "summary.json", data)
-    write_csv(result, out / "results.csv")
+    write_csv(result, out / "results.csv", data)
     curves = plots.plot_cell_curves(result.cells, CURVES, out / "curves.png", title=result.plan.title)
     bars = plots.plot_cell_bars(result.cells, result.plan.metric, out / "bars.png", title=result.plan.title)
     headers, rows = table_rows(result)
