@@ -529,10 +529,11 @@ def finetune(
     out_dir = Path(out) if out is not None else default_run_dir("finetune", tag)
     plan: dict[str, Any] = {}
 
-    def prepare(classifier: Classifier) -> None:
+    def prepare(classifier: Classifier) -> tuple:
         if source.kind != "hub":
             plan["loaded"] = transfer_weights(classifier, source, cfg, splits)
         plan["plan"] = apply_strategy(classifier, cfg)
+        return plan["plan"].callbacks  # gradual unfreezing, if any
 
     model = None
     if source.kind == "hub":
@@ -540,9 +541,8 @@ def finetune(
         model = hub_model(lib, name, splits.num_classes)
         _check_hub_input(model, splits, source.source)
 
-    gradual = _Deferred(plan)
     run = train(cfg, out=out_dir, overwrite=overwrite, splits=splits, quiet=quiet, console=console,
-                model=model, prepare=prepare, callbacks=(gradual,))
+                model=model, prepare=prepare)
     p: Plan = plan["plan"]
     total = count_parameters(run.model, trainable_only=False)
     trainable = count_parameters(run.model)
@@ -572,14 +572,3 @@ def finetune(
     write_json(Path(run.dir) / "summary.json", summary)
     run.summary = summary
     return run
-
-
-class _Deferred:
-    """Forwards the loop's events to the strategy's callbacks, which exist only once ``prepare`` ran."""
-
-    def __init__(self, plan: dict[str, Any]) -> None:
-        self.plan = plan
-
-    def on_epoch_end(self, event: EpochEnd) -> None:
-        for cb in self.plan["plan"].callbacks:
-            cb.on_epoch_end(event)

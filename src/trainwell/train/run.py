@@ -14,7 +14,7 @@ import dataclasses
 import platform
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -143,13 +143,14 @@ def train(
     quiet: bool = False,
     console: Console | None = None,
     callbacks: tuple = (),
-    prepare: Callable[[Classifier], None] | None = None,
+    prepare: Callable[[Classifier], Sequence[Any] | None] | None = None,
 ) -> Run:
     """Train a model from a config and write a complete run directory.
 
     ``model`` replaces the registry's model by any ``nn.Module`` taking (N, *input_shape) floats;
     ``splits`` replaces the configured data source. ``prepare(classifier)`` runs on the built model
-    before anything else touches it (e.g. fine-tuning loads pretrained weights and freezes layers);
+    before anything else touches it (e.g. fine-tuning loads pretrained weights and freezes layers)
+    and may return callbacks that the loop then also calls (e.g. gradual unfreezing);
     unlike ``model``, the run stays a registry model that ``load_run`` rebuilds. ``callbacks`` get
     ``on_epoch_end`` events from the loop.
     """
@@ -169,7 +170,7 @@ def train(
     custom = model is not None
     classifier = build_classifier(cfg, splits, model)
     if prepare is not None:
-        prepare(classifier)
+        callbacks = (*callbacks, *(prepare(classifier) or ()))
     net = classifier.net
     lr_found = None
     if cfg.optim.lr == "auto":
