@@ -32,6 +32,18 @@ from trainwell.train.rundir import atomic_write_text, write_json
 CURVES = (("val_acc", "validation accuracy (%)", 100.0), ("train_loss", "training loss", 1.0))
 
 
+def seed_values(summaries: dict[int, dict[str, Any]], key: str) -> dict[int, float]:
+    """seed -> the number under ``key`` in that seed's summary; seeds without one (or a bool) are left out."""
+    return {s: float(v) for s, summ in summaries.items()
+            if isinstance(v := summ.get(key), (int, float)) and not isinstance(v, bool)}
+
+
+def seed_curves(histories: dict[int, list[dict[str, Any]]], key: str) -> dict[int, list[float]]:
+    """seed -> ``key`` of each epoch's metrics row; NaN where a row lacks it."""
+    return {s: [float(r[key]) if isinstance(r.get(key), (int, float)) else math.nan for r in h]
+            for s, h in histories.items()}
+
+
 @dataclass
 class CellResult:
     index: int
@@ -47,9 +59,17 @@ class CellResult:
     def label(self) -> str:
         return self.cell.label
 
+    def values_of(self, key: str) -> dict[int, float]:
+        """seed -> any numeric summary (or measure) key of that seed's run."""
+        return seed_values(self.summaries, key)
+
+    def curve_of(self, key: str) -> dict[int, list[float]]:
+        """seed -> that run's per-epoch curve of a metrics key (``val_acc``, ``train_loss``, ...)."""
+        return seed_curves(self.histories, key)
+
     def mean_of(self, key: str) -> MeanCI:
         """Mean and CI over seeds of any numeric summary (or measure) key."""
-        return mean_ci([s.get(key) for s in self.summaries.values() if isinstance(s.get(key), (int, float))])
+        return mean_ci(list(self.values_of(key).values()))
 
 
 @dataclass
@@ -113,10 +133,8 @@ def aggregate(plan: Plan, out: str | Path, execution: Execution | None = None, a
     for i, cell in enumerate(plan.cells):
         summaries = {s: found[(i, s)][0] for s in plan.seeds if (i, s) in found}
         histories = {s: found[(i, s)][1] for s in plan.seeds if (i, s) in found}
-        values = {s: float(v) for s, summ in summaries.items()
-                  if isinstance(v := summ.get(plan.metric), (int, float)) and not isinstance(v, bool)}
-        curves = {key: curve_band([[r.get(key, math.nan) for r in h] for h in histories.values()])
-                  for key, _, _ in CURVES}
+        values = seed_values(summaries, plan.metric)
+        curves = {key: curve_band(list(seed_curves(histories, key).values())) for key, _, _ in CURVES}
         test = None if i == 0 else paired_test(values, cells[0].values, alpha)
         cells.append(CellResult(i, cell, values, mean_ci(list(values.values())), test, curves, summaries, histories))
     return CompareResult(plan, out, cells, execution, alpha)

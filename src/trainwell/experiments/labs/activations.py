@@ -18,7 +18,6 @@ from trainwell.experiments.lab import Lab, LabOutcome, register
 from trainwell.experiments.labs.common import (
     by_label,
     mean_lists,
-    measure_ci,
     model_at_init,
     num,
     pct,
@@ -62,7 +61,7 @@ def analyse(result: CompareResult, out: Path) -> LabOutcome:
     rows, evidence = [], {}
     fig, ax = plt.subplots(figsize=(7, 4), constrained_layout=True)
     for c in result.cells:
-        acc, grad, ratio = c.ci, measure_ci(c, "grad_rms_first"), measure_ci(c, "grad_first_over_last")
+        acc, grad, ratio = c.ci, c.mean_of("grad_rms_first"), c.mean_of("grad_first_over_last")
         evidence[c.label] = {"test_acc": acc.mean, "test_acc_ci": [acc.low, acc.high],
                              "grad_rms_first": grad.mean, "grad_first_over_last": ratio.mean,
                              "p_vs_relu": c.test.p if c.test else None}

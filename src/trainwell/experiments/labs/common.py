@@ -25,11 +25,6 @@ def num(value: float, digits: int = 3) -> str:
     return "–" if value is None or not math.isfinite(value) else f"{value:.{digits}g}"
 
 
-def measure_ci(cell: CellResult, key: str) -> MeanCI:
-    """Mean and CI over seeds of a number each run measured (summary.json or measures.json)."""
-    return cell.mean_of(key)
-
-
 def per_seed_lists(cell: CellResult, key: str) -> list[list[float]]:
     """A list-valued measure (e.g. one number per layer) from each seed."""
     return [s[key] for s in cell.summaries.values() if isinstance(s.get(key), list)]
@@ -82,17 +77,11 @@ def model_at_init(run: Any, splits: Any) -> nn.Module:
     return build_classifier(run.config, splits)
 
 
-def seed_curves(cell: CellResult, key: str) -> dict[int, list[float]]:
-    """Each seed's per-epoch curve of a metrics key (``val_acc``, ``train_loss``, ...); NaN where a row lacks it."""
-    return {s: [float(r[key]) if isinstance(r.get(key), (int, float)) else math.nan for r in h]
-            for s, h in cell.histories.items()}
-
-
 def epochs_to_target(cell: CellResult, target: float, key: str = "val_acc") -> dict[int, int | None]:
     """Per seed, the first epoch (1-based) whose ``key`` is >= ``target``; None where it never got there."""
     from trainwell.experiments.stats import first_reaching
 
-    return {s: first_reaching(curve, target) for s, curve in seed_curves(cell, key).items()}
+    return {s: first_reaching(curve, target) for s, curve in cell.curve_of(key).items()}
 
 
 def reach_summary(epochs: dict[int, int | None]) -> dict[str, Any]:
@@ -101,14 +90,8 @@ def reach_summary(epochs: dict[int, int | None]) -> dict[str, Any]:
     return {"mean": mean_ci(reached).mean, "reached": len(reached), "n": len(epochs)}
 
 
-def seed_values(cell: CellResult, key: str) -> dict[int, float]:
-    """seed -> a numeric summary or measure key of that seed's run (seeds lacking it are left out)."""
-    return {s: float(v) for s, summ in cell.summaries.items()
-            if isinstance(v := summ.get(key), (int, float)) and not isinstance(v, bool)}
-
-
 def paired_measure(cell: CellResult, other: CellResult, key: str, alpha: float = 0.05):
     """Paired t-test over seeds of any measured key, ``cell`` against ``other`` (diff = cell − other)."""
     from trainwell.experiments.stats import paired_test
 
-    return paired_test(seed_values(cell, key), seed_values(other, key), alpha)
+    return paired_test(cell.values_of(key), other.values_of(key), alpha)

@@ -25,7 +25,7 @@ from typing import Any
 
 from trainwell.experiments.compare import Cell
 from trainwell.experiments.lab import Lab, LabOutcome, register
-from trainwell.experiments.labs.common import measure_ci, num, paired_measure, pct
+from trainwell.experiments.labs.common import num, paired_measure, pct
 from trainwell.experiments.results import CompareResult
 from trainwell.experiments.stats import mean_ci
 
@@ -83,8 +83,8 @@ def analyse(result: CompareResult, out: Path) -> LabOutcome:
     for c in result.cells:
         p = float(c.cell.overrides.get("model.dropout", 0.0))
         xs.append(p)
-        train, test = measure_ci(c, "train_acc_eval"), measure_ci(c, "test_acc_eval")
-        gap, gap_loss = measure_ci(c, "gap_acc"), measure_ci(c, "gap_loss")
+        train, test = c.mean_of("train_acc_eval"), c.mean_of("test_acc_eval")
+        gap, gap_loss = c.mean_of("gap_acc"), c.mean_of("gap_loss")
         # What the gap would look like from summary.json's last-epoch training accuracy (dropout on).
         gap_on = mean_ci([s["final_train_acc"] - s["test_acc"] for s in c.summaries.values()
                           if isinstance(s.get("final_train_acc"), (int, float))
@@ -107,7 +107,7 @@ def analyse(result: CompareResult, out: Path) -> LabOutcome:
                            (ax_acc, "test_acc_eval", "test accuracy")):
         means, lows, highs = [], [], []
         for p, c in zip(xs, result.cells):
-            ci = measure_ci(c, key)
+            ci = c.mean_of(key)
             means.append(100 * ci.mean)
             lows.append(100 * (ci.mean - ci.low))
             highs.append(100 * (ci.high - ci.mean))
@@ -128,7 +128,7 @@ def analyse(result: CompareResult, out: Path) -> LabOutcome:
                                high=high.label, low=base.label)
         verdict = verdict[0].upper() + verdict[1:]
     verdict += (" Gap and test accuracy per setting: "
-                + ", ".join(f"{c.label}: gap {pct(measure_ci(c, 'gap_acc'))}, test {pct(c.ci)}" for c in result.cells)
+                + ", ".join(f"{c.label}: gap {pct(c.mean_of('gap_acc'))}, test {pct(c.ci)}" for c in result.cells)
                 + ".")
     evidence["compared"] = {"high": high.label, "low": base.label}
     table = Table(["dropout", "train acc (eval mode)", "test acc", "gap (train − test)", "gap p vs p=0",

@@ -39,7 +39,6 @@ from trainwell.experiments.lab import Lab, LabOutcome, register
 from trainwell.experiments.labs.common import (
     by_label,
     mean_lists,
-    measure_ci,
     model_at_init,
     num,
     pct,
@@ -330,7 +329,7 @@ def _paired(cell: CellResult | None, base: CellResult | None) -> tuple[float, fl
 
 
 def _mean(cell: CellResult | None, key: str) -> float:
-    return measure_ci(cell, key).mean if cell is not None else math.nan
+    return cell.mean_of(key).mean if cell is not None else math.nan
 
 
 def analyse(result: CompareResult, out: Path) -> LabOutcome:

@@ -18,7 +18,7 @@ from typing import Any
 
 from trainwell.experiments.compare import Cell
 from trainwell.experiments.lab import Lab, LabOutcome, register
-from trainwell.experiments.labs.common import measure_ci, num, paired_measure, pct
+from trainwell.experiments.labs.common import num, paired_measure, pct
 from trainwell.experiments.results import CompareResult, holm
 
 ALPHAS = (0.0, 0.2, 0.4)
@@ -104,7 +104,7 @@ def analyse(result: CompareResult, out: Path) -> LabOutcome:
     evidence: dict[str, Any] = {"n_bins": N_BINS}
     rows, decide_rows, curves = [], [], {}
     for c in result.cells:
-        ece, nll, brier, conf = (measure_ci(c, k) for k in ("ece", "nll", "brier", "mean_conf"))
+        ece, nll, brier, conf = (c.mean_of(k) for k in ("ece", "nll", "brier", "mean_conf"))
         ece_test = None if c is base else paired_measure(c, base, "ece", result.alpha)
         nll_test = None if c is base else paired_measure(c, base, "nll", result.alpha)
         seed_bins = [s["reliability"] for s in c.summaries.values() if isinstance(s.get("reliability"), dict)]
@@ -129,7 +129,7 @@ def analyse(result: CompareResult, out: Path) -> LabOutcome:
                               title=f"test set, pooled over seeds {result.plan.seeds}")
     held, verdict = decide(decide_rows, result.alpha)
     verdict += (" Mean confidence vs accuracy: "
-                + ", ".join(f"{c.label} {pct(measure_ci(c, 'mean_conf'))} vs {pct(c.ci)}" for c in result.cells) + ".")
+                + ", ".join(f"{c.label} {pct(c.mean_of('mean_conf'))} vs {pct(c.ci)}" for c in result.cells) + ".")
     table = Table(["mixup", "test acc", "ECE", "NLL", "Brier", "mean confidence", "ECE p vs none",
                    "acc p vs none"], rows,
                   caption=f"test set, mean ± 95% CI over seeds; ECE with {N_BINS} equal-width bins; p: paired "

@@ -27,7 +27,7 @@ from pathlib import Path
 
 from trainwell.experiments.compare import Cell
 from trainwell.experiments.lab import Lab, LabOutcome, register
-from trainwell.experiments.labs.common import by_label, epochs_to_target, num, pct, reach_summary, seed_curves
+from trainwell.experiments.labs.common import by_label, epochs_to_target, num, pct, reach_summary
 from trainwell.experiments.results import CompareResult
 from trainwell.experiments.stats import MeanCI, mean_ci, paired_test
 
@@ -115,7 +115,7 @@ def analyse(result: CompareResult, out: Path) -> LabOutcome:
     target = TARGET_FRACTION * best_val
     per_seed = {}
     for c in result.cells:
-        losses = seed_curves(c, "train_loss")
+        losses = c.curve_of("train_loss")
         per_seed[c.label] = {"area": {s: loss_area(v) for s, v in losses.items()},
                              "loss1": {s: first_epoch_loss(v) for s, v in losses.items()},
                              "epochs": epochs_to_target(c, target) if math.isfinite(target)

@@ -21,7 +21,7 @@ import numpy as np
 
 from trainwell.experiments.compare import Cell
 from trainwell.experiments.lab import Lab, LabOutcome, register
-from trainwell.experiments.labs.common import measure_ci, num, paired_measure, pct, weight_layers
+from trainwell.experiments.labs.common import num, paired_measure, pct, weight_layers
 from trainwell.experiments.results import CompareResult
 
 #: |w| below this counts as zero for the verdict.
@@ -101,7 +101,7 @@ def analyse(result: CompareResult, out: Path) -> LabOutcome:
     rows, evidence = [], {"zero_threshold": ZERO_THRESHOLD, "relative_threshold": RELATIVE_THRESHOLD}
     fig, ax = plt.subplots(figsize=(7.5, 4.2), constrained_layout=True)
     for c in result.cells:
-        frac, rel, norm = measure_ci(c, "frac_zero"), measure_ci(c, "frac_zero_rel"), measure_ci(c, "weight_norm")
+        frac, rel, norm = c.mean_of("frac_zero"), c.mean_of("frac_zero_rel"), c.mean_of("weight_norm")
         evidence[c.label] = {
             "overrides": dict(c.cell.overrides), "frac_zero": frac.mean, "frac_zero_ci": [frac.low, frac.high],
             "frac_zero_rel": rel.mean, "weight_norm": norm.mean, "weight_norm_ci": [norm.low, norm.high],
@@ -148,7 +148,7 @@ def analyse(result: CompareResult, out: Path) -> LabOutcome:
             else:
                 change = "no significant difference"
             acc.append(f"{c.label} {pct(c.ci)} ({change}, p = {num(c.test.p if c.test else math.nan, 2)})")
-        verdict += (" Weight L2 norm: " + ", ".join(f"{c.label} {num(measure_ci(c, 'weight_norm').mean)}"
+        verdict += (" Weight L2 norm: " + ", ".join(f"{c.label} {num(c.mean_of('weight_norm').mean)}"
                                                     for c in (none, l2, l1))
                     + f". Test accuracy: {none.label} {pct(none.ci)}, " + ", ".join(acc) + ".")
     table = Table(["penalty", f"|w| < {ZERO_THRESHOLD:g}", f"|w| < {RELATIVE_THRESHOLD:g}·layer max",
