@@ -243,6 +243,8 @@ def execute_job(overrides: list[str], config_file: str | None, run_dir: str, mea
     if measure is not None:
         from trainwell.data import load_splits
 
+        # Measured on the saved run, not the model still in memory: the same path whether the run
+        # was trained just now or by an interrupted compare, and what is measured is what was saved.
         run = load_run(run_dir_path)
         measures = _load_callable(measure)(run, load_splits(run.config.data))
         write_json(run_dir_path / MEASURES_FILE, measures)
