@@ -416,15 +416,15 @@ def test_doctor_callback_with_fit_on_digits(digits, tmp_path):
     import dataclasses
 
     from trainwell.config import resolve
-    from trainwell.train.run import build_classifier
-    from trainwell.train.trainer import RandomState, fit
+    from trainwell.train.build import build_classifier
+    from trainwell.train.trainer import LoopSettings, build_state, fit
 
     cfg = resolve(["model.name=mlp", "model.width=32", "model.depth=1", "train.progress=false"])
     cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, epochs=2))
     model = build_classifier(cfg, digits)
+    state = build_state(model, cfg, len(digits.train), torch.device("cpu"))
     doctor = DoctorCallback(model, every=5)
-    cpu = torch.device("cpu")
-    fit(model, digits, cfg, cpu, RandomState.from_seed(0, cpu), callbacks=[doctor])
+    fit(state, digits.train, digits.val, LoopSettings.from_config(cfg, digits.num_classes), callbacks=[doctor])
     doctor.close()
     assert [r.context for r in doctor.reports] == ["epoch 1", "epoch 2"]
     layers = doctor.report.layers

@@ -16,8 +16,8 @@ import trainwell
 from trainwell.data import ArrayData, load_splits
 from trainwell.data.splits import make_splits
 from trainwell.errors import ConfigError, RunDirError
-from trainwell.train.progress import TrainProgress
-from trainwell.train.trainer import RandomState, _batches, fit, resolve_device, steps_per_epoch
+from trainwell.train.callbacks import ProgressDisplay
+from trainwell.train.trainer import BatchOrder, LoopSettings, build_state, fit, resolve_device, steps_per_epoch
 
 QUICK = {"data.limit": 300, "train.epochs": 2, "train.progress": False, "model.name": "mlp", "model.width": 32}
 
@@ -72,7 +72,12 @@ def test_diverging_run_stops_and_says_so(tmp_path):
     run = trainwell.train(dict(QUICK, **{"optim.lr": 1e12, "train.epochs": 3, "optim.weight_decay": 0.0}),
                           out=tmp_path / "d", quiet=True)
     assert run.summary["diverged"] is True
-    assert run.summary["epochs"] < 3 or not np.isfinite(run.summary["test_loss"])
+    d = run.summary["divergence"]
+    assert d["action"] == "stop" and d["rollbacks"] == 0 and d["epoch"] == 1 and 0 <= d["step"] < 5
+    assert isinstance(d["diagnosis"], str) and d["diagnosis"]
+    # the last good weights are kept: those of the checkpoint before the first non-finite step
+    assert run.summary["epochs"] == 0 and np.isfinite(run.summary["test_loss"])
+    assert all(torch.isfinite(v).all() for v in load_file(run.dir / "model.safetensors").values())
 
 
 def test_label_smoothing_cutmix_grad_clip_and_l1_l2_all_train(tmp_path):
@@ -96,27 +101,31 @@ def test_val_fraction_zero_trains_without_validation(tmp_path):
     assert run.summary["n_val"] == 0 and np.isnan(run.summary["best_val_acc"])
 
 
-def test_live_progress_bar_renders_loss_and_throughput(tmp_path):
+def test_live_progress_bar_renders_loss_and_throughput(tmp_path, monkeypatch):
+    from trainwell.train import trainer
+
+    monkeypatch.setattr(trainer, "SYNC_SECONDS", 0.0)  # read the device at every step: the bar gets stats
     buffer = io.StringIO()
     console = Console(file=buffer, force_terminal=True, width=120)
-    progress = TrainProgress(console, refresh_seconds=0.0, live=True)
-    from trainwell.train.run import build_classifier
+    from trainwell.train.build import build_classifier
 
     cfg = trainwell.resolve(QUICK)
     splits = load_splits(cfg.data)
     model = build_classifier(cfg, splits)
-    fit(model, splits, cfg, torch.device("cpu"), RandomState.from_seed(0, torch.device("cpu")), progress=progress,
-        log_epoch=lambda row: progress.epoch(row, cfg.train.epochs))
+    state = build_state(model, cfg, len(splits.train), torch.device("cpu"))
+    fit(state, splits.train, splits.val, LoopSettings.from_config(cfg, splits.num_classes),
+        callbacks=[ProgressDisplay(console, cfg.train.epochs, live=True)])
     text = buffer.getvalue()
     assert "loss" in text and "ex/s" in text and "epoch 2/2" in text
 
 
 def test_batches_cover_every_example_once_and_never_leave_a_batch_of_one():
-    g = torch.Generator().manual_seed(0)
-    batches = _batches(129, 64, g, torch.device("cpu"))
+    order = BatchOrder(129, 64)
+    batches = order.batches(order.permutation(torch.Generator().manual_seed(0)))
     assert [len(b) for b in batches] == [64, 64]  # the trailing single example is dropped
     assert len(set(torch.cat(batches).tolist())) == 128
     assert steps_per_epoch(129, 64) == 2 and steps_per_epoch(130, 64) == 3 and steps_per_epoch(1, 64) == 1
+    assert steps_per_epoch(130, 64, accumulate=2) == 2 and steps_per_epoch(64 * 5, 64, accumulate=2) == 3
 
 
 def test_device_auto_resolves_and_unavailable_cuda_is_a_config_error():

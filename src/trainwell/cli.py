@@ -19,6 +19,7 @@ EXAMPLES = """examples:
   trainwell train                                   # digits, the default data
   trainwell train preset=mnist1d train.epochs=40
   trainwell train -c my.yaml optim.lr=0.1 --out runs/lr0.1
+  trainwell train --resume runs/lr0.1               # continue a killed run exactly where it was
   trainwell evaluate runs/lr0.1
   trainwell predict runs/lr0.1 image.png batch.npz
   trainwell lr-find preset=mnist1d
@@ -61,6 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--show-param-groups", action="store_true",
                    help="show which tensors get weight decay and L1/L2 penalties, and exit")
     p.add_argument("--quiet", action="store_true", help="print only errors")
+    p.add_argument("--resume", metavar="RUN_DIR",
+                   help="continue a killed or interrupted run from its newest good checkpoint, with its own config "
+                        "(only train.epochs=N may be given, to train a finished run further)")
     add_output_args(p)
     p.set_defaults(handler=cmd_train)
 
@@ -118,8 +122,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.print_keys:
         _print_keys()
         return 0
-    cfg = resolve(args.overrides, args.config)
-    if args.print_config:
+    cfg = resolve(args.overrides, args.config) if args.resume is None else None
+    if args.print_config and cfg is not None:
         sys.stdout.write(cfg.to_yaml())
         return 0
     if args.show_param_groups:
@@ -127,7 +131,15 @@ def cmd_train(args: argparse.Namespace) -> int:
         return 0
     from trainwell.train.run import train
 
-    run = train(cfg, out=args.out, overwrite=args.overwrite, quiet=args.quiet)
+    if args.resume is not None:
+        if args.out is not None or args.overwrite or args.config is not None:
+            from trainwell.errors import ConfigError
+
+            raise ConfigError("--resume RUN_DIR continues that folder with its own config; drop --out, --overwrite "
+                              "and -c.")
+        run = train(resume=args.resume, overrides=args.overrides, quiet=args.quiet)
+    else:
+        run = train(cfg, out=args.out, overwrite=args.overwrite, quiet=args.quiet)
     return 0 if not run.summary.get("diverged") else 1
 
 
@@ -272,7 +284,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return handler(args)
     except TrainwellError as exc:
-        print(f"trainwell: error: {exc}", file=sys.stderr)
+        from trainwell.errors import Interrupted
+
+        kind = "" if isinstance(exc, Interrupted) else "error: "
+        print(f"trainwell: {kind}{exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("trainwell: interrupted", file=sys.stderr)

@@ -109,6 +109,10 @@ class RegConfig:
     exempt_bias_and_norm: bool = True
     """Keep biases and norm scales/shifts out of weight decay and L1/L2 (false: every parameter)."""
 
+    def __post_init__(self) -> None:
+        if self.l1 < 0 or self.l2 < 0:
+            raise ConfigError("reg.l1 and reg.l2 must be >= 0.")
+
 
 @dataclass
 class OptimConfig:
@@ -165,6 +169,36 @@ class TrainConfig:
     """Train this many members (seeds train.seed, train.seed+1, ...) in parallel and write them as one ensemble (``trainwell ensemble``); 1 = a single model."""
     snapshots: int = 0
     """Snapshot ensemble (Huang et al. 2017): with sched.name=cosine_restarts, save the weights at the end of each of this many cycles and combine them into RUN_DIR/snapshot-ensemble; 0 = off."""
+    checkpoint_every: int = 0
+    """Also checkpoint every this many optimiser steps (0 = at epoch ends only); checkpoints are always written at every epoch end and on SIGINT/SIGTERM (docs/reliability.md)."""
+    keep_checkpoints: int = 2
+    """Keep the newest this many checkpoints in RUN_DIR/checkpoints (>= 1; an older one is the fallback when the newest is corrupt)."""
+    on_divergence: Literal["stop", "rollback"] = "stop"
+    """A non-finite loss: stop (keep the last good checkpoint's weights, exit code 1) or rollback (restart from it with the LR x train.rollback_lr_factor)."""
+    rollback_lr_factor: float = 0.5
+    """on_divergence=rollback: multiply every learning rate by this at each rollback, in (0, 1)."""
+    max_rollbacks: int = 3
+    """on_divergence=rollback: at most this many rollbacks; diverging once more stops the run."""
+    early_stopping: int = 0
+    """Stop after this many epochs without a higher val_acc (0 = off); needs a validation split."""
+    keep: Literal["last", "best"] = "last"
+    """Which weights are saved and tested: those after the last epoch, or those of the epoch with the best val_acc."""
+    ema: float = 0.0
+    """Exponential moving average of the weights with this decay, e.g. 0.999 (0 = off): validation, test and the saved model use the averaged weights (batch-norm statistics copied from the live model)."""
+    accumulate: int = 1
+    """Gradient accumulation: one optimiser step per this many batches of train.batch_size (effective batch = batch_size x accumulate); every step count means optimiser steps."""
+
+    def __post_init__(self) -> None:
+        for key in ("epochs", "batch_size", "eval_batch_size", "keep_checkpoints", "accumulate", "ensemble"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"train.{key} must be >= 1, got {getattr(self, key)}.")
+        for key in ("grad_clip", "checkpoint_every", "max_rollbacks", "early_stopping", "snapshots"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"train.{key} must be >= 0 (0 = off), got {getattr(self, key)}.")
+        if not 0 < self.rollback_lr_factor < 1:
+            raise ConfigError(f"train.rollback_lr_factor must be in (0, 1), got {self.rollback_lr_factor}.")
+        if not 0 <= self.ema < 1:
+            raise ConfigError(f"train.ema must be in [0, 1) (0 = off; e.g. 0.999), got {self.ema}.")
 
 
 @dataclass
@@ -183,6 +217,10 @@ class MixConfig:
 class LossConfig:
     label_smoothing: float = 0.0
     """Cross-entropy label smoothing (Szegedy et al. 2016)."""
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.label_smoothing < 1:
+            raise ConfigError(f"loss.label_smoothing must be in [0, 1), got {self.label_smoothing}.")
 
 
 @dataclass

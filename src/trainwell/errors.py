@@ -41,3 +41,16 @@ def unknown_name_message(kind: str, name: str, choices: Iterable[str]) -> str:
     guess = closest(name, choices)
     hint = f" Did you mean '{guess}'?" if guess else ""
     return f"unknown {kind} '{name}'.{hint} Valid: {', '.join(choices)}."
+
+
+class Interrupted(TrainwellError):
+    """Training stopped by SIGINT/SIGTERM after saving a checkpoint; exit code 128 + the signal number."""
+
+    def __init__(self, signum: int, epoch: int, step: int, hint: str = "") -> None:
+        import signal
+
+        self.signum, self.epoch, self.step = signum, epoch, step
+        self.exit_code = 128 + int(signum)
+        name = signal.Signals(signum).name
+        super().__init__(f"interrupted by {name} in epoch {epoch + 1} at step {step}; a checkpoint was saved"
+                         + (f"; {hint}" if hint else ""))

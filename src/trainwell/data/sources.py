@@ -34,7 +34,6 @@ import random
 import re
 import struct
 import tarfile
-import tempfile
 import warnings
 import zipfile
 import zlib
@@ -46,6 +45,7 @@ import numpy as np
 
 from trainwell.config import DataConfig
 from trainwell.errors import ConfigError, DataError
+from trainwell.fileio import atomic_file
 from trainwell.registry import new_registry
 
 DATASETS = new_registry("data", "Data sources (data.name): each loads arrays of examples and labels.")
@@ -281,19 +281,12 @@ def _write_atomically(path: Path, arrays: dict[str, np.ndarray]) -> None:
     rename is atomic, so readers never see a half-written file. A cache that cannot be written
     (read-only home, full disk) only costs a regeneration next time, so it warns, never fails.
     """
-    tmp = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-        with os.fdopen(fd, "wb") as f:
+        with atomic_file(path) as f:
             np.savez(f, **arrays)
-        os.replace(tmp, path)
-        tmp = None
     except OSError as exc:
         warnings.warn(f"could not cache generated data at '{path}' ({exc}); set TRAINWELL_CACHE to a writable folder.", stacklevel=3)
-    finally:
-        if tmp is not None and os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 @DATASETS.register("mnist1d", needs_path=False, kind="signal")

@@ -31,6 +31,7 @@ from trainwell.diagnose.report import SEVERITIES, Finding, InputStats, LayerStat
 from trainwell.diagnose.rules import Context, run_rules
 from trainwell.diagnose.thresholds import SAMPLE_EVERY
 from trainwell.errors import ConfigError, DataError
+from trainwell.train.events import Callback
 
 _RANK = {s: i for i, s in enumerate(SEVERITIES)}
 #: Optimisers whose first step :func:`~trainwell.diagnose.stats.estimate_update_ratio` knows.
@@ -214,7 +215,7 @@ def diagnose_model(model: nn.Module, x: Tensor, y: Tensor, lr: float | None = No
 # ----------------------------------------------------------------------------- (b) during training
 
 
-class DoctorCallback:
+class DoctorCallback(Callback):
     """Diagnose a model while it trains: ``fit(..., callbacks=[DoctorCallback(model)])``.
 
     Create it on the model before training (it hooks the model; see
@@ -229,7 +230,8 @@ class DoctorCallback:
 
     def __init__(self, model: nn.Module, every: int = SAMPLE_EVERY, console: Any = None,
                  peak_lr: float | None = None) -> None:
-        self.recorder = Recorder(model, every, track_updates=True)
+        # Update ratios span one optimiser step (with train.accumulate=N, N forwards): on_step_end flushes them.
+        self.recorder = Recorder(model, every, track_updates=True, flush_on_forward=False)
         self.console = console
         self.peak_lr = peak_lr
         self.history: list[dict[str, Any]] = []
@@ -241,6 +243,9 @@ class DoctorCallback:
     def report(self) -> Report | None:
         """The latest epoch's report (None before the first epoch ends)."""
         return self.reports[-1] if self.reports else None
+
+    def on_step_end(self, event: Any) -> None:
+        self.recorder.flush_updates()
 
     def on_epoch_end(self, event: Any) -> None:
         self.history.append(dict(event.metrics))
@@ -320,7 +325,9 @@ def _batch(split: Any, n: int, seed: int) -> tuple[Tensor, Tensor]:
         raise ConfigError(f"the doctor's batch size must be >= 2, got {n}.")
     if len(split) < 2:
         raise DataError(f"the training split has {len(split)} example(s); the doctor needs at least 2.")
-    idx = torch.randperm(len(split), generator=torch.Generator().manual_seed(seed))[:n]
+    from trainwell.seeds import torch_generator
+
+    idx = torch.randperm(len(split), generator=torch_generator(seed, "doctor"))[:n]
     return to_float(split.x[idx]), split.y[idx]
 
 
@@ -333,7 +340,7 @@ def diagnose_run(run_dir: str | Path, overrides: list[str] | dict[str, Any] | No
     """
     from trainwell.config import resolve
     from trainwell.data import load_splits
-    from trainwell.train.run import load_run
+    from trainwell.train.load import load_run
     from trainwell.train.rundir import read_metrics
 
     run = load_run(run_dir, device)
@@ -360,7 +367,7 @@ def diagnose_config(config: Any = None, *, batch_size: int = 256, epochs: int = 
     """
     from trainwell.config import Config, resolve
     from trainwell.data import load_splits
-    from trainwell.train.run import build_classifier, check_names
+    from trainwell.train.build import build_classifier, check_names
 
     cfg = config if isinstance(config, Config) else resolve(config)
     check_names(cfg)
@@ -372,13 +379,19 @@ def diagnose_config(config: Any = None, *, batch_size: int = 256, epochs: int = 
     init = diagnose_model(model, x, y, lr, optimizer=cfg.optim.name, context="init")
     if epochs <= 0:
         return init
-    from trainwell.train.trainer import RandomState, fit, resolve_device
+    from trainwell.train.build import with_lr
+    from trainwell.train.lr_find import lr_range_test
+    from trainwell.train.trainer import LoopSettings, build_state, fit, resolve_device
 
     device = resolve_device(cfg.train.device)
     cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, epochs=epochs))
+    if lr is None:  # optim.lr=auto: resolved before the optimiser or the doctor sees it
+        lr = lr_range_test(model, splits, cfg, device).suggested_lr
+        cfg = with_lr(cfg, lr)
+    state = build_state(model, cfg, len(splits.train), device)
     doctor = DoctorCallback(model, every=every, console=console, peak_lr=lr)
     try:
-        fit(model, splits, cfg, device, RandomState.from_seed(cfg.train.seed, device), callbacks=[doctor])
+        fit(state, splits.train, splits.val, LoopSettings.from_config(cfg, splits.num_classes), callbacks=[doctor])
     finally:
         doctor.close()
     return merge_reports(init, doctor)

@@ -153,7 +153,8 @@ class LayerRecord:
 class Recorder:
     """Attach to ``model``; record statistics on every ``every``-th training-mode forward.
 
-    ``track_updates``: measure ||dW|| / ||W|| between a sampled step and the next forward (training).
+    ``track_updates``: measure ||dW|| / ||W|| between a sampled step and the next forward (training);
+    with ``flush_on_forward=False`` the owner calls :meth:`flush_updates` after each optimiser step.
     ``update_estimate``: ``(weight, grad) -> ratio`` used instead when no step is taken (diagnosis at
     initialisation). Call :meth:`read` for the statistics, :meth:`reset` to start over, :meth:`close`
     to remove every hook.
@@ -161,7 +162,7 @@ class Recorder:
 
     def __init__(self, model: nn.Module, every: int = 1, *, track_updates: bool = False,
                  update_estimate: Callable[[Tensor, Tensor], Tensor] | None = None,
-                 sample_eval: bool = False, bins: int = HIST_BINS) -> None:
+                 sample_eval: bool = False, bins: int = HIST_BINS, flush_on_forward: bool = True) -> None:
         if not isinstance(model, nn.Module):
             raise ConfigError(f"the doctor diagnoses an nn.Module, got {type(model).__name__}.")
         if not isinstance(every, int) or isinstance(every, bool) or every < 1:
@@ -172,6 +173,7 @@ class Recorder:
         self.track_updates = track_updates
         self.update_estimate = update_estimate
         self.sample_eval = sample_eval
+        self.flush_on_forward = flush_on_forward
         self.bins = bins
         self.sites = _sites(model)
         self.input_site = input_module(model)
@@ -210,8 +212,10 @@ class Recorder:
     # ------------------------------------------------------------------ hooks
 
     def _on_forward(self, module: nn.Module, args: tuple) -> None:
-        # The previous sampled step's backward and optimiser step are done by now.
-        self.flush_updates()
+        # The previous sampled step's backward and optimiser step are done by now (unless the owner
+        # flushes after each optimiser step itself: with gradient accumulation a forward is no step).
+        if self.flush_on_forward:
+            self.flush_updates()
         self._remove_step_hooks()
         if not (module.training or self.sample_eval):
             return

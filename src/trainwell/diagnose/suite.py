@@ -114,7 +114,7 @@ UNNORMALISED = ["model.norm=none"]
 def trainwell_model(overrides: list[str]) -> nn.Module:
     """The model ``trainwell train`` would build for these overrides (preprocessing included)."""
     from trainwell.config import resolve
-    from trainwell.train.run import build_classifier
+    from trainwell.train.build import build_classifier
 
     return build_classifier(resolve(UNNORMALISED + overrides), suite_data().splits)
 
@@ -124,17 +124,18 @@ def train_report(overrides: list[str], epochs: int, every: int = 5) -> Report:
     import dataclasses
 
     from trainwell.config import resolve
-    from trainwell.train.run import build_classifier
-    from trainwell.train.trainer import RandomState, fit
+    from trainwell.train.build import build_classifier
+    from trainwell.train.trainer import LoopSettings, build_state, fit
 
     cfg = resolve(UNNORMALISED + overrides + ["train.progress=false"])
     cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, epochs=epochs))
     model = build_classifier(cfg, suite_data().splits)
     lr = cfg.optim.lr if isinstance(cfg.optim.lr, float) else None
     doctor = DoctorCallback(model, every=every, peak_lr=lr)
-    cpu = torch.device("cpu")
+    splits = suite_data().splits
+    state = build_state(model, cfg, len(splits.train), torch.device("cpu"))
     try:
-        fit(model, suite_data().splits, cfg, cpu, RandomState.from_seed(cfg.train.seed, cpu), callbacks=[doctor])
+        fit(state, splits.train, splits.val, LoopSettings.from_config(cfg, splits.num_classes), callbacks=[doctor])
     finally:
         doctor.close()
     last = doctor.report

@@ -174,7 +174,7 @@ def validate(plan: Plan, deep: bool = True) -> list[Config]:
     optimiser, schedule and augmentation are built as ``train`` would.
     """
     from trainwell.data import load_splits
-    from trainwell.train.run import check_names, check_run
+    from trainwell.train.build import check_names, check_run
 
     if not plan.seeds:
         raise ConfigError("--seeds must be at least 1.")
@@ -231,14 +231,26 @@ def _load_callable(spec: str) -> Callable[..., Any]:
     return getattr(importlib.import_module(module), name)
 
 
-def execute_job(overrides: list[str], config_file: str | None, run_dir: str, measure: str | None) -> dict[str, Any]:
-    """Train one run into ``run_dir`` (a partial folder from an interrupted compare is replaced) and
-    measure it; returns its summary merged with its measures. Top-level so a process pool can call it."""
+def job_config(cell_config: Config, seed: int) -> Config:
+    """A job's typed config: its cell's, at its seed, without per-run plots or a progress bar."""
+    return resolve([f"train.seed={seed}", "train.progress=false", "train.plots=false"], base=cell_config)
+
+
+def execute_job(cfg: Config, run_dir: str, measure: str | None) -> dict[str, Any]:
+    """Train one run into ``run_dir`` and measure it; returns its summary merged with its measures.
+
+    An unfinished run of an interrupted compare continues from its newest checkpoint (exactly where
+    it was); a folder without one starts again. Top-level so a process pool can call it; ``cfg`` is
+    the typed Config (pickled to the worker, never re-parsed from text)."""
+    from trainwell.train.checkpoint import CHECKPOINT_DIR
     from trainwell.train.run import load_run, train
 
     run_dir_path = Path(run_dir)
     if not (run_dir_path / "summary.json").is_file():
-        train(resolve(overrides, config_file), out=run_dir_path, overwrite=True, quiet=True)
+        if any((run_dir_path / CHECKPOINT_DIR).glob("step-*.json")):
+            train(resume=run_dir_path, quiet=True)
+        else:
+            train(cfg, out=run_dir_path, overwrite=True, quiet=True)
     summary = read_json(run_dir_path / "summary.json", "summary")
     if measure is not None:
         from trainwell.data import load_splits
@@ -325,15 +337,16 @@ def execute(plan: Plan, out: Path, workers: int | None = None, console: Console 
         if workers == 1 or len(pending) <= 1:
             for job in pending:
                 try:
-                    done(job, execute_job(job.overrides, plan.config_file, str(job.run_dir), plan.measure), None)
+                    done(job, execute_job(job_config(configs[job.cell], job.seed), str(job.run_dir), plan.measure),
+                         None)
                 except TrainwellError as exc:
                     done(job, None, str(exc))
         else:
             threads = max(1, available_cores() // workers)
             with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"),
                                      initializer=_init_worker, initargs=(threads,)) as pool:
-                futures = {pool.submit(execute_job, j.overrides, plan.config_file, str(j.run_dir), plan.measure): j
-                           for j in pending}
+                futures = {pool.submit(execute_job, job_config(configs[j.cell], j.seed), str(j.run_dir),
+                                       plan.measure): j for j in pending}
                 try:
                     remaining = set(futures)
                     while remaining:

@@ -22,7 +22,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import shutil
-import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -36,8 +35,10 @@ from torch import nn
 
 from trainwell.config import Config
 from trainwell.errors import ConfigError, DataError, RunDirError, unknown_name_message
+from trainwell.fileio import atomic_copy
 from trainwell.train.rundir import atomic_write_text, prepare_out_dir, read_json, save_weights, write_json
-from trainwell.train.trainer import EpochEnd, predict_logits, resolve_device
+from trainwell.train.events import Callback, EpochEnd
+from trainwell.train.trainer import predict_logits, resolve_device
 
 if TYPE_CHECKING:
     from trainwell.data import Splits, TensorSplit
@@ -193,17 +194,6 @@ def evaluate_ensemble(members: Sequence[nn.Module] | Ensemble, split: TensorSpli
 # ----------------------------------------------------------------------------- building
 
 
-def _atomic_copy(src: Path, dst: Path) -> None:
-    fd, tmp = tempfile.mkstemp(dir=dst.parent, prefix=f".{dst.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        shutil.copyfile(src, tmp)
-        os.replace(tmp, dst)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _inside(path: Path, folder: Path) -> bool:
     path, folder = path.resolve(), folder.resolve()
     return path == folder or folder in path.parents
@@ -310,7 +300,7 @@ def write_ensemble(
             dest.mkdir(parents=True)
             for name in MEMBER_FILES:
                 if (d / name).is_file():
-                    _atomic_copy(d / name, dest / name)
+                    atomic_copy(d / name, dest / name)
             rel.append(f"members/{i:02d}")
     else:
         rel = [Path(os.path.relpath(d.resolve(), out_dir.resolve())).as_posix() for d in run_dirs]
@@ -441,6 +431,7 @@ def train_ensemble(
     quiet: bool = False,
     console: Console | None = None,
     workers: int | None = None,
+    resume: bool = False,
 ) -> Run:
     """Train cfg.train.ensemble members (seeds train.seed, train.seed+1, ...) and make ``out`` their ensemble.
 
@@ -450,14 +441,18 @@ def train_ensemble(
     """
     from trainwell.data import load_splits
     from trainwell.experiments.compare import Plan, execute, jobs, prepare_compare_dir
-    from trainwell.train.run import check_run, load_run
+    from trainwell.train.build import check_run
+    from trainwell.train.load import load_run
 
     check_ensemble_keys(cfg)
     k = cfg.train.ensemble
     member_cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, ensemble=1))
     check_run(member_cfg, load_splits(cfg.data))  # what train checks, before any folder exists
     console = console or Console(stderr=True, quiet=quiet, soft_wrap=True)
-    out_dir = prepare_out_dir(out, "train", f"{cfg.data.name}-{k}x{cfg.model.name}", overwrite)
+    if resume:  # the members' compare resumes its unfinished runs from their checkpoints
+        out_dir = Path(out)  # type: ignore[arg-type]
+    else:
+        out_dir = prepare_out_dir(out, "train", f"{cfg.data.name}-{k}x{cfg.model.name}", overwrite)
     atomic_write_text(out_dir / "config.yaml", cfg.to_yaml())
     # The members: the resolved config (out/config.yaml) as one compare cell, over K seeds.
     plan = Plan(base=["train.ensemble=1"], seeds=list(range(cfg.train.seed, cfg.train.seed + k)),
@@ -487,17 +482,25 @@ def train_ensemble(
 # ----------------------------------------------------------------------------- snapshot ensembles
 
 
-class SnapshotCallback:
+class SnapshotCallback(Callback):
     """Trainer callback: at the end of each cosine_restarts cycle, save the weights as a loadable run
     folder ``out/snapshots/NN/`` (config.yaml, model.json, model.safetensors, summary.json)."""
 
-    def __init__(self, out_dir: Path, cfg: Config, card: dict[str, Any], epochs: Sequence[int]) -> None:
+    def __init__(self, out_dir: Path, cfg: Config, card: dict[str, Any], epochs: Sequence[int],
+                 fresh: bool = True) -> None:
         self.dir = Path(out_dir) / "snapshots"
         self.config_yaml = cfg.to_yaml()
         self.card = card
         self.epochs = list(epochs)
         self.saved: list[Path] = []
-        shutil.rmtree(self.dir, ignore_errors=True)  # a previous run's snapshots (--overwrite)
+        if fresh:
+            shutil.rmtree(self.dir, ignore_errors=True)  # a previous run's snapshots (--overwrite)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"saved": [p.name for p in self.saved]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.saved = [self.dir / name for name in state["saved"]]
 
     def on_epoch_end(self, event: EpochEnd) -> None:
         if event.epoch not in self.epochs:
@@ -536,12 +539,14 @@ class SnapshotCallback:
         return block
 
 
-def snapshot_callback(cfg: Config, out_dir: Path, card: dict[str, Any], n_train: int) -> SnapshotCallback:
+def snapshot_callback(cfg: Config, out_dir: Path, card: dict[str, Any], n_train: int,
+                      fresh: bool = True) -> SnapshotCallback:
     """The callback ``train`` adds when train.snapshots > 0 (the schedule was checked by preflight)."""
     from trainwell.train.optim import snapshot_epochs
     from trainwell.train.trainer import steps_per_epoch
 
-    return SnapshotCallback(out_dir, cfg, card, snapshot_epochs(cfg, steps_per_epoch(n_train, cfg.train.batch_size)))
+    spe = steps_per_epoch(n_train, cfg.train.batch_size, cfg.train.accumulate)
+    return SnapshotCallback(out_dir, cfg, card, snapshot_epochs(cfg, spe), fresh)
 
 
 # ----------------------------------------------------------------------------- display

@@ -54,7 +54,7 @@ from trainwell.nn.pipeline import Classifier, count_parameters
 from trainwell.train.optim import _NORM_TYPES
 from trainwell.train.rundir import default_run_dir, load_weights, write_json
 from trainwell.train.run import Run, check_names, read_run_files, train
-from trainwell.train.trainer import EpochEnd
+from trainwell.train.events import Callback, EpochEnd
 
 STRATEGIES = ("full", "linear_probe", "gradual", "discriminative")
 BN_MODES = ("frozen", "train")
@@ -185,8 +185,8 @@ def freeze_batchnorm_statistics(module: nn.Module) -> int:
 # ----------------------------------------------------------------------------- strategies
 
 
-@dataclass
-class GradualUnfreeze:
+@dataclass(eq=False)
+class GradualUnfreeze(Callback):
     """Callback of gradual unfreezing: after every ``every`` epochs, the next group (from the top) trains.
 
     ``groups_top_down`` are the frozen backbone groups, the one under the head first. Records the
@@ -205,6 +205,16 @@ class GradualUnfreeze:
             for _, p in self.groups_top_down[len(self.unfrozen_at)]:
                 p.requires_grad_(True)
             self.unfrozen_at.append(event.epoch + 1)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"trainable_by_epoch": list(self.trainable_by_epoch), "unfrozen_at": list(self.unfrozen_at)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.trainable_by_epoch = [int(n) for n in state["trainable_by_epoch"]]
+        self.unfrozen_at = [int(e) for e in state["unfrozen_at"]]
+        for group in self.groups_top_down[: len(self.unfrozen_at)]:
+            for _, p in group:
+                p.requires_grad_(True)
 
 
 @dataclass

@@ -27,6 +27,7 @@ from torch import nn
 from trainwell.config import Config
 from trainwell.data.splits import Splits, to_float
 from trainwell.errors import ConfigError
+from trainwell.seeds import torch_generator
 from trainwell.train.optim import build_optimizer
 
 
@@ -91,7 +92,7 @@ def lr_range_test(
     saved_rng = torch.get_rng_state()
     optimizer, _ = build_optimizer(model, dataclasses.replace(cfg.optim, lr=start_lr), cfg.reg.exempt_bias_and_norm)
     gamma = (end_lr / start_lr) ** (1 / (steps - 1))
-    generator = torch.Generator().manual_seed(cfg.train.seed)
+    generator = torch_generator(cfg.train.seed, "lr_find")
     x_train, y_train = splits.train.x.to(device), splits.train.y.to(device)
     model.to(device).train()
     result = LRFindResult()

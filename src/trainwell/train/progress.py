@@ -1,7 +1,7 @@
 """Progress display: a rich progress bar with loss, accuracy and examples/s, plus one line per epoch.
 
-Reading the running loss forces a device sync, so the bar reads it at most a few times a second,
-never once per step.
+Reading the running loss forces a device sync, so the loop reads it a few times a second (never
+once per step) and hands it to the bar with the step event.
 """
 
 from __future__ import annotations
@@ -9,7 +9,6 @@ from __future__ import annotations
 import math
 import sys
 import time
-from collections.abc import Callable
 from typing import Any
 
 from rich.console import Console
@@ -31,18 +30,16 @@ def format_epoch(row: dict[str, Any], epochs: int) -> str:
 class TrainProgress:
     """A live bar on a terminal; plain epoch lines elsewhere (logs, CI, pipes)."""
 
-    def __init__(self, console: Console | None = None, refresh_seconds: float = 0.25, live: bool | None = None) -> None:
+    def __init__(self, console: Console | None = None, live: bool | None = None) -> None:
         self.console = console or Console(stderr=True, soft_wrap=True)
         self.live = self.console.is_terminal if live is None else live
-        self.refresh_seconds = refresh_seconds
         self._progress: Progress | None = None
         self._task: Any = None
-        self._last = 0.0
         self._steps = 0
         self._t0 = 0.0
         self._batch_size = 0
 
-    def start(self, total_steps: int, batch_size: int = 0) -> None:
+    def start(self, total_steps: int, batch_size: int = 0, done: int = 0) -> None:
         self._t0 = time.perf_counter()
         self._batch_size = batch_size
         if not self.live:
@@ -57,17 +54,17 @@ class TrainProgress:
             console=self.console,
             transient=False,
         )
-        self._task = self._progress.add_task("train", total=total_steps, stats="")
+        self._task = self._progress.add_task("train", total=total_steps, completed=done, stats="")
         self._progress.start()
 
-    def advance(self, steps: int, stats: Callable[[], tuple[float, float]]) -> None:
+    def advance(self, steps: int, stats: tuple[float, float] | None = None) -> None:
+        """Move the bar; ``stats`` (loss, accuracy so far), when the loop has read them, refresh its text."""
         self._steps += steps
         if self._progress is None:
             return
-        now = time.perf_counter()
-        if now - self._last >= self.refresh_seconds:
-            self._last = now
-            loss, acc = stats()  # the only host sync, a few times a second
+        if stats is not None:
+            loss, acc = stats
+            now = time.perf_counter()
             rate = self._steps * self._batch_size / max(now - self._t0, 1e-9)
             text = f"loss {loss:.4f} acc {100 * acc:5.1f}%" + (f" {rate:,.0f} ex/s" if self._batch_size else "")
             self._progress.update(self._task, advance=steps, stats=text)

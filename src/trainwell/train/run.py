@@ -1,66 +1,66 @@
-"""Runs: train one into a run directory, load it back, evaluate it, predict with it.
+"""Runs: train one into a run directory (or resume one), evaluate it, predict with it.
 
 Python API::
 
     import trainwell
     run = trainwell.train({"model.name": "cnn", "train.epochs": 5})
     run.summary["test_acc"], run.dir, run.model
+    trainwell.train(resume=run.dir, overrides={"train.epochs": 8})   # continue it (exactly)
     trainwell.evaluate(run.dir)["test_acc"]
+
+``train`` is wiring: it builds the model, the optimiser, schedule and generators (the loop's
+state), the augmenter and the callbacks from the config, then hands them to
+:func:`trainwell.train.trainer.fit`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import platform
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-import yaml
 from rich.console import Console
 from torch import nn
 
-import trainwell
-from trainwell.config import Config, from_dict, resolve
-from trainwell.data import PREPROCESSORS, Splits, fit_preprocess, load_preprocess, load_splits, read_inputs, to_float
-from trainwell.errors import ConfigError, DataError, RunDirError
-from trainwell.nn import INITS, MODELS, build_model
-from trainwell.nn.init import lsuv_init
+from trainwell.config import Config, resolve
+from trainwell.data import Splits, load_splits, read_inputs
+from trainwell.errors import ConfigError, DataError, Interrupted, RunDirError
 from trainwell.nn.pipeline import Classifier, count_parameters
-from trainwell.train.optim import OPTIMIZERS, SCHEDULES
+from trainwell.seeds import seed_global, torch_generator
+from trainwell.train.build import (  # noqa: F401 (re-exported: the public names of this module)
+    build_augmenter,
+    build_classifier,
+    check_loop_config,
+    check_names,
+    check_run,
+    model_card,
+    with_lr,
+)
+from trainwell.train.callbacks import EarlyStopping, KeepBest, MetricsFile, ProgressDisplay, TensorBoardLog
+from trainwell.train.checkpoint import CHECKPOINT_DIR, Checkpoints
+from trainwell.train.events import Callback
+from trainwell.train.load import Run, load_run, read_card, read_config, read_run_files  # noqa: F401
 from trainwell.train.lr_find import lr_range_test, plot_lr_find
 from trainwell.train.plots import plot_curves
-from trainwell.train.progress import TrainProgress, format_epoch
-from trainwell.train.rundir import (
-    FORMAT,
-    FORMAT_VERSION,
-    MetricsLog,
-    atomic_write_text,
-    load_weights,
-    prepare_out_dir,
-    read_json,
-    save_weights,
-    write_json,
+from trainwell.train.rundir import atomic_write_text, prepare_out_dir, save_weights, write_json
+from trainwell.train.trainer import (
+    LoopSettings,
+    build_state,
+    catch_signals,
+    evaluate_split,
+    fit,
+    predict_logits,
+    preflight,
+    resolve_device,
 )
-from trainwell.train.trainer import RandomState, evaluate_split, fit, predict_logits, preflight, resolve_device
 
 ConfigLike = Config | dict[str, Any] | list[str] | None
-
-
-@dataclass
-class Run:
-    """A trained (or loaded) run: its folder, resolved config, model and summary."""
-
-    dir: Path | None
-    config: Config
-    model: Classifier
-    summary: dict[str, Any]
-    classes: list[str]
-    input_shape: tuple[int, ...]
-    splits: Splits | None = None
+#: The only key ``--resume`` lets change: more epochs for a finished run.
+RESUMABLE_KEYS = ("train.epochs",)
 
 
 def as_config(config: ConfigLike = None, overrides: list[str] | dict[str, Any] | None = None,
@@ -77,48 +77,31 @@ def as_config(config: ConfigLike = None, overrides: list[str] | dict[str, Any] |
     return resolve(overrides, config_file)
 
 
-def check_names(cfg: Config) -> None:
-    """Fail on unknown names before any data is loaded or folder created."""
-    MODELS.entry(cfg.model.name)
-    OPTIMIZERS.entry(cfg.optim.name)
-    SCHEDULES.entry(cfg.sched.name)
-    PREPROCESSORS.entry(cfg.data.preprocess)
+def resume_config(run_dir: Path, config: ConfigLike, overrides: list[str] | dict[str, Any] | None,
+                  config_file: str | Path | None) -> Config:
+    """The run's own config.yaml; only train.epochs may change (to extend a finished run)."""
+    from trainwell.config import flatten, parse_override
+
+    if config is not None or config_file is not None:
+        raise ConfigError(f"--resume continues '{run_dir}' with its own config.yaml; drop -c/--config.")
+    cfg = read_config(run_dir)
+    given = flatten(overrides) if isinstance(overrides, dict) else dict(parse_override(o) for o in overrides or [])
+    other = [k for k in given if k not in RESUMABLE_KEYS]
+    if other:
+        raise ConfigError(f"--resume continues '{run_dir}' with its own config.yaml; only train.epochs can change "
+                          f"(to train a finished run further), not {other[0]}. Start a new run to change it.")
+    return resolve(given, base=cfg) if given else cfg
 
 
-def build_classifier(cfg: Config, splits: Splits, model: nn.Module | None = None) -> Classifier:
-    """Preprocessing fitted on the training split, then the network built for its output shape.
-
-    Initialisation draws from a generator seeded by train.seed; a data-dependent scheme (LSUV)
-    then rescales the layers on a random training batch pushed through the fitted preprocessing.
-    """
-    init_gen = torch.Generator().manual_seed(cfg.train.seed + 1)
-    preprocess = fit_preprocess(cfg.data.preprocess, to_float(splits.train.x), cfg.data)
-    if model is not None:
-        return Classifier(model, preprocess)
-    net = build_model(cfg, preprocess.output_shape(splits.input_shape), splits.num_classes, generator=init_gen)
-    if INITS.entry(cfg.init.scheme).meta.get("needs_batch"):
-        # A random sample, not the first rows: a split may be ordered by class.
-        idx = torch.randperm(len(splits.train), generator=init_gen)[: max(cfg.train.batch_size, 256)]
-        with torch.no_grad():
-            batch = preprocess(to_float(splits.train.x[idx]))
-        lsuv_init(net, batch, cfg.init, init_gen)
-    return Classifier(net, preprocess)
-
-
-def _model_card(splits: Splits, cfg: Config, custom: bool) -> dict[str, Any]:
-    return {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
-        "trainwell_version": trainwell.__version__,
-        "input_shape": list(splits.input_shape),
-        "input_dtype": str(splits.train.x.dtype).replace("torch.", ""),
-        "num_classes": splits.num_classes,
-        "classes": list(splits.classes),
-        "preprocess": cfg.data.preprocess,
-        "model": cfg.model.name if not custom else "custom",
-        "custom_model": custom,
-        "data": splits.description,
-    }
+def resolve_lr(cfg: Config, classifier: nn.Module, splits: Splits, device: torch.device,
+               console: Console | None = None) -> tuple[Config, Any]:
+    """optim.lr=auto -> the LR range test's suggestion, before anything else sees the config."""
+    if cfg.optim.lr != "auto":
+        return cfg, None
+    found = lr_range_test(classifier, splits, cfg, device)
+    if console is not None:
+        console.print(f"optim.lr=auto: LR range test suggests {found.suggested_lr:.3g}", highlight=False)
+    return with_lr(cfg, found.suggested_lr), found
 
 
 def _tensorboard_writer_class() -> Any:
@@ -131,6 +114,21 @@ def _tensorboard_writer_class() -> Any:
     return SummaryWriter
 
 
+def _diagnosis(classifier: nn.Module, splits: Splits, cfg: Config, device: torch.device) -> str:
+    """The doctor's one-line verdict on the (restored, last good) model, on a training batch."""
+    from trainwell.diagnose import diagnose_model
+
+    idx = torch.randperm(len(splits.train), generator=torch_generator(cfg.train.seed, "doctor"))[:256]
+    from trainwell.data import to_float
+
+    report = diagnose_model(classifier, to_float(splits.train.x[idx]).to(device), splits.train.y[idx].to(device),
+                            context="last good checkpoint")
+    worst = next((f for f in report.findings if f.severity != "info"), None)
+    if worst is None:
+        return "the doctor found nothing wrong in the last good state; lower optim.lr or set train.grad_clip=1."
+    return f"{worst.code}: {worst.message} Fix: {worst.fix}."
+
+
 def train(
     config: ConfigLike = None,
     *,
@@ -138,23 +136,38 @@ def train(
     config_file: str | Path | None = None,
     out: str | Path | None = None,
     overwrite: bool = False,
+    resume: str | Path | None = None,
     model: nn.Module | None = None,
     splits: Splits | None = None,
     quiet: bool = False,
     console: Console | None = None,
-    callbacks: tuple = (),
-    prepare: Callable[[Classifier], Sequence[Any] | None] | None = None,
+    callbacks: Sequence[Callback] = (),
+    prepare: Callable[[Classifier], Sequence[Callback] | None] | None = None,
 ) -> Run:
-    """Train a model from a config and write a complete run directory.
+    """Train a model from a config and write a complete run directory (or continue one: ``resume``).
 
     ``model`` replaces the registry's model by any ``nn.Module`` taking (N, *input_shape) floats;
     ``splits`` replaces the configured data source. ``prepare(classifier)`` runs on the built model
     before anything else touches it (e.g. fine-tuning loads pretrained weights and freezes layers)
-    and may return callbacks that the loop then also calls (e.g. gradual unfreezing);
-    unlike ``model``, the run stays a registry model that ``load_run`` rebuilds. ``callbacks`` get
-    ``on_epoch_end`` events from the loop.
+    and may return callbacks that the loop then also calls (e.g. gradual unfreezing).
+    ``resume``: a run folder whose newest good checkpoint the run continues from, with the folder's
+    own config (``overrides`` may only set train.epochs, to extend a finished run).
     """
-    cfg = as_config(config, overrides, config_file)
+    if resume is not None:
+        out = Path(resume)
+        if not out.is_dir():
+            raise RunDirError(f"run directory '{out}' does not exist; --resume takes a folder written by "
+                              "'trainwell train'.")
+        cfg = resume_config(out, config, overrides, config_file)
+        card = read_card(out) if cfg.train.ensemble == 1 else {}
+        if card.get("custom_model") and model is None:
+            raise RunDirError(f"run '{out}' used a custom nn.Module; resume it from Python: "
+                              "trainwell.train(resume=RUN_DIR, model=YourModule()).")
+        if card.get("prepared") and prepare is None:
+            raise RunDirError(f"run '{out}' was trained by trainwell finetune, which cannot be resumed yet; run the "
+                              "finetune command again with --overwrite.")
+    else:
+        cfg = as_config(config, overrides, config_file)
     check_names(cfg)
     if cfg.train.ensemble != 1 or cfg.train.snapshots:  # ensembles, snapshot ensembles: train/ensemble.py
         from trainwell.train import ensemble
@@ -162,78 +175,98 @@ def train(
         ensemble.check_ensemble_keys(cfg, custom_model=model is not None,
                                      custom_data=splits is not None or prepare is not None)
         if cfg.train.ensemble > 1:
-            return ensemble.train_ensemble(cfg, out, overwrite=overwrite, quiet=quiet, console=console)
+            return ensemble.train_ensemble(cfg, out, overwrite=overwrite, quiet=quiet, console=console,
+                                           resume=resume is not None)
     device = resolve_device(cfg.train.device)
     console = console or Console(stderr=True, quiet=quiet, soft_wrap=True)
-    if splits is None:
-        splits = load_splits(cfg.data)
+    splits = splits if splits is not None else load_splits(cfg.data)
     custom = model is not None
     classifier = build_classifier(cfg, splits, model)
-    if prepare is not None:
-        callbacks = (*callbacks, *(prepare(classifier) or ()))
-    net = classifier.net
-    lr_found = None
-    if cfg.optim.lr == "auto":
-        lr_found = lr_range_test(classifier, splits, cfg, device)
-        cfg = dataclasses.replace(cfg, optim=dataclasses.replace(cfg.optim, lr=lr_found.suggested_lr))
-        console.print(f"optim.lr=auto: LR range test suggests {lr_found.suggested_lr:.3g}", highlight=False)
+    extra_callbacks = list(prepare(classifier) or ()) if prepare is not None else []
+    cfg, lr_found = resolve_lr(cfg, classifier, splits, device, console)
+    check_loop_config(cfg, splits)
     preflight(classifier, cfg, len(splits.train))
     writer_class = _tensorboard_writer_class() if cfg.train.tensorboard else None
+    augment = build_augmenter(cfg, splits)
+    state = build_state(classifier, cfg, len(splits.train), device)  # before the doctor hooks the model
+
+    checkpoints = None
+    if resume is not None:
+        out_dir = Path(resume)
+        checkpoints = Checkpoints(out_dir / CHECKPOINT_DIR, cfg.train.keep_checkpoints)
+        loaded = checkpoints.latest(lambda m: console.print(f"[yellow]warning:[/] {m}", highlight=False))
+        if loaded is None:
+            raise RunDirError(f"'{out_dir}' has no checkpoint to resume from (killed before its first step?); "
+                              "start it again with --overwrite.")
+        done = int(loaded.state["loop"]["epoch"])
+        if (out_dir / "summary.json").is_file() and cfg.train.epochs <= done:
+            raise RunDirError(f"run '{out_dir}' is finished ({done} epochs); pass train.epochs=N with N > {done} "
+                              "to train it further.")
+        if cfg.train.epochs < done:
+            raise ConfigError(f"train.epochs={cfg.train.epochs} but run '{out_dir}' has already trained {done} epochs.")
+        atomic_write_text(out_dir / "config.yaml", cfg.to_yaml())
+        (out_dir / "summary.json").unlink(missing_ok=True)  # unfinished again until this call ends
+    else:
+        tag = f"{cfg.data.name}-{cfg.model.name if not custom else 'custom'}"
+        out_dir = prepare_out_dir(out, "train", tag, overwrite)
+        atomic_write_text(out_dir / "config.yaml", cfg.to_yaml())
+        if lr_found is not None:
+            write_json(out_dir / "lr_find.json", lr_found.to_dict())
+            plot_lr_find(lr_found, out_dir / "lr_find.png")
+        write_json(out_dir / "model.json", {**model_card(splits, cfg, custom), "prepared": prepare is not None})
+        checkpoints = Checkpoints(out_dir / CHECKPOINT_DIR, cfg.train.keep_checkpoints)
+
+    # The callbacks, in the order they are called: the user's, the run's features, then the logs.
     doctor = None
     if cfg.doctor:
         from trainwell.diagnose import DoctorCallback
 
         doctor = DoctorCallback(classifier, console=console, peak_lr=float(cfg.optim.lr))
-        callbacks = (*callbacks, doctor)
-    augment = _build_augmenter(cfg, splits, device)
-    tag = f"{cfg.data.name}-{cfg.model.name if not custom else 'custom'}"
-    out_dir = prepare_out_dir(out, "train", tag, overwrite)
-
-    atomic_write_text(out_dir / "config.yaml", cfg.to_yaml())
-    if lr_found is not None:
-        write_json(out_dir / "lr_find.json", lr_found.to_dict())
-        plot_lr_find(lr_found, out_dir / "lr_find.png")
-    write_json(out_dir / "model.json", _model_card(splits, cfg, custom))
     snapshots = None
     if cfg.train.snapshots:  # the weights at the end of each lr cycle -> out/snapshots/NN
         from trainwell.train.ensemble import snapshot_callback
 
-        snapshots = snapshot_callback(cfg, out_dir, _model_card(splits, cfg, custom), len(splits.train))
-        callbacks = (*callbacks, snapshots)
-    metrics_log = MetricsLog(out_dir / "metrics.jsonl")
-    writer = writer_class(str(out_dir / "tensorboard")) if writer_class is not None else None
+        snapshots = snapshot_callback(cfg, out_dir, model_card(splits, cfg, custom), len(splits.train),
+                                      fresh=resume is None)
+    early = EarlyStopping(cfg.train.early_stopping) if cfg.train.early_stopping else None
+    keep_best = KeepBest() if cfg.train.keep == "best" else None
+    tensorboard = TensorBoardLog(out_dir / "tensorboard", writer_class) if writer_class is not None else None
+    progress = ProgressDisplay(console, cfg.train.epochs, live=cfg.train.progress and console.is_terminal) \
+        if not quiet else None
+    loop_callbacks = [cb for cb in (*callbacks, *extra_callbacks, doctor, snapshots, early, keep_best,
+                                    MetricsFile(out_dir / "metrics.jsonl"), tensorboard, progress) if cb is not None]
+    if resume is not None:
+        state.load_state_dict(loaded.state["loop"])
+        for cb, cb_state in zip(loop_callbacks, loaded.state["callbacks"]):
+            cb.load_state_dict(cb_state)
+        state.stop_reason = None if cfg.train.epochs > done and state.stop_reason != "diverged" else state.stop_reason
+
     params = count_parameters(classifier)
+    where = f"resuming {out_dir} at epoch {state.epoch + 1}, step {state.step}" if resume is not None \
+        else f"run dir {out_dir}"
     console.print(
         f"[bold]trainwell[/] {splits.description} | {len(splits.train)}/{len(splits.val)}/{len(splits.test)} "
-        f"train/val/test | {cfg.model.name if not custom else type(net).__name__} {params:,} params | "
-        f"{device} | run dir {out_dir}",
+        f"train/val/test | {cfg.model.name if not custom else type(classifier.net).__name__} {params:,} params | "
+        f"{device} | {where}",
         highlight=False,
     )
-    progress = TrainProgress(console) if cfg.train.progress and not quiet else None
-
-    def log_epoch(row: dict[str, Any]) -> None:
-        metrics_log.append(row)
-        if progress is not None:
-            progress.epoch(row, cfg.train.epochs)
-        elif not quiet:
-            console.print(format_epoch(row, cfg.train.epochs), highlight=False)
-        if writer is not None:
-            for key, value in row.items():
-                if key != "epoch":
-                    writer.add_scalar(key.replace("_", "/", 1), value, row["epoch"])
-
-    rng = RandomState.from_seed(cfg.train.seed, device)
+    settings = LoopSettings.from_config(cfg, splits.num_classes)
     try:
-        result = fit(classifier, splits, cfg, device, rng, augment=augment, log_epoch=log_epoch,
-                     progress=progress, callbacks=callbacks)
+        with catch_signals() as stop:
+            result = fit(state, splits.train, splits.val, settings, augment=augment, callbacks=loop_callbacks,
+                         checkpoints=checkpoints, stop=stop,
+                         warn=lambda m: console.print(f"[yellow]warning:[/] {m}", highlight=False))
+    except Interrupted as exc:
+        raise Interrupted(exc.signum, exc.epoch, exc.step, f"resume with: trainwell train --resume {out_dir}") from None
     finally:
-        if progress is not None:
-            progress.stop()
-        if writer is not None:
-            writer.close()
+        for cb in (progress, tensorboard):
+            if cb is not None:
+                cb.close()
         if doctor is not None:
             doctor.close()
 
+    if state.ema is not None:  # validation used the averaged weights: so do the test and the saved model
+        classifier.load_state_dict(state.ema.module.state_dict())
     test = evaluate_split(classifier, splits.test, device, cfg.train.eval_batch_size)
     final = result.history[-1] if result.history else {}
     summary = {
@@ -244,10 +277,16 @@ def train(
         "final_val_acc": final.get("val_acc", float("nan")),
         "final_train_acc": final.get("train_acc", float("nan")),
         "epochs": len(result.history),
+        "steps": result.steps,
+        "kept": cfg.train.keep,
+        "kept_epoch": keep_best.epoch if keep_best is not None and keep_best.weights is not None
+        else len(result.history),
+        "stopped": result.stop_reason,
         "params": params,
         "train_seconds": result.train_seconds,
         "examples_per_second": result.examples_seen / result.train_seconds if result.train_seconds else 0.0,
         "diverged": result.diverged,
+        "divergence": None,
         "n_train": len(splits.train),
         "n_val": len(splits.val),
         "n_test": len(splits.test),
@@ -256,16 +295,18 @@ def train(
         "seed": cfg.train.seed,
         "param_groups": {k: len(v) for k, v in result.param_groups.items()},
         "lr": cfg.optim.lr,
-        "lr_auto": lr_found is not None,
+        "lr_auto": read_lr_auto(out_dir),
         "torch": torch.__version__,
         "python": platform.python_version(),
     }
+    if result.divergence is not None:
+        summary["divergence"] = {**result.divergence, "diagnosis": _diagnosis(classifier, splits, cfg, device)}
     if doctor is not None:
         summary["doctor"] = doctor.summary()
         doctor.write(out_dir)  # doctor.json + doctor_*.png
     save_weights(out_dir / "model.safetensors", classifier.state_dict())
     if result.history and cfg.train.plots:
-        plot_curves(result.history, out_dir / "curves.png", title=f"{tag} (seed {cfg.train.seed})")
+        plot_curves(result.history, out_dir / "curves.png", title=f"{out_dir.name} (seed {cfg.train.seed})")
     if snapshots is not None:
         summary["snapshot_ensemble"] = snapshots.combine(out_dir, splits, console)
     write_json(out_dir / "summary.json", summary)
@@ -276,8 +317,18 @@ def train(
         highlight=False,
     )
     if result.diverged:
-        console.print("[yellow]warning:[/] the loss became non-finite and training stopped; lower optim.lr.")
+        d = summary["divergence"]
+        console.print(f"[yellow]warning:[/] the loss became non-finite at step {d['step']} (epoch {d['epoch']}); "
+                      f"training stopped with the last good weights. {d['diagnosis']}", highlight=False)
+    elif result.stop_reason == "early_stopping":
+        console.print(f"early stopping: no better val acc for {cfg.train.early_stopping} epochs; stopped after "
+                      f"epoch {len(result.history)}", highlight=False)
     return Run(out_dir, cfg, classifier, summary, list(splits.classes), tuple(splits.input_shape), splits)
+
+
+def read_lr_auto(run_dir: Path) -> bool:
+    """Whether the run's LR came from the range test (lr_find.json beside it)."""
+    return (Path(run_dir) / "lr_find.json").is_file()
 
 
 def find_lr(
@@ -296,7 +347,7 @@ def find_lr(
     device = resolve_device(cfg.train.device)
     splits = load_splits(cfg.data)
     classifier = build_classifier(cfg, splits)
-    torch.manual_seed(cfg.train.seed + 4)
+    seed_global(cfg.train.seed, "lr_find")
     result = lr_range_test(classifier, splits, cfg, device, start_lr=start_lr, end_lr=end_lr, steps=steps)
     out_dir = prepare_out_dir(out, "lr-find", f"{cfg.data.name}-{cfg.model.name}", overwrite)
     atomic_write_text(out_dir / "config.yaml", cfg.to_yaml())
@@ -325,79 +376,6 @@ def param_group_rows(cfg: Config) -> list[dict[str, Any]]:
                 "l1": cfg.reg.l1 if on else 0.0, "l2": cfg.reg.l2 if on else 0.0,
             })
     return rows
-
-
-def check_run(cfg: Config, splits: Splits) -> Classifier:
-    """Everything ``train`` checks before it creates a folder (names, model for the data, optimiser,
-    schedule, augmentation), without training: a grid of runs is checked whole before any starts."""
-    check_names(cfg)
-    classifier = build_classifier(cfg, splits)
-    preflight(classifier, cfg, len(splits.train))
-    _build_augmenter(cfg, splits, torch.device("cpu"))
-    return classifier
-
-
-def _build_augmenter(cfg: Config, splits: Splits, device: torch.device):
-    if not cfg.augment:
-        return None
-    from trainwell.data.augment import build_augmenter
-
-    return build_augmenter(cfg.augment, splits.input_shape)
-
-
-# ----------------------------------------------------------------------------- loading
-
-
-def read_run_files(run_dir: str | Path) -> tuple[dict[str, Any], Config, dict[str, torch.Tensor]]:
-    """A run folder's model card, config and weights, each checked: one clear error per problem."""
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise RunDirError(f"run directory '{run_dir}' does not exist; pass a folder written by 'trainwell train'.")
-    card = read_json(run_dir / "model.json", "model card")
-    if not isinstance(card, dict) or card.get("format") != FORMAT:
-        raise RunDirError(f"'{run_dir / 'model.json'}' is not a trainwell model card; pass a run directory.")
-    if card.get("format_version", 0) > FORMAT_VERSION:
-        raise RunDirError(f"run '{run_dir}' was written by a newer trainwell; upgrade trainwell to load it.")
-    if card.get("custom_model"):
-        raise RunDirError(
-            f"run '{run_dir}' used a custom nn.Module; rebuild it in Python and load model.safetensors into it."
-        )
-    config_path = run_dir / "config.yaml"
-    if not config_path.is_file():
-        raise RunDirError(f"'{run_dir}' is not a complete run directory (config.yaml is missing).")
-    try:
-        tree = yaml.safe_load(config_path.read_text())
-    except yaml.YAMLError:
-        raise RunDirError(f"'{config_path}' is corrupt (not valid YAML); restore it.") from None
-    cfg = from_dict(tree or {}, f"'{config_path}'")
-    return card, cfg, load_weights(run_dir / "model.safetensors")
-
-
-def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> Run:
-    """Rebuild a trained model from its run directory (safetensors + JSON/YAML, no pickle)."""
-    run_dir = Path(run_dir)
-    if (run_dir / "ensemble.json").is_file():  # an ensemble folder: trainwell ensemble, train.ensemble=K
-        from trainwell.train.ensemble import load_ensemble
-
-        return load_ensemble(run_dir, device)
-    card, cfg, state = read_run_files(run_dir)
-    input_shape = tuple(int(d) for d in card["input_shape"])
-    pre_state = {k[len("preprocess.") :]: v for k, v in state.items() if k.startswith("preprocess.")}
-    preprocess = load_preprocess(card["preprocess"], pre_state)
-    net = build_model(cfg, preprocess.output_shape(input_shape), int(card["num_classes"]))
-    model = Classifier(net, preprocess)
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        first = str(exc).splitlines()[1].strip() if len(str(exc).splitlines()) > 1 else str(exc)
-        raise RunDirError(
-            f"weights in '{run_dir / 'model.safetensors'}' do not match its config ({first[:120]}); "
-            "the folder mixes files of different runs."
-        ) from None
-    model.to(resolve_device(str(device)) if isinstance(device, str) else device).eval()
-    summary_path = run_dir / "summary.json"
-    summary = read_json(summary_path, "summary") if summary_path.is_file() else {}
-    return Run(run_dir, cfg, model, summary, list(card["classes"]), input_shape)
 
 
 def _run_device(run: Run, cfg: Config) -> torch.device:

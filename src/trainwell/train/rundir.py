@@ -9,72 +9,33 @@ A run directory holds everything needed to evaluate, predict, resume or fine-tun
 ``metrics.jsonl``   one line per epoch
 ``summary.json``    final figures (written last: its presence marks a finished run)
 ``curves.png``      loss and accuracy per epoch
+``checkpoints/``    the newest training states (trainwell.train.checkpoint): ``--resume`` continues from them
 =================== ===========================================================
 """
 
 from __future__ import annotations
 
 import json
-import os
-import tempfile
+import shutil
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 
 from trainwell.errors import RunDirError
+from trainwell.fileio import atomic_copy, atomic_write_bytes, atomic_write_text, json_default, write_json  # noqa: F401 (re-exported)
 
 FORMAT = "trainwell-run"
 FORMAT_VERSION = 1
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write via a temporary file in the same folder and os.replace: readers never see half a file."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode())
-
-
-def write_json(path: Path, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
-
-
-def _json_default(obj: Any) -> Any:
-    if isinstance(obj, torch.Tensor):
-        return obj.tolist()
-    if isinstance(obj, Path):
-        return str(obj)
-    if hasattr(obj, "item"):
-        return obj.item()
-    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
-
-
 def save_weights(path: Path, state: dict[str, torch.Tensor]) -> None:
     """Save a state dict as safetensors, atomically (tensors copied to contiguous CPU storage)."""
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in state.items()}
-    fd, tmp = tempfile.mkstemp(dir=Path(path).parent, prefix=f".{Path(path).name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata={"format": FORMAT})
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_bytes(path, save(tensors, metadata={"format": FORMAT}))
 
 
 def load_weights(path: Path) -> dict[str, torch.Tensor]:
@@ -116,6 +77,7 @@ def prepare_out_dir(out: str | Path | None, kind: str, tag: str, overwrite: bool
         # Stale artefacts of the previous run must not mix with the new ones.
         for name in ("metrics.jsonl", "summary.json"):
             (path / name).unlink(missing_ok=True)
+        shutil.rmtree(path / "checkpoints", ignore_errors=True)  # never resume into another run's state
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -134,19 +96,6 @@ def read_json(path: Path, what: str) -> Any:
         return json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError):
         raise RunDirError(f"{what} '{path}' is corrupt (not valid JSON); retrain or restore it.") from None
-
-
-class MetricsLog:
-    """Append-only ``metrics.jsonl``; each line is flushed so a crash loses at most the current epoch."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = Path(path)
-        self.path.write_text("")
-
-    def append(self, row: dict[str, Any]) -> None:
-        with self.path.open("a") as fh:
-            fh.write(json.dumps(row, default=_json_default) + "\n")
-            fh.flush()
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:

@@ -1,33 +1,64 @@
-"""The training loop: plain PyTorch you can read top to bottom.
+"""The training loop: plain PyTorch you can read top to bottom, over one explicit state.
 
-Design notes (why it is fast and reproducible):
+The caller builds everything from the config (model, optimiser, schedule, data order, augmenter,
+callbacks: :func:`build_state`, :class:`LoopSettings`) and hands it to :func:`fit`. Everything that
+changes while training lives in one :class:`TrainState`, whose ``state_dict()`` is what a
+checkpoint saves and ``load_state_dict()`` restores exactly:
 
-* The whole dataset lives in tensors on the device (uint8 for images); a batch is one index
-  operation, not a DataLoader with worker processes.
-* Loss and accuracy accumulate in device tensors; the host reads them only when the progress bar
-  refreshes and at epoch end, so the GPU is never stalled by a per-step ``.item()``.
-* Every random draw has an explicit generator whose state can be saved (:class:`RandomState`):
-  shuffling, mixing and augmentation each own one; dropout uses the global generator, seeded too.
+* the model, the optimiser (moments), the schedule (step index, rollback factor), the EMA weights;
+* every generator (:class:`RandomState`: shuffle, augment, mix, and the global/CUDA ones dropout uses);
+* where the loop is: epochs done, optimiser steps done, micro-batches done in the current epoch and
+  that epoch's permutation, the epoch's running loss/accuracy sums (device tensors);
+* the history of metrics rows, best validation accuracy, rollbacks, the callbacks' own state.
+
+A CPU run therefore repeats bit for bit, and a run killed at any point and resumed from its newest
+checkpoint ends with the same weights and metrics as one never interrupted
+(tests/test_resume_kill.py kills real processes to prove it).
+
+Why it is fast: the data lives in device tensors (uint8 images converted once when they fit); a
+batch is one index operation; loss, accuracy and the divergence flag accumulate on the device and
+the host reads them only a few times a second (progress, divergence), at checkpoints and at epoch
+ends — never once per step.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
+import signal
+import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from trainwell.config import Config
-from trainwell.data.splits import Splits, TensorSplit, to_float
-from trainwell.errors import ConfigError, DataError
+from trainwell.config import Config, MixConfig
+from trainwell.data.splits import TensorSplit, to_float
+from trainwell.errors import ConfigError, DataError, Interrupted
+from trainwell.seeds import numpy_generator, seed_global, torch_generator
+from trainwell.train.checkpoint import Checkpoints
+from trainwell.train.events import (
+    Callback,
+    EpochEnd,
+    FitEnd,
+    FitStart,
+    Restore,
+    StepEnd,
+    check_callbacks,
+    overrides,
+)
 from trainwell.train.mix import apply_mix, check_mix_config, mixing_enabled, sample_mix, smooth_targets
-from trainwell.train.optim import build_optimizer, build_scheduler, penalty
+from trainwell.train.optim import ParamGroups, ScheduleTable, build_optimizer, build_scheduler, penalty
+
+__all__ = ["Callback", "EpochEnd", "FitResult", "LoopSettings", "RandomState", "TrainState", "build_state", "fit"]
+
+#: How often (seconds) the loop reads its device-side counters: progress and the divergence flag.
+SYNC_SECONDS = 0.25
 
 
 def resolve_device(spec: str) -> torch.device:
@@ -45,37 +76,153 @@ def resolve_device(spec: str) -> torch.device:
     return device
 
 
+# ----------------------------------------------------------------------------- state
+
+
 @dataclass
 class RandomState:
-    """Every generator a run draws from, seeded from train.seed; its state is what exact resume saves."""
+    """Every generator the loop draws from, each a named stream of train.seed (:mod:`trainwell.seeds`).
+
+    Dropout (and any module that takes no generator) draws from torch's global generators, which
+    :meth:`from_seed` seeds from the ``dropout`` stream and :meth:`state_dict` saves with the rest.
+    """
 
     shuffle: torch.Generator
-    mix: np.random.Generator
     augment: torch.Generator
+    mix: np.random.Generator
 
     @classmethod
-    def from_seed(cls, seed: int, device: torch.device) -> "RandomState":
-        # Distinct streams per purpose, so turning augmentation on does not change the shuffling order.
-        shuffle = torch.Generator().manual_seed(seed)
-        augment = torch.Generator(device=device).manual_seed(seed + 2)
-        mix = np.random.default_rng([seed, 3])
-        torch.manual_seed(seed + 4)  # dropout draws from the global generator
-        return cls(shuffle, mix, augment)
+    def from_seed(cls, seed: int, device: torch.device) -> RandomState:
+        seed_global(seed, "dropout")
+        return cls(torch_generator(seed, "shuffle"), torch_generator(seed, "augment", device),
+                   numpy_generator(seed, "mix"))
+
+    def state_dict(self) -> dict[str, Any]:
+        state: dict[str, Any] = {"shuffle": self.shuffle.get_state(), "augment": self.augment.get_state(),
+                                 "mix": self.mix.bit_generator.state, "global": torch.get_rng_state()}
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            state["cuda"] = list(torch.cuda.get_rng_state_all())
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.shuffle.set_state(state["shuffle"])
+        self.augment.set_state(state["augment"])
+        self.mix.bit_generator.state = state["mix"]
+        torch.set_rng_state(state["global"])
+        if "cuda" in state and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda"])
 
 
 @dataclass
-class EpochEnd:
-    """What a callback sees after each epoch."""
+class TrainState:
+    """Everything a run changes while it trains; ``state_dict()`` round-trips it exactly."""
 
-    epoch: int
-    metrics: dict[str, float]
     model: nn.Module
+    optimizer: torch.optim.Optimizer
+    schedule: ScheduleTable
+    rng: RandomState
+    groups: ParamGroups
+    ema: torch.optim.swa_utils.AveragedModel | None = None
+    epoch: int = 0
+    """Epochs finished."""
+    step: int = 0
+    """Optimiser steps taken (with train.accumulate=N, one per N micro-batches)."""
+    batch: int = 0
+    """Micro-batches done in the current epoch: the position in ``perm``."""
+    perm: torch.Tensor | None = None
+    """The current epoch's order of the training examples (CPU); None between epochs."""
+    loss_sum: torch.Tensor = field(default_factory=lambda: torch.zeros(()))
+    correct: torch.Tensor = field(default_factory=lambda: torch.zeros((), dtype=torch.long))
+    first_bad_step: torch.Tensor = field(default_factory=lambda: torch.full((), -1, dtype=torch.long))
+    """On the device: the first optimiser step whose loss (or clipped gradient norm) was not finite, -1 if none."""
+    seen: int = 0
+    epoch_seconds: float = 0.0
+    epoch_lr: float = math.nan
+    """The learning rate at the first step of the current epoch (the metrics row's ``lr``)."""
+    history: list[dict[str, Any]] = field(default_factory=list)
+    best_val: float = -math.inf
+    best_epoch: int = 0
+    train_seconds: float = 0.0
+    examples_seen: int = 0
+    rollbacks: int = 0
+    stop_reason: str | None = None
+    """Set by a callback (early stopping) to end training after the current epoch."""
+
+    @property
+    def eval_model(self) -> nn.Module:
+        """The weights that are validated, tested and saved: the EMA's when train.ema is on."""
+        return self.ema.module if self.ema is not None else self.model
+
+    def to(self, device: torch.device) -> TrainState:
+        self.loss_sum = self.loss_sum.to(device)
+        self.correct = self.correct.to(device)
+        self.first_bad_step = self.first_bad_step.to(device)
+        return self
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "schedule": self.schedule.state_dict(),
+            "rng": self.rng.state_dict(),
+            "ema": self.ema.state_dict() if self.ema is not None else None,
+            "epoch": self.epoch, "step": self.step, "batch": self.batch, "perm": self.perm,
+            "loss_sum": self.loss_sum, "correct": self.correct, "seen": self.seen,
+            "epoch_seconds": self.epoch_seconds, "epoch_lr": self.epoch_lr, "history": self.history,
+            "best_val": self.best_val, "best_epoch": self.best_epoch,
+            "train_seconds": self.train_seconds, "examples_seen": self.examples_seen,
+            "rollbacks": self.rollbacks, "stop_reason": self.stop_reason,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        device = self.loss_sum.device
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.schedule.load_state_dict(state["schedule"])
+        self.rng.load_state_dict(state["rng"])
+        if (state["ema"] is None) != (self.ema is None):
+            raise ConfigError("the checkpoint and the config disagree on train.ema; resume with the run's config.")
+        if self.ema is not None:
+            self.ema.load_state_dict(state["ema"])
+        for key in ("epoch", "step", "batch", "seen", "best_epoch", "examples_seen", "rollbacks"):
+            setattr(self, key, int(state[key]))
+        for key in ("epoch_seconds", "epoch_lr", "best_val", "train_seconds"):
+            setattr(self, key, float(state[key]))
+        self.perm = state["perm"]
+        self.loss_sum = state["loss_sum"].to(device)
+        self.correct = state["correct"].to(device)
+        self.first_bad_step = torch.full((), -1, dtype=torch.long, device=device)  # restored states are good ones
+        self.history = [dict(row) for row in state["history"]]
+        self.stop_reason = state["stop_reason"]
 
 
-class Callback(Protocol):
-    """Typed extension point of the loop (e.g. the doctor); every method is optional."""
+@dataclass(frozen=True)
+class LoopSettings:
+    """The loop's settings as plain typed values, resolved once from the config."""
 
-    def on_epoch_end(self, event: EpochEnd) -> None: ...
+    epochs: int
+    batch_size: int
+    num_classes: int
+    accumulate: int = 1
+    grad_clip: float = 0.0
+    label_smoothing: float = 0.0
+    l1: float = 0.0
+    l2: float = 0.0
+    mix: MixConfig = field(default_factory=MixConfig)
+    eval_batch_size: int = 1024
+    checkpoint_every: int = 0
+    on_divergence: str = "stop"
+    rollback_lr_factor: float = 0.5
+    max_rollbacks: int = 3
+
+    @classmethod
+    def from_config(cls, cfg: Config, num_classes: int) -> LoopSettings:
+        t = cfg.train
+        return cls(epochs=t.epochs, batch_size=t.batch_size, num_classes=num_classes, accumulate=t.accumulate,
+                   grad_clip=t.grad_clip, label_smoothing=cfg.loss.label_smoothing, l1=cfg.reg.l1, l2=cfg.reg.l2,
+                   mix=cfg.mix, eval_batch_size=t.eval_batch_size, checkpoint_every=t.checkpoint_every,
+                   on_divergence=t.on_divergence, rollback_lr_factor=t.rollback_lr_factor,
+                   max_rollbacks=t.max_rollbacks)
 
 
 @dataclass
@@ -85,8 +232,79 @@ class FitResult:
     best_epoch: int = 0
     train_seconds: float = 0.0
     examples_seen: int = 0
+    steps: int = 0
     diverged: bool = False
+    divergence: dict[str, Any] | None = None
+    """{step, epoch, action, rollbacks}: where the loss first became non-finite and what was done."""
+    stop_reason: str | None = None
     param_groups: dict[str, list[str]] = field(default_factory=dict)
+
+
+# ----------------------------------------------------------------------------- construction
+
+
+class BatchOrder:
+    """The data order: a fresh permutation per epoch from the shuffle stream, cut into batches
+    (a trailing batch of 1 is dropped: batch norm needs 2)."""
+
+    def __init__(self, n: int, batch_size: int) -> None:
+        self.n, self.batch_size = n, batch_size
+
+    def permutation(self, generator: torch.Generator) -> torch.Tensor:
+        return torch.randperm(self.n, generator=generator)
+
+    def batches(self, perm: torch.Tensor) -> list[torch.Tensor]:
+        batches = list(perm.split(self.batch_size))
+        if len(batches) > 1 and len(batches[-1]) == 1:
+            batches.pop()
+        return batches
+
+    def micro_batches(self) -> int:
+        return steps_per_epoch(self.n, self.batch_size)
+
+
+def steps_per_epoch(n: int, batch_size: int, accumulate: int = 1) -> int:
+    """Optimiser steps in an epoch of ``n`` examples (micro-batches grouped by ``accumulate``)."""
+    micro, rest = divmod(n, batch_size)
+    micro += 1 if rest > 1 or (rest == 1 and micro == 0) else 0
+    return math.ceil(micro / accumulate)
+
+
+def build_state(model: nn.Module, cfg: Config, n_train: int, device: torch.device,
+                rng: RandomState | None = None) -> TrainState:
+    """The optimiser, schedule, EMA and generators for ``model`` from the config, as the loop's state."""
+    check_train_config(cfg, n_train)
+    model.to(device)
+    optimizer, groups = build_optimizer(model, cfg.optim, cfg.reg.exempt_bias_and_norm)
+    schedule = build_scheduler(optimizer, cfg, steps_per_epoch(n_train, cfg.train.batch_size, cfg.train.accumulate))
+    ema = None
+    if cfg.train.ema > 0:
+        from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+        ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.train.ema), use_buffers=False)
+    rng = rng or RandomState.from_seed(cfg.train.seed, device)
+    return TrainState(model, optimizer, schedule, rng, groups, ema).to(device)
+
+
+def check_train_config(cfg: Config, n_train: int) -> None:
+    """What depends on the data (the config's own ranges are checked when it is built)."""
+    if n_train < 2:
+        raise DataError(f"the training split has {n_train} example(s); training needs at least 2 — give more data.")
+    check_mix_config(cfg.mix)
+
+
+def preflight(model: nn.Module, cfg: Config, n_train: int) -> None:
+    """Every check of the training settings, run before any folder is created or data moved."""
+    import dataclasses
+
+    check_train_config(cfg, n_train)
+    optim = cfg.optim if cfg.optim.lr != "auto" else dataclasses.replace(cfg.optim, lr=1.0)  # the range test sets it
+    optimizer, _ = build_optimizer(model, optim, cfg.reg.exempt_bias_and_norm)
+    build_scheduler(optimizer, dataclasses.replace(cfg, optim=optim),
+                    steps_per_epoch(n_train, cfg.train.batch_size, cfg.train.accumulate))
+
+
+# ----------------------------------------------------------------------------- evaluation
 
 
 @torch.no_grad()
@@ -126,147 +344,236 @@ def _on_device(x: torch.Tensor, device: torch.device) -> torch.Tensor:
     return x.to(device)
 
 
-def _batches(n: int, batch_size: int, generator: torch.Generator, device: torch.device) -> list[torch.Tensor]:
-    """A shuffled epoch of index batches (a trailing batch of 1 is dropped: batch norm needs 2)."""
-    perm = torch.randperm(n, generator=generator).to(device)
-    batches = list(perm.split(batch_size))
-    if len(batches) > 1 and len(batches[-1]) == 1:
-        batches.pop()
-    return batches
+# ----------------------------------------------------------------------------- signals
 
 
-def steps_per_epoch(n: int, batch_size: int) -> int:
-    steps, rest = divmod(n, batch_size)
-    return steps + (1 if rest > 1 or (rest == 1 and steps == 0) else 0)
+class StopRequest:
+    """Set by SIGINT/SIGTERM while :func:`catch_signals` is active; the loop checkpoints and stops."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
 
 
-def check_train_config(cfg: Config, n_train: int) -> None:
-    t = cfg.train
-    if n_train < 2:
-        raise DataError(f"the training split has {n_train} example(s); training needs at least 2 — give more data.")
-    if t.epochs < 1:
-        raise ConfigError(f"train.epochs must be >= 1, got {t.epochs}.")
-    if t.batch_size < 1:
-        raise ConfigError(f"train.batch_size must be >= 1, got {t.batch_size}.")
-    if t.eval_batch_size < 1:
-        raise ConfigError(f"train.eval_batch_size must be >= 1, got {t.eval_batch_size}.")
-    if t.grad_clip < 0:
-        raise ConfigError(f"train.grad_clip must be >= 0 (0 = off), got {t.grad_clip}.")
-    if not 0 <= cfg.loss.label_smoothing < 1:
-        raise ConfigError(f"loss.label_smoothing must be in [0, 1), got {cfg.loss.label_smoothing}.")
-    if cfg.reg.l1 < 0 or cfg.reg.l2 < 0:
-        raise ConfigError("reg.l1 and reg.l2 must be >= 0.")
-    check_mix_config(cfg.mix)
+@contextlib.contextmanager
+def catch_signals() -> Iterator[StopRequest]:
+    """Turn SIGINT and SIGTERM into a request the loop honours at the next step (main thread only)."""
+    request = StopRequest()
+    if threading.current_thread() is not threading.main_thread():
+        yield request
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        if request.signum is not None:  # a second Ctrl-C: stop now
+            raise KeyboardInterrupt
+        request.signum = signum
+
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield request
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
 
 
-def preflight(model: nn.Module, cfg: Config, n_train: int) -> None:
-    """Every check of the training settings, run before any folder is created or data moved."""
-    check_train_config(cfg, n_train)
-    optimizer, _ = build_optimizer(model, cfg.optim, cfg.reg.exempt_bias_and_norm)
-    build_scheduler(optimizer, cfg, steps_per_epoch(n_train, cfg.train.batch_size))
+# ----------------------------------------------------------------------------- the loop
 
 
-Augmenter = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
+class _Diverged(Exception):
+    def __init__(self, step: int) -> None:
+        self.step = step
 
 
 def fit(
-    model: nn.Module,
-    splits: Splits,
-    cfg: Config,
-    device: torch.device,
-    rng: RandomState,
+    state: TrainState,
+    train: TensorSplit,
+    val: TensorSplit,
+    settings: LoopSettings,
     *,
-    augment: Augmenter | None = None,
-    log_epoch: Callable[[dict[str, Any]], None] | None = None,
-    progress: Any = None,
+    augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None,
     callbacks: Sequence[Callback] = (),
+    checkpoints: Checkpoints | None = None,
+    stop: StopRequest | None = None,
+    warn: Callable[[str], None] | None = None,
 ) -> FitResult:
-    """Train ``model`` in place on ``splits.train``, validating on ``splits.val`` every epoch.
+    """Train ``state.model`` on ``train`` from wherever ``state`` is, validating on ``val`` each epoch.
 
-    ``log_epoch`` receives each epoch's metrics row; ``progress`` is an object with
-    ``start(total_steps, batch_size)``, ``advance(n_steps, stats_fn)`` and ``stop()`` (see trainwell.train.progress).
+    Checkpoints (to ``checkpoints``, in memory when None) at the start, every epoch end and every
+    ``settings.checkpoint_every`` optimiser steps; a non-finite loss is met with
+    ``settings.on_divergence`` (stop: the last good checkpoint's weights are kept; rollback: restart
+    from it at a lower LR); ``stop`` (SIGINT/SIGTERM) checkpoints and raises :class:`Interrupted`.
     """
-    n_train = len(splits.train)
-    check_train_config(cfg, n_train)
-    num_classes = splits.num_classes
-    optimizer, groups = build_optimizer(model, cfg.optim, cfg.reg.exempt_bias_and_norm)
-    spe = steps_per_epoch(n_train, cfg.train.batch_size)
-    scheduler = build_scheduler(optimizer, cfg, spe)
-    mixing = mixing_enabled(cfg.mix)
-    smoothing = cfg.loss.label_smoothing
+    device = state.loss_sum.device
+    callbacks = check_callbacks(callbacks)
+    checkpoints = checkpoints or Checkpoints(None)
+    per_step = [cb for cb in callbacks if overrides(cb, "on_step_end")]
+    order = BatchOrder(len(train), settings.batch_size)
+    x_train, y_train = _on_device(train.x, device), train.y.to(device)
+    mixing = mixing_enabled(settings.mix)
+    epoch_steps = steps_per_epoch(len(train), settings.batch_size, settings.accumulate)
+    total_steps = epoch_steps * settings.epochs
+    divergence: dict[str, Any] | None = None
 
-    x_train = _on_device(splits.train.x, device)
-    y_train = splits.train.y.to(device)
-    result = FitResult(param_groups=groups.describe())
-    best_val = -math.inf
-    if progress is not None:
-        progress.start(spe * cfg.train.epochs, cfg.train.batch_size)
-    model.to(device).train()
+    def save_checkpoint() -> None:
+        good = int(state.first_bad_step)  # a host read: never save a state that has diverged
+        if good >= 0:
+            raise _Diverged(good)
+        checkpoints.save({"loop": state.state_dict(), "callbacks": [cb.state_dict() for cb in callbacks]},
+                         state.step, state.epoch)
 
-    for epoch in range(1, cfg.train.epochs + 1):
-        t0 = time.perf_counter()
-        loss_sum = torch.zeros((), device=device)
-        correct = torch.zeros((), device=device, dtype=torch.long)
-        seen = 0
-        lr_now = optimizer.param_groups[0]["lr"]
-        for idx in _batches(n_train, cfg.train.batch_size, rng.shuffle, device):
+    def restore(reason: str) -> None:
+        loaded = checkpoints.latest(warn)
+        if loaded is None:  # pragma: no cover - fit always saves one before the first step
+            raise ConfigError("no checkpoint to restore")
+        state.load_state_dict(loaded.state["loop"])
+        for cb, cb_state in zip(callbacks, loaded.state["callbacks"]):
+            cb.load_state_dict(cb_state)
+        checkpoints.discard_after(loaded.step)
+        for cb in callbacks:
+            cb.on_restore(Restore(state, reason))
+
+    def train_step(indices: list[torch.Tensor]) -> None:
+        # One optimiser step over len(indices) micro-batches (gradient accumulation: each loss / N).
+        state.optimizer.zero_grad(set_to_none=True)
+        total = None
+        for idx in indices:
             xb = to_float(x_train[idx])  # (B, *input_shape) float32
             yb = y_train[idx]  # (B,)
             if augment is not None:
-                xb = augment(xb, rng.augment)
-            if mixing and (params := sample_mix(xb.shape, cfg.mix, rng.mix, device)) is not None:
-                xb, target = apply_mix(xb, smooth_targets(yb, num_classes, smoothing), params)
-                logits = model(xb)
+                xb = augment(xb, state.rng.augment)
+            if mixing and (params := sample_mix(xb.shape, settings.mix, state.rng.mix, device)) is not None:
+                xb, target = apply_mix(xb, smooth_targets(yb, settings.num_classes, settings.label_smoothing), params)
+                logits = state.model(xb)
                 loss = F.cross_entropy(logits, target)
             else:
-                logits = model(xb)
-                loss = F.cross_entropy(logits, yb, label_smoothing=smoothing)
-            extra = penalty(groups, cfg.reg.l1, cfg.reg.l2)
-            total = loss if extra is None else loss + extra
+                logits = state.model(xb)
+                loss = F.cross_entropy(logits, yb, label_smoothing=settings.label_smoothing)
+            extra = penalty(state.groups, settings.l1, settings.l2)
+            objective = loss if extra is None else loss + extra
+            (objective / len(indices) if len(indices) > 1 else objective).backward()
+            state.loss_sum.add_(loss.detach(), alpha=len(idx))  # on the device: no host sync
+            state.correct.add_((logits.detach().argmax(1) == yb).sum())
+            state.seen += len(idx)
+            total = objective.detach() if total is None else total + objective.detach()
+        finite = torch.isfinite(total)
+        if settings.grad_clip > 0:
+            norm = nn.utils.clip_grad_norm_(state.model.parameters(), settings.grad_clip)
+            finite = finite & torch.isfinite(norm)
+        state.optimizer.step()
+        state.schedule.step()
+        if state.ema is not None:
+            state.ema.update_parameters(state.model)
+        # The first non-finite step, kept on the device: read a few times a second, not every step.
+        state.first_bad_step = torch.where(finite | (state.first_bad_step >= 0), state.first_bad_step,
+                                           torch.full_like(state.first_bad_step, state.step))
+        state.step += 1
+        state.batch += len(indices)
 
-            optimizer.zero_grad(set_to_none=True)
-            total.backward()
-            if cfg.train.grad_clip > 0:
-                nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
-            optimizer.step()
-            scheduler.step()
+    def run_epochs() -> None:
+        next_sync = time.perf_counter() + SYNC_SECONDS
+        while state.epoch < settings.epochs and state.stop_reason is None:
+            if state.perm is None:  # a new epoch (otherwise: resuming inside one)
+                state.perm = order.permutation(state.rng.shuffle)
+                state.batch, state.seen, state.epoch_seconds = 0, 0, 0.0
+                state.epoch_lr = state.schedule.get_last_lr()[0]
+                state.loss_sum.zero_()
+                state.correct.zero_()
+            batches = order.batches(state.perm.to(device))
+            t0 = time.perf_counter()
+            state.model.train()
+            while state.batch < len(batches):
+                train_step(batches[state.batch : state.batch + settings.accumulate])
+                stats = None
+                if time.perf_counter() >= next_sync:  # the host reads the device a few times a second
+                    next_sync = time.perf_counter() + SYNC_SECONDS
+                    loss_sum, correct, bad = torch.stack([state.loss_sum.double(), state.correct.double(),
+                                                          state.first_bad_step.double()]).tolist()
+                    if bad >= 0:
+                        raise _Diverged(int(bad))
+                    stats = (loss_sum / state.seen, correct / state.seen)
+                for cb in per_step:
+                    cb.on_step_end(StepEnd(state, stats))
+                # (at the epoch's last step the epoch-end checkpoint follows at once)
+                checkpoint_due = (settings.checkpoint_every and state.step % settings.checkpoint_every == 0
+                                  and state.batch < len(batches))
+                if checkpoint_due or (stop is not None and stop.signum is not None):
+                    state.epoch_seconds += _elapsed(t0, device)
+                    t0 = time.perf_counter()
+                    save_checkpoint()
+                    if stop is not None and stop.signum is not None:
+                        raise Interrupted(stop.signum, state.epoch, state.step)
+            state.epoch_seconds += _elapsed(t0, device)
+            end_epoch()
+            save_checkpoint()
 
-            loss_sum.add_(loss.detach(), alpha=len(idx))  # on the device: no host sync
-            correct.add_((logits.detach().argmax(1) == yb).sum())
-            seen += len(idx)
-            if progress is not None:
-                progress.advance(1, lambda: (loss_sum.item() / seen, correct.item() / seen))
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        seconds = time.perf_counter() - t0
-        result.train_seconds += seconds
-        result.examples_seen += seen
-
-        train_loss = loss_sum.item() / seen
+    def end_epoch() -> None:
+        seen, seconds = state.seen, state.epoch_seconds
+        train_loss = state.loss_sum.item() / seen
+        if not math.isfinite(train_loss):
+            bad = int(state.first_bad_step)
+            raise _Diverged(bad if bad >= 0 else state.step - 1)
+        state.epoch += 1
         row: dict[str, Any] = {
-            "epoch": epoch,
+            "epoch": state.epoch,
             "train_loss": train_loss,
-            "train_acc": correct.item() / seen,
-            "lr": lr_now,
+            "train_acc": state.correct.item() / seen,
+            "lr": state.epoch_lr,
             "seconds": seconds,
             "examples_per_second": seen / seconds if seconds > 0 else float("nan"),
         }
-        if not math.isfinite(train_loss):
-            result.diverged = True
-        if len(splits.val):
-            val = evaluate_split(model, splits.val, device, cfg.train.eval_batch_size)
-            row["val_loss"], row["val_acc"] = val["loss"], val["acc"]
-            if val["acc"] > best_val:
-                best_val, result.best_epoch = val["acc"], epoch
-        result.history.append(row)
-        if log_epoch is not None:
-            log_epoch(row)
+        state.train_seconds += seconds
+        state.examples_seen += seen
+        if len(val):
+            model = state.eval_model
+            if state.ema is not None:  # BN statistics are the live model's: EMA averages weights only
+                for ema_buffer, buffer in zip(model.buffers(), state.model.buffers()):
+                    ema_buffer.copy_(buffer)
+            metrics = evaluate_split(model, val, device, settings.eval_batch_size)
+            row["val_loss"], row["val_acc"] = metrics["loss"], metrics["acc"]
+            if metrics["acc"] > state.best_val:
+                state.best_val, state.best_epoch = metrics["acc"], state.epoch
+        state.history.append(row)
+        state.perm = None
         for cb in callbacks:
-            if hasattr(cb, "on_epoch_end"):
-                cb.on_epoch_end(EpochEnd(epoch, row, model))
-        if result.diverged:
-            break  # non-finite loss: further steps only spread NaN through the weights
-    if progress is not None:
-        progress.stop()
-    result.best_val_acc = best_val if best_val > -math.inf else float("nan")
+            cb.on_epoch_end(EpochEnd(state.epoch, row, state.eval_model, state))
+
+    for cb in callbacks:
+        cb.on_fit_start(FitStart(state, total_steps, settings.batch_size * settings.accumulate))
+    if (state.step == 0 and state.perm is None) or checkpoints.folder is None:
+        save_checkpoint()  # the last good state before the first step: what a divergence falls back to
+    while True:
+        try:
+            run_epochs()
+            break
+        except _Diverged as exc:
+            epoch = exc.step // max(epoch_steps, 1) + 1
+            can_roll_back = settings.on_divergence == "rollback" and state.rollbacks < settings.max_rollbacks
+            rollbacks = state.rollbacks + int(can_roll_back)
+            divergence = {"step": exc.step, "epoch": epoch, "action": "rollback" if can_roll_back else "stop",
+                          "rollbacks": rollbacks}
+            restore("divergence")
+            state.rollbacks = rollbacks
+            if not can_roll_back:
+                state.stop_reason = "diverged"
+                break
+            state.schedule.factor *= settings.rollback_lr_factor
+            state.schedule.load_state_dict(state.schedule.state_dict())  # apply the lower rates now
+            if warn is not None:
+                warn(f"the loss became non-finite at step {exc.step} (epoch {epoch}); rolled back to step "
+                     f"{state.step} with the learning rate x{state.schedule.factor:g} "
+                     f"(rollback {rollbacks} of {settings.max_rollbacks})")
+
+    result = FitResult(
+        history=list(state.history), best_val_acc=state.best_val if state.best_val > -math.inf else float("nan"),
+        best_epoch=state.best_epoch, train_seconds=state.train_seconds, examples_seen=state.examples_seen,
+        steps=state.step, diverged=state.stop_reason == "diverged", divergence=divergence,
+        stop_reason=state.stop_reason, param_groups=state.groups.describe(),
+    )
+    for cb in callbacks:
+        cb.on_fit_end(FitEnd(state, result))
     return result
+
+
+def _elapsed(t0: float, device: torch.device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - t0

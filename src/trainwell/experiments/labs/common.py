@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from trainwell.experiments.results import CellResult, CompareResult
+from trainwell.seeds import torch_generator
 from trainwell.experiments.stats import MeanCI, mean_ci
 
 
@@ -51,7 +52,7 @@ def training_batch(splits: Any, n: int, seed: int) -> tuple[torch.Tensor, torch.
     """A random batch of the training split (float inputs, labels), the same for every cell of a seed."""
     from trainwell.data import to_float
 
-    gen = torch.Generator().manual_seed(10_000 + seed)
+    gen = torch_generator(seed, "doctor")  # a probe batch: not any stream the runs train from
     idx = torch.randperm(len(splits.train), generator=gen)[:n]
     return to_float(splits.train.x[idx]), splits.train.y[idx]
 

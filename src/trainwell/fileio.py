@@ -1,0 +1,78 @@
+"""Atomic file writes, the one implementation every artefact goes through.
+
+A reader (or a resumed run) never sees half a file: data goes to a temporary file in the target's
+folder, is flushed and fsynced, renamed over the target with ``os.replace`` (atomic on POSIX), and
+the folder itself is fsynced so the rename survives a power cut. An error or a kill at any point
+leaves the old file (or none) and at worst a ``.NAME.*.tmp`` beside it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, Any
+
+
+def fsync_dir(folder: Path) -> None:
+    """fsync a folder, making the renames inside it durable (a no-op where folders cannot be opened)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # pragma: no cover - e.g. Windows
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # pragma: no cover - some filesystems refuse fsync on folders
+        pass
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_file(path: str | Path) -> Iterator[IO[bytes]]:
+    """``with atomic_file(path) as fh: fh.write(...)``: the file appears whole when the block ends, or not at all."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            yield fh
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    with atomic_file(path) as fh:
+        fh.write(data)
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode())
+
+
+def atomic_copy(src: str | Path, dst: str | Path) -> None:
+    with open(src, "rb") as fin, atomic_file(dst) as fout:
+        shutil.copyfileobj(fin, fout)
+
+
+def json_default(obj: Any) -> Any:
+    """JSON for tensors, numpy scalars and paths (everything else is an error)."""
+    if hasattr(obj, "tolist") and hasattr(obj, "dtype"):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    if hasattr(obj, "item"):
+        return obj.item()
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def write_json(path: str | Path, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=json_default) + "\n")

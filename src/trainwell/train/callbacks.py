@@ -1,0 +1,146 @@
+"""The loop's standard callbacks: what a run folder logs and what the config turns on.
+
+* :class:`MetricsFile` — ``metrics.jsonl``, one row per epoch (rewritten from the state after a
+  resume or a rollback, so it always matches the weights);
+* :class:`ProgressDisplay` — the rich bar and one line per epoch;
+* :class:`TensorBoardLog` — ``train.tensorboard=true``;
+* :class:`EarlyStopping` — ``train.early_stopping=PATIENCE`` on val_acc;
+* :class:`KeepBest` — ``train.keep=best``: the weights of the best validation epoch are the ones kept.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.console import Console
+
+from trainwell.fileio import atomic_write_text, json_default
+from trainwell.train.events import Callback, EpochEnd, FitEnd, FitStart, Restore, StepEnd
+from trainwell.train.progress import TrainProgress, format_epoch
+
+
+class MetricsFile(Callback):
+    """Append-only ``metrics.jsonl``; each line is flushed so a crash loses at most the current epoch."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+
+    def _rewrite(self, rows: list[dict[str, Any]]) -> None:
+        atomic_write_text(self.path, "".join(json.dumps(r, default=json_default) + "\n" for r in rows))
+
+    def on_fit_start(self, event: FitStart) -> None:
+        self._rewrite(event.state.history)  # a resumed run: exactly the rows of its checkpoint
+
+    def on_restore(self, event: Restore) -> None:
+        self._rewrite(event.state.history)
+
+    def on_epoch_end(self, event: EpochEnd) -> None:
+        with self.path.open("a") as fh:
+            fh.write(json.dumps(event.metrics, default=json_default) + "\n")
+            fh.flush()
+
+
+class ProgressDisplay(Callback):
+    """A live bar on a terminal (``live``), one line per epoch everywhere."""
+
+    def __init__(self, console: Console, epochs: int, live: bool) -> None:
+        self.epochs = epochs
+        self.bar = TrainProgress(console, live=live) if live else None
+        self.console = console
+
+    def on_fit_start(self, event: FitStart) -> None:
+        if self.bar is not None:
+            self.bar.start(event.total_steps, event.batch_size, done=event.state.step)
+
+    def on_step_end(self, event: StepEnd) -> None:
+        if self.bar is not None:
+            self.bar.advance(1, event.stats)
+
+    def on_epoch_end(self, event: EpochEnd) -> None:
+        self.console.print(format_epoch(event.metrics, self.epochs), highlight=False)
+
+    def on_fit_end(self, event: FitEnd) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+
+class TensorBoardLog(Callback):
+    """Every metric of every epoch as a TensorBoard scalar (``train/loss``, ``val/acc``, ...)."""
+
+    def __init__(self, folder: Path, writer_class: Any) -> None:
+        self.folder, self.writer_class, self.writer = folder, writer_class, None
+
+    def on_fit_start(self, event: FitStart) -> None:
+        # purge_step drops events a killed run logged after its checkpoint.
+        self.writer = self.writer_class(str(self.folder), purge_step=event.state.epoch + 1)
+
+    def on_epoch_end(self, event: EpochEnd) -> None:
+        for key, value in event.metrics.items():
+            if key != "epoch":
+                self.writer.add_scalar(key.replace("_", "/", 1), value, event.epoch)
+
+    def on_fit_end(self, event: FitEnd) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
+
+
+class EarlyStopping(Callback):
+    """Stop when val_acc has not risen for ``patience`` epochs (Prechelt 1998's simplest criterion)."""
+
+    def __init__(self, patience: int) -> None:
+        self.patience = patience
+        self.best = -math.inf
+        self.waited = 0
+        self.stopped_epoch: int | None = None
+
+    def on_epoch_end(self, event: EpochEnd) -> None:
+        acc = event.metrics.get("val_acc", math.nan)
+        if acc > self.best:
+            self.best, self.waited = acc, 0
+        else:
+            self.waited += 1
+        if self.waited >= self.patience and event.state is not None:
+            self.stopped_epoch = event.epoch
+            event.state.stop_reason = "early_stopping"
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"best": self.best, "waited": self.waited, "stopped_epoch": self.stopped_epoch}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.best, self.waited, self.stopped_epoch = float(state["best"]), int(state["waited"]), state["stopped_epoch"]
+
+
+class KeepBest(Callback):
+    """Remember the validated weights of the epoch with the highest val_acc; put them back at the end."""
+
+    def __init__(self) -> None:
+        self.best = -math.inf
+        self.epoch = 0
+        self.weights: dict[str, torch.Tensor] | None = None
+
+    def on_epoch_end(self, event: EpochEnd) -> None:
+        acc = event.metrics.get("val_acc", math.nan)
+        if acc > self.best:
+            self.best, self.epoch = acc, event.epoch
+            self.weights = {k: v.detach().to("cpu", copy=True) for k, v in event.model.state_dict().items()}
+
+    def on_fit_end(self, event: FitEnd) -> None:
+        if self.weights is not None:
+            event.state.eval_model.load_state_dict(self.weights)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"best": self.best, "epoch": self.epoch, "weights": self.weights}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.best, self.epoch, self.weights = float(state["best"]), int(state["epoch"]), state["weights"]
