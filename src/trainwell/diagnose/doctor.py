@@ -31,7 +31,7 @@ from trainwell.diagnose.report import SEVERITIES, Finding, InputStats, LayerStat
 from trainwell.diagnose.rules import Context, run_rules
 from trainwell.diagnose.thresholds import SAMPLE_EVERY
 from trainwell.errors import ConfigError, DataError
-from trainwell.train.events import Callback
+from trainwell.train.events import Callback, EpochEnd
 
 _RANK = {s: i for i, s in enumerate(SEVERITIES)}
 #: Optimisers whose first step :func:`~trainwell.diagnose.stats.estimate_update_ratio` knows.
@@ -267,6 +267,15 @@ class DoctorCallback(Callback):
                     self.console.print(f"[{color}]doctor {f.severity}[/] [bold]{f.code}[/] (epoch {epoch}): "
                                        f"{f.message} Fix: {f.fix}.", highlight=False)
             self.last_seen[f.code] = epoch
+
+    def on_fit_end(self, event: Any) -> None:
+        # A run stopped by a divergence ends inside an epoch that never finished (its weights were
+        # rolled back): the steps sampled in it are the evidence, reported as that epoch's.
+        d = event.result.divergence
+        if d is not None and d["action"] == "stop" and self.recorder.samples:
+            row = {"epoch": d["epoch"], "train_loss": float("nan"), "train_acc": float("nan"),
+                   "lr": event.state.schedule.get_last_lr()[0], "diverged_at_step": d["step"]}
+            self.on_epoch_end(EpochEnd(d["epoch"], row, event.state.model, event.state))
 
     def close(self) -> None:
         """Remove the hooks from the model."""

@@ -555,7 +555,8 @@ def fit(
             if not can_roll_back:
                 state.stop_reason = "diverged"
                 break
-            state.schedule.factor *= settings.rollback_lr_factor
+            # The restored checkpoint may predate earlier rollbacks: the factor counts them all.
+            state.schedule.factor = settings.rollback_lr_factor ** rollbacks
             state.schedule.load_state_dict(state.schedule.state_dict())  # apply the lower rates now
             if warn is not None:
                 warn(f"the loss became non-finite at step {exc.step} (epoch {epoch}); rolled back to step "
