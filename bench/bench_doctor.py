@@ -13,8 +13,8 @@ import time
 from trainwell.config import resolve
 from trainwell.data import load_splits
 from trainwell.diagnose import DoctorCallback
-from trainwell.train.run import build_classifier
-from trainwell.train.trainer import RandomState, fit
+from trainwell.train.build import build_classifier
+from trainwell.train.trainer import LoopSettings, build_state, fit
 
 from common import interleaved, parse_args  # bench/common.py (the script's folder is on sys.path)
 
@@ -26,11 +26,12 @@ CASES = {
 
 def timed(cfg, splits, device, with_doctor: bool) -> float:
     model = build_classifier(cfg, splits)
+    state = build_state(model, cfg, len(splits.train), device)
     callbacks = [DoctorCallback(model)] if with_doctor else []
     # Wall time of the whole fit: the doctor's epoch-end reading and rules count too.
     t0 = time.perf_counter()
     try:
-        fit(model, splits, cfg, device, RandomState.from_seed(cfg.train.seed, device), callbacks=callbacks)
+        fit(state, splits.train, splits.val, LoopSettings.from_config(cfg, splits.num_classes), callbacks=callbacks)
     finally:
         for cb in callbacks:
             cb.close()
@@ -44,7 +45,7 @@ def main() -> None:
         cfg = resolve(CASES[name] + [f"train.epochs={args.epochs}", "train.progress=false"])
         splits = load_splits(cfg.data)
         plain, doctored = interleaved(lambda: timed(cfg, splits, args.device, False),
-                                      lambda: timed(cfg, splits, args.device, True), args.rounds)
+                                      lambda: timed(cfg, splits, args.device, True), rounds=args.rounds)
         print(f"{name:<14} {plain:>10.3f} {doctored:>10.3f} {doctored / plain:>7.3f}")
 
 

@@ -23,12 +23,12 @@ def parse_args(doc: str, cases: dict, epochs: int) -> argparse.Namespace:
     return args
 
 
-def interleaved(a: Callable[[], float], b: Callable[[], float], rounds: int) -> tuple[float, float]:
-    """Medians of ``rounds`` alternating runs A, B, A, B ... (after one warm-up of A), so machine
-    load hits both alike."""
-    a()
-    times_a, times_b = [], []
+def interleaved(*runs: Callable[[], float], rounds: int) -> tuple[float, ...]:
+    """Medians of ``rounds`` alternating runs A, B, (C,) A, B ... (after one warm-up of A), so machine
+    load hits all alike."""
+    runs[0]()
+    times: list[list[float]] = [[] for _ in runs]
     for _ in range(rounds):
-        times_a.append(a())
-        times_b.append(b())
-    return statistics.median(times_a), statistics.median(times_b)
+        for run, bucket in zip(runs, times):
+            bucket.append(run())
+    return tuple(statistics.median(t) for t in times)
