@@ -76,7 +76,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     import trainwell
     from trainwell.experiments.stats import paired_test
-    from trainwell.train.finetune import STRATEGIES, finetune
+    from trainwell.runs.finetune import STRATEGIES, finetune
 
     bad = [s for s in args.strategies if s not in STRATEGIES]
     if bad:

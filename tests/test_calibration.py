@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from trainwell.errors import DataError
-from trainwell.experiments.calibration import (
+from trainwell.train.calibration import (
     brier_score,
     calibration_summary,
     expected_calibration_error,

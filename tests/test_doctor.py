@@ -455,7 +455,7 @@ def digits():
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
-    from trainwell.train.run import train
+    from trainwell.runs.train import train
 
     out = tmp_path_factory.mktemp("run") / "run"
     train(["model.name=mlp", "model.width=32", "model.depth=1", "train.epochs=2", "train.progress=false"],
@@ -474,7 +474,7 @@ def test_diagnose_run_on_a_run_directory(run_dir):
 
 
 def _doctor_args(*argv: str) -> argparse.Namespace:
-    from trainwell.diagnose.command import add_doctor_parser
+    from trainwell.cli.doctor import add_doctor_parser
 
     parser = argparse.ArgumentParser(prog="trainwell")
     add_doctor_parser(parser.add_subparsers(dest="command"))
@@ -482,7 +482,7 @@ def _doctor_args(*argv: str) -> argparse.Namespace:
 
 
 def test_doctor_command_on_a_run_dir_and_on_a_config(run_dir, tmp_path, capsys):
-    from trainwell.diagnose.command import cmd_doctor
+    from trainwell.cli.doctor import cmd_doctor
 
     assert cmd_doctor(_doctor_args(str(run_dir), "--json", "--out", str(tmp_path / "a"))) == 0
     printed = json.loads(capsys.readouterr().out)
@@ -501,7 +501,7 @@ def test_doctor_command_on_a_run_dir_and_on_a_config(run_dir, tmp_path, capsys):
 
 
 def test_doctor_command_errors_are_one_line_config_errors(tmp_path):
-    from trainwell.diagnose.command import run_doctor
+    from trainwell.cli.doctor import run_doctor
 
     with pytest.raises(ConfigError, match="neither a run directory"):
         run_doctor(_doctor_args(str(tmp_path / "missing")))

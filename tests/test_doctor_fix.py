@@ -69,7 +69,7 @@ def test_fix_command_shows_before_after_and_applies(tmp_path, capsys):
 
 def test_apply_never_overwrites_silently_and_needs_fix(tmp_path):
     from trainwell.cli import build_parser
-    from trainwell.diagnose.command import cmd_doctor
+    from trainwell.cli.doctor import cmd_doctor
 
     existing = tmp_path / "mine.yaml"
     existing.write_text("optim: {lr: 0.1}\n")

@@ -311,3 +311,43 @@ def test_lr_auto_is_resolved_before_the_doctor_and_compare_see_it():
     report = diagnose_config(dict(QUICK, **{"optim.lr": "auto"}), epochs=1)
     assert report.context.startswith("init + 1")
     validate(Plan(base=["optim.lr=auto", "model.name=mlp", "data.limit=200"], seeds=[0]))
+
+
+def test_doctor_update_ratios_span_one_optimiser_step_under_accumulation():
+    # every=2 with accumulate=2 samples the first micro-batch of every step: measured up to the next
+    # forward (the second micro-batch, no step taken yet) the ratio would be 0.
+    from trainwell.diagnose import DoctorCallback
+
+    cfg, splits, state = state_for({"train.accumulate": 2, "model.norm": "none", "train.epochs": 1})
+    doctor = DoctorCallback(state.model, every=2)
+    fit(state, splits.train, splits.val, LoopSettings.from_config(cfg, splits.num_classes), callbacks=[doctor])
+    doctor.close()
+    ratios = [layer.update_ratio for layer in doctor.report.layers if layer.is_weight]
+    assert ratios and all(r > 0 for r in ratios)
+
+
+def test_an_unfinished_compare_run_continues_from_its_checkpoint(tmp_path):
+    from trainwell.experiments.compare import Plan, execute
+
+    plan = Plan(base=["model.name=mlp", "model.width=16", "data.limit=200", "train.epochs=3"], seeds=[0])
+    execute(plan, tmp_path, workers=1, quiet=True)
+    run_dir = next((tmp_path / "runs").glob("*/seed-0"))
+    before, weights = rows_with_timing(run_dir), load_file(run_dir / "model.safetensors")
+    # as if killed during epoch 3: no summary, no final weights, only the checkpoint of epoch 2
+    (run_dir / "summary.json").unlink()
+    (run_dir / "model.safetensors").unlink()
+    newest = max((run_dir / "checkpoints").glob("step-*.json"))
+    newest.unlink()
+    newest.with_suffix(".safetensors").unlink()
+    state = execute(plan, tmp_path, workers=1, quiet=True)
+    after = rows_with_timing(run_dir)
+    assert state.ran == 1 and len(after) == 3
+    assert after[:2] == before[:2]  # epochs 1-2 come from the checkpoint, timings included: not retrained
+    assert {k: v for k, v in after[2].items() if k not in TIMING} == {k: v for k, v in before[2].items()
+                                                                      if k not in TIMING}
+    resumed = load_file(run_dir / "model.safetensors")
+    assert all(torch.equal(weights[k], resumed[k]) for k in weights)
+
+
+def rows_with_timing(run_dir):
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from trainwell.data.splits import TensorSplit
-from trainwell.experiments.calibration import calibration_summary, expected_calibration_error
+from trainwell.train.calibration import calibration_summary, expected_calibration_error
 from trainwell.experiments.labs.mixup import decide, measure, pool_bins
 
 

@@ -13,7 +13,7 @@ from trainwell.errors import ConfigError
 from trainwell.nn import build_model
 from trainwell.nn.pipeline import Classifier
 from trainwell.train.lr_find import lr_range_test, smooth_losses, suggest_lr
-from trainwell.train.run import build_classifier
+from trainwell.train.build import build_classifier
 
 QUICK = {"data.limit": 400, "train.progress": False, "model.name": "mlp", "model.width": 32}
 
@@ -78,7 +78,7 @@ def test_auto_lr_trains_with_the_suggested_lr(tmp_path):
 
 
 def test_find_lr_api_writes_plot_and_summary(tmp_path):
-    from trainwell.train.run import find_lr
+    from trainwell.runs.train import find_lr
 
     summary = find_lr(QUICK, out=tmp_path / "f", steps=30)
     assert (tmp_path / "f" / "lr_find.png").is_file()

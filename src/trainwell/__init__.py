@@ -1,12 +1,12 @@
 """trainwell: train neural networks on sound foundations, with evidence of why they train well."""
 
-__version__ = "0.1.0"
+from trainwell.version import __version__
 
 from trainwell.config import Config, resolve  # noqa: E402
 from trainwell.errors import TrainwellError  # noqa: E402
 
 # Importing the `trainwell.train` sub-package binds that name to the module; the API function of the
 # same name is bound after it, so `trainwell.train(...)` is always the function.
-from trainwell.train.run import Run, evaluate, load_run, predict, train  # noqa: E402
+from trainwell.api import Run, evaluate, load_run, predict, train  # noqa: E402
 
 __all__ = ["Config", "resolve", "TrainwellError", "train", "evaluate", "predict", "load_run", "Run", "__version__"]

@@ -307,7 +307,7 @@ class DoctorCallback(Callback):
     def write(self, out_dir: str | Path, plots: bool = True) -> list[Path]:
         """Write doctor.json (every epoch's findings, the last layer table) and the plots; returns the paths."""
         from trainwell.diagnose.plots import plot_report
-        from trainwell.train.rundir import write_json
+        from trainwell.fileio import write_json
 
         out_dir = Path(out_dir)
         paths = [out_dir / "doctor.json"]
@@ -371,7 +371,7 @@ def diagnose_config(config: Any = None, *, batch_size: int = 256, epochs: int = 
     epochs under a :class:`DoctorCallback` (no run directory is written) and merge both verdicts.
 
     ``config``: a Config, a mapping of dotted keys or a list of ``key=value`` strings. The model is
-    :func:`trainwell.train.run.build_classifier`'s, the one ``trainwell train`` starts from. The update
+    :func:`trainwell.train.build.build_classifier`'s, the one ``trainwell train`` starts from. The update
     ratio at init is estimated for ``optim.name`` at ``optim.lr`` (skipped for ``optim.lr=auto``).
     """
     from trainwell.config import Config, resolve

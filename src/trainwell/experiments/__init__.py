@@ -2,7 +2,7 @@
 
     from trainwell.experiments import Plan, grid, run_plan, run_lab
 
-The names are loaded on first use (PEP 562): the CLI imports ``trainwell.experiments.command`` to
+The names are loaded on first use (PEP 562): the CLI imports ``trainwell.cli.experiments`` to
 build its parser for every command, and must not pay for scipy and the labs on each start.
 """
 

@@ -33,7 +33,8 @@ from rich.console import Console
 
 from trainwell.config import Config, resolve
 from trainwell.errors import ConfigError, RunDirError, TrainwellError
-from trainwell.train.rundir import read_json, write_json
+from trainwell.fileio import write_json
+from trainwell.train.rundir import read_json
 
 PLAN_FILE = "compare.json"
 MEASURES_FILE = "measures.json"
@@ -243,7 +244,8 @@ def execute_job(cfg: Config, run_dir: str, measure: str | None) -> dict[str, Any
     it was); a folder without one starts again. Top-level so a process pool can call it; ``cfg`` is
     the typed Config (pickled to the worker, never re-parsed from text)."""
     from trainwell.train.checkpoint import CHECKPOINT_DIR
-    from trainwell.train.run import load_run, train
+    from trainwell.runs.train import train
+    from trainwell.train.load import load_run
 
     run_dir_path = Path(run_dir)
     if not (run_dir_path / "summary.json").is_file():

@@ -18,8 +18,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Union
 
-from trainwell import __version__
-from trainwell.train.rundir import atomic_write_text
+from trainwell.version import __version__
+from trainwell.fileio import atomic_write_text
 
 # Image types a browser shows from a data: URI, by file suffix.
 MIME_TYPES = {

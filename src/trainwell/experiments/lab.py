@@ -28,7 +28,7 @@ from rich.console import Console
 from trainwell.experiments.compare import Cell, Plan, nan_to_none
 from trainwell.experiments.results import CompareResult, run_plan, table_rows
 from trainwell.registry import new_registry
-from trainwell.train.rundir import write_json
+from trainwell.fileio import write_json
 
 LABS = new_registry("lab", "Labs: a lecture claim tested over seeds on real data (trainwell lab NAME).")
 

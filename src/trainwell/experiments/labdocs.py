@@ -22,7 +22,8 @@ import torch
 
 from trainwell.experiments.compare import available_cores
 from trainwell.experiments.lab import LABS, get_lab, run_lab
-from trainwell.train.rundir import atomic_write_text, read_json
+from trainwell.fileio import atomic_write_text
+from trainwell.train.rundir import read_json
 
 HEADER = """# Labs: the lecture's claims, measured
 

@@ -26,7 +26,7 @@ from rich.table import Table
 from trainwell.experiments.compare import Cell, Execution, Plan, execute, finished_runs, nan_to_none, \
     prepare_compare_dir
 from trainwell.experiments.stats import MeanCI, PairedTest, curve_band, mean_ci, paired_test
-from trainwell.train.rundir import atomic_write_text, write_json
+from trainwell.fileio import atomic_write_text, write_json
 
 #: Curves drawn with bands: (metrics.jsonl key, axis label, scale).
 CURVES = (("val_acc", "validation accuracy (%)", 100.0), ("train_loss", "training loss", 1.0))

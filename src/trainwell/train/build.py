@@ -1,6 +1,6 @@
 """Model assembly from a config: the fitted preprocessing, the network, its model card, the augmenter.
 
-Shared by the recipe (``trainwell.train.run``), the doctor and the experiments; it imports neither.
+Shared by the recipe (``trainwell.runs.train``), the doctor and the experiments; it imports neither.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
-import trainwell
+from trainwell.version import __version__
 from trainwell.config import Config
 from trainwell.data import PREPROCESSORS, Splits, fit_preprocess, to_float
 from trainwell.nn import INITS, MODELS, build_model
@@ -61,7 +61,7 @@ def model_card(splits: Splits, cfg: Config, custom: bool) -> dict[str, Any]:
     return {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
-        "trainwell_version": trainwell.__version__,
+        "trainwell_version": __version__,
         "input_shape": list(splits.input_shape),
         "input_dtype": str(splits.train.x.dtype).replace("torch.", ""),
         "num_classes": splits.num_classes,

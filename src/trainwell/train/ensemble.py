@@ -35,14 +35,14 @@ from torch import nn
 
 from trainwell.config import Config
 from trainwell.errors import ConfigError, DataError, RunDirError, unknown_name_message
-from trainwell.fileio import atomic_copy
-from trainwell.train.rundir import atomic_write_text, prepare_out_dir, read_json, save_weights, write_json
+from trainwell.fileio import atomic_copy, atomic_write_text, write_json
+from trainwell.train.rundir import prepare_out_dir, read_json, save_weights
 from trainwell.train.events import Callback, EpochEnd
 from trainwell.train.trainer import predict_logits, resolve_device
 
 if TYPE_CHECKING:
     from trainwell.data import Splits, TensorSplit
-    from trainwell.train.run import Run
+    from trainwell.train.load import Run
 
 ENSEMBLE_FILE = "ensemble.json"
 ENSEMBLE_FORMAT = "trainwell-ensemble"
@@ -132,7 +132,7 @@ def stacked_logits(members: Sequence[nn.Module] | Ensemble, x: torch.Tensor, dev
 
 def _score(logits: torch.Tensor, y: torch.Tensor, method: str) -> tuple[dict[str, Any], dict[str, Any]]:
     """(summary, reliability bins by curve name) from members' logits (M, N, K) and labels (N,)."""
-    from trainwell.experiments.calibration import calibration_summary
+    from trainwell.train.calibration import calibration_summary
 
     y = y.to(logits.device)
     m = logits.shape[0]
@@ -201,7 +201,7 @@ def _inside(path: Path, folder: Path) -> bool:
 
 def _load_members(run_dirs: Sequence[str | Path]) -> list[Run]:
     """load_run each folder and check that they predict the same classes from the same inputs."""
-    from trainwell.train.run import load_run
+    from trainwell.train.load import load_run
 
     dirs = [Path(d) for d in run_dirs]
     if len(dirs) < 2:
@@ -285,10 +285,10 @@ def write_ensemble(
     ``out_dir`` exists and was cleared for writing (:func:`build_ensemble` checks; this does not).
     ``splits``: the data already loaded (else the first member's data config is loaded).
     """
-    from trainwell import __version__
+    from trainwell.version import __version__
     from trainwell.data import load_splits
-    from trainwell.experiments.calibration import plot_reliability
-    from trainwell.train.run import Run
+    from trainwell.train.calibration import plot_reliability
+    from trainwell.train.load import Run
 
     first = runs[0]
     if copy:
@@ -359,7 +359,7 @@ def _bad_file(path: Path, what: str) -> RunDirError:
 
 def load_ensemble(ensemble_dir: str | Path, device: str | torch.device = "cpu") -> Run:
     """Load an ensemble folder as a Run whose model is an :class:`Ensemble` (config: the first member's)."""
-    from trainwell.train.run import Run, load_run
+    from trainwell.train.load import Run, load_run
 
     path = Path(ensemble_dir)
     file = path / ENSEMBLE_FILE
@@ -423,62 +423,6 @@ def check_ensemble_keys(cfg: Config, *, custom_model: bool = False, custom_data:
                           "from; use a registry model (trainwell list model) or train.snapshots=0.")
 
 
-def train_ensemble(
-    cfg: Config,
-    out: str | Path | None = None,
-    *,
-    overwrite: bool = False,
-    quiet: bool = False,
-    console: Console | None = None,
-    workers: int | None = None,
-    resume: bool = False,
-) -> Run:
-    """Train cfg.train.ensemble members (seeds train.seed, train.seed+1, ...) and make ``out`` their ensemble.
-
-    The members are trained by the compare engine (a process pool, one process per core on CPU) into
-    ``out/members-runs/runs/c00-baseline/seed-S/``, ordinary run folders; ``out`` gets config.yaml
-    (the resolved config), ensemble.json (pointing at them), summary.json and reliability.png.
-    """
-    from trainwell.data import load_splits
-    from trainwell.experiments.compare import Plan, execute, jobs, prepare_compare_dir
-    from trainwell.train.build import check_run
-    from trainwell.train.load import load_run
-
-    check_ensemble_keys(cfg)
-    k = cfg.train.ensemble
-    member_cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, ensemble=1))
-    check_run(member_cfg, load_splits(cfg.data))  # what train checks, before any folder exists
-    console = console or Console(stderr=True, quiet=quiet, soft_wrap=True)
-    if resume:  # the members' compare resumes its unfinished runs from their checkpoints
-        out_dir = Path(out)  # type: ignore[arg-type]
-    else:
-        out_dir = prepare_out_dir(out, "train", f"{cfg.data.name}-{k}x{cfg.model.name}", overwrite)
-    atomic_write_text(out_dir / "config.yaml", cfg.to_yaml())
-    # The members: the resolved config (out/config.yaml) as one compare cell, over K seeds.
-    plan = Plan(base=["train.ensemble=1"], seeds=list(range(cfg.train.seed, cfg.train.seed + k)),
-                config_file=str(out_dir / "config.yaml"), title=f"ensemble of {k}")
-    runs_dir = prepare_compare_dir(out_dir / MEMBERS_RUNS, plan, overwrite)
-    if not quiet:
-        console.print(f"[bold]trainwell[/] ensemble of {k}: {cfg.data.name}, {cfg.model.name}, seeds "
-                      f"{plan.seeds[0]}..{plan.seeds[-1]} -> {out_dir}", highlight=False)
-    t0 = time.perf_counter()
-    execution = execute(plan, runs_dir, workers=workers, console=console, quiet=quiet, configs=[member_cfg])
-    if execution.failed:
-        first = execution.failed[0]
-        raise RunDirError(f"{len(execution.failed)} of {k} ensemble members failed; seed {first['seed']}: "
-                          f"{first['error']}")
-    member_dirs = [job.run_dir for job in jobs(plan, runs_dir)]
-    runs = [load_run(d) for d in member_dirs]
-    seconds = time.perf_counter() - t0
-    run = write_ensemble(out_dir, runs, member_dirs, copy=False,
-                         extra={"seeds": plan.seeds, "wall_seconds": seconds})
-    if not quiet:
-        console.print(ensemble_table(run.summary))
-        console.print(f"ensemble acc {100 * run.summary['ensemble_acc']:.2f}% vs mean member "
-                      f"{100 * run.summary['mean_member_acc']:.2f}% ({seconds:.0f} s) -> {out_dir}", highlight=False)
-    return run
-
-
 # ----------------------------------------------------------------------------- snapshot ensembles
 
 
@@ -519,7 +463,7 @@ class SnapshotCallback(Callback):
     def combine(self, out_dir: Path, splits: Splits, console: Console | None = None) -> dict[str, Any]:
         """Build ``out_dir/snapshot-ensemble`` from the snapshots (members not copied); returns the
         block that goes into the run's summary.json."""
-        from trainwell.train.run import load_run
+        from trainwell.train.load import load_run
 
         target = Path(out_dir) / "snapshot-ensemble"
         if len(self.saved) < 2:
@@ -577,4 +521,4 @@ def ensemble_table(summary: dict[str, Any]) -> Table:
 
 
 __all__ = ["Ensemble", "METHODS", "build_ensemble", "combine", "evaluate_ensemble", "load_ensemble",
-           "train_ensemble", "SnapshotCallback", "ensemble_table"]
+           "SnapshotCallback", "ensemble_table"]

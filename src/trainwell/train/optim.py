@@ -23,7 +23,7 @@ SCHEDULES = new_registry("sched", "Learning-rate schedules after warmup: sched.n
 
 _NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm, nn.LocalResponseNorm)
 
-# Two optional attributes of a parameter that the optimiser honours (trainwell.train.finetune sets them):
+# Two optional attributes of a parameter that the optimiser honours (trainwell.runs.finetune sets them):
 #   p.lr_scale = 0.5         its learning rate is optim.lr * 0.5 (own param group; schedules keep the ratio);
 #   p.unfreezes_later = True a frozen parameter (requires_grad=False) that a callback unfreezes during
 #                            training joins the optimiser now; with no gradient the optimiser skips it.

@@ -26,7 +26,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 
 from trainwell.errors import RunDirError
-from trainwell.fileio import atomic_copy, atomic_write_bytes, atomic_write_text, json_default, write_json  # noqa: F401 (re-exported)
+from trainwell.fileio import atomic_write_bytes
 
 FORMAT = "trainwell-run"
 FORMAT_VERSION = 1

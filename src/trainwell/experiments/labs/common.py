@@ -73,7 +73,7 @@ def rms_gradients(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> list[fl
 
 def model_at_init(run: Any, splits: Any) -> nn.Module:
     """The run's model as it was before training: the same config and seed rebuild the same weights."""
-    from trainwell.train.run import build_classifier
+    from trainwell.train.build import build_classifier
 
     return build_classifier(run.config, splits)
 

@@ -6,7 +6,7 @@ probability 1 on anything, and it has to behave linearly between examples: its c
 towards its accuracy, i.e. its expected calibration error (ECE) drops, while accuracy stays.
 
 Measured per run, on the test set: softmax probabilities of the trained model (eval mode), from
-which :func:`trainwell.experiments.calibration.calibration_summary` gives accuracy, NLL, ECE (15
+which :func:`trainwell.train.calibration.calibration_summary` gives accuracy, NLL, ECE (15
 equal-width confidence bins), Brier score and the reliability bins; also the mean confidence.
 """
 
@@ -31,7 +31,7 @@ def alpha_label(alpha: float) -> str:
 
 def measure(run: Any, splits: Any) -> dict[str, Any]:
     """Calibration of the trained model on the test set (eval mode, softmax of the logits)."""
-    from trainwell.experiments.calibration import calibration_summary
+    from trainwell.train.calibration import calibration_summary
     from trainwell.train.trainer import predict_logits
 
     device = next(run.model.parameters()).device
@@ -97,7 +97,7 @@ def decide(rows: list[dict[str, Any]], alpha: float = 0.05) -> tuple[bool, str]:
 
 
 def analyse(result: CompareResult, out: Path) -> LabOutcome:
-    from trainwell.experiments.calibration import plot_reliability
+    from trainwell.train.calibration import plot_reliability
     from trainwell.experiments.htmlreport import Table
 
     base = result.cells[0]

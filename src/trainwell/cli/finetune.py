@@ -36,7 +36,7 @@ def add_finetune_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--compare-scratch", action="store_true",
                    help="also train the same config from scratch (same seed, same data) into OUT/scratch")
     p.add_argument("--quiet", action="store_true", help="print only the result line and errors")
-    from trainwell.cli import add_output_args
+    from trainwell.cli.app import add_output_args
 
     add_output_args(p)
     p.set_defaults(handler=cmd_finetune)
@@ -49,7 +49,7 @@ def _pct(x: float) -> str:
 
 def cmd_finetune(args: argparse.Namespace) -> int:
     """Handler of ``trainwell finetune``: fine-tune, then print test accuracy (and scratch, gain)."""
-    from trainwell.train.finetune import finetune
+    from trainwell.runs.finetune import finetune
 
     run = finetune(args.pretrained, args.overrides, config_file=args.config, out=args.out,
                    compare_scratch=args.compare_scratch, overwrite=args.overwrite, quiet=args.quiet)

@@ -94,15 +94,15 @@ def build_parser() -> argparse.ArgumentParser:
     add_output_args(p)
     p.set_defaults(handler=cmd_lr_find)
 
-    from trainwell.diagnose.command import add_doctor_parser
-    from trainwell.train.finetune_command import add_finetune_parser
-    from trainwell.train.ensemble_command import add_ensemble_parser
+    from trainwell.cli.doctor import add_doctor_parser
+    from trainwell.cli.finetune import add_finetune_parser
+    from trainwell.cli.ensemble import add_ensemble_parser
 
     add_doctor_parser(sub)
     add_finetune_parser(sub)
     add_ensemble_parser(sub)
 
-    from trainwell.experiments.command import add_compare_parser, add_lab_parser
+    from trainwell.cli.experiments import add_compare_parser, add_lab_parser
 
     add_compare_parser(sub)
     add_lab_parser(sub)
@@ -129,7 +129,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.show_param_groups:
         _print_param_groups(cfg)
         return 0
-    from trainwell.train.run import train
+    from trainwell.api import train
 
     if args.resume is not None:
         if args.out is not None or args.overwrite or args.config is not None:
@@ -144,7 +144,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from trainwell.train.run import evaluate
+    from trainwell.train.inference import evaluate
 
     out = args.out if args.out is not None else _default_out("evaluate", args.run_dir)
     summary = evaluate(args.run_dir, args.overrides, split=args.split, out=out, overwrite=args.overwrite)
@@ -157,8 +157,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from trainwell.train.rundir import prepare_out_dir, write_json
-    from trainwell.train.run import predict
+    from trainwell.fileio import write_json
+    from trainwell.train.rundir import prepare_out_dir
+    from trainwell.train.inference import predict
 
     rows = predict(args.run_dir, args.inputs, device=args.device)
     out_dir = prepare_out_dir(args.out if args.out is not None else _default_out("predict", args.run_dir),
@@ -172,7 +173,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 def cmd_lr_find(args: argparse.Namespace) -> int:
     from trainwell.config import resolve
-    from trainwell.train.run import find_lr
+    from trainwell.runs.train import find_lr
 
     cfg = resolve(args.overrides, args.config)
     summary = find_lr(cfg, out=args.out, overwrite=args.overwrite, steps=args.steps,
@@ -241,7 +242,7 @@ def _print_param_groups(cfg) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from trainwell.train.run import param_group_rows
+    from trainwell.runs.train import param_group_rows
 
     rows = param_group_rows(cfg)
     table = Table(title=f"parameter groups ({cfg.optim.name}, weight_decay={cfg.optim.weight_decay}, "

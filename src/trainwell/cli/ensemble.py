@@ -34,7 +34,7 @@ def add_ensemble_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--no-copy", action="store_true",
                    help="point at the runs instead of copying them into OUT/members/ (smaller, not self-contained)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
-    from trainwell.cli import add_output_args
+    from trainwell.cli.app import add_output_args
 
     add_output_args(p)
     p.set_defaults(handler=cmd_ensemble)

@@ -60,7 +60,8 @@ def run_doctor(args: argparse.Namespace) -> tuple[Any, Path]:
     """Diagnose what ``args`` names and write report.json (+ plots); returns (report, out_dir)."""
     from trainwell.diagnose.doctor import diagnose_config, diagnose_run
     from trainwell.diagnose.plots import plot_report
-    from trainwell.train.rundir import prepare_out_dir, write_json
+    from trainwell.fileio import write_json
+    from trainwell.train.rundir import prepare_out_dir
 
     if args.batch_size < 2:
         raise ConfigError(f"--batch-size must be >= 2, got {args.batch_size}.")
@@ -120,7 +121,8 @@ def cmd_fix(args: argparse.Namespace) -> int:
     from trainwell.config import resolve
     from trainwell.diagnose.doctor import diagnose_config
     from trainwell.diagnose.fix import as_overrides, propose_fix
-    from trainwell.train.rundir import atomic_write_text, prepare_out_dir, write_json
+    from trainwell.fileio import atomic_write_text, write_json
+    from trainwell.train.rundir import prepare_out_dir
 
     target = list(args.target)
     if target and "=" not in target[0]:

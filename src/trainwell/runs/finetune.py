@@ -2,7 +2,7 @@
 
 Python API::
 
-    from trainwell.train.finetune import finetune
+    from trainwell.runs.finetune import finetune
     pre = trainwell.train({"data.classes": [0, 1, 2, 3, 4], "model.name": "mlp"}, out="runs/pre")
     run = finetune("runs/pre", {"data.classes": [5, 6, 7, 8, 9], "data.per_class": 10,
                                 "finetune.strategy": "linear_probe"}, out="runs/ft", compare_scratch=True)
@@ -52,8 +52,11 @@ from trainwell.nn import build_model
 from trainwell.nn.models import PreActBlock
 from trainwell.nn.pipeline import Classifier, count_parameters
 from trainwell.train.optim import _NORM_TYPES
-from trainwell.train.rundir import default_run_dir, load_weights, write_json
-from trainwell.train.run import Run, check_names, read_run_files, train
+from trainwell.fileio import write_json
+from trainwell.train.rundir import default_run_dir, load_weights
+from trainwell.runs.train import train
+from trainwell.train.build import check_names
+from trainwell.train.load import Run, read_run_files
 from trainwell.train.events import Callback, EpochEnd
 
 STRATEGIES = ("full", "linear_probe", "gradual", "discriminative")

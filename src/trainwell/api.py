@@ -1,0 +1,43 @@
+"""The Python API's entry points, above every layer they dispatch to.
+
+``trainwell.train`` trains one run (:func:`trainwell.runs.train.train`) or, with
+``train.ensemble=K``, K runs combined into an ensemble (:func:`trainwell.experiments.ensembles.train_ensemble`);
+``resume=RUN_DIR`` continues either kind.
+
+    import trainwell
+    run = trainwell.train({"model.name": "cnn", "train.epochs": 5}, out="runs/cnn")
+    trainwell.train(resume="runs/cnn", overrides={"train.epochs": 8})
+    trainwell.evaluate("runs/cnn")["test_acc"]
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from trainwell.runs.train import ConfigLike, as_config, resume_config
+from trainwell.runs.train import train as train_one
+from trainwell.train.ensemble import check_ensemble_keys
+from trainwell.train.inference import evaluate, predict
+from trainwell.train.load import Run, load_run
+
+__all__ = ["Run", "evaluate", "load_run", "predict", "train"]
+
+
+def train(config: ConfigLike = None, *, overrides: list[str] | dict[str, Any] | None = None,
+          config_file: str | Path | None = None, out: str | Path | None = None, overwrite: bool = False,
+          resume: str | Path | None = None, quiet: bool = False, console: Any = None, **single: Any) -> Run:
+    """Train a model from a config and write its run folder; see :func:`trainwell.runs.train.train`
+    for every argument (``model``, ``splits``, ``callbacks``, ``prepare`` train a single run only).
+    With train.ensemble=K, the K members train in parallel and ``out`` becomes their ensemble."""
+    cfg = resume_config(Path(resume), config, overrides, config_file) if resume is not None \
+        else as_config(config, overrides, config_file)
+    if cfg.train.ensemble > 1:
+        check_ensemble_keys(cfg, custom_model=single.get("model") is not None,
+                            custom_data=single.get("splits") is not None or single.get("prepare") is not None)
+        from trainwell.experiments.ensembles import train_ensemble
+
+        return train_ensemble(cfg, resume if resume is not None else out, overwrite=overwrite, quiet=quiet,
+                              console=console, resume=resume is not None)
+    return train_one(config, overrides=overrides, config_file=config_file, out=out, overwrite=overwrite,
+                     resume=resume, quiet=quiet, console=console, **single)

@@ -1,0 +1,5 @@
+import sys
+
+from trainwell.cli.app import main
+
+sys.exit(main())
