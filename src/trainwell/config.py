@@ -12,6 +12,7 @@ Example::
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -131,6 +132,18 @@ class OptimConfig:
     eps: float = 1e-8
     """adam/adamw: denominator epsilon."""
 
+    def __post_init__(self) -> None:
+        if self.lr != "auto" and not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
+            raise ConfigError(f"optim.lr must be a positive number (or auto), got {self.lr}.")
+        if self.weight_decay < 0:
+            raise ConfigError(f"optim.weight_decay must be >= 0, got {self.weight_decay}.")
+        if not 0 <= self.momentum < 1:
+            raise ConfigError(f"optim.momentum must be in [0, 1), got {self.momentum}.")
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            raise ConfigError(f"optim.betas must be two numbers in [0, 1), got {self.betas}; e.g. optim.betas=0.9,0.999.")
+        if not self.eps > 0:
+            raise ConfigError(f"optim.eps must be > 0, got {self.eps}.")
+
 
 @dataclass
 class SchedConfig:
@@ -146,6 +159,16 @@ class SchedConfig:
     """cosine: final learning rate; cosine_restarts: the learning rate at the end of each cycle."""
     cycles: int = 0
     """cosine_restarts: number of equal cycles, the lr restarting at optim.lr at each (0 = train.snapshots)."""
+
+    def __post_init__(self) -> None:
+        if self.warmup_epochs < 0:
+            raise ConfigError(f"sched.warmup_epochs must be >= 0, got {self.warmup_epochs}.")
+        if self.cycles < 0:
+            raise ConfigError(f"sched.cycles must be >= 0 (0 = train.snapshots), got {self.cycles}.")
+        if self.step_epochs < 1:
+            raise ConfigError(f"sched.step_epochs must be >= 1, got {self.step_epochs}.")
+        if not self.gamma > 0 or self.min_lr < 0:
+            raise ConfigError(f"sched.gamma must be > 0 and sched.min_lr >= 0, got {self.gamma} and {self.min_lr}.")
 
 
 @dataclass
@@ -211,6 +234,14 @@ class MixConfig:
     """Probability that a batch is mixed."""
     switch_prob: float = 0.5
     """When both are on: probability of cutmix rather than mixup."""
+
+    def __post_init__(self) -> None:
+        for key in ("mixup_alpha", "cutmix_alpha"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"mix.{key} must be >= 0 (0 = off), got {getattr(self, key)}.")
+        for key in ("prob", "switch_prob"):
+            if not 0 <= getattr(self, key) <= 1:
+                raise ConfigError(f"mix.{key} must be in [0, 1], got {getattr(self, key)}.")
 
 
 @dataclass

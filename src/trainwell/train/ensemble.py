@@ -413,8 +413,6 @@ def load_ensemble(ensemble_dir: str | Path, device: str | torch.device = "cpu") 
 def check_ensemble_keys(cfg: Config, *, custom_model: bool = False, custom_data: bool = False) -> None:
     """train.ensemble and train.snapshots against what ``train`` was given."""
     k = cfg.train.ensemble
-    if k < 1:
-        raise ConfigError(f"train.ensemble must be >= 1 (1 = a single model), got {k}.")
     if k > 1 and (custom_model or custom_data):
         raise ConfigError("train.ensemble > 1 trains the members from the config in worker processes, without a "
                           "custom model=, splits= or prepare=; train the members one by one and use build_ensemble.")

@@ -38,15 +38,6 @@ class MixParams:
     box: tuple[int, int, int, int] | None = None  # cutmix: (top, left, bottom, right)
 
 
-def check_mix_config(cfg: MixConfig) -> None:
-    for key in ("mixup_alpha", "cutmix_alpha"):
-        if getattr(cfg, key) < 0:
-            raise ConfigError(f"mix.{key} must be >= 0 (0 = off), got {getattr(cfg, key)}.")
-    for key in ("prob", "switch_prob"):
-        if not 0 <= getattr(cfg, key) <= 1:
-            raise ConfigError(f"mix.{key} must be in [0, 1], got {getattr(cfg, key)}.")
-
-
 def mixing_enabled(cfg: MixConfig) -> bool:
     return cfg.prob > 0 and (cfg.mixup_alpha > 0 or cfg.cutmix_alpha > 0)
 

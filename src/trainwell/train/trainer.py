@@ -52,7 +52,7 @@ from trainwell.train.events import (
     check_callbacks,
     overrides,
 )
-from trainwell.train.mix import apply_mix, check_mix_config, mixing_enabled, sample_mix, smooth_targets
+from trainwell.train.mix import apply_mix, mixing_enabled, sample_mix, smooth_targets
 from trainwell.train.optim import ParamGroups, ScheduleTable, build_optimizer, build_scheduler, penalty
 
 __all__ = ["Callback", "EpochEnd", "FitResult", "LoopSettings", "RandomState", "TrainState", "build_state", "fit"]
@@ -290,7 +290,6 @@ def check_train_config(cfg: Config, n_train: int) -> None:
     """What depends on the data (the config's own ranges are checked when it is built)."""
     if n_train < 2:
         raise DataError(f"the training split has {n_train} example(s); training needs at least 2 — give more data.")
-    check_mix_config(cfg.mix)
 
 
 def preflight(model: nn.Module, cfg: Config, n_train: int) -> None:
