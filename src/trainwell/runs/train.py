@@ -1,0 +1,389 @@
+"""The training recipe: one run into a run directory (or a resumed one), and the LR range test.
+
+Python API (``trainwell.train`` also trains ensembles, see :mod:`trainwell.api`)::
+
+    from trainwell.runs.train import train
+    run = train({"model.name": "cnn", "train.epochs": 5})
+    run.summary["test_acc"], run.dir, run.model
+    train(resume=run.dir, overrides={"train.epochs": 8})   # continue it (exactly)
+
+It sits above the doctor (``doctor=true`` and the divergence diagnosis use it) and below the
+experiments (compare and the labs run it). ``train`` is wiring: it builds the model, the optimiser, schedule and generators (the loop's
+state), the augmenter and the callbacks from the config, then hands them to
+:func:`trainwell.train.trainer.fit`.
+"""
+
+from __future__ import annotations
+
+import platform
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+from rich.console import Console
+from torch import nn
+
+from trainwell.config import Config, resolve
+from trainwell.data import Splits, load_splits, to_float
+from trainwell.errors import ConfigError, DataError, Interrupted, RunDirError
+from trainwell.nn.pipeline import Classifier, count_parameters
+from trainwell.seeds import seed_global, torch_generator
+from trainwell.train.build import (
+    build_augmenter,
+    build_classifier,
+    check_loop_config,
+    check_names,
+    model_card,
+    with_lr,
+)
+from trainwell.train.callbacks import EarlyStopping, KeepBest, MetricsFile, ProgressDisplay, TensorBoardLog
+from trainwell.train.checkpoint import CHECKPOINT_DIR, Checkpoints
+from trainwell.train.events import Callback
+from trainwell.train.ensemble import check_ensemble_keys, snapshot_callback
+from trainwell.train.load import Run, read_card, read_config
+from trainwell.train.lr_find import lr_range_test, plot_lr_find
+from trainwell.train.plots import plot_curves
+from trainwell.fileio import atomic_write_text, write_json
+from trainwell.train.rundir import prepare_out_dir, save_weights
+from trainwell.train.trainer import (
+    LoopSettings,
+    build_state,
+    catch_signals,
+    evaluate_split,
+    fit,
+    predict_logits,
+    preflight,
+    resolve_device,
+)
+
+ConfigLike = Config | dict[str, Any] | list[str] | None
+#: The only key ``--resume`` lets change: more epochs for a finished run.
+RESUMABLE_KEYS = ("train.epochs",)
+
+
+def as_config(config: ConfigLike = None, overrides: list[str] | dict[str, Any] | None = None,
+              config_file: str | Path | None = None) -> Config:
+    """Accept a Config, a dict of dotted keys, a list of ``key=value`` strings, or nothing."""
+    if isinstance(config, Config):
+        return resolve(overrides, config_file, base=config)
+    if isinstance(config, dict):
+        base = resolve(config, config_file)
+        return resolve(overrides, base=base) if overrides else base
+    if isinstance(config, list):
+        return resolve(list(config) + list(overrides or []), config_file) if not isinstance(overrides, dict) \
+            else resolve(overrides, base=resolve(config, config_file))
+    return resolve(overrides, config_file)
+
+
+def resume_config(run_dir: Path, config: ConfigLike, overrides: list[str] | dict[str, Any] | None,
+                  config_file: str | Path | None) -> Config:
+    """The run's own config.yaml; only train.epochs may change (to extend a finished run)."""
+    from trainwell.config import flatten, parse_override
+
+    if not run_dir.is_dir():
+        raise RunDirError(f"run directory '{run_dir}' does not exist; --resume takes a folder written by "
+                          "'trainwell train'.")
+    if config is not None or config_file is not None:
+        raise ConfigError(f"--resume continues '{run_dir}' with its own config.yaml; drop -c/--config.")
+    cfg = read_config(run_dir)
+    given = flatten(overrides) if isinstance(overrides, dict) else dict(parse_override(o) for o in overrides or [])
+    other = [k for k in given if k not in RESUMABLE_KEYS]
+    if other:
+        raise ConfigError(f"--resume continues '{run_dir}' with its own config.yaml; only train.epochs can change "
+                          f"(to train a finished run further), not {other[0]}. Start a new run to change it.")
+    return resolve(given, base=cfg) if given else cfg
+
+
+def resolve_lr(cfg: Config, classifier: nn.Module, splits: Splits, device: torch.device,
+               console: Console | None = None) -> tuple[Config, Any]:
+    """optim.lr=auto -> the LR range test's suggestion, before anything else sees the config."""
+    if cfg.optim.lr != "auto":
+        return cfg, None
+    found = lr_range_test(classifier, splits, cfg, device)
+    if console is not None:
+        console.print(f"optim.lr=auto: LR range test suggests {found.suggested_lr:.3g}", highlight=False)
+    return with_lr(cfg, found.suggested_lr), found
+
+
+def _tensorboard_writer_class() -> Any:
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise ConfigError(
+            "train.tensorboard=true needs the tensorboard package; pip install 'trainwell[tensorboard]'."
+        ) from None
+    return SummaryWriter
+
+
+def _diagnosis(classifier: nn.Module, splits: Splits, cfg: Config, device: torch.device) -> str:
+    """The doctor's one-line verdict on the (restored, last good) model, on a training batch."""
+    from trainwell.diagnose import diagnose_model
+
+    idx = torch.randperm(len(splits.train), generator=torch_generator(cfg.train.seed, "doctor"))[:256]
+    report = diagnose_model(classifier, to_float(splits.train.x[idx]).to(device), splits.train.y[idx].to(device),
+                            context="last good checkpoint")
+    worst = next((f for f in report.findings if f.severity != "info"), None)
+    if worst is None:
+        return "the doctor found nothing wrong in the last good state; lower optim.lr or set train.grad_clip=1."
+    return f"{worst.code}: {worst.message} Fix: {worst.fix}."
+
+
+def train(
+    config: ConfigLike = None,
+    *,
+    overrides: list[str] | dict[str, Any] | None = None,
+    config_file: str | Path | None = None,
+    out: str | Path | None = None,
+    overwrite: bool = False,
+    resume: str | Path | None = None,
+    model: nn.Module | None = None,
+    splits: Splits | None = None,
+    quiet: bool = False,
+    console: Console | None = None,
+    callbacks: Sequence[Callback] = (),
+    prepare: Callable[[Classifier], Sequence[Callback] | None] | None = None,
+) -> Run:
+    """Train a model from a config and write a complete run directory (or continue one: ``resume``).
+
+    ``model`` replaces the registry's model by any ``nn.Module`` taking (N, *input_shape) floats;
+    ``splits`` replaces the configured data source. ``prepare(classifier)`` runs on the built model
+    before anything else touches it (e.g. fine-tuning loads pretrained weights and freezes layers)
+    and may return callbacks that the loop then also calls (e.g. gradual unfreezing).
+    ``resume``: a run folder whose newest good checkpoint the run continues from, with the folder's
+    own config (``overrides`` may only set train.epochs, to extend a finished run).
+    """
+    cfg = resume_config(Path(resume), config, overrides, config_file) if resume is not None \
+        else as_config(config, overrides, config_file)
+    check_names(cfg)
+    check_ensemble_keys(cfg, custom_model=model is not None, custom_data=splits is not None or prepare is not None)
+    if cfg.train.ensemble > 1:
+        raise ConfigError(f"train.ensemble={cfg.train.ensemble} trains {cfg.train.ensemble} runs: use trainwell.train "
+                          "or the trainwell command, which hand it to the ensemble trainer (trainwell.experiments).")
+    if resume is not None:
+        _check_resumable(Path(resume), model, prepare)
+    device = resolve_device(cfg.train.device)
+    console = console or Console(stderr=True, quiet=quiet, soft_wrap=True)
+    warn = lambda message: console.print(f"[yellow]warning:[/] {message}", highlight=False)  # noqa: E731
+
+    # Construction, visible: data, model, lr, the loop's state (optimiser, schedule, EMA, generators).
+    splits = splits if splits is not None else load_splits(cfg.data)
+    classifier = build_classifier(cfg, splits, model)
+    extra_callbacks = list(prepare(classifier) or ()) if prepare is not None else []
+    cfg, lr_found = resolve_lr(cfg, classifier, splits, device, console)
+    check_loop_config(cfg, splits)
+    preflight(classifier, cfg, len(splits.train))
+    writer_class = _tensorboard_writer_class() if cfg.train.tensorboard else None
+    augment = build_augmenter(cfg, splits)
+    state = build_state(classifier, cfg, len(splits.train), device)  # before the doctor hooks the model
+    card = {**model_card(splits, cfg, model is not None), "prepared": prepare is not None}
+    if resume is not None:
+        out_dir, checkpoints, loaded = _reopen_run_dir(Path(resume), cfg, warn)
+    else:
+        out_dir, loaded = _new_run_dir(out, overwrite, cfg, card, lr_found), None
+        checkpoints = Checkpoints(out_dir / CHECKPOINT_DIR, cfg.train.keep_checkpoints)
+
+    # The callbacks, in the order they are called: the user's, the run's features, then the logs.
+    doctor = None
+    if cfg.doctor:
+        from trainwell.diagnose import DoctorCallback
+
+        doctor = DoctorCallback(classifier, console=console, peak_lr=float(cfg.optim.lr))
+    snapshots = snapshot_callback(cfg, out_dir, card, len(splits.train), fresh=resume is None) \
+        if cfg.train.snapshots else None  # the weights at the end of each lr cycle -> out/snapshots/NN
+    keep_best = KeepBest() if cfg.train.keep == "best" else None
+    tensorboard = TensorBoardLog(out_dir / "tensorboard", writer_class) if writer_class is not None else None
+    progress = None if quiet else ProgressDisplay(console, cfg.train.epochs, cfg.train.progress and console.is_terminal)
+    loop_callbacks = [cb for cb in (*callbacks, *extra_callbacks, doctor, snapshots,
+                                    EarlyStopping(cfg.train.early_stopping) if cfg.train.early_stopping else None,
+                                    keep_best, MetricsFile(out_dir / "metrics.jsonl"), tensorboard, progress)
+                      if cb is not None]
+    if loaded is not None:
+        state.load_state_dict(loaded.state["loop"])
+        for cb, cb_state in zip(loop_callbacks, loaded.state["callbacks"]):
+            cb.load_state_dict(cb_state)
+        if state.stop_reason == "early_stopping" and state.epoch < cfg.train.epochs:
+            state.stop_reason = None  # a finished run extended with train.epochs: train on
+
+    params = count_parameters(classifier)
+    where = f"resuming {out_dir} at epoch {state.epoch + 1}, step {state.step}" if loaded is not None \
+        else f"run dir {out_dir}"
+    console.print(
+        f"[bold]trainwell[/] {splits.description} | {len(splits.train)}/{len(splits.val)}/{len(splits.test)} "
+        f"train/val/test | {cfg.model.name if model is None else type(classifier.net).__name__} {params:,} params | "
+        f"{device} | {where}",
+        highlight=False,
+    )
+    try:
+        with catch_signals() as stop:
+            result = fit(state, splits.train, splits.val, LoopSettings.from_config(cfg, splits.num_classes),
+                         augment=augment, callbacks=loop_callbacks, checkpoints=checkpoints, stop=stop, warn=warn)
+    except Interrupted as exc:
+        raise Interrupted(exc.signum, exc.epoch, exc.step, f"resume with: trainwell train --resume {out_dir}") from None
+    finally:
+        for cb in (progress, tensorboard, doctor):
+            if cb is not None:
+                cb.close()
+
+    if state.ema is not None:  # validation used the averaged weights: so do the test and the saved model
+        classifier.load_state_dict(state.ema.module.state_dict())
+    test = evaluate_split(classifier, splits.test, device, cfg.train.eval_batch_size)
+    summary = _summary(result, test, cfg, splits, device, params, out_dir, keep_best)
+    if result.divergence is not None:
+        summary["divergence"] = {**result.divergence, "diagnosis": _diagnosis(classifier, splits, cfg, device)}
+    if doctor is not None:
+        summary["doctor"] = doctor.summary()
+        doctor.write(out_dir)  # doctor.json + doctor_*.png
+    save_weights(out_dir / "model.safetensors", classifier.state_dict())
+    if result.history and cfg.train.plots:
+        plot_curves(result.history, out_dir / "curves.png", title=f"{out_dir.name} (seed {cfg.train.seed})")
+    if snapshots is not None:
+        summary["snapshot_ensemble"] = snapshots.combine(out_dir, splits, console)
+    write_json(out_dir / "summary.json", summary)  # last: its presence marks a finished run
+    _report(console, summary, result, cfg, out_dir)
+    return Run(out_dir, cfg, classifier, summary, list(splits.classes), tuple(splits.input_shape), splits)
+
+
+def _check_resumable(run_dir: Path, model: nn.Module | None, prepare: Any) -> None:
+    card = read_card(run_dir)
+    if card.get("custom_model") and model is None:
+        raise RunDirError(f"run '{run_dir}' used a custom nn.Module; resume it from Python: "
+                          "trainwell.train(resume=RUN_DIR, model=YourModule()).")
+    if card.get("prepared") and prepare is None:
+        raise RunDirError(f"run '{run_dir}' was trained by trainwell finetune, which cannot be resumed yet; run the "
+                          "finetune command again with --overwrite.")
+
+
+def _new_run_dir(out: str | Path | None, overwrite: bool, cfg: Config, card: dict[str, Any], lr_found: Any) -> Path:
+    out_dir = prepare_out_dir(out, "train", f"{cfg.data.name}-{card['model']}", overwrite)
+    atomic_write_text(out_dir / "config.yaml", cfg.to_yaml())
+    if lr_found is not None:
+        write_json(out_dir / "lr_find.json", lr_found.to_dict())
+        plot_lr_find(lr_found, out_dir / "lr_find.png")
+    write_json(out_dir / "model.json", card)
+    return out_dir
+
+
+def _reopen_run_dir(run_dir: Path, cfg: Config, warn: Callable[[str], None]) -> tuple[Path, Checkpoints, Any]:
+    """The run folder of a resumed run, its checkpoints and the newest good one; a finished run only
+    continues with more epochs than it was trained for."""
+    checkpoints = Checkpoints(run_dir / CHECKPOINT_DIR, cfg.train.keep_checkpoints)
+    loaded = checkpoints.latest(warn)
+    if loaded is None:
+        raise RunDirError(f"'{run_dir}' has no checkpoint to resume from (killed before its first step?); "
+                          "start it again with --overwrite.")
+    done, previous = int(loaded.state["loop"]["epoch"]), read_config(run_dir).train.epochs
+    if (run_dir / "summary.json").is_file():
+        if loaded.state["loop"]["stop_reason"] == "diverged":
+            raise RunDirError(f"run '{run_dir}' stopped after its loss diverged; train it again with a lower optim.lr "
+                              "(or train.on_divergence=rollback) instead of resuming it.")
+        if cfg.train.epochs <= previous:
+            raise RunDirError(f"run '{run_dir}' is finished ({done} epochs); pass train.epochs=N with N > {previous} "
+                              "to train it further.")
+    if cfg.train.epochs < done:
+        raise ConfigError(f"train.epochs={cfg.train.epochs} but run '{run_dir}' has already trained {done} epochs.")
+    atomic_write_text(run_dir / "config.yaml", cfg.to_yaml())
+    (run_dir / "summary.json").unlink(missing_ok=True)  # unfinished again until this call ends
+    return run_dir, checkpoints, loaded
+
+
+def _summary(result: Any, test: dict[str, Any], cfg: Config, splits: Splits, device: torch.device, params: int,
+             out_dir: Path, keep_best: KeepBest | None) -> dict[str, Any]:
+    final = result.history[-1] if result.history else {}
+    return {
+        "test_acc": test["acc"],
+        "test_loss": test["loss"],
+        "best_val_acc": result.best_val_acc,
+        "best_epoch": result.best_epoch,
+        "final_val_acc": final.get("val_acc", float("nan")),
+        "final_train_acc": final.get("train_acc", float("nan")),
+        "epochs": len(result.history),
+        "steps": result.steps,
+        "kept": cfg.train.keep,
+        "kept_epoch": keep_best.epoch if keep_best is not None and keep_best.weights is not None
+        else len(result.history),
+        "stopped": result.stop_reason,
+        "params": params,
+        "train_seconds": result.train_seconds,
+        "examples_per_second": result.examples_seen / result.train_seconds if result.train_seconds else 0.0,
+        "diverged": result.diverged,
+        "divergence": None,
+        "n_train": len(splits.train),
+        "n_val": len(splits.val),
+        "n_test": len(splits.test),
+        "data": splits.description,
+        "device": str(device),
+        "seed": cfg.train.seed,
+        "param_groups": {k: len(v) for k, v in result.param_groups.items()},
+        "lr": cfg.optim.lr,
+        "lr_auto": read_lr_auto(out_dir),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def _report(console: Console, summary: dict[str, Any], result: Any, cfg: Config, out_dir: Path) -> None:
+    console.print(
+        f"test acc {100 * summary['test_acc']:.2f}%  test loss {summary['test_loss']:.4f}  "
+        f"best val acc {100 * summary['best_val_acc']:.2f}%  "
+        f"{summary['examples_per_second']:,.0f} ex/s  -> {out_dir}",
+        highlight=False,
+    )
+    if result.diverged:
+        d = summary["divergence"]
+        console.print(f"[yellow]warning:[/] the loss became non-finite at step {d['step']} (epoch {d['epoch']}); "
+                      f"training stopped with the last good weights. {d['diagnosis']}", highlight=False)
+    elif result.stop_reason == "early_stopping":
+        console.print(f"early stopping: no better val acc for {cfg.train.early_stopping} epochs; stopped after "
+                      f"epoch {len(result.history)}", highlight=False)
+
+
+def read_lr_auto(run_dir: Path) -> bool:
+    """Whether the run's LR came from the range test (lr_find.json beside it)."""
+    return (Path(run_dir) / "lr_find.json").is_file()
+
+
+def find_lr(
+    config: ConfigLike = None,
+    *,
+    overrides: list[str] | dict[str, Any] | None = None,
+    out: str | Path | None = None,
+    overwrite: bool = False,
+    steps: int = 100,
+    start_lr: float = 1e-6,
+    end_lr: float = 10.0,
+) -> dict[str, Any]:
+    """The LR range test on the configured model and data; writes lr_find.png/json and summary.json."""
+    cfg = as_config(config, overrides)
+    check_names(cfg)
+    device = resolve_device(cfg.train.device)
+    splits = load_splits(cfg.data)
+    classifier = build_classifier(cfg, splits)
+    seed_global(cfg.train.seed, "lr_find")
+    result = lr_range_test(classifier, splits, cfg, device, start_lr=start_lr, end_lr=end_lr, steps=steps)
+    out_dir = prepare_out_dir(out, "lr-find", f"{cfg.data.name}-{cfg.model.name}", overwrite)
+    atomic_write_text(out_dir / "config.yaml", cfg.to_yaml())
+    write_json(out_dir / "lr_find.json", result.to_dict())
+    plot_lr_find(result, out_dir / "lr_find.png")
+    summary = {"suggested_lr": result.suggested_lr, "min_loss_lr": result.min_loss_lr,
+               "diverged_at": result.diverged_at, "steps": len(result.lrs), "optim": cfg.optim.name}
+    write_json(out_dir / "summary.json", summary)
+    return {**summary, "out": str(out_dir)}
+
+
+def param_group_rows(cfg: Config) -> list[dict[str, Any]]:
+    """Which tensors get weight decay and the L1/L2 penalties, for ``trainwell train --show-param-groups``."""
+    from trainwell.train.optim import split_param_groups
+
+    check_names(cfg)
+    splits = load_splits(cfg.data)
+    groups = split_param_groups(build_classifier(cfg, splits).net, cfg.reg.exempt_bias_and_norm)
+    rows = []
+    for group, params in (("decay", groups.decay), ("no_decay", groups.no_decay)):
+        on = group == "decay"
+        for name, p in params:
+            rows.append({
+                "name": name, "shape": list(p.shape), "numel": p.numel(), "group": group,
+                "weight_decay": cfg.optim.weight_decay if on else 0.0,
+                "l1": cfg.reg.l1 if on else 0.0, "l2": cfg.reg.l2 if on else 0.0,
+            })
+    return rows
