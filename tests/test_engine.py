@@ -76,30 +76,34 @@ def test_corrupt_truncated_or_half_written_newest_checkpoint_falls_back_with_one
     folder = Checkpoints(tmp_path, keep=3)
     for step in (1, 2, 3):
         folder.save({"w": torch.full((4,), float(step)), "step": step}, step, 0)
+    folder.flush()  # written in the background
     data = tmp_path / "step-000000003.safetensors"
     blob = bytearray(data.read_bytes())
-    blob[-1] ^= 0xFF
+    blob[-1] ^= 0xFF  # one bit of a weight
     data.write_bytes(bytes(blob))
     said = []
     loaded = folder.latest(said.append)
     assert loaded.step == 2 and torch.equal(loaded.state["w"], torch.full((4,), 2.0))
     assert len(said) == 1 and "step-000000003" in said[0] and "hash" in said[0] and "falling back" in said[0]
-    (tmp_path / "step-000000002.safetensors").write_bytes(data.read_bytes()[:10])  # truncated
+    two = tmp_path / "step-000000002.safetensors"
+    two.write_bytes(two.read_bytes()[:-7])  # truncated
     said.clear()
     assert folder.latest(said.append).step == 1 and len(said) == 2
-    (tmp_path / "step-000000001.json").write_text("{not json")
+    (tmp_path / "step-000000001.safetensors").write_bytes(b"\x10" + bytes(7) + b"{not json}......")
     assert folder.latest(lambda m: None) is None
 
 
-def test_only_the_newest_checkpoints_are_kept_and_orphans_are_reported(tmp_path):
+def test_only_the_newest_checkpoints_are_kept_and_an_interrupted_write_is_reported(tmp_path):
     folder = Checkpoints(tmp_path, keep=2)
     for step in range(5):
         folder.save({"x": torch.zeros(1)}, step, 0)
-    assert sorted(p.name for p in tmp_path.glob("step-*")) == [
-        "step-000000003.json", "step-000000003.safetensors", "step-000000004.json", "step-000000004.safetensors"]
-    (tmp_path / "step-000000009.safetensors").write_bytes(b"half")  # killed before its manifest
+    folder.flush()
+    assert sorted(p.name for p in tmp_path.glob("step-*")) == ["step-000000003.safetensors", "step-000000004.safetensors"]
+    (tmp_path / ".step-000000009.safetensors.x1y2.tmp").write_bytes(b"half")  # a write killed half-way
     said = []
-    assert folder.latest(said.append).step == 4 and "being written" in said[0]
+    reopened = Checkpoints(tmp_path, keep=2)
+    assert reopened.latest(said.append).step == 4 and "step-000000009" in said[0] and "being written" in said[0]
+    assert not list(tmp_path.glob(".*.tmp"))
 
 
 def test_misspelt_hook_fails_when_the_class_is_defined():
@@ -176,7 +180,7 @@ def test_checkpoints_are_written_at_epoch_ends_and_every_n_steps(tmp_path):
     run = trainwell.train(dict(QUICK, **{"train.checkpoint_every": 2, "train.keep_checkpoints": 100}),
                           out=tmp_path / "r", quiet=True)
     spe = math.ceil(run.summary["n_train"] / 64)
-    steps = sorted(int(p.stem[5:]) for p in (run.dir / "checkpoints").glob("step-*.json"))
+    steps = sorted(int(p.stem[5:]) for p in (run.dir / "checkpoints").glob("step-*.safetensors"))
     assert steps == sorted({0, *range(2, 2 * spe + 1, 2), spe, 2 * spe})
     assert run.summary["steps"] == 2 * spe
 
@@ -336,9 +340,7 @@ def test_an_unfinished_compare_run_continues_from_its_checkpoint(tmp_path):
     # as if killed during epoch 3: no summary, no final weights, only the checkpoint of epoch 2
     (run_dir / "summary.json").unlink()
     (run_dir / "model.safetensors").unlink()
-    newest = max((run_dir / "checkpoints").glob("step-*.json"))
-    newest.unlink()
-    newest.with_suffix(".safetensors").unlink()
+    max((run_dir / "checkpoints").glob("step-*.safetensors")).unlink()
     state = execute(plan, tmp_path, workers=1, quiet=True)
     after = rows_with_timing(run_dir)
     assert state.ran == 1 and len(after) == 3
@@ -351,3 +353,17 @@ def test_an_unfinished_compare_run_continues_from_its_checkpoint(tmp_path):
 
 def rows_with_timing(run_dir):
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_a_checkpoint_is_a_plain_safetensors_file_with_its_state_in_the_metadata(tmp_path):
+    from safetensors import safe_open
+
+    run = trainwell.train(dict(QUICK, **{"train.epochs": 1}), out=tmp_path / "r", quiet=True)
+    newest = max((run.dir / "checkpoints").glob("step-*.safetensors"))
+    with safe_open(str(newest), "pt") as f:  # the library's own reader
+        meta = f.metadata()
+        weight = f.get_tensor("loop.model.net.1.weight")
+    assert meta["format"] == "trainwell-checkpoint" and int(meta["step"]) == run.summary["steps"]
+    assert json.loads(meta["state"])["loop"]["epoch"] == 1
+    # the last checkpoint holds the final weights (train.keep=last, no EMA)
+    torch.testing.assert_close(weight, load_file(run.dir / "model.safetensors")["net.1.weight"], rtol=0, atol=0)

@@ -13,7 +13,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -33,8 +33,13 @@ def fsync_dir(folder: Path) -> None:
 
 
 @contextlib.contextmanager
-def atomic_file(path: str | Path) -> Iterator[IO[bytes]]:
-    """``with atomic_file(path) as fh: fh.write(...)``: the file appears whole when the block ends, or not at all."""
+def atomic_file(path: str | Path, sync_dir: bool = True,
+                before_replace: Callable[[], None] | None = None) -> Iterator[IO[bytes]]:
+    """``with atomic_file(path) as fh: fh.write(...)``: the file appears whole when the block ends, or not at all.
+
+    ``sync_dir=False`` leaves the folder's fsync to a later write in it. ``before_replace`` runs once
+    the data is fsynced, before the rename (the resume tests plant a kill there).
+    """
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -42,15 +47,18 @@ def atomic_file(path: str | Path) -> Iterator[IO[bytes]]:
             yield fh
             fh.flush()
             os.fsync(fh.fileno())
+        if before_replace is not None:
+            before_replace()
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    fsync_dir(path.parent)
+    if sync_dir:
+        fsync_dir(path.parent)
 
 
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    with atomic_file(path) as fh:
+def atomic_write_bytes(path: str | Path, data: bytes, sync_dir: bool = True) -> None:
+    with atomic_file(path, sync_dir) as fh:
         fh.write(data)
 
 

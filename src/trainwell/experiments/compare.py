@@ -249,7 +249,7 @@ def execute_job(cfg: Config, run_dir: str, measure: str | None) -> dict[str, Any
 
     run_dir_path = Path(run_dir)
     if not (run_dir_path / "summary.json").is_file():
-        if any((run_dir_path / CHECKPOINT_DIR).glob("step-*.json")):
+        if any((run_dir_path / CHECKPOINT_DIR).glob("step-*.safetensors")):
             train(resume=run_dir_path, quiet=True)
         else:
             train(cfg, out=run_dir_path, overwrite=True, quiet=True)

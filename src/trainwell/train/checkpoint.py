@@ -1,17 +1,20 @@
 """Checkpoints: a training state saved so that a killed run continues exactly where it was.
 
-A checkpoint is two files in ``RUN_DIR/checkpoints/``:
+A checkpoint is one file, ``RUN_DIR/checkpoints/step-000001234.safetensors``: every tensor of the
+state (weights, optimiser moments, generator states, the epoch's permutation, the running sums of
+the epoch) as safetensors, and everything else (counters, history, callbacks' state) as JSON in its
+header's metadata, with the SHA-256 of the tensors' bytes and of that JSON. No pickle.
 
-* ``step-000001234.safetensors`` — every tensor of the state (weights, optimiser moments, generator
-  states, the epoch's permutation, the running sums of the epoch), no pickle;
-* ``step-000001234.json`` — everything else (counters, history, callbacks' state), with the
-  SHA-256 and size of the tensor file and of the JSON state itself.
-
-Both are written atomically (temporary file in the same folder, fsync, ``os.replace``, fsync of the
-folder) and the JSON last: a checkpoint exists only once its JSON does, and it is *good* only when
-both hashes match. Loading takes the newest good one; a newer checkpoint that is truncated, corrupt
-or half-written (a kill during the write) is skipped with one line saying so. Only the last
+It is written atomically (temporary file in the same folder, fsync, ``os.replace``, fsync of the
+folder): a checkpoint exists whole or not at all, and it is *good* only when both hashes match.
+Loading takes the newest good one; a newer one that is truncated or corrupt, or one whose write a
+kill interrupted (its temporary file is left), is skipped with one line saying so. Only the last
 ``keep`` checkpoints are kept.
+
+The loop only waits for the state to be copied (a few tenths of a millisecond for a small model);
+serialising, hashing, writing and fsyncing happen on one background thread, in order, overlapping
+the next steps. :meth:`Checkpoints.flush` waits for them; reading a checkpoint and the end of
+``fit`` flush first, and an error of a background write (a full disk) is raised there.
 
 The state is a nested tree of dicts/lists/scalars/tensors; :func:`split_tree` moves its tensors out
 (leaving ``{"__tensor__": key}`` in their place) and :func:`join_tree` puts them back, so any
@@ -25,6 +28,7 @@ import json
 import os
 import re
 import signal
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -32,33 +36,34 @@ from typing import Any, Callable
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load as load_tensors
-from safetensors.torch import save as save_tensors
 
 from trainwell.errors import RunDirError
-from trainwell.fileio import atomic_write_bytes, fsync_dir
+from trainwell.fileio import atomic_file
 
 CHECKPOINT_FORMAT = "trainwell-checkpoint"
 CHECKPOINT_VERSION = 1
 CHECKPOINT_DIR = "checkpoints"
-_NAME = re.compile(r"^step-(\d{9})\.json$")
+_NAME = re.compile(r"^step-(\d{9})\.safetensors$")
+_TMP = re.compile(r"^\.step-(\d{9})\.safetensors\..*\.tmp$")
 _TENSOR, _INTKEYS, _TUPLE = "__tensor__", "__intkeys__", "__tuple__"
 
 
 # ----------------------------------------------------------------------------- tree codec
 
 
-def split_tree(tree: Any) -> tuple[Any, dict[str, torch.Tensor]]:
+def split_tree(tree: Any, copy: bool = True) -> tuple[Any, dict[str, torch.Tensor]]:
     """(JSON-able tree, tensors by key): tensors replaced by ``{"__tensor__": key}``.
 
     Dicts with integer keys (an optimiser's ``state``) and tuples are tagged so :func:`join_tree`
-    restores them as they were; tensors are copied to contiguous CPU storage.
+    restores them as they were; with ``copy`` tensors are copied to CPU (else they are the live
+    ones, detached: :func:`pack_safetensors` copies them itself). The containers are always new.
     """
     tensors: dict[str, torch.Tensor] = {}
 
     def walk(node: Any, path: str) -> Any:
         if isinstance(node, torch.Tensor):
             key = path or "root"
-            tensors[key] = node.detach().to("cpu").contiguous().clone()
+            tensors[key] = node.detach().to("cpu", copy=True) if copy else node.detach()
             return {_TENSOR: key}
         if isinstance(node, dict):
             if node and all(isinstance(k, int) and not isinstance(k, bool) for k in node):
@@ -92,12 +97,44 @@ def join_tree(tree: Any, tensors: dict[str, torch.Tensor]) -> Any:
     return tree
 
 
-def _sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
+#: torch dtype -> safetensors dtype name (the format's little-endian types).
+SAFETENSORS_DTYPES = {torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
+                      torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8",
+                      torch.uint8: "U8", torch.bool: "BOOL"}
 
 
-def _canonical(tree: Any) -> bytes:
-    return json.dumps(tree, sort_keys=True, separators=(",", ":")).encode()
+def pack_safetensors(tensors: dict[str, torch.Tensor]) -> tuple[dict[str, Any], torch.Tensor]:
+    """(safetensors header entries, every tensor's bytes in one new CPU uint8 tensor), in name order.
+
+    The copy is one ``torch.cat`` (and one device-to-host transfer on a GPU), which runs without
+    holding Python's GIL; ``safetensors.torch.save`` builds the same file with a Python call per
+    tensor under the GIL, which stalled the training thread when run beside it (bench_trainer.py's
+    checkpoint column, docs/benchmarks.md). The file is read back with safetensors' own loader.
+    """
+    header: dict[str, Any] = {}
+    parts, offset = [], 0
+    for key in sorted(tensors):
+        t = tensors[key]
+        if t.dtype not in SAFETENSORS_DTYPES:
+            raise TypeError(f"cannot checkpoint tensor '{key}' of dtype {t.dtype}")
+        raw = t.reshape(-1).view(torch.uint8) if t.numel() else torch.empty(0, dtype=torch.uint8, device=t.device)
+        header[key] = {"dtype": SAFETENSORS_DTYPES[t.dtype], "shape": list(t.shape),
+                       "data_offsets": [offset, offset + raw.numel()]}
+        parts.append(raw)
+        offset += raw.numel()
+    data = torch.cat(parts).cpu() if parts else torch.empty(0, dtype=torch.uint8)
+    return header, data
+
+
+def safetensors_bytes(header: dict[str, Any], metadata: dict[str, str]) -> bytes:
+    """The 8-byte length and the JSON header (padded to 8 bytes) that precede the data of a safetensors file."""
+    text = json.dumps({"__metadata__": metadata, **header}, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)
+    return len(text).to_bytes(8, "little") + text
+
+
+def _sha256(data: Any) -> str:
+    return hashlib.sha256(data).hexdigest()  # hashlib releases the GIL on large buffers
 
 
 # ----------------------------------------------------------------------------- fault injection
@@ -105,11 +142,11 @@ def _canonical(tree: Any) -> bytes:
 
 @dataclass(frozen=True)
 class Fault:
-    """A kill planted by the resume tests (``TRAINWELL_FAULT``), so that the hardest moments — in the
-    middle of writing a checkpoint, right after one — can be hit on purpose, not by luck:
+    """A kill planted by the resume tests (``TRAINWELL_FAULT``), so that the hardest moments of a
+    checkpoint write can be hit on purpose, not by luck:
 
-    * ``kill-in-checkpoint:K``: SIGKILL halfway through writing the K-th checkpoint's tensor file;
-    * ``kill-before-manifest:K``: SIGKILL after the K-th tensor file is in place, before its JSON;
+    * ``kill-in-checkpoint:K``: SIGKILL halfway through writing the K-th checkpoint's file;
+    * ``kill-before-rename:K``: SIGKILL when the K-th is written and fsynced, before ``os.replace``;
     * ``kill-after-checkpoint:K``: SIGKILL right after the K-th checkpoint is complete.
 
     K counts the checkpoints this process writes (1 = the first). Unset: nothing happens.
@@ -122,14 +159,12 @@ class Fault:
     def from_env(cls) -> Fault:
         spec = os.environ.get("TRAINWELL_FAULT", "")
         where, _, count = spec.partition(":")
-        if where not in ("kill-in-checkpoint", "kill-before-manifest", "kill-after-checkpoint") or not count.isdigit():
+        if where not in ("kill-in-checkpoint", "kill-before-rename", "kill-after-checkpoint") or not count.isdigit():
             return cls()
         return cls(where, int(count))
 
-    def at(self, where: str, count: int, before: Callable[[], None] | None = None) -> None:
+    def at(self, where: str, count: int) -> None:
         if self.where == where and self.count == count:
-            if before is not None:
-                before()
             os.kill(os.getpid(), signal.SIGKILL)
 
 
@@ -156,88 +191,105 @@ class Checkpoints:
         self.written = 0
         self.fault = Fault.from_env()
         self._memory: Loaded | None = None
+        self._writer: ThreadPoolExecutor | None = None
+        self._pending: list[Future] = []
+        self._interrupted: list[int] = []  # steps whose write a kill interrupted (their .tmp was left)
         if self.folder is not None:
             self.folder.mkdir(parents=True, exist_ok=True)
-            for stale in self.folder.glob(".*.tmp"):  # a write killed half-way
+            for stale in self.folder.glob(".step-*.tmp"):
+                if (m := _TMP.match(stale.name)) is not None:
+                    self._interrupted.append(int(m.group(1)))
                 stale.unlink(missing_ok=True)
 
-    def save(self, tree: Any, step: int, epoch: int) -> Path | None:
-        """Write the state as the checkpoint of ``step``; returns its JSON file (None in memory)."""
-        json_tree, tensors = split_tree(tree)
+    def save(self, tree: Any, step: int, epoch: int) -> None:
+        """Save the state as the checkpoint of ``step``: copied now, written in the background."""
         self.written += 1
         if self.folder is None:
+            json_tree, tensors = split_tree(tree, copy=True)
             self._memory = Loaded(join_tree(json_tree, tensors), step, epoch, Path("<memory>"))
-            return None
-        stem = f"step-{step:09d}"
-        data = save_tensors(tensors, metadata={"format": CHECKPOINT_FORMAT})
-        tensor_path = self.folder / f"{stem}.safetensors"
-        manifest_path = self.folder / f"{stem}.json"
-        manifest_path.unlink(missing_ok=True)  # an older checkpoint of this step (before a rollback) is void now
-        self.fault.at("kill-in-checkpoint", self.written, before=lambda: self._half_write(tensor_path, data))
-        atomic_write_bytes(tensor_path, data)
-        self.fault.at("kill-before-manifest", self.written)
-        manifest = {
-            "format": CHECKPOINT_FORMAT,
-            "version": CHECKPOINT_VERSION,
-            "step": step,
-            "epoch": epoch,
-            "tensors": tensor_path.name,
-            "tensors_bytes": len(data),
-            "tensors_sha256": _sha256(data),
-            "state_sha256": _sha256(_canonical(json_tree)),
-            "state": json_tree,
-        }
-        atomic_write_bytes(manifest_path, json.dumps(manifest).encode())
-        self._prune()
-        self.fault.at("kill-after-checkpoint", self.written)
-        return manifest_path
+            return
+        json_tree, tensors = split_tree(tree, copy=False)
+        header, data = pack_safetensors(tensors)  # the copy: training may go on while it is written
+        state_json = json.dumps(json_tree, separators=(",", ":"))
+        if self._writer is None:
+            self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="trainwell-checkpoint")
+        self._raise_failed()
+        self._pending.append(self._writer.submit(self._write, state_json, header, data, step, epoch, self.written))
 
-    def _half_write(self, path: Path, data: bytes) -> None:
-        tmp = path.parent / f".{path.name}.fault.tmp"
-        with open(tmp, "wb") as fh:
-            fh.write(data[: len(data) // 2])
-            fh.flush()
-            os.fsync(fh.fileno())
+    def flush(self) -> None:
+        """Wait until every checkpoint saved so far is on disk; raise the error of one that failed."""
+        pending, self._pending = self._pending, []
+        for future in pending:
+            future.result()
+
+    def close(self) -> None:
+        """Flush, and stop the writer thread (a later save starts it again)."""
+        self.flush()
+        if self._writer is not None:
+            self._writer.shutdown()
+            self._writer = None
+
+    def _raise_failed(self) -> None:
+        done = [f for f in self._pending if f.done()]
+        self._pending = [f for f in self._pending if not f.done()]
+        for future in done:
+            future.result()
+
+    def _write(self, state_json: str, header: dict[str, Any], data: torch.Tensor, step: int, epoch: int,
+               count: int) -> Path:
+        assert self.folder is not None
+        body = memoryview(data.numpy())
+        metadata = {"format": CHECKPOINT_FORMAT, "version": str(CHECKPOINT_VERSION), "step": str(step),
+                    "epoch": str(epoch), "tensors_sha256": _sha256(body),
+                    "state_sha256": _sha256(state_json.encode()), "state": state_json}
+        head = safetensors_bytes(header, metadata)
+        path = self.folder / f"step-{step:09d}.safetensors"
+        with atomic_file(path, before_replace=lambda: self.fault.at("kill-before-rename", count)) as fh:
+            fh.write(head)
+            if self.fault.where == "kill-in-checkpoint" and self.fault.count == count:
+                fh.write(body[: len(body) // 2])
+                fh.flush()
+                os.fsync(fh.fileno())
+                self.fault.at("kill-in-checkpoint", count)
+            fh.write(body)
+        self._prune()
+        self.fault.at("kill-after-checkpoint", count)
+        return path
 
     def _steps(self) -> list[int]:
         assert self.folder is not None
         return sorted(int(m.group(1)) for p in self.folder.iterdir() if (m := _NAME.match(p.name)))
 
     def _prune(self) -> None:
-        steps = self._steps()
-        for step in steps[: -self.keep]:
-            stem = self.folder / f"step-{step:09d}"  # type: ignore[operator]
-            Path(f"{stem}.json").unlink(missing_ok=True)  # the manifest first: never a manifest without tensors
-            Path(f"{stem}.safetensors").unlink(missing_ok=True)
-        # tensor files without a manifest (a kill before it was written) are never loaded; drop them
-        for orphan in self.folder.glob("step-*.safetensors"):  # type: ignore[union-attr]
-            if not orphan.with_suffix(".json").is_file():
-                orphan.unlink(missing_ok=True)
-        fsync_dir(self.folder)  # type: ignore[arg-type]
+        # No fsync: an unlink lost to a power cut only leaves an older checkpoint behind.
+        for step in self._steps()[: -self.keep]:
+            (self.folder / f"step-{step:09d}.safetensors").unlink(missing_ok=True)  # type: ignore[operator]
 
     def discard_after(self, step: int) -> None:
         """Delete checkpoints newer than ``step`` (a rollback replays from ``step``)."""
         if self.folder is None:
             return
+        self.flush()
         for s in self._steps():
             if s > step:
-                Path(self.folder / f"step-{s:09d}.json").unlink(missing_ok=True)
-                Path(self.folder / f"step-{s:09d}.safetensors").unlink(missing_ok=True)
+                (self.folder / f"step-{s:09d}.safetensors").unlink(missing_ok=True)
 
     def latest(self, warn: Callable[[str], None] | None = None) -> Loaded | None:
         """The newest good checkpoint; each newer bad one is reported through ``warn`` and skipped."""
         if self.folder is None:
             return self._memory
+        self.flush()
         if not self.folder.is_dir():
             return None
         steps = self._steps()
-        orphans = sorted(int(p.name[5:14]) for p in self.folder.glob("step-*.safetensors")
-                         if not p.with_suffix(".json").is_file() and p.name[5:14].isdigit())
-        if orphans and warn is not None and (not steps or orphans[-1] > steps[-1]):
-            warn(f"checkpoint step-{orphans[-1]:09d} in '{self.folder}' was being written when the run stopped "
-                 "(its manifest is missing); using the one before it")
+        newest = steps[-1] if steps else -1
+        interrupted = [s for s in self._interrupted if s >= newest]
+        if interrupted and warn is not None:
+            warn(f"checkpoint step-{max(interrupted):09d} in '{self.folder}' was being written when the run stopped; "
+                 + ("using the one before it" if steps else "no complete checkpoint before it"))
+        self._interrupted = []
         for step in reversed(steps):
-            path = self.folder / f"step-{step:09d}.json"
+            path = self.folder / f"step-{step:09d}.safetensors"
             try:
                 return self._read(path)
             except RunDirError as exc:
@@ -247,21 +299,23 @@ class Checkpoints:
 
     def _read(self, path: Path) -> Loaded:
         try:
-            manifest = json.loads(path.read_bytes())
-            if manifest.get("format") != CHECKPOINT_FORMAT:
+            data = path.read_bytes()
+            size = int.from_bytes(data[:8], "little")
+            if not 0 < size <= len(data) - 8:
+                raise ValueError("truncated: its header runs past the end of the file")
+            meta = json.loads(data[8 : 8 + size]).get("__metadata__") or {}
+            if meta.get("format") != CHECKPOINT_FORMAT:
                 raise ValueError("not a trainwell checkpoint")
-            if int(manifest.get("version", 0)) > CHECKPOINT_VERSION:
+            if int(meta.get("version", 0)) > CHECKPOINT_VERSION:
                 raise RunDirError(f"checkpoint '{path}' was written by a newer trainwell; upgrade trainwell")
-            json_tree = manifest["state"]
-            if _sha256(_canonical(json_tree)) != manifest["state_sha256"]:
+            if _sha256(meta["state"].encode()) != meta["state_sha256"]:
                 raise ValueError("its state does not match its hash")
-            data = (path.parent / manifest["tensors"]).read_bytes()
-            if len(data) != manifest["tensors_bytes"] or _sha256(data) != manifest["tensors_sha256"]:
-                raise ValueError(f"{manifest['tensors']} does not match its hash (truncated or corrupt)")
-            tensors = load_tensors(data)
-            return Loaded(join_tree(json_tree, tensors), int(manifest["step"]), int(manifest["epoch"]), path)
+            if _sha256(memoryview(data)[8 + size :]) != meta["tensors_sha256"]:
+                raise ValueError("its tensors do not match their hash (truncated or corrupt)")
+            tensors = load_tensors(data)  # safetensors' own reader checks the layout
+            return Loaded(join_tree(json.loads(meta["state"]), tensors), int(meta["step"]), int(meta["epoch"]), path)
         except RunDirError:
             raise
-        except (OSError, ValueError, KeyError, TypeError, SafetensorError, UnicodeDecodeError) as exc:
+        except (OSError, ValueError, KeyError, TypeError, AttributeError, SafetensorError, UnicodeDecodeError) as exc:
             reason = str(exc).splitlines()[0][:100] if str(exc) else type(exc).__name__
             raise RunDirError(f"checkpoint '{path.name}' in '{path.parent}' is unreadable ({reason})") from None

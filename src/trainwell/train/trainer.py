@@ -133,8 +133,6 @@ class TrainState:
     """The current epoch's order of the training examples (CPU); None between epochs."""
     loss_sum: torch.Tensor = field(default_factory=lambda: torch.zeros(()))
     correct: torch.Tensor = field(default_factory=lambda: torch.zeros((), dtype=torch.long))
-    first_bad_step: torch.Tensor = field(default_factory=lambda: torch.full((), -1, dtype=torch.long))
-    """On the device: the first optimiser step whose loss (or clipped gradient norm) was not finite, -1 if none."""
     seen: int = 0
     epoch_seconds: float = 0.0
     epoch_lr: float = math.nan
@@ -156,7 +154,6 @@ class TrainState:
     def to(self, device: torch.device) -> TrainState:
         self.loss_sum = self.loss_sum.to(device)
         self.correct = self.correct.to(device)
-        self.first_bad_step = self.first_bad_step.to(device)
         return self
 
     def state_dict(self) -> dict[str, Any]:
@@ -191,7 +188,6 @@ class TrainState:
         self.perm = state["perm"]
         self.loss_sum = state["loss_sum"].to(device)
         self.correct = state["correct"].to(device)
-        self.first_bad_step = torch.full((), -1, dtype=torch.long, device=device)  # restored states are good ones
         self.history = [dict(row) for row in state["history"]]
         self.stop_reason = state["stop_reason"]
 
@@ -410,12 +406,18 @@ def fit(
     mixing = mixing_enabled(settings.mix)
     epoch_steps = steps_per_epoch(len(train), settings.batch_size, settings.accumulate)
     total_steps = epoch_steps * settings.epochs
-    divergence: dict[str, Any] | None = None
+    # Each step's objective (+ 0 x the clipped gradient norm: NaN/inf there too) on the device; a
+    # non-finite entry is a divergence, found when the host reads it: never once per step.
+    step_losses = torch.zeros(max(epoch_steps, 1), device=device)
+
+    def first_bad_step() -> int | None:
+        done = math.ceil(state.batch / settings.accumulate)  # optimiser steps of this epoch so far
+        bad = torch.nonzero(~torch.isfinite(step_losses[:done])).flatten()
+        return state.step - done + int(bad[0]) if len(bad) else None
 
     def save_checkpoint() -> None:
-        good = int(state.first_bad_step)  # a host read: never save a state that has diverged
-        if good >= 0:
-            raise _Diverged(good)
+        if (bad := first_bad_step()) is not None:  # never save a state that has diverged
+            raise _Diverged(bad)
         checkpoints.save({"loop": state.state_dict(), "callbacks": [cb.state_dict() for cb in callbacks]},
                          state.step, state.epoch)
 
@@ -427,6 +429,7 @@ def fit(
         for cb, cb_state in zip(callbacks, loaded.state["callbacks"]):
             cb.load_state_dict(cb_state)
         checkpoints.discard_after(loaded.step)
+        step_losses.zero_()  # a restored state is a good one
         for cb in callbacks:
             cb.on_restore(Restore(state, reason))
 
@@ -453,17 +456,14 @@ def fit(
             state.correct.add_((logits.detach().argmax(1) == yb).sum())
             state.seen += len(idx)
             total = objective.detach() if total is None else total + objective.detach()
-        finite = torch.isfinite(total)
         if settings.grad_clip > 0:
             norm = nn.utils.clip_grad_norm_(state.model.parameters(), settings.grad_clip)
-            finite = finite & torch.isfinite(norm)
+            total = torch.add(total, norm, alpha=0)  # NaN when the norm is NaN or inf
+        step_losses[state.batch // settings.accumulate] = total
         state.optimizer.step()
         state.schedule.step()
         if state.ema is not None:
             state.ema.update_parameters(state.model)
-        # The first non-finite step, kept on the device: read a few times a second, not every step.
-        state.first_bad_step = torch.where(finite | (state.first_bad_step >= 0), state.first_bad_step,
-                                           torch.full_like(state.first_bad_step, state.step))
         state.step += 1
         state.batch += len(indices)
 
@@ -476,6 +476,7 @@ def fit(
                 state.epoch_lr = state.schedule.get_last_lr()[0]
                 state.loss_sum.zero_()
                 state.correct.zero_()
+                step_losses.zero_()
             batches = order.batches(state.perm.to(device))
             t0 = time.perf_counter()
             state.model.train()
@@ -484,10 +485,10 @@ def fit(
                 stats = None
                 if time.perf_counter() >= next_sync:  # the host reads the device a few times a second
                     next_sync = time.perf_counter() + SYNC_SECONDS
-                    loss_sum, correct, bad = torch.stack([state.loss_sum.double(), state.correct.double(),
-                                                          state.first_bad_step.double()]).tolist()
-                    if bad >= 0:
-                        raise _Diverged(int(bad))
+                    loss_sum, correct, finite = torch.stack([state.loss_sum.double(), state.correct.double(),
+                                                             torch.isfinite(step_losses).all().double()]).tolist()
+                    if not finite:
+                        raise _Diverged(first_bad_step())  # type: ignore[arg-type]
                     stats = (loss_sum / state.seen, correct / state.seen)
                 for cb in per_step:
                     cb.on_step_end(StepEnd(state, stats))
@@ -505,11 +506,10 @@ def fit(
             save_checkpoint()
 
     def end_epoch() -> None:
+        if (bad := first_bad_step()) is not None:
+            raise _Diverged(bad)
         seen, seconds = state.seen, state.epoch_seconds
         train_loss = state.loss_sum.item() / seen
-        if not math.isfinite(train_loss):
-            bad = int(state.first_bad_step)
-            raise _Diverged(bad if bad >= 0 else state.step - 1)
         state.epoch += 1
         row: dict[str, Any] = {
             "epoch": state.epoch,
@@ -535,32 +535,41 @@ def fit(
         for cb in callbacks:
             cb.on_epoch_end(EpochEnd(state.epoch, row, state.eval_model, state))
 
+    def train_until_done() -> dict[str, Any] | None:
+        """Run the epochs; on a divergence stop or roll back (then run on). Returns the divergence, if any."""
+        divergence = None
+        while True:
+            try:
+                run_epochs()
+                break
+            except _Diverged as exc:
+                epoch = exc.step // max(epoch_steps, 1) + 1
+                can_roll_back = settings.on_divergence == "rollback" and state.rollbacks < settings.max_rollbacks
+                rollbacks = state.rollbacks + int(can_roll_back)
+                divergence = {"step": exc.step, "epoch": epoch, "action": "rollback" if can_roll_back else "stop",
+                              "rollbacks": rollbacks}
+                restore("divergence")
+                state.rollbacks = rollbacks
+                if not can_roll_back:
+                    state.stop_reason = "diverged"
+                    break
+                # The restored checkpoint may predate earlier rollbacks: the factor counts them all.
+                state.schedule.factor = settings.rollback_lr_factor ** rollbacks
+                state.schedule.load_state_dict(state.schedule.state_dict())  # apply the lower rates now
+                if warn is not None:
+                    warn(f"the loss became non-finite at step {exc.step} (epoch {epoch}); rolled back to step "
+                         f"{state.step} with the learning rate x{state.schedule.factor:g} "
+                         f"(rollback {rollbacks} of {settings.max_rollbacks})")
+        return divergence
+
     for cb in callbacks:
         cb.on_fit_start(FitStart(state, total_steps, settings.batch_size * settings.accumulate))
-    if (state.step == 0 and state.perm is None) or checkpoints.folder is None:
-        save_checkpoint()  # the last good state before the first step: what a divergence falls back to
-    while True:
-        try:
-            run_epochs()
-            break
-        except _Diverged as exc:
-            epoch = exc.step // max(epoch_steps, 1) + 1
-            can_roll_back = settings.on_divergence == "rollback" and state.rollbacks < settings.max_rollbacks
-            rollbacks = state.rollbacks + int(can_roll_back)
-            divergence = {"step": exc.step, "epoch": epoch, "action": "rollback" if can_roll_back else "stop",
-                          "rollbacks": rollbacks}
-            restore("divergence")
-            state.rollbacks = rollbacks
-            if not can_roll_back:
-                state.stop_reason = "diverged"
-                break
-            # The restored checkpoint may predate earlier rollbacks: the factor counts them all.
-            state.schedule.factor = settings.rollback_lr_factor ** rollbacks
-            state.schedule.load_state_dict(state.schedule.state_dict())  # apply the lower rates now
-            if warn is not None:
-                warn(f"the loss became non-finite at step {exc.step} (epoch {epoch}); rolled back to step "
-                     f"{state.step} with the learning rate x{state.schedule.factor:g} "
-                     f"(rollback {rollbacks} of {settings.max_rollbacks})")
+    try:
+        if (state.step == 0 and state.perm is None) or checkpoints.folder is None:
+            save_checkpoint()  # the last good state before the first step: what a divergence falls back to
+        divergence = train_until_done()
+    finally:
+        checkpoints.close()  # every checkpoint on disk before fit returns or raises
 
     result = FitResult(
         history=list(state.history), best_val_acc=state.best_val if state.best_val > -math.inf else float("nan"),
