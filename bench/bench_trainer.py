@@ -7,6 +7,7 @@ to a temporary folder, as ``trainwell train`` does; a third column also checkpoi
 
     python bench/bench_trainer.py                 # digits MLP and MNIST-1D CNN, 5 rounds each
     python bench/bench_trainer.py --rounds 9 --epochs 5
+    python bench/bench_trainer.py --breakdown     # also: checkpoints off, checkpoints in memory
 """
 
 from __future__ import annotations
@@ -61,15 +62,24 @@ def hand_written(cfg, splits, device, seed: int) -> float:
     return time.perf_counter() - t0
 
 
-def with_trainwell(cfg, splits, device, seed: int, checkpoint_every: int = 0) -> float:
+class NoCheckpoints(Checkpoints):
+    """--breakdown: the loop with every checkpoint skipped (what the loop itself costs)."""
+
+    def save(self, tree, step: int, epoch: int) -> None:
+        pass
+
+
+def with_trainwell(cfg, splits, device, seed: int, checkpoint_every: int = 0, where: str = "disk") -> float:
     cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, seed=seed, checkpoint_every=checkpoint_every))
     model = make_model(cfg, splits, seed)
     state = build_state(model, cfg, len(splits.train), device)
     with tempfile.TemporaryDirectory() as folder:
+        checkpoints = {"disk": Checkpoints(Path(folder)), "memory": Checkpoints(None),
+                       "off": NoCheckpoints(Path(folder))}[where]
         sync(device)
         t0 = time.perf_counter()
         fit(state, splits.train, splits.val, LoopSettings.from_config(cfg, splits.num_classes),
-            checkpoints=Checkpoints(Path(folder)))
+            checkpoints=checkpoints)
         sync(device)
         return time.perf_counter() - t0  # the whole fit: epochs and checkpoints (no validation: val is empty)
 
@@ -80,18 +90,27 @@ def sync(device: torch.device) -> None:
 
 
 def main() -> None:
+    import sys
+
+    breakdown = "--breakdown" in sys.argv
+    if breakdown:
+        sys.argv.remove("--breakdown")
     args = parse_args(__doc__, CASES, epochs=3)
-    print(f"{'case':<14} {'hand-written s':>15} {'trainwell s':>12} {'ratio':>7} {'every 50 s':>11} {'ratio':>7}")
+    columns = ["trainwell", "every 50"] + (["ckpt off", "in memory"] if breakdown else [])
+    print(f"{'case':<14} {'hand-written s':>15}" + "".join(f" {c + ' s':>12} {'ratio':>6}" for c in columns))
     for name in args.cases.split(","):
         # val_fraction=0: the hand-written loop does no validation either.
         cfg = resolve(CASES[name] + [f"train.epochs={args.epochs}", "data.val_fraction=0", "train.progress=false"])
         splits = load_splits(cfg.data)
         seeds = iter(range(10**6))
-        hand, ours, often = interleaved(lambda: hand_written(cfg, splits, args.device, next(seeds)),
-                                        lambda: with_trainwell(cfg, splits, args.device, next(seeds)),
-                                        lambda: with_trainwell(cfg, splits, args.device, next(seeds), 50),
-                                        rounds=args.rounds)
-        print(f"{name:<14} {hand:>15.3f} {ours:>12.3f} {ours / hand:>7.3f} {often:>11.3f} {often / hand:>7.3f}")
+        runs = [lambda: hand_written(cfg, splits, args.device, next(seeds)),
+                lambda: with_trainwell(cfg, splits, args.device, next(seeds)),
+                lambda: with_trainwell(cfg, splits, args.device, next(seeds), 50)]
+        if breakdown:
+            runs += [lambda: with_trainwell(cfg, splits, args.device, next(seeds), where="off"),
+                     lambda: with_trainwell(cfg, splits, args.device, next(seeds), where="memory")]
+        hand, *ours = interleaved(*runs, rounds=args.rounds)
+        print(f"{name:<14} {hand:>15.3f}" + "".join(f" {t:>12.3f} {t / hand:>6.3f}" for t in ours))
 
 
 if __name__ == "__main__":

@@ -367,3 +367,13 @@ def test_a_checkpoint_is_a_plain_safetensors_file_with_its_state_in_the_metadata
     assert json.loads(meta["state"])["loop"]["epoch"] == 1
     # the last checkpoint holds the final weights (train.keep=last, no EMA)
     torch.testing.assert_close(weight, load_file(run.dir / "model.safetensors")["net.1.weight"], rtol=0, atol=0)
+
+
+def test_an_ensemble_folder_resumes_its_unfinished_members(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    first = trainwell.train(dict(QUICK, **{"train.ensemble": 2, "train.epochs": 1}), out="ens", quiet=True)
+    member = sorted((tmp_path / "ens" / "members-runs" / "runs").glob("*/seed-1"))[0]
+    (member / "summary.json").unlink()  # as if killed after its last checkpoint
+    again = trainwell.train(resume=tmp_path / "ens", quiet=True)  # another spelling of the same folder
+    assert again.summary["member_accs"] == first.summary["member_accs"]
+    assert (member / "summary.json").is_file()

@@ -51,7 +51,7 @@ def train_ensemble(
     atomic_write_text(out_dir / "config.yaml", cfg.to_yaml())
     # The members: the resolved config (out/config.yaml) as one compare cell, over K seeds.
     plan = Plan(base=["train.ensemble=1"], seeds=list(range(cfg.train.seed, cfg.train.seed + k)),
-                config_file=str(out_dir / "config.yaml"), title=f"ensemble of {k}")
+                config_file=str(out_dir.resolve() / "config.yaml"), title=f"ensemble of {k}")
     runs_dir = prepare_compare_dir(out_dir / MEMBERS_RUNS, plan, overwrite)
     if not quiet:
         console.print(f"[bold]trainwell[/] ensemble of {k}: {cfg.data.name}, {cfg.model.name}, seeds "

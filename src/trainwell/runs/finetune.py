@@ -55,7 +55,7 @@ from trainwell.train.optim import _NORM_TYPES
 from trainwell.fileio import write_json
 from trainwell.train.rundir import default_run_dir, load_weights
 from trainwell.runs.train import train
-from trainwell.train.build import check_names
+from trainwell.train.build import check_names, init_generator
 from trainwell.train.load import Run, read_run_files
 from trainwell.train.events import Callback, EpochEnd
 
@@ -397,7 +397,7 @@ def transfer_weights(classifier: Classifier, pretrained: Pretrained, cfg: Config
     net = classifier.net
     if shape != classifier.preprocess.output_shape(tuple(splits.input_shape)):
         # e.g. pca with another number of components: the network takes the pretrained preprocessing's output.
-        net = build_model(cfg, shape, splits.num_classes, generator=torch.Generator().manual_seed(cfg.train.seed + 1))
+        net = build_model(cfg, shape, splits.num_classes, generator=init_generator(cfg))
     head = _head_keys(net)
     target = net.state_dict()
     weights = {k[len("net."):]: v for k, v in sorted(state.items(), key=_module_order) if k.startswith("net.")}

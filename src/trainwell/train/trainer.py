@@ -406,14 +406,20 @@ def fit(
     mixing = mixing_enabled(settings.mix)
     epoch_steps = steps_per_epoch(len(train), settings.batch_size, settings.accumulate)
     total_steps = epoch_steps * settings.epochs
-    # Each step's objective (+ 0 x the clipped gradient norm: NaN/inf there too) on the device; a
-    # non-finite entry is a divergence, found when the host reads it: never once per step.
-    step_losses = torch.zeros(max(epoch_steps, 1), device=device)
+    # The objectives (+ 0 x the clipped gradient norm: NaN/inf there too) of the steps not checked
+    # yet, device scalars kept as they are (no op per step); a non-finite one is a divergence, found
+    # when the host reads them: a few times a second, at checkpoints and at epoch ends.
+    step_losses: list[torch.Tensor] = []
 
     def first_bad_step() -> int | None:
-        done = math.ceil(state.batch / settings.accumulate)  # optimiser steps of this epoch so far
-        bad = torch.nonzero(~torch.isfinite(step_losses[:done])).flatten()
-        return state.step - done + int(bad[0]) if len(bad) else None
+        """The first unchecked step whose objective is not finite (one host read), or None."""
+        if not step_losses:
+            return None
+        bad = torch.nonzero(~torch.isfinite(torch.stack(step_losses))).flatten()
+        if len(bad):
+            return state.step - len(step_losses) + int(bad[0])
+        step_losses.clear()  # all finite: checked
+        return None
 
     def save_checkpoint() -> None:
         if (bad := first_bad_step()) is not None:  # never save a state that has diverged
@@ -429,7 +435,7 @@ def fit(
         for cb, cb_state in zip(callbacks, loaded.state["callbacks"]):
             cb.load_state_dict(cb_state)
         checkpoints.discard_after(loaded.step)
-        step_losses.zero_()  # a restored state is a good one
+        step_losses.clear()  # a restored state is a good one
         for cb in callbacks:
             cb.on_restore(Restore(state, reason))
 
@@ -459,7 +465,7 @@ def fit(
         if settings.grad_clip > 0:
             norm = nn.utils.clip_grad_norm_(state.model.parameters(), settings.grad_clip)
             total = torch.add(total, norm, alpha=0)  # NaN when the norm is NaN or inf
-        step_losses[state.batch // settings.accumulate] = total
+        step_losses.append(total)
         state.optimizer.step()
         state.schedule.step()
         if state.ema is not None:
@@ -476,7 +482,7 @@ def fit(
                 state.epoch_lr = state.schedule.get_last_lr()[0]
                 state.loss_sum.zero_()
                 state.correct.zero_()
-                step_losses.zero_()
+                step_losses.clear()
             batches = order.batches(state.perm.to(device))
             t0 = time.perf_counter()
             state.model.train()
@@ -485,10 +491,9 @@ def fit(
                 stats = None
                 if time.perf_counter() >= next_sync:  # the host reads the device a few times a second
                     next_sync = time.perf_counter() + SYNC_SECONDS
-                    loss_sum, correct, finite = torch.stack([state.loss_sum.double(), state.correct.double(),
-                                                             torch.isfinite(step_losses).all().double()]).tolist()
-                    if not finite:
-                        raise _Diverged(first_bad_step())  # type: ignore[arg-type]
+                    if (bad := first_bad_step()) is not None:
+                        raise _Diverged(bad)
+                    loss_sum, correct = torch.stack([state.loss_sum.double(), state.correct.double()]).tolist()
                     stats = (loss_sum / state.seen, correct / state.seen)
                 for cb in per_step:
                     cb.on_step_end(StepEnd(state, stats))
