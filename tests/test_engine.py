@@ -89,8 +89,34 @@ def test_corrupt_truncated_or_half_written_newest_checkpoint_falls_back_with_one
     two.write_bytes(two.read_bytes()[:-7])  # truncated
     said.clear()
     assert folder.latest(said.append).step == 1 and len(said) == 2
-    (tmp_path / "step-000000001.safetensors").write_bytes(b"\x10" + bytes(7) + b"{not json}......")
+    one = tmp_path / "step-000000001.safetensors"
+    original = one.read_bytes()
+    one.write_bytes(original.replace(b'"dtype":"F32"', b'"dtype":"I32"', 1))  # same size, same data, other meaning
+    said.clear()
+    assert folder.latest(said.append) is None and "hash" in said[0]
+    one.write_bytes(b"\x10" + bytes(7) + b"{not json}......")
     assert folder.latest(lambda m: None) is None
+
+
+def test_in_memory_checkpoints_are_not_changed_by_the_state_they_were_restored_into():
+    folder = Checkpoints(None)
+    folder.save({"w": torch.ones(3)}, 1, 0)
+    folder.latest().state["w"].add_(1)  # a replay after a rollback updates the restored tensors in place
+    assert torch.equal(folder.latest().state["w"], torch.ones(3))
+
+
+def test_a_checkpoint_is_never_saved_with_non_finite_weights(tmp_path):
+    # The last step of epoch 1 leaves a NaN weight with a finite loss: the epoch-end checkpoint must see it.
+    class Poison(Callback):
+        def on_step_end(self, event):
+            if event.state.step == spe:
+                with torch.no_grad():
+                    next(event.state.model.net.parameters())[0, 0] = float("nan")
+
+    spe = math.ceil(300 / 64)  # data.limit=300 training examples
+    run = trainwell.train(dict(QUICK, **{"train.epochs": 3}), out=tmp_path / "r", quiet=True, callbacks=[Poison()])
+    assert run.summary["diverged"] and run.summary["divergence"]["step"] == spe - 1
+    assert all(torch.isfinite(v).all() for v in load_file(run.dir / "model.safetensors").values())
 
 
 def test_only_the_newest_checkpoints_are_kept_and_an_interrupted_write_is_reported(tmp_path):
@@ -374,6 +400,20 @@ def test_an_ensemble_folder_resumes_its_unfinished_members(tmp_path, monkeypatch
     first = trainwell.train(dict(QUICK, **{"train.ensemble": 2, "train.epochs": 1}), out="ens", quiet=True)
     member = sorted((tmp_path / "ens" / "members-runs" / "runs").glob("*/seed-1"))[0]
     (member / "summary.json").unlink()  # as if killed after its last checkpoint
+    before = (member / "metrics.jsonl").read_text()
     again = trainwell.train(resume=tmp_path / "ens", quiet=True)  # another spelling of the same folder
     assert again.summary["member_accs"] == first.summary["member_accs"]
     assert (member / "summary.json").is_file()
+    assert (member / "metrics.jsonl").read_text() == before  # timings too: continued, not retrained
+    with pytest.raises(ConfigError, match="ensemble.*train.epochs cannot change"):
+        trainwell.train(resume=tmp_path / "ens", overrides=["train.epochs=3"], quiet=True)
+
+
+def test_resume_with_other_stateful_callbacks_is_refused(tmp_path):
+    from trainwell.train.callbacks import EarlyStopping
+
+    run = trainwell.train(QUICK, out=tmp_path / "r", quiet=True)
+    (run.dir / "summary.json").unlink()
+    with pytest.raises(ConfigError, match=r"saved with the callbacks none, this run has \['EarlyStopping'\]"):
+        trainwell.train(resume=run.dir, callbacks=[EarlyStopping(3)], quiet=True)
+    trainwell.train(resume=run.dir, quiet=True)  # displays and logs may differ: a --quiet resume is fine

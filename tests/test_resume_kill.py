@@ -96,13 +96,18 @@ def test_killed_at_random_moments_several_times_resumes_bit_for_bit(tmp_path, re
     proc = trainwell("train", *CONFIG, "--out", str(run_dir), "--quiet", wait=False)
     kills = 0
     for attempt in range(3):
-        # wait until the run has started training (its first checkpoint exists), then kill it at a random moment
+        # wait until this process has written a checkpoint of its own (it is training), then kill it at a
+        # random moment
+        before = set((run_dir / "checkpoints").glob("step-*.safetensors")) if (run_dir / "checkpoints").is_dir() \
+            else set()
         deadline = time.monotonic() + 120
-        while not list((run_dir / "checkpoints").glob("step-*.safetensors")) and time.monotonic() < deadline:
-            if proc.poll() is not None:
+        while time.monotonic() < deadline and proc.poll() is None:
+            now = set((run_dir / "checkpoints").glob("step-*.safetensors")) if (run_dir / "checkpoints").is_dir() \
+                else set()
+            if now - before:
                 break
-            time.sleep(0.02)
-        time.sleep(rng.uniform(0.0, 0.6))
+            time.sleep(0.01)
+        time.sleep(rng.uniform(0.0, 0.3))
         if proc.poll() is None:
             proc.kill()
             kills += 1

@@ -15,11 +15,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from trainwell.errors import ConfigError
 from trainwell.runs.train import ConfigLike, as_config, resume_config
 from trainwell.runs.train import train as train_one
 from trainwell.train.ensemble import check_ensemble_keys
 from trainwell.train.inference import evaluate, predict
-from trainwell.train.load import Run, load_run
+from trainwell.train.load import Run, load_run, read_config
 
 __all__ = ["Run", "evaluate", "load_run", "predict", "train"]
 
@@ -33,6 +34,9 @@ def train(config: ConfigLike = None, *, overrides: list[str] | dict[str, Any] | 
     cfg = resume_config(Path(resume), config, overrides, config_file) if resume is not None \
         else as_config(config, overrides, config_file)
     if cfg.train.ensemble > 1:
+        if resume is not None and cfg.train.epochs != read_config(Path(resume)).train.epochs:
+            raise ConfigError("--resume of an ensemble continues its unfinished members; train.epochs cannot change "
+                              "(finished members would keep their epochs): train a new ensemble instead.")
         check_ensemble_keys(cfg, custom_model=single.get("model") is not None,
                             custom_data=single.get("splits") is not None or single.get("prepare") is not None)
         from trainwell.experiments.ensembles import train_ensemble

@@ -5,7 +5,8 @@ Python API (``trainwell.train`` also trains ensembles, see :mod:`trainwell.api`)
     from trainwell.runs.train import train
     run = train({"model.name": "cnn", "train.epochs": 5})
     run.summary["test_acc"], run.dir, run.model
-    train(resume=run.dir, overrides={"train.epochs": 8})   # continue it (exactly)
+    train(resume=run.dir)                                  # a killed run: continues exactly where it was
+    train(resume=run.dir, overrides={"train.epochs": 8})   # a finished one: 3 more epochs (schedule recomputed)
 
 It sits above the doctor (``doctor=true`` and the divergence diagnosis use it) and below the
 experiments (compare and the labs run it). ``train`` is wiring: it builds the model, the optimiser, schedule and generators (the loop's
@@ -44,11 +45,12 @@ from trainwell.train.load import Run, read_card, read_config
 from trainwell.train.lr_find import lr_range_test, plot_lr_find
 from trainwell.train.plots import plot_curves
 from trainwell.fileio import atomic_write_text, write_json
-from trainwell.train.rundir import prepare_out_dir, save_weights
+from trainwell.train.rundir import prepare_out_dir, read_json, save_weights
 from trainwell.train.trainer import (
     LoopSettings,
     build_state,
     catch_signals,
+    load_callback_states,
     evaluate_split,
     fit,
     predict_logits,
@@ -199,8 +201,8 @@ def train(
                       if cb is not None]
     if loaded is not None:
         state.load_state_dict(loaded.state["loop"])
-        for cb, cb_state in zip(loop_callbacks, loaded.state["callbacks"]):
-            cb.load_state_dict(cb_state)
+        load_callback_states(loop_callbacks, loaded.state["callbacks"])
+        _reopen_for_training(out_dir, cfg)  # everything is built: only now does the run become unfinished
         if state.stop_reason == "early_stopping" and state.epoch < cfg.train.epochs:
             state.stop_reason = None  # a finished run extended with train.epochs: train on
 
@@ -273,7 +275,7 @@ def _reopen_run_dir(run_dir: Path, cfg: Config, warn: Callable[[str], None]) -> 
                           "start it again with --overwrite.")
     done, previous = int(loaded.state["loop"]["epoch"]), read_config(run_dir).train.epochs
     if (run_dir / "summary.json").is_file():
-        if loaded.state["loop"]["stop_reason"] == "diverged":
+        if read_json(run_dir / "summary.json", "summary").get("diverged"):
             raise RunDirError(f"run '{run_dir}' stopped after its loss diverged; train it again with a lower optim.lr "
                               "(or train.on_divergence=rollback) instead of resuming it.")
         if cfg.train.epochs <= previous:
@@ -281,9 +283,12 @@ def _reopen_run_dir(run_dir: Path, cfg: Config, warn: Callable[[str], None]) -> 
                               "to train it further.")
     if cfg.train.epochs < done:
         raise ConfigError(f"train.epochs={cfg.train.epochs} but run '{run_dir}' has already trained {done} epochs.")
-    atomic_write_text(run_dir / "config.yaml", cfg.to_yaml())
-    (run_dir / "summary.json").unlink(missing_ok=True)  # unfinished again until this call ends
     return run_dir, checkpoints, loaded
+
+
+def _reopen_for_training(run_dir: Path, cfg: Config) -> None:
+    atomic_write_text(run_dir / "config.yaml", cfg.to_yaml())  # train.epochs may have grown
+    (run_dir / "summary.json").unlink(missing_ok=True)  # unfinished again until this call ends
 
 
 def _summary(result: Any, test: dict[str, Any], cfg: Config, splits: Splits, device: torch.device, params: int,

@@ -81,6 +81,10 @@ class TensorBoardLog(Callback):
         # purge_step drops events a killed run logged after its checkpoint.
         self.writer = self.writer_class(str(self.folder), purge_step=event.state.epoch + 1)
 
+    def on_restore(self, event: Restore) -> None:
+        self.close()  # a rollback: drop the events logged after the restored epoch
+        self.writer = self.writer_class(str(self.folder), purge_step=event.state.epoch + 1)
+
     def on_epoch_end(self, event: EpochEnd) -> None:
         for key, value in event.metrics.items():
             if key != "epoch":

@@ -103,27 +103,28 @@ SAFETENSORS_DTYPES = {torch.float64: "F64", torch.float32: "F32", torch.float16:
                       torch.uint8: "U8", torch.bool: "BOOL"}
 
 
-def pack_safetensors(tensors: dict[str, torch.Tensor]) -> tuple[dict[str, Any], torch.Tensor]:
-    """(safetensors header entries, every tensor's bytes in one new CPU uint8 tensor), in name order.
+def pack_safetensors(tensors: dict[str, torch.Tensor]) -> tuple[dict[str, Any], list[torch.Tensor]]:
+    """(safetensors header entries, the tensors' bytes as new CPU uint8 tensors, one per device).
 
-    The copy is one ``torch.cat`` (and one device-to-host transfer on a GPU), which runs without
-    holding Python's GIL; ``safetensors.torch.save`` builds the same file with a Python call per
-    tensor under the GIL, which stalled the training thread when run beside it (bench_trainer.py's
-    checkpoint column, docs/benchmarks.md). The file is read back with safetensors' own loader.
+    Laid out device by device (CPU first), by name within a device: the copy is one ``torch.cat``
+    per device (and one device-to-host transfer on a GPU), which runs without holding Python's GIL;
+    ``safetensors.torch.save`` builds the same file with a Python call per tensor under the GIL,
+    which stalled the training thread when run beside it (docs/benchmarks.md). The file is read back
+    with safetensors' own loader.
     """
     header: dict[str, Any] = {}
-    parts, offset = [], 0
-    for key in sorted(tensors):
+    groups: dict[str, list[torch.Tensor]] = {}
+    offset = 0
+    for key in sorted(tensors, key=lambda k: (tensors[k].device.type != "cpu", str(tensors[k].device), k)):
         t = tensors[key]
         if t.dtype not in SAFETENSORS_DTYPES:
             raise TypeError(f"cannot checkpoint tensor '{key}' of dtype {t.dtype}")
         raw = t.reshape(-1).view(torch.uint8) if t.numel() else torch.empty(0, dtype=torch.uint8, device=t.device)
         header[key] = {"dtype": SAFETENSORS_DTYPES[t.dtype], "shape": list(t.shape),
                        "data_offsets": [offset, offset + raw.numel()]}
-        parts.append(raw)
+        groups.setdefault(str(t.device), []).append(raw)
         offset += raw.numel()
-    data = torch.cat(parts).cpu() if parts else torch.empty(0, dtype=torch.uint8)
-    return header, data
+    return header, [torch.cat(parts).cpu() for parts in groups.values()]
 
 
 def safetensors_bytes(header: dict[str, Any], metadata: dict[str, str]) -> bytes:
@@ -135,6 +136,22 @@ def safetensors_bytes(header: dict[str, Any], metadata: dict[str, str]) -> bytes
 
 def _sha256(data: Any) -> str:
     return hashlib.sha256(data).hexdigest()  # hashlib releases the GIL on large buffers
+
+
+def _tensors_sha256(header: dict[str, Any], bodies: list[Any]) -> str:
+    """Over the tensor entries (names, dtypes, shapes, offsets) and the data: a flipped dtype fails too."""
+    h = hashlib.sha256(json.dumps(header, sort_keys=True, separators=(",", ":")).encode())
+    for body in bodies:
+        h.update(body)
+    return h.hexdigest()
+
+
+def _state_sha256(step: int, epoch: int, state_json: str) -> str:
+    return _sha256(f"{step}|{epoch}|{state_json}".encode())
+
+
+class NewerCheckpointError(RunDirError):
+    """A checkpoint written by a newer trainwell: not corrupt, so never skipped as if it were."""
 
 
 # ----------------------------------------------------------------------------- fault injection
@@ -235,23 +252,24 @@ class Checkpoints:
         for future in done:
             future.result()
 
-    def _write(self, state_json: str, header: dict[str, Any], data: torch.Tensor, step: int, epoch: int,
+    def _write(self, state_json: str, header: dict[str, Any], data: list[torch.Tensor], step: int, epoch: int,
                count: int) -> Path:
         assert self.folder is not None
-        body = memoryview(data.numpy())
+        bodies = [memoryview(d.numpy()) for d in data]
         metadata = {"format": CHECKPOINT_FORMAT, "version": str(CHECKPOINT_VERSION), "step": str(step),
-                    "epoch": str(epoch), "tensors_sha256": _sha256(body),
-                    "state_sha256": _sha256(state_json.encode()), "state": state_json}
+                    "epoch": str(epoch), "tensors_sha256": _tensors_sha256(header, bodies),
+                    "state_sha256": _state_sha256(step, epoch, state_json), "state": state_json}
         head = safetensors_bytes(header, metadata)
         path = self.folder / f"step-{step:09d}.safetensors"
         with atomic_file(path, before_replace=lambda: self.fault.at("kill-before-rename", count)) as fh:
             fh.write(head)
             if self.fault.where == "kill-in-checkpoint" and self.fault.count == count:
-                fh.write(body[: len(body) // 2])
+                fh.write(bodies[0][: len(bodies[0]) // 2])
                 fh.flush()
                 os.fsync(fh.fileno())
                 self.fault.at("kill-in-checkpoint", count)
-            fh.write(body)
+            for body in bodies:
+                fh.write(body)
         self._prune()
         self.fault.at("kill-after-checkpoint", count)
         return path
@@ -276,8 +294,10 @@ class Checkpoints:
 
     def latest(self, warn: Callable[[str], None] | None = None) -> Loaded | None:
         """The newest good checkpoint; each newer bad one is reported through ``warn`` and skipped."""
-        if self.folder is None:
-            return self._memory
+        if self.folder is None:  # a copy: the caller's state must not alias the saved one
+            return None if self._memory is None else Loaded(
+                join_tree(*split_tree(self._memory.state, copy=True)), self._memory.step, self._memory.epoch,
+                self._memory.path)
         self.flush()
         if not self.folder.is_dir():
             return None
@@ -292,6 +312,8 @@ class Checkpoints:
             path = self.folder / f"step-{step:09d}.safetensors"
             try:
                 return self._read(path)
+            except NewerCheckpointError:
+                raise
             except RunDirError as exc:
                 if warn is not None:
                     warn(f"{exc}; falling back to the checkpoint before it")
@@ -307,10 +329,12 @@ class Checkpoints:
             if meta.get("format") != CHECKPOINT_FORMAT:
                 raise ValueError("not a trainwell checkpoint")
             if int(meta.get("version", 0)) > CHECKPOINT_VERSION:
-                raise RunDirError(f"checkpoint '{path}' was written by a newer trainwell; upgrade trainwell")
-            if _sha256(meta["state"].encode()) != meta["state_sha256"]:
+                raise NewerCheckpointError(f"checkpoint '{path}' was written by a newer trainwell; upgrade trainwell "
+                                           "to resume this run")
+            if _state_sha256(int(meta["step"]), int(meta["epoch"]), meta["state"]) != meta["state_sha256"]:
                 raise ValueError("its state does not match its hash")
-            if _sha256(memoryview(data)[8 + size :]) != meta["tensors_sha256"]:
+            entries = {k: v for k, v in json.loads(data[8 : 8 + size]).items() if k != "__metadata__"}
+            if _tensors_sha256(entries, [memoryview(data)[8 + size :]]) != meta["tensors_sha256"]:
                 raise ValueError("its tensors do not match their hash (truncated or corrupt)")
             tensors = load_tensors(data)  # safetensors' own reader checks the layout
             return Loaded(join_tree(json.loads(meta["state"]), tensors), int(meta["step"]), int(meta["epoch"]), path)

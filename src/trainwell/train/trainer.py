@@ -143,6 +143,8 @@ class TrainState:
     train_seconds: float = 0.0
     examples_seen: int = 0
     rollbacks: int = 0
+    divergence: dict[str, Any] | None = None
+    """The latest divergence met ({step, epoch, action, rollbacks}), kept across rollbacks and resumes."""
     stop_reason: str | None = None
     """Set by a callback (early stopping) to end training after the current epoch."""
 
@@ -168,7 +170,7 @@ class TrainState:
             "epoch_seconds": self.epoch_seconds, "epoch_lr": self.epoch_lr, "history": self.history,
             "best_val": self.best_val, "best_epoch": self.best_epoch,
             "train_seconds": self.train_seconds, "examples_seen": self.examples_seen,
-            "rollbacks": self.rollbacks, "stop_reason": self.stop_reason,
+            "rollbacks": self.rollbacks, "divergence": self.divergence, "stop_reason": self.stop_reason,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -189,6 +191,7 @@ class TrainState:
         self.loss_sum = state["loss_sum"].to(device)
         self.correct = state["correct"].to(device)
         self.history = [dict(row) for row in state["history"]]
+        self.divergence = state["divergence"]
         self.stop_reason = state["stop_reason"]
 
 
@@ -422,9 +425,13 @@ def fit(
         return None
 
     def save_checkpoint() -> None:
-        if (bad := first_bad_step()) is not None:  # never save a state that has diverged
+        # Never save a state that has diverged: no non-finite loss, and (the last update may have
+        # overflowed with a finite loss) no non-finite weight. One host read.
+        if (bad := first_bad_step()) is not None:
             raise _Diverged(bad)
-        checkpoints.save({"loop": state.state_dict(), "callbacks": [cb.state_dict() for cb in callbacks]},
+        if not bool(torch.stack([torch.isfinite(p).all() for p in state.model.parameters()]).all()):
+            raise _Diverged(state.step - 1)
+        checkpoints.save({"loop": state.state_dict(), "callbacks": callback_states(callbacks)},
                          state.step, state.epoch)
 
     def restore(reason: str) -> None:
@@ -432,8 +439,7 @@ def fit(
         if loaded is None:  # pragma: no cover - fit always saves one before the first step
             raise ConfigError("no checkpoint to restore")
         state.load_state_dict(loaded.state["loop"])
-        for cb, cb_state in zip(callbacks, loaded.state["callbacks"]):
-            cb.load_state_dict(cb_state)
+        load_callback_states(callbacks, loaded.state["callbacks"])
         checkpoints.discard_after(loaded.step)
         step_losses.clear()  # a restored state is a good one
         for cb in callbacks:
@@ -540,9 +546,8 @@ def fit(
         for cb in callbacks:
             cb.on_epoch_end(EpochEnd(state.epoch, row, state.eval_model, state))
 
-    def train_until_done() -> dict[str, Any] | None:
-        """Run the epochs; on a divergence stop or roll back (then run on). Returns the divergence, if any."""
-        divergence = None
+    def train_until_done() -> None:
+        """Run the epochs; on a divergence stop or roll back (then run on); ``state.divergence`` records it."""
         while True:
             try:
                 run_epochs()
@@ -554,7 +559,7 @@ def fit(
                 divergence = {"step": exc.step, "epoch": epoch, "action": "rollback" if can_roll_back else "stop",
                               "rollbacks": rollbacks}
                 restore("divergence")
-                state.rollbacks = rollbacks
+                state.rollbacks, state.divergence = rollbacks, divergence
                 if not can_roll_back:
                     state.stop_reason = "diverged"
                     break
@@ -565,26 +570,47 @@ def fit(
                     warn(f"the loss became non-finite at step {exc.step} (epoch {epoch}); rolled back to step "
                          f"{state.step} with the learning rate x{state.schedule.factor:g} "
                          f"(rollback {rollbacks} of {settings.max_rollbacks})")
-        return divergence
 
     for cb in callbacks:
         cb.on_fit_start(FitStart(state, total_steps, settings.batch_size * settings.accumulate))
     try:
         if (state.step == 0 and state.perm is None) or checkpoints.folder is None:
             save_checkpoint()  # the last good state before the first step: what a divergence falls back to
-        divergence = train_until_done()
+        train_until_done()
     finally:
         checkpoints.close()  # every checkpoint on disk before fit returns or raises
 
     result = FitResult(
         history=list(state.history), best_val_acc=state.best_val if state.best_val > -math.inf else float("nan"),
         best_epoch=state.best_epoch, train_seconds=state.train_seconds, examples_seen=state.examples_seen,
-        steps=state.step, diverged=state.stop_reason == "diverged", divergence=divergence,
+        steps=state.step, diverged=state.stop_reason == "diverged", divergence=state.divergence,
         stop_reason=state.stop_reason, param_groups=state.groups.describe(),
     )
     for cb in callbacks:
         cb.on_fit_end(FitEnd(state, result))
     return result
+
+
+def _stateful(callbacks: Sequence[Callback]) -> list[Callback]:
+    # Those with a state of their own; displays and logs (progress bar, metrics file) have none and
+    # may differ between the run and its resume (--quiet).
+    return [cb for cb in callbacks if overrides(cb, "state_dict")]
+
+
+def callback_states(callbacks: Sequence[Callback]) -> list[dict[str, Any]]:
+    """Each stateful callback's state with its class name, in order (what a checkpoint saves)."""
+    return [{"callback": type(cb).__name__, "state": cb.state_dict()} for cb in _stateful(callbacks)]
+
+
+def load_callback_states(callbacks: Sequence[Callback], saved: list[dict[str, Any]]) -> None:
+    """Give each stateful callback its saved state; they must be the ones the checkpoint was made with."""
+    stateful = _stateful(callbacks)
+    names, saved_names = [type(cb).__name__ for cb in stateful], [s["callback"] for s in saved]
+    if names != saved_names:
+        raise ConfigError(f"the checkpoint was saved with the callbacks {saved_names or 'none'}, this run has "
+                          f"{names or 'none'}; resume with the same callbacks (and the run's own config).")
+    for cb, entry in zip(stateful, saved):
+        cb.load_state_dict(entry["state"])
 
 
 def _elapsed(t0: float, device: torch.device) -> float:
