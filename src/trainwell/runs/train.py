@@ -50,11 +50,9 @@ from trainwell.train.trainer import (
     LoopSettings,
     build_state,
     catch_signals,
-    load_callback_states,
     evaluate_split,
     fit,
-    predict_logits,
-    preflight,
+    load_callback_states,
     resolve_device,
 )
 
@@ -173,10 +171,11 @@ def train(
     extra_callbacks = list(prepare(classifier) or ()) if prepare is not None else []
     cfg, lr_found = resolve_lr(cfg, classifier, splits, device, console)
     check_loop_config(cfg, splits)
-    preflight(classifier, cfg, len(splits.train))
     writer_class = _tensorboard_writer_class() if cfg.train.tensorboard else None
     augment = build_augmenter(cfg, splits)
-    state = build_state(classifier, cfg, len(splits.train), device)  # before the doctor hooks the model
+    # build_state checks the training settings as it builds them (what preflight checks elsewhere);
+    # no folder exists yet. Before the doctor hooks the model.
+    state = build_state(classifier, cfg, len(splits.train), device)
     card = {**model_card(splits, cfg, model is not None), "prepared": prepare is not None}
     if resume is not None:
         out_dir, checkpoints, loaded = _reopen_run_dir(Path(resume), cfg, warn)

@@ -77,13 +77,17 @@ class TensorBoardLog(Callback):
     def __init__(self, folder: Path, writer_class: Any) -> None:
         self.folder, self.writer_class, self.writer = folder, writer_class, None
 
+    def _open(self, epochs_done: int) -> None:
+        # purge_step drops the events logged after the state the run (re)starts from: those of a killed
+        # run after its checkpoint, those of a diverged attempt after a rollback.
+        self.close()
+        self.writer = self.writer_class(str(self.folder), purge_step=epochs_done + 1)
+
     def on_fit_start(self, event: FitStart) -> None:
-        # purge_step drops events a killed run logged after its checkpoint.
-        self.writer = self.writer_class(str(self.folder), purge_step=event.state.epoch + 1)
+        self._open(event.state.epoch)
 
     def on_restore(self, event: Restore) -> None:
-        self.close()  # a rollback: drop the events logged after the restored epoch
-        self.writer = self.writer_class(str(self.folder), purge_step=event.state.epoch + 1)
+        self._open(event.state.epoch)
 
     def on_epoch_end(self, event: EpochEnd) -> None:
         for key, value in event.metrics.items():

@@ -71,9 +71,6 @@ class TrainProgress:
         else:
             self._progress.update(self._task, advance=steps)
 
-    def epoch(self, row: dict[str, Any], epochs: int) -> None:
-        self.console.print(format_epoch(row, epochs), highlight=False)
-
     def stop(self) -> None:
         if self._progress is not None:
             self._progress.stop()

@@ -258,9 +258,6 @@ class BatchOrder:
             batches.pop()
         return batches
 
-    def micro_batches(self) -> int:
-        return steps_per_epoch(self.n, self.batch_size)
-
 
 def steps_per_epoch(n: int, batch_size: int, accumulate: int = 1) -> int:
     """Optimiser steps in an epoch of ``n`` examples (micro-batches grouped by ``accumulate``)."""
