@@ -22,3 +22,19 @@ def _isolated_cache(tmp_path_factory):
     cache = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "trainwell-cache"
     os.environ["TRAINWELL_CACHE"] = str(cache)
     yield
+
+
+# Fuzzing (hypothesis): a bounded number of examples per reader keeps CI in its time budget;
+# TRAINWELL_FUZZ_EXAMPLES=2000 runs more. Each example has a time bound (deadline) so a reader that
+# hangs on some input fails the test instead of stalling the suite.
+from hypothesis import HealthCheck, settings  # noqa: E402
+
+settings.register_profile(
+    "trainwell",
+    max_examples=int(os.environ.get("TRAINWELL_FUZZ_EXAMPLES", "60")),
+    deadline=int(os.environ.get("TRAINWELL_FUZZ_DEADLINE_MS", "2000")),
+    derandomize=os.environ.get("TRAINWELL_FUZZ_RANDOM") is None,  # CI repeats; set it to explore new inputs
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+    database=None,
+)
+settings.load_profile("trainwell")
