@@ -158,3 +158,24 @@ def test_cli_compare_errors_are_one_line(capsys, tmp_path):
     assert "did you mean 'sigmoid'" in capsys.readouterr().err.lower() and not (tmp_path / "x").exists()
     assert main(["compare", "--vary", "model.activation=relu", "--seeds", "0"]) == 2
     assert "--seeds" in capsys.readouterr().err
+
+
+def test_a_resumed_compare_is_keyed_by_the_config_files_content_not_its_path(tmp_path):
+    """Editing -c FILE between two calls must not mix 1-epoch and 2-epoch runs in one table."""
+    import shutil
+
+    from trainwell.experiments.compare import prepare_compare_dir
+
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text("model: {name: mlp, width: 8, depth: 1}\ndata: {limit: 100}\ntrain: {epochs: 1}\n")
+    plan = Plan(cells=grid([("model.activation", ["relu"])]), seeds=[0], config_file=str(cfg))
+    out = prepare_compare_dir(tmp_path / "out", plan, overwrite=False)
+    (out / "runs" / "x").mkdir(parents=True)  # as if a run had finished
+    assert prepare_compare_dir(out, plan, overwrite=False) == out  # unchanged file: the same compare
+    moved = tmp_path / "moved.yaml"
+    shutil.copy(cfg, moved)
+    assert prepare_compare_dir(out, Plan(cells=plan.cells, seeds=[0], config_file=str(moved)), False) == out
+    cfg.write_text(cfg.read_text().replace("epochs: 1", "epochs: 2"))
+    with pytest.raises(RunDirError, match="different compare"):
+        prepare_compare_dir(out, plan, overwrite=False)
+    assert (out / "runs" / "x").is_dir()  # nothing removed

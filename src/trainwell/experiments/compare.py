@@ -14,6 +14,7 @@ presence marks a finished run: a compare started again with the same plan skips 
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import itertools
 import json
@@ -136,11 +137,21 @@ class Plan:
 
     def identity(self) -> dict[str, Any]:
         """What must match for a restarted compare to reuse finished runs: what the runs are, not how
-        they are summarised (title, metric), which can change between calls."""
+        they are summarised (title, metric), which can change between calls.
+
+        The config file enters by its content, not its path: each cell's resolved config is hashed,
+        so editing the file between two calls is a different compare (whose table would otherwise mix
+        runs of both versions), while moving it is not.
+        """
         d = self.to_dict()
-        for key in ("title", "metric", "higher_is_better"):
+        for key in ("title", "metric", "higher_is_better", "config_file"):
             d.pop(key)
+        d["config_sha256"] = [hashlib.sha256(cfg.to_yaml().encode()).hexdigest() for cfg in self.configs()]
         return json.loads(json.dumps(d))
+
+    def configs(self) -> list[Config]:
+        """Each cell's resolved config (names unchecked: :func:`validate` checks them)."""
+        return [resolve([*self.base, *cell.args()], self.config_file) for cell in self.cells]
 
 
 @dataclass(frozen=True)
