@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import reprlib
 import types
 import typing
 from dataclasses import dataclass, field
@@ -377,6 +378,15 @@ def _arm_name(hint: Any) -> str:
     return {float: "a number", int: "an integer", str: "a string", bool: "true or false"}.get(hint, _type_name(hint))
 
 
+_SHORT = reprlib.Repr()
+_SHORT.maxstring, _SHORT.maxother, _SHORT.maxlist, _SHORT.maxdict, _SHORT.maxlevel = 60, 60, 6, 4, 3
+
+
+def _show(value: Any) -> str:
+    """A value as an error line shows it: its repr, cut short (a line, not a screenful)."""
+    return _SHORT.repr(value)
+
+
 def _coerce(key: str, value: Any, hint: Any) -> Any:
     """Convert ``value`` to the type ``hint`` or raise a ConfigError naming the key."""
     optional, inner = _is_optional(hint)
@@ -389,7 +399,7 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
     if origin is Literal:
         if value in typing.get_args(hint):
             return value
-        raise ConfigError(f"config key '{key}' expects one of {', '.join(map(repr, typing.get_args(hint)))}, got {value!r}.")
+        raise ConfigError(f"config key '{key}' expects one of {', '.join(map(repr, typing.get_args(hint)))}, got {_show(value)}.")
     if origin in (Union, types.UnionType):  # e.g. float | Literal["auto"]: the first arm that fits
         arms = [a for a in typing.get_args(hint) if a is not type(None)]
         for arm in arms:
@@ -398,10 +408,10 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
             except ConfigError:
                 continue
         names = " or ".join(_arm_name(a) for a in arms)
-        raise ConfigError(f"config key '{key}' expects {names}, got {value!r}.")
+        raise ConfigError(f"config key '{key}' expects {names}, got {_show(value)}.")
 
     def bad(expected: str) -> ConfigError:
-        return ConfigError(f"config key '{key}' expects {expected}, got {value!r}.")
+        return ConfigError(f"config key '{key}' expects {expected}, got {_show(value)}.")
 
     if hint is bool:
         if isinstance(value, bool):
@@ -481,9 +491,34 @@ def _first_key(section: str) -> str:
     return next(k for k in LEAF_TYPES if k.startswith(section + ".")).split(".", 1)[1]
 
 
+#: The most scalars one config value may hold. YAML aliases let a few hundred bytes name a list of
+#: millions (``&a [1,1], &b [*a,*a], ...``): checked before anything walks or prints the value.
+MAX_VALUE_ITEMS = 10_000
+
+
+def _too_big(value: Any, limit: int = MAX_VALUE_ITEMS) -> bool:
+    """Whether ``value`` holds more than ``limit`` items, counting each alias as often as it is used;
+    stops counting at the limit, so the check itself costs at most ``limit`` steps."""
+    stack, seen = [value], 0
+    while stack:
+        item = stack.pop()
+        seen += 1
+        if seen > limit:
+            return True
+        if isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, (list, tuple)):
+            stack.extend(item)
+    return False
+
+
 def _apply(flat: dict[str, Any], updates: dict[str, Any], where: str) -> None:
     for key, value in updates.items():
         key = _check_key(key, where)
+        if _too_big(value):
+            raise ConfigError(f"{where}: config key '{key}' holds more than {MAX_VALUE_ITEMS:,} values (YAML aliases "
+                              "expanding?); write the value out in full.")
         flat[key] = _coerce(key, value, LEAF_TYPES[key])
 
 
