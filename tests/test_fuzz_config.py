@@ -105,3 +105,17 @@ def test_error_lines_show_a_long_value_cut_short():
     with pytest.raises(ConfigError) as info:
         resolve({"model.name": list(range(5000))})
     assert len(str(info.value)) < 200 and "..." in str(info.value)
+
+
+@given(st.lists(st.text(alphabet="ab=,[] .x1", max_size=16), min_size=1, max_size=3))
+def test_vary_specs_parse_or_raise_one_config_error(specs):
+    """compare --vary KEY=a,b: what a spec parses to either builds a grid of resolvable cells or is refused."""
+    from trainwell.experiments.compare import grid, parse_vary
+
+    try:
+        cells = grid([parse_vary(s) for s in specs])
+    except TrainwellError:
+        return
+    assert len(cells) >= 1
+    for cell in cells:
+        _resolves_or_config_error(lambda: resolve(cell.args()))
