@@ -2,14 +2,48 @@
 
 from __future__ import annotations
 
+import math
 import os
 import zipfile
 from pathlib import Path
 
 import numpy as np
 
-from trainwell.data.sources import kind_of, load_image, npz_array_names, read_npz
+from trainwell.data.sources import (
+    ImageTooLarge,
+    check_float32_range,
+    image_bombs_refused,
+    kind_of,
+    load_image,
+    npy_header,
+    npz_array_names,
+    one_line,
+    read_npz,
+    shown_names,
+)
 from trainwell.errors import DataError
+
+
+def _read_npy(path: Path) -> np.ndarray:
+    """The array of a .npy file; its header's size must match the file's before anything is allocated."""
+    subject, fix = f"input file '{path}'", "save it with np.save."
+    try:
+        with open(path, "rb") as f:
+            shape, fortran, dtype, header = npy_header(f, subject, fix)
+            nbytes = math.prod(shape) * dtype.itemsize
+            size = os.fstat(f.fileno()).st_size
+            if header + nbytes != size:
+                how = "truncated" if header + nbytes > size else "followed by extra bytes"
+                raise DataError(
+                    f"{subject} is not a readable .npy array (its header declares shape {shape}, {nbytes:,} bytes of "
+                    f"{dtype}, but {max(size - header, 0):,} bytes follow: {how}); {fix}"
+                )
+            f.seek(0)
+            return np.lib.format.read_array(f, allow_pickle=False)
+    except DataError:
+        raise
+    except (ValueError, OSError, EOFError, MemoryError) as exc:
+        raise DataError(f"{subject} is not a readable .npy array ({one_line(exc)}); {fix}") from None
 
 
 def _read_array(path: Path) -> np.ndarray:
@@ -19,15 +53,11 @@ def _read_array(path: Path) -> np.ndarray:
         name = next((n for n in ("x", "X") if n in names), names[0] if len(names) == 1 else None)
         if name is None:
             raise DataError(
-                f"input file '{path}' holds arrays {', '.join(names) or '(none)'}; save the examples as 'x' "
+                f"input file '{path}' holds arrays {shown_names(names) or '(none)'}; save the examples as 'x' "
                 "(np.savez(path, x=...)) or as the file's only array."
             )
         return np.asarray(read_npz(path, [name])[name])
-    try:
-        with open(path, "rb") as f:
-            return np.load(f, allow_pickle=False)
-    except (ValueError, OSError, EOFError) as exc:
-        raise DataError(f"input file '{path}' is not a readable .npy array ({exc}); save it with np.save.") from None
+    return _read_npy(path)
 
 
 def _fit_array(arr: np.ndarray, path: Path, input_shape: tuple[int, ...], image: bool) -> np.ndarray:
@@ -45,6 +75,7 @@ def _fit_array(arr: np.ndarray, path: Path, input_shape: tuple[int, ...], image:
     if arr.dtype.kind not in "biuf":
         raise DataError(f"input file '{path}' holds {arr.dtype} values; expected numbers.")
     if not image:
+        check_float32_range(arr, f"input file '{path}'")
         arr = arr.astype(np.float32)
         if not np.all(np.isfinite(arr)):
             raise DataError(f"input file '{path}' holds NaN/inf values; the model needs finite inputs.")
@@ -94,7 +125,10 @@ def read_inputs(paths: list[str], input_shape: tuple[int, ...], image: bool) -> 
         if channels not in (1, 3):
             raise DataError(f"input file '{path}': the model takes {channels}-channel images, which image files cannot hold; use .npy.")
         try:
-            pixels = load_image(path, "L" if channels == 1 else "RGB", (height, width))
+            with image_bombs_refused():
+                pixels = load_image(path, "L" if channels == 1 else "RGB", (height, width))
+        except ImageTooLarge:
+            raise
         except DataError:
             raise DataError(
                 f"input file '{path}' is neither a .npy/.npz array nor an image Pillow can read; "

@@ -18,18 +18,30 @@ Nothing here downloads anything: ``digits`` is bundled with scikit-learn, ``mnis
 generated locally (and cached), every other source reads files the user already has. Every
 problem with a file raises :class:`~trainwell.errors.DataError` with one line naming the file
 and the fix.
+
+Files are untrusted. Every size a header declares (IDX dimensions, a ``.npy`` header's shape, a
+zip entry's size, a pickled array's shape, an image's width and height) is checked against the
+bytes really there before anything is allocated. CIFAR's pickles are read without numpy's object
+machinery: the unpickler gets trainwell's stand-ins for the few numpy globals a CIFAR batch names,
+which only check and record their arguments; the records become arrays through ``np.frombuffer``
+with dtypes built here from a whitelist of plain numeric and byte-string types (see the cifar
+section). Nothing is ever unpickled by numpy (``allow_pickle`` stays False).
 """
 
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
+import copy
 import csv
 import gzip
 import hashlib
+import io
 import json
 import math
 import os
 import pickle
+import pickletools
 import random
 import re
 import struct
@@ -37,6 +49,7 @@ import tarfile
 import warnings
 import zipfile
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -109,10 +122,68 @@ def _need_path(cfg: DataConfig, source: str, what: str) -> Path:
     return path
 
 
-def _numeric_class_names(*label_arrays: np.ndarray | None) -> list[str]:
+def _shown(value: Any, limit: int = 60) -> str:
+    """A short, one-line rendering of untrusted text for an error message."""
+    text = value.decode("latin1") if isinstance(value, (bytes, bytearray)) else str(value)
+    text = repr(text[: limit + 1])[1:-1]  # escapes newlines and control characters
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def shown_names(names: list[str], limit: int = 20) -> str:
+    """Untrusted names (zip members, columns) as one short comma-separated line."""
+    shown = ", ".join(_shown(n) for n in names[:limit])
+    return shown + (f", ... ({len(names)} in all)" if len(names) > limit else "")
+
+
+def one_line(text: Any, limit: int = 200) -> str:
+    """``text`` (often an exception from a parser of untrusted bytes) on one line, at most ``limit`` characters."""
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+# More classes than this is not a classification dataset but a damaged label file: a label of
+# 10**12 would otherwise make a list of 10**12 class names.
+_MAX_CLASSES = 1_000_000
+
+
+def _numeric_class_names(*label_arrays: np.ndarray | None, where: str) -> list[str]:
     """``["0", ..., "K-1"]`` with ``K = max label + 1`` over the given arrays (at least 1)."""
     top = max((int(y.max()) for y in label_arrays if y is not None and y.size), default=0)
+    if top >= _MAX_CLASSES:
+        raise DataError(
+            f"{where}: a label is {top}, which would make {top + 1:,} classes (at most {_MAX_CLASSES:,}); "
+            "labels must be 0..K-1: check the label file or renumber the labels."
+        )
     return [str(i) for i in range(max(top + 1, 1))]
+
+
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+# Scan for out-of-range values in blocks of about this many bytes (a memory map stays mapped).
+_SCAN_BYTES = 64 << 20
+
+
+def check_float32_range(x: np.ndarray, subject: str) -> None:
+    """A DataError "``subject`` holds values up to ..." when float ``x`` has finite values beyond float32's range.
+
+    Models take float32: a cast would turn such values into inf (with a numpy RuntimeWarning),
+    and the NaN/inf check after it would blame values that were finite. NaN/inf themselves are
+    left to that check.
+    """
+    if x.dtype.kind != "f" or x.dtype.itemsize <= 4 or x.size == 0:
+        return
+    rows = x.reshape(1, -1) if x.ndim == 0 else x
+    step = max(1, _SCAN_BYTES // max(1, rows[:1].nbytes))
+    worst = x.dtype.type(0)
+    for i in range(0, len(rows), step):
+        block = rows[i : i + step].reshape(-1)  # a copy only if the block is not contiguous
+        magnitude = np.where(np.isfinite(block), np.abs(block), 0)
+        j = int(np.argmax(magnitude))
+        if magnitude[j] > abs(worst):
+            worst = block[j]
+    if abs(worst) > _FLOAT32_MAX:
+        # float() of a long double beyond float64's range would print inf: numpy formats those.
+        shown = f"{float(worst):.3g}" if math.isfinite(float(worst)) else np.format_float_scientific(worst, precision=2)
+        raise DataError(f"{subject} holds values up to {shown}, beyond float32's range (±3.4e38); rescale them.")
 
 
 def _integer_labels(y: np.ndarray, where: str, what: str = "labels") -> np.ndarray:
@@ -341,12 +412,52 @@ def _read_exact(f: IO[bytes], n: int) -> bytes:
     return b"".join(chunks)
 
 
+# Deflate cannot expand data more than about 1032-fold: a .gz file's header that promises more
+# than this many bytes per compressed byte cannot be honest (its data would be truncated).
+_MAX_DEFLATE_RATIO = 1100
+# numpy arrays have at most 64 dimensions; IDX files in use have 1 to 4.
+_MAX_IDX_DIMS = 32
+# Dimensions whose product (zeros aside) exceeds this describe no real file: (0, 2**31, 2**31)
+# holds no data but numpy cannot even shape an empty array that way.
+_MAX_IDX_BYTES = 1 << 40
+
+
+def _idx_data_size(path: Path, header_bytes: int, dims: tuple[int, ...], itemsize: int, where: str) -> int:
+    """The data bytes the header promises, checked against the file's size before any allocation.
+
+    A raw file must hold exactly header + data; a .gz file cannot hold more than
+    :data:`_MAX_DEFLATE_RATIO` times its size (its exact length is only known by decompressing).
+    """
+    shown = "x".join(map(str, dims))
+    need = math.prod(dims) * itemsize
+    size = path.stat().st_size
+    if path.suffix == ".gz":
+        if need > _MAX_DEFLATE_RATIO * size + 4096:
+            raise DataError(
+                f"{where} is truncated: its header promises {shown} values ({need:,} bytes of data) but a "
+                f"{size:,}-byte .gz file cannot hold that many; re-download it."
+            )
+    elif header_bytes + need > size:
+        raise DataError(
+            f"{where} is truncated: its header promises {shown} values ({need:,} bytes of data) but only "
+            f"{size - header_bytes:,} bytes follow; re-download it."
+        )
+    elif header_bytes + need < size:
+        raise DataError(
+            f"{where} has bytes beyond the {shown} values its header promises; it is corrupt or not an IDX file: re-download it."
+        )
+    if math.prod(max(d, 1) for d in dims) * itemsize > _MAX_IDX_BYTES:  # a zero dimension hid the others
+        raise DataError(f"{where} declares dimensions {shown}, far beyond any IDX file; it is corrupt: re-download it.")
+    return need
+
+
 def read_idx(path: Path) -> np.ndarray:
     """Parse one IDX file (raw or ``.gz``) into a native-endian array of the header's shape.
 
     Layout: two zero bytes, a type code, the number of dimensions ``d``, ``d`` big-endian uint32
-    sizes, then the data. The file must hold exactly the promised number of bytes. The data are
-    streamed into a preallocated, writable array (no second copy of a large file in memory).
+    sizes, then the data. The file must hold exactly the promised number of bytes, which is
+    checked against the file's size before the array is allocated. The data are streamed into a
+    preallocated, writable array (no second copy of a large file in memory).
     """
     where = f"idx file '{path}'"
     opener = gzip.open if path.suffix == ".gz" else open
@@ -359,13 +470,18 @@ def read_idx(path: Path) -> np.ndarray:
                     "it is not an MNIST-format file or is corrupt: re-download it."
                 )
             ndim = magic[3]
+            if ndim > _MAX_IDX_DIMS:
+                raise DataError(f"{where} declares {ndim} dimensions (at most {_MAX_IDX_DIMS}); it is corrupt: re-download it.")
             dims_raw = _read_exact(f, 4 * ndim)
             if len(dims_raw) < 4 * ndim:
                 raise DataError(f"{where} is truncated inside its header; re-download it.")
             dims = struct.unpack(f">{ndim}I", dims_raw)
             dtype = np.dtype(_IDX_DTYPES[magic[2]])
-            count = math.prod(dims)
-            out = np.empty(count, dtype=dtype)
+            need = _idx_data_size(path, 4 + 4 * ndim, dims, dtype.itemsize, where)
+            try:
+                out = np.empty(need // dtype.itemsize, dtype=dtype)  # pages are only committed as they fill
+            except MemoryError:
+                raise DataError(f"{where} declares {need:,} bytes of data, more than this machine can hold.") from None
             view = memoryview(out.view(np.uint8))
             filled = 0
             while filled < len(view):
@@ -376,7 +492,7 @@ def read_idx(path: Path) -> np.ndarray:
             if filled < len(view):
                 raise DataError(
                     f"{where} is truncated: its header promises {'x'.join(map(str, dims))} values "
-                    f"({len(view)} bytes of data) but only {filled} bytes follow; re-download it."
+                    f"({len(view):,} bytes of data) but only {filled:,} bytes follow; re-download it."
                 )
             if f.read(1):
                 raise DataError(
@@ -386,7 +502,7 @@ def read_idx(path: Path) -> np.ndarray:
     except DataError:
         raise
     except (OSError, EOFError, zlib.error) as exc:  # gzip.BadGzipFile is an OSError
-        raise DataError(f"{where} cannot be read ({exc}); re-download it.") from None
+        raise DataError(f"{where} cannot be read ({one_line(exc)}); re-download it.") from None
     return out.reshape(dims).astype(dtype.newbyteorder("="), copy=False)
 
 
@@ -437,41 +553,294 @@ def load_idx(cfg: DataConfig) -> ArrayData:
         y=y,
         x_test=x_test,
         y_test=y_test,
-        classes=_numeric_class_names(y, y_test),
+        classes=_numeric_class_names(y, y_test, where=f"idx: '{folder}'"),
         description=f"idx: MNIST-format images from {folder}",
     )
 
 
 # ----------------------------------------------------------------------------- cifar
+#
+# CIFAR's "python version" batches are pickles of dicts holding numpy arrays. Unpickling can call
+# whatever a file names, and even numpy's own array constructors are unsafe: a crafted dtype state
+# (object fields, forged flags) makes an array whose bytes are read as object pointers, which
+# crashes the process. So no numpy object machinery ever runs on pickle data: find_class hands the
+# unpickler trainwell's own stand-ins, which only check and record their arguments and state; the
+# checked records become real arrays through np.frombuffer with a dtype we build ourselves from a
+# whitelisted type string. A scan of the opcodes before unpickling refuses the opcodes no CIFAR file
+# uses and memo indices no pickler writes (the C unpickler would allocate memory for them).
+
+# A CIFAR-100 train file is 155 MB; a "batch" far larger is not CIFAR, and is not read into memory.
+_MAX_CIFAR_FILE_BYTES = 1 << 30
+# No CIFAR array comes near this; the bound only keeps absurd shapes (of zero-size arrays, or whose
+# size overflows) away from numpy.
+_MAX_PICKLED_ARRAY_BYTES = 1 << 36
+# A CIFAR batch is a dict of lists: deeper nesting is not CIFAR (and would only cost recursion).
+_MAX_PICKLE_DEPTH = 16
+# Opcodes that build objects other than through REDUCE/BUILD, fetch external objects or use the
+# extension registry: none of them appears in a CIFAR file, so a pickle that uses one is refused.
+_REFUSED_OPCODES = frozenset(
+    {"PERSID", "BINPERSID", "INST", "OBJ", "NEWOBJ", "NEWOBJ_EX", "EXT1", "EXT2", "EXT4", "NEXT_BUFFER", "READONLY_BUFFER"}
+)
+_MEMO_OPCODES = frozenset({"PUT", "BINPUT", "LONG_BINPUT", "GET", "BINGET", "LONG_BINGET"})
+# The dtypes a CIFAR pickle may name: bool, integers of 1-8 bytes, floats of 2-8 bytes, byte strings.
+_DTYPE_SPEC = re.compile(r"b1|[iu][1248]|f[248]|S[1-9][0-9]{0,8}")
 
 
-def _numpy_globals() -> dict[tuple[str, str], Any]:
-    """The only globals a CIFAR pickle may name: what numpy needs to rebuild a plain array.
+class _Refused(Exception):
+    """A pickle construct that no CIFAR batch holds; :func:`safe_unpickle` names the file."""
 
-    The original batches were pickled by Python 2 with ``numpy.core.multiarray._reconstruct``
-    (``numpy._core`` in numpy >= 2); both spellings map to the installed function.
+
+def _is_int(value: Any, expected: int) -> bool:
+    """Whether ``value`` is the plain int ``expected`` (not a bool, float or other look-alike)."""
+    return type(value) is int and value == expected
+
+
+def _text(value: Any) -> str | None:
+    """A str, or ASCII bytes (as Python 2 pickles read with encoding="bytes" give), as str; else None."""
+    if type(value) is str:
+        return value
+    if type(value) is bytes and value.isascii():
+        return value.decode("ascii")
+    return None
+
+
+def _size_text(n: int) -> str:
+    """A byte count for a message: exact unless absurdly long."""
+    return f"{n:,}" if n.bit_length() <= 128 else f"about 2**{n.bit_length()}"
+
+
+class _Stub:
+    """Base of every object find_class hands the unpickler: it checks and records, never calls numpy.
+
+    Pickle's BUILD opcode calls ``__setstate__`` and REDUCE calls the object: both refuse here
+    unless a subclass allows the one use numpy's own pickles make of it.
     """
-    try:
-        from numpy._core import multiarray  # numpy >= 2
-    except ImportError:  # pragma: no cover - numpy 1.x
-        from numpy.core import multiarray  # type: ignore[no-redef]
-    return {
-        ("numpy.core.multiarray", "_reconstruct"): multiarray._reconstruct,
-        ("numpy._core.multiarray", "_reconstruct"): multiarray._reconstruct,
-        ("numpy", "ndarray"): np.ndarray,
-        ("numpy", "dtype"): np.dtype,
-    }
+
+    __slots__ = ()
+    what = "a numpy global"
+
+    def __call__(self, *args: Any) -> Any:
+        raise _Refused(f"calls {self.what}, which no CIFAR batch does")
+
+    def __setstate__(self, state: Any) -> None:
+        raise _Refused(f"builds (pickle BUILD) {self.what}, which no CIFAR batch does")
+
+
+class _DtypeStub(_Stub):
+    """A numpy dtype named by the pickle: a whitelisted type string, made a dtype by its canonical state."""
+
+    __slots__ = ("spec", "dtype")
+    what = "a numpy dtype"
+
+    def __init__(self, spec: str) -> None:
+        self.spec = spec
+        self.dtype: np.dtype | None = None
+
+    def __setstate__(self, state: Any) -> None:
+        if self.dtype is not None:
+            raise _Refused(f"builds the numpy dtype '{self.spec}' twice")
+        flexible = self.spec[0] == "S"
+        elsize, alignment = (int(self.spec[1:]), 1) if flexible else (-1, -1)
+        orders = ("|",) if flexible or self.spec[1:] == "1" else ("<", ">", "=")
+        # numpy's own state for a plain dtype: (3, byte order, subarray, names, fields, elsize,
+        # alignment, flags). Anything else (fields, subarrays, object flags) is refused.
+        canonical = (
+            type(state) is tuple
+            and len(state) == 8
+            and _is_int(state[0], 3)
+            and _text(state[1]) in orders
+            and state[2] is None
+            and state[3] is None
+            and state[4] is None
+            and _is_int(state[5], elsize)
+            and _is_int(state[6], alignment)
+            and _is_int(state[7], 0)
+        )
+        if not canonical:
+            raise _Refused(
+                f"gives the numpy dtype '{self.spec}' a state other than numpy's plain "
+                f"(3, byte order, None, None, None, {elsize}, {alignment}, 0): fields, subarrays or object flags"
+            )
+        order = _text(state[1])
+        self.dtype = np.dtype(self.spec if order == "|" else f"{order}{self.spec}")
+
+
+def _built_dtype(value: Any) -> np.dtype:
+    """The dtype of a built :class:`_DtypeStub`; refused for anything else."""
+    if type(value) is not _DtypeStub or value.dtype is None:
+        raise _Refused("gives a numpy array or scalar something other than a built numpy dtype")
+    return value.dtype
+
+
+def _raw_bytes(value: Any) -> bytes | bytearray:
+    """An array's raw data: bytes (bytearray from protocol 5); object arrays' lists are refused."""
+    if type(value) not in (bytes, bytearray):
+        raise _Refused(f"gives a numpy array data of type {type(value).__name__}, not bytes (object arrays are never loaded)")
+    return value
+
+
+def _array_from_raw(raw: Any, dtype_stub: Any, shape: Any, order: str) -> np.ndarray:
+    """A real array over the checked bytes ``raw``: sizes are compared before anything is allocated."""
+    dtype = _built_dtype(dtype_stub)
+    data = _raw_bytes(raw)
+    if type(shape) is not tuple or len(shape) > 32 or any(type(d) is not int or d < 0 for d in shape):
+        raise _Refused("gives a numpy array a shape that is not a tuple of at most 32 non-negative integers")
+    bound = math.prod(max(d, 1) for d in shape) * dtype.itemsize
+    if bound > _MAX_PICKLED_ARRAY_BYTES:
+        raise _Refused(f"declares a numpy array of {_size_text(bound)} bytes, beyond any CIFAR array")
+    need = math.prod(shape) * dtype.itemsize
+    if need != len(data):
+        raise _Refused(
+            f"declares a numpy array of shape {shape} and dtype {dtype} ({need:,} bytes) but gives it {len(data):,} bytes of data"
+        )
+    array = np.frombuffer(data, dtype=dtype, count=need // dtype.itemsize).reshape(shape, order=order)  # type: ignore[call-overload]
+    return array if array.flags.writeable else array.copy(order="K")  # bytes are read-only: own a copy
+
+
+class _ArrayStub(_Stub):
+    """A numpy array under construction: ``_reconstruct`` makes it empty, BUILD gives its checked state."""
+
+    __slots__ = ("array",)
+    what = "a numpy array"
+
+    def __init__(self, array: np.ndarray | None = None) -> None:
+        self.array = array
+
+    def __setstate__(self, state: Any) -> None:
+        if self.array is not None:
+            raise _Refused("builds one numpy array twice")
+        # numpy's ndarray state: (version 1, shape, dtype, is_fortran, raw bytes).
+        if type(state) is not tuple or len(state) != 5 or not _is_int(state[0], 1) or type(state[3]) not in (bool, int):
+            raise _Refused("gives a numpy array a state other than numpy's (1, shape, dtype, is_fortran, rawdata)")
+        if state[3] not in (0, 1):
+            raise _Refused("gives a numpy array an is_fortran flag that is neither true nor false")
+        self.array = _array_from_raw(state[4], state[2], state[1], "F" if state[3] else "C")
+
+
+class _NdarrayGlobal(_Stub):
+    """``numpy.ndarray``: only ever an argument of ``_reconstruct``; calling or building it is refused."""
+
+    __slots__ = ()
+    what = "numpy.ndarray"
+
+    def __call__(self, *args: Any) -> Any:
+        raise _Refused("calls numpy.ndarray directly, which no CIFAR batch does")
+
+
+class _ReconstructGlobal(_Stub):
+    """``numpy.core.multiarray._reconstruct``: only as numpy pickles it, ``(ndarray, (0,), b'b')``."""
+
+    __slots__ = ()
+    what = "numpy's _reconstruct"
+
+    def __call__(self, *args: Any) -> _ArrayStub:
+        canonical = (
+            len(args) == 3
+            and args[0] is _NDARRAY
+            and type(args[1]) is tuple
+            and len(args[1]) == 1
+            and _is_int(args[1][0], 0)
+            and type(args[2]) in (bytes, str)
+            and args[2] in (b"b", "b")
+        )
+        if not canonical:
+            raise _Refused("calls numpy's _reconstruct with arguments other than numpy's (ndarray, (0,), b'b')")
+        return _ArrayStub()
+
+
+class _DtypeGlobal(_Stub):
+    """``numpy.dtype``: only ``(type string, False, True)`` with a whitelisted type string."""
+
+    __slots__ = ()
+    what = "numpy.dtype"
+
+    def __call__(self, *args: Any) -> _DtypeStub:
+        spec = _text(args[0]) if len(args) == 3 else None
+        # numpy passes (spec, align=False, copy=True); Python 2 numpy wrote them as ints 0 and 1.
+        flags_ok = len(args) == 3 and type(args[1]) in (bool, int) and type(args[2]) in (bool, int)
+        if spec is None or not flags_ok or args[1] != 0 or args[2] not in (0, 1) or not _DTYPE_SPEC.fullmatch(spec):
+            shown = f" '{_shown(args[0])}'" if args and type(args[0]) in (str, bytes) else ""
+            raise _Refused(
+                f"asks for the numpy dtype{shown}; only plain numbers (bool, int, uint, float) and byte strings are loaded"
+            )
+        return _DtypeStub(spec)
+
+
+class _ScalarGlobal(_Stub):
+    """``numpy.core.multiarray.scalar`` (a pickled ``np.int64``...): becomes a Python number at once."""
+
+    __slots__ = ()
+    what = "numpy's scalar"
+
+    def __call__(self, *args: Any) -> Any:
+        if len(args) != 2:
+            raise _Refused("calls numpy's scalar with arguments other than (dtype, bytes)")
+        dtype, raw = _built_dtype(args[0]), _raw_bytes(args[1])
+        if len(raw) != dtype.itemsize:
+            raise _Refused(f"gives a numpy {dtype} scalar {len(raw)} bytes instead of {dtype.itemsize}")
+        return np.frombuffer(raw, dtype=dtype).item()
+
+
+class _FrombufferGlobal(_Stub):
+    """``numpy.core.numeric._frombuffer``, numpy's pickle protocol 5 form ``(buffer, dtype, shape, order)``."""
+
+    __slots__ = ()
+    what = "numpy's _frombuffer"
+
+    def __call__(self, *args: Any) -> _ArrayStub:
+        order = _text(args[3]) if len(args) == 4 else None
+        if order not in ("C", "F"):
+            raise _Refused("calls numpy's _frombuffer with arguments other than (buffer, dtype, shape, 'C' or 'F')")
+        return _ArrayStub(_array_from_raw(args[0], args[1], args[2], order))
+
+
+class _EncodeGlobal(_Stub):
+    """``_codecs.encode``: how Python 3 writes bytes at pickle protocols 0-2, ``(text, 'latin1')``."""
+
+    __slots__ = ()
+    what = "_codecs.encode"
+
+    def __call__(self, *args: Any) -> bytes:
+        if len(args) != 2 or type(args[0]) is not str or args[1] not in ("latin1", "latin-1"):
+            raise _Refused("calls _codecs.encode with arguments other than (text, 'latin1')")
+        return args[0].encode("latin1")
+
+
+class _BytesGlobal(_Stub):
+    """``bytes``: how Python 3 writes an empty bytes object at pickle protocols 0-2, ``bytes()``."""
+
+    __slots__ = ()
+    what = "bytes"
+
+    def __call__(self, *args: Any) -> bytes:
+        if args:
+            raise _Refused("calls bytes with arguments, which Python's pickler never does")
+        return b""
+
+
+_NDARRAY = _NdarrayGlobal()
+_GLOBALS: dict[tuple[str, str], _Stub] = {
+    ("numpy", "ndarray"): _NDARRAY,
+    ("numpy", "dtype"): _DtypeGlobal(),
+    ("_codecs", "encode"): _EncodeGlobal(),
+    # Protocols 0-2 name builtins as Python 2 did; protocol 3 and later do not need this at all.
+    ("__builtin__", "bytes"): _BytesGlobal(),
+    ("builtins", "bytes"): _BytesGlobal(),
+    # Python 2 and numpy < 2 wrote numpy.core; numpy >= 2 writes numpy._core.
+    **{(f"numpy.{core}.multiarray", "_reconstruct"): _ReconstructGlobal() for core in ("core", "_core")},
+    **{(f"numpy.{core}.multiarray", "scalar"): _ScalarGlobal() for core in ("core", "_core")},
+    **{(f"numpy.{core}.numeric", "_frombuffer"): _FrombufferGlobal() for core in ("core", "_core")},
+}
 
 
 class SafeUnpickler(pickle.Unpickler):
-    """An unpickler that can rebuild dicts, lists, bytes, numbers and numpy arrays, and nothing else.
+    """An unpickler that rebuilds dicts, lists, bytes, numbers and plain numpy arrays, and nothing else.
 
     A pickle can name any importable callable (``os.system``, ...) and have it called while
-    loading; :meth:`find_class` is where every such name is resolved, so refusing all but numpy's
-    array constructors makes loading a malicious file fail before anything runs.
+    loading; :meth:`find_class` is where every such name is resolved, and it resolves only to
+    trainwell's stand-ins (:class:`_Stub`), so nothing outside this module ever runs. Its result
+    still holds stand-ins: :func:`safe_unpickle` turns them into arrays.
     """
-
-    _ALLOWED: dict[tuple[str, str], Any] | None = None
 
     def __init__(self, file: IO[bytes], where: str) -> None:
         # CIFAR batches were pickled by Python 2: "bytes" keeps its str objects (keys, names) as bytes.
@@ -479,28 +848,104 @@ class SafeUnpickler(pickle.Unpickler):
         self.where = where
 
     def find_class(self, module: str, name: str) -> Any:
-        if SafeUnpickler._ALLOWED is None:
-            SafeUnpickler._ALLOWED = _numpy_globals()
-        obj = SafeUnpickler._ALLOWED.get((module, name))
-        if obj is None:
-            raise DataError(
-                f"{self.where} asks to load '{module}.{name}', which no CIFAR batch contains; refused to "
-                "unpickle it (corrupt or malicious file): use the original CIFAR files."
-            )
-        return obj
+        stub = _GLOBALS.get((module, name))
+        if stub is None:
+            raise _Refused(f"asks to load '{_shown(module)}.{_shown(name)}', which no CIFAR batch contains")
+        return stub
 
     def persistent_load(self, pid: Any) -> Any:
-        raise DataError(f"{self.where} uses pickle persistent ids, which no CIFAR batch contains; refused to unpickle it.")
+        raise _Refused("uses pickle persistent ids, which no CIFAR batch contains")
+
+
+def _scan_opcodes(data: bytes) -> None:
+    """Refuse, before unpickling, opcodes no CIFAR file uses and memo indices no pickler writes.
+
+    Picklers number memo entries 0, 1, 2...; the C unpickler sizes its memo table by the largest
+    index it is given, so an index in the billions would allocate gigabytes. Every opcode's
+    argument is parsed here, so damage shows before anything is built; a text string with an
+    invalid escape (a DeprecationWarning in Python's decoder) is damage too, not a printed warning.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DeprecationWarning)
+        for count, (opcode, arg, pos) in enumerate(pickletools.genops(data), start=1):
+            if opcode.name in _REFUSED_OPCODES:
+                raise _Refused(f"uses the pickle opcode {opcode.name} (at byte {pos}), which no CIFAR batch contains")
+            if opcode.name in _MEMO_OPCODES and not 0 <= arg < count:
+                raise _Refused(f"uses the pickle memo index {_size_text(arg)} (at byte {pos}), which no pickler writes")
+
+
+def _plain(root: Any) -> Any:
+    """The unpickled ``root`` with each stand-in array replaced by its real array.
+
+    Only dicts, lists, tuples, text, bytes, numbers, None and built arrays are allowed: a bare
+    dtype or global, an array never built, a container holding itself or nested deeper than
+    :data:`_MAX_PICKLE_DEPTH` is refused. Shared containers are converted once.
+    """
+    done: dict[int, Any] = {}
+    active: set[int] = set()
+
+    def visit(obj: Any, depth: int) -> Any:
+        kind = type(obj)
+        if kind in (bytes, str, int, float, bool, type(None)):
+            return obj
+        if kind is bytearray:
+            return bytes(obj)
+        if kind is _ArrayStub:
+            if obj.array is None:
+                raise _Refused("uses a numpy array that it never builds (no BUILD after _reconstruct)")
+            return obj.array
+        if kind not in (dict, list, tuple):
+            what = obj.what if isinstance(obj, _Stub) else f"a {kind.__name__}"
+            raise _Refused(f"holds {what} as a value, which no CIFAR batch contains")
+        key = id(obj)
+        if key in done:
+            return done[key]
+        if key in active:
+            raise _Refused("holds a container that contains itself")
+        if depth >= _MAX_PICKLE_DEPTH:
+            raise _Refused(f"nests containers more than {_MAX_PICKLE_DEPTH} deep")
+        active.add(key)
+        if kind is dict:
+            out: Any = {visit(k, depth + 1): visit(v, depth + 1) for k, v in obj.items()}
+        else:
+            out = kind(visit(v, depth + 1) for v in obj)
+        active.discard(key)
+        done[key] = out
+        return out
+
+    return visit(root, 0)
+
+
+def _check_cifar_size(size: int, where: str) -> None:
+    """Refuse, before reading it, a "batch" larger than :data:`_MAX_CIFAR_FILE_BYTES`."""
+    if size > _MAX_CIFAR_FILE_BYTES:
+        raise DataError(
+            f"{where} is {size:,} bytes, more than the {_MAX_CIFAR_FILE_BYTES >> 20} MiB of any CIFAR file; "
+            "point data.path at the original CIFAR files."
+        )
 
 
 def safe_unpickle(f: IO[bytes], where: str) -> Any:
-    """Load one pickle with :class:`SafeUnpickler`; any failure is a DataError naming ``where``."""
+    """Load one CIFAR pickle from ``f`` without running anything it names; a DataError naming ``where`` otherwise.
+
+    The file is read whole (at most :data:`_MAX_CIFAR_FILE_BYTES`), its opcodes scanned, then
+    unpickled with :class:`SafeUnpickler` and its stand-ins made real arrays.
+    """
     try:
-        return SafeUnpickler(f, where).load()
+        data = f.read(_MAX_CIFAR_FILE_BYTES + 1)
+        _check_cifar_size(len(data), where)
+        _scan_opcodes(data)
+        return _plain(SafeUnpickler(io.BytesIO(data), where).load())
+    except _Refused as exc:
+        raise DataError(
+            f"{where} {exc}; refused to unpickle it (corrupt or malicious file): use the original CIFAR files."
+        ) from None
     except DataError:
         raise
-    except Exception as exc:  # a damaged pickle can fail in many ways (EOFError, UnpicklingError, TypeError...)
-        raise DataError(f"{where} is not a readable CIFAR pickle ({type(exc).__name__}: {exc}); re-download it.") from None
+    except Exception as exc:  # a damaged pickle can fail in many ways (EOFError, UnpicklingError, ValueError, MemoryError...)
+        raise DataError(
+            f"{where} is not a readable CIFAR pickle ({type(exc).__name__}: {one_line(exc)}); re-download it."
+        ) from None
 
 
 _CIFAR_NAMES = re.compile(r"^(data_batch_\d+|test_batch|batches\.meta|train|test|meta)$")
@@ -516,8 +961,12 @@ def _cifar_from_folder(path: Path) -> tuple[dict[str, Any], str]:
             objs = {}
             for child in sorted(folder.iterdir()):
                 if child.is_file() and names.match(child.name):
-                    with open(child, "rb") as f:
-                        objs[child.name] = safe_unpickle(f, f"cifar file '{child}'")
+                    try:
+                        _check_cifar_size(child.stat().st_size, f"cifar file '{child}'")
+                        with open(child, "rb") as f:
+                            objs[child.name] = safe_unpickle(f, f"cifar file '{child}'")
+                    except OSError as exc:
+                        raise DataError(f"cifar file '{child}' cannot be read ({exc.strerror or exc}); check the file.") from None
             return objs, str(folder)
     raise DataError(
         f"cifar: no CIFAR-10 'data_batch_1' or CIFAR-100 'train' file in '{path}' "
@@ -535,13 +984,15 @@ def _cifar_from_tar(path: Path) -> tuple[dict[str, Any], str]:
             for member in tar:
                 base = member.name.rsplit("/", 1)[-1]
                 if member.isfile() and _CIFAR_NAMES.match(base) and base not in objs:
+                    where = f"cifar member '{_shown(member.name, 200)}' of '{path}'"
+                    _check_cifar_size(member.size, where)
                     f = tar.extractfile(member)
                     if f is not None:
-                        objs[base] = safe_unpickle(f, f"cifar member '{member.name}' of '{path}'")
+                        objs[base] = safe_unpickle(f, where)
     except DataError:
         raise
     except Exception as exc:  # tarfile and its gzip/bz2/lzma decompressors raise many types on damage
-        raise DataError(f"cifar: '{path}' is not a readable tar archive ({exc}); re-download it.") from None
+        raise DataError(f"cifar: '{path}' is not a readable tar archive ({one_line(exc)}); re-download it.") from None
     if "data_batch_1" not in objs and "train" not in objs:
         raise DataError(
             f"cifar: archive '{path}' holds no CIFAR-10 'data_batch_1' or CIFAR-100 'train' member; "
@@ -553,11 +1004,24 @@ def _cifar_from_tar(path: Path) -> tuple[dict[str, Any], str]:
 def _str_keys(obj: Any, where: str) -> dict[str, Any]:
     if not isinstance(obj, dict):
         raise DataError(f"{where} holds a {type(obj).__name__}, expected a CIFAR dict; re-download it.")
-    return {(k.decode("latin1") if isinstance(k, bytes) else str(k)): v for k, v in obj.items()}
+    if not all(type(k) in (bytes, str) for k in obj):
+        raise DataError(f"{where} holds a dict with keys that are not text, unlike a CIFAR batch; re-download it.")
+    return {(k.decode("latin1") if isinstance(k, bytes) else k): v for k, v in obj.items()}
 
 
 def _names(values: Any) -> list[str]:
     return [v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v) for v in values]
+
+
+def _cifar_labels(value: Any, where: str, key: str) -> np.ndarray:
+    """A batch's labels as int64: a list of ints (as CIFAR stores them) or an integer array."""
+    if isinstance(value, (list, tuple)):
+        if not all(type(v) is int and -(2**63) <= v < 2**63 for v in value):
+            raise DataError(f"{where}: '{key}' must be a list of integer labels, found other values; re-download it.")
+        value = np.array(value, dtype=np.int64)
+    elif not isinstance(value, np.ndarray):
+        raise DataError(f"{where}: '{key}' must be a list of integer labels, got a {type(value).__name__}; re-download it.")
+    return _integer_labels(value, where, f"'{key}'")
 
 
 def _cifar_batch(obj: Any, where: str, label_key: str) -> tuple[np.ndarray, np.ndarray]:
@@ -568,11 +1032,21 @@ def _cifar_batch(obj: Any, where: str, label_key: str) -> tuple[np.ndarray, np.n
         raise DataError(f"{where}: 'data' must be a uint8 array (N, 3072), got {got}; re-download it.")
     if label_key not in d:
         raise DataError(f"{where} has no '{label_key}' entry; re-download it.")
-    labels = _integer_labels(np.asarray(d[label_key]), where, f"'{label_key}'")
+    labels = _cifar_labels(d[label_key], where, label_key)
     if len(labels) != len(data):
         raise DataError(f"{where} has {len(data)} images but {len(labels)} labels; re-download it.")
     # Rows are 1024 red, then 1024 green, then 1024 blue values, each row-major 32x32: (N, C, H, W).
     return data.reshape(-1, 3, 32, 32), labels
+
+
+def _cifar_class_names(meta: dict[str, Any], key: str, where: str) -> list[str] | None:
+    """The class names of a meta file's ``key`` list, or None when it has none."""
+    names = meta.get(key)
+    if names is None:
+        return None
+    if not isinstance(names, (list, tuple)) or not all(type(v) in (bytes, str) for v in names):
+        raise DataError(f"{where}: '{key}' must be a list of class names; re-download it.")
+    return _names(names)
 
 
 @DATASETS.register("cifar", needs_path=True, kind="image")
@@ -596,13 +1070,17 @@ def load_cifar(cfg: DataConfig) -> ArrayData:
     x_test = y_test = None
     if test_name in objs:
         x_test, y_test = _cifar_batch(objs[test_name], f"cifar file '{test_name}' in '{where}'", label_key)
-    classes = _numeric_class_names(y, y_test)
+    classes = None
     if meta_name in objs:
-        meta = _str_keys(objs[meta_name], f"cifar file '{meta_name}' in '{where}'")
-        if isinstance(meta.get(names_key), (list, tuple)):
-            classes = _names(meta[names_key])
+        meta_where = f"cifar file '{meta_name}' in '{where}'"
+        classes = _cifar_class_names(_str_keys(objs[meta_name], meta_where), names_key, meta_where)
     return ArrayData(
-        x=x, y=y, x_test=x_test, y_test=y_test, classes=classes, description=f"cifar: {variant} from {where}"
+        x=x,
+        y=y,
+        x_test=x_test,
+        y_test=y_test,
+        classes=classes or _numeric_class_names(y, y_test, where=f"cifar: '{where}'"),
+        description=f"cifar: {variant} from {where}",
     )
 
 
@@ -615,17 +1093,32 @@ def _is_image_file(p: Path) -> bool:
     return p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_SUFFIXES
 
 
+# The most pixels an image file may declare: Pillow's own default decompression-bomb limit (about
+# 89 megapixels, a 358 MB RGBA image). A header claiming more is refused before decoding.
+MAX_IMAGE_PIXELS = 89_478_485
+
+
+class ImageTooLarge(DataError):
+    """An image file whose header declares more than :data:`MAX_IMAGE_PIXELS` pixels."""
+
+
 def load_image(path: Path, mode: str | None, size: tuple[int, int] | None) -> np.ndarray:
     """One image file as uint8 ``(H, W)`` (grayscale) or ``(H, W, 3)`` (colour).
 
     ``mode`` forces ``"L"`` or ``"RGB"``; None keeps single-channel images single-channel and
     converts everything else to RGB (alpha is dropped, palettes expanded, animations give their
-    first frame). ``size`` = (H, W) resizes bilinearly. A file Pillow cannot decode is a DataError.
+    first frame). ``size`` = (H, W) resizes bilinearly. A file Pillow cannot decode, a truncated
+    one, or one whose header declares more than :data:`MAX_IMAGE_PIXELS` pixels is a DataError;
+    the size is checked before anything is decoded. Call it inside :func:`image_bombs_refused`
+    so that Pillow's decompression-bomb warning is refused too rather than printed.
     """
     from PIL import Image
 
     try:
         with Image.open(path) as img:
+            width, height = img.size
+            if width * height > MAX_IMAGE_PIXELS:
+                raise ImageTooLarge(_too_many_pixels(path, width * height, f"{width}x{height}"))
             img.load()
             if img.mode in ("I;16", "I;16B", "I;16L", "I"):
                 # 16-bit grayscale: Pillow's convert("L") clips at 255; keep the top 8 bits instead.
@@ -637,14 +1130,44 @@ def load_image(path: Path, mode: str | None, size: tuple[int, int] | None) -> np
             if size is not None and img.size != (size[1], size[0]):
                 img = img.resize((size[1], size[0]), Image.Resampling.BILINEAR)
             return np.asarray(img, dtype=np.uint8)
+    except DataError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        # Pillow refuses in Image.open, before the caller sees the size; its message has the count.
+        found = re.search(r"\((\d+) pixels\)", str(exc))
+        raise ImageTooLarge(_too_many_pixels(path, int(found.group(1)) if found else None)) from None
     except Exception as exc:  # decoders of damaged files raise many types (OSError, SyntaxError, struct.error...)
-        raise DataError(f"image file '{path}' cannot be decoded ({exc}); delete or replace it.") from None
+        raise DataError(f"image file '{path}' cannot be decoded ({one_line(exc)}); delete or replace it.") from None
+
+
+def _too_many_pixels(path: Path, pixels: int | None, size: str = "") -> str:
+    declared = f"{pixels:,} pixels" + (f" ({size})" if size else "") if pixels is not None else "too many pixels"
+    return (
+        f"image file '{path}' declares {declared}, above the limit of {MAX_IMAGE_PIXELS:,} "
+        "(a damaged file or a decompression bomb); resize or replace it."
+    )
+
+
+@contextlib.contextmanager
+def image_bombs_refused() -> Iterator[None]:
+    """Make Pillow's DecompressionBombWarning an error while images are decoded (see load_image).
+
+    Pillow warns in ``Image.open`` itself, before the caller sees the size. The filter is set
+    once around a whole decoding run, by the calling thread: Pillow's decoding threads then see
+    it, and no thread restores the filters under another.
+    """
+    from PIL import Image
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        yield
 
 
 def _load_images(files: list[Path], size: tuple[int, int] | None, grayscale: bool) -> np.ndarray:
     """Decode ``files`` into one uint8 (N, C, H, W) array (C = 1 or 3), in order."""
     workers = min(8, os.cpu_count() or 1, max(1, len(files)))
-    with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:  # Pillow decodes without the GIL
+    with image_bombs_refused(), concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
+        # Pillow decodes without the GIL.
         arrays = list(pool.map(lambda p: load_image(p, "L" if grayscale else None, size), files))
     first_hw = arrays[0].shape[:2]
     for p, a in zip(files, arrays):
@@ -734,46 +1257,154 @@ def _stored_member_offset(f: IO[bytes], info: zipfile.ZipInfo, where: str) -> in
     f.seek(info.header_offset)
     local = f.read(30)
     if len(local) < 30 or local[:4] != b"PK\x03\x04":
-        raise DataError(f"{where}: the zip entry for '{info.filename}' is damaged; re-create the file.")
+        raise DataError(f"{where}: the zip entry for '{_shown(info.filename)}' is damaged; re-create the file.")
     name_len, extra_len = struct.unpack("<HH", local[26:30])
     return info.header_offset + 30 + name_len + extra_len
+
+
+class _CountingReader:
+    """A stream's ``read`` that counts the bytes it returns and their CRC-32 (as a zip entry records it)."""
+
+    def __init__(self, f: IO[bytes]) -> None:
+        self.f, self.count, self.crc = f, 0, 0
+
+    def read(self, n: int = -1) -> bytes:
+        data = self.f.read(n)
+        self.count += len(data)
+        self.crc = zlib.crc32(data, self.crc)
+        return data
+
+
+def npy_header(f: IO[bytes], subject: str, fix: str) -> tuple[tuple[int, ...], bool, np.dtype, int]:
+    """``(shape, fortran_order, dtype, header bytes)`` of the .npy stream ``f``, read from its header only.
+
+    Nothing is allocated for the data: callers compare ``header bytes + prod(shape) * itemsize``
+    with the real size before reading. A header numpy cannot parse, a format version other than
+    1.0/2.0 (3.0 only adds utf-8 field names) or an object dtype (which only a pickle can hold) is
+    a DataError "``subject`` is not a readable .npy array (why); ``fix``".
+    """
+    counter = _CountingReader(f)
+    try:
+        version = np.lib.format.read_magic(counter)  # type: ignore[arg-type]
+        if version not in ((1, 0), (2, 0)):
+            raise DataError(f"{subject} is not a readable .npy array (format version {version[0]}.{version[1]}); {fix}")
+        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, fortran, dtype = read_header(counter)  # type: ignore[arg-type]
+    except DataError:
+        raise
+    except Exception as exc:  # the header is untrusted text parsed by numpy: ValueError, SyntaxError, MemoryError...
+        raise DataError(f"{subject} is not a readable .npy array ({one_line(exc)}); {fix}") from None
+    if dtype.hasobject:
+        raise DataError(f"{subject} is not a readable .npy array: it holds Python objects, which are never loaded (no pickle); {fix}")
+    return tuple(shape), bool(fortran), dtype, counter.count
+
+
+def _declared_nbytes(shape: tuple[int, ...], dtype: np.dtype) -> int:
+    return math.prod(shape) * dtype.itemsize
 
 
 def _memmap_member(path: Path, info: zipfile.ZipInfo, where: str) -> np.ndarray | None:
     """Memory-map a stored ``.npy`` member in place (copy-on-write), or None to load it normally.
 
     Copy-on-write (mode "c") gives a writable array, so torch.from_numpy neither warns nor risks a
-    write into a read-only mapping, while the file itself can never be modified.
+    write into a read-only mapping, while the file itself can never be modified. The header's
+    size must equal the zip entry's, and lie inside the file, before anything is mapped.
     """
+    subject = f"{where}: array '{_shown(info.filename)}'"
     with open(path, "rb") as f:
         start = _stored_member_offset(f, info, where)
         f.seek(start)
-        try:
-            version = np.lib.format.read_magic(f)
-            if version == (1, 0):
-                shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
-            elif version == (2, 0):
-                shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
-            else:
-                return None  # version 3 (utf-8 field names): rare, let numpy's reader handle it
-        except ValueError as exc:
-            raise DataError(f"{where}: member '{info.filename}' is not a valid .npy array ({exc}); re-create the file.") from None
-        data_start = f.tell()
-    if dtype.hasobject:
-        raise DataError(f"{where}: array '{info.filename}' holds Python objects, which are never loaded (no pickle); save numeric arrays.")
-    nbytes = math.prod(shape) * dtype.itemsize
-    if data_start - start + nbytes != info.file_size or data_start + nbytes > path.stat().st_size:
-        raise DataError(f"{where}: array '{info.filename}' is truncated or damaged; re-create the file.")
+        shape, fortran, dtype, header = npy_header(f, subject, "re-create the file.")
+    nbytes = _declared_nbytes(shape, dtype)
+    data_start = start + header
+    if header + nbytes != info.file_size or info.compress_size != info.file_size or data_start + nbytes > path.stat().st_size:
+        raise DataError(
+            f"{subject} is truncated or damaged: its header declares shape {shape} ({nbytes:,} bytes of {dtype}) "
+            f"but the zip entry holds {max(info.file_size - header, 0):,} bytes of data; re-create the file."
+        )
     if nbytes == 0 or shape == ():
         return None  # nothing worth mapping (and mmap refuses empty ranges)
     return np.memmap(path, dtype=dtype, mode="c", offset=data_start, shape=shape, order="F" if fortran else "C")
+
+
+def _read_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, where: str) -> np.ndarray:
+    """A (compressed) ``.npy`` member read into memory, its sizes checked before allocating.
+
+    The header's shape must account for exactly the entry's declared size, and a deflated entry
+    cannot declare more than :data:`_MAX_DEFLATE_RATIO` times its compressed size. zipfile stops
+    at the declared size and checks the CRC there, so an entry that inflates to more would be cut
+    silently (or blamed on its CRC): it is opened with room for one byte more than declared and
+    without zipfile's CRC check, and the CRC is checked here over exactly the declared bytes.
+    """
+    subject = f"{where}: array '{_shown(info.filename)}'"
+    if info.compress_type == zipfile.ZIP_DEFLATED and info.file_size > _MAX_DEFLATE_RATIO * info.compress_size + 4096:
+        raise DataError(
+            f"{subject} declares {info.file_size:,} bytes but holds only {info.compress_size:,} compressed bytes, "
+            "more than deflate can expand; the file is damaged: re-create it."
+        )
+    probe = copy.copy(info)
+    probe.file_size = info.file_size + 1
+    del probe.CRC  # zipfile checks no CRC for an entry without one
+    with zf.open(probe) as f:
+        reader = _CountingReader(f)  # type: ignore[arg-type]
+        shape, fortran, dtype, header = npy_header(reader, subject, "re-create the file.")  # type: ignore[arg-type]
+        nbytes = _declared_nbytes(shape, dtype)
+        if header + nbytes != info.file_size:
+            raise DataError(
+                f"{subject} is truncated or damaged: its header declares shape {shape} ({nbytes:,} bytes of {dtype}) "
+                f"but the zip entry holds {max(info.file_size - header, 0):,} bytes of data; re-create the file."
+            )
+        try:
+            flat = np.empty(nbytes // dtype.itemsize if dtype.itemsize else 0, dtype=dtype)
+        except MemoryError:
+            raise DataError(f"{subject} declares {nbytes:,} bytes, more than this machine can hold.") from None
+        view = memoryview(flat.view(np.uint8)) if nbytes else memoryview(bytearray())
+        filled = 0
+        while filled < nbytes:
+            chunk = reader.read(min(nbytes - filled, 1 << 20))
+            if not chunk:
+                break
+            view[filled : filled + len(chunk)] = chunk
+            filled += len(chunk)
+        if filled < nbytes or f.read(1):
+            raise DataError(
+                f"{subject} decompresses to {'less' if filled < nbytes else 'more'} than the {nbytes:,} bytes "
+                "its header declares; the file is damaged: re-create it."
+            )
+    if reader.crc != info.CRC:
+        raise DataError(f"{subject} fails its CRC-32 check; the file is damaged: re-create it.")
+    return flat.reshape(shape, order="F" if fortran else "C")
+
+
+try:  # zipfile decompresses lzma members with the lzma module, whose error is its own type
+    from lzma import LZMAError as _LZMAError
+except ImportError:  # pragma: no cover - Python built without lzma
+    _LZMAError = zlib.error  # type: ignore[misc,assignment]
+
+# What zipfile and its decompressors raise on a damaged archive (RuntimeError: an encrypted member;
+# NotImplementedError: an unsupported compression method; ValueError/struct.error/OverflowError:
+# damaged headers).
+_ZIP_ERRORS = (
+    zipfile.BadZipFile,
+    zipfile.LargeZipFile,
+    zlib.error,
+    _LZMAError,
+    struct.error,
+    EOFError,
+    OSError,
+    ValueError,
+    OverflowError,
+    RuntimeError,
+    NotImplementedError,
+)
 
 
 def read_npz(path: Path, names: list[str] | None = None) -> dict[str, np.ndarray]:
     """Arrays of a ``.npz`` file by name (all, or ``names``), never unpickling anything.
 
     Members stored uncompressed (``np.savez``) are memory-mapped; compressed ones
-    (``np.savez_compressed``) are decompressed into memory.
+    (``np.savez_compressed``) are decompressed into memory. Every member's header is checked
+    against its zip entry before anything is mapped or allocated.
     """
     where = f"npz file '{path}'"
     out: dict[str, np.ndarray] = {}
@@ -785,17 +1416,13 @@ def read_npz(path: Path, names: list[str] | None = None) -> dict[str, np.ndarray
                 arr = None
                 if info.compress_type == zipfile.ZIP_STORED and not info.flag_bits & 0x1:
                     arr = _memmap_member(path, info, where)
-                if arr is None:
-                    with zf.open(info) as f:
-                        arr = np.lib.format.read_array(f, allow_pickle=False)
-                out[name] = arr
+                out[name] = arr if arr is not None else _read_member(zf, info, where)
     except DataError:
         raise
     except KeyError as exc:
-        raise DataError(f"{where} has no array {exc}; re-create the file.") from None
-    except (zipfile.BadZipFile, zlib.error, struct.error, EOFError, OSError, ValueError, RuntimeError, NotImplementedError) as exc:
-        # RuntimeError: an encrypted member; NotImplementedError: an unsupported compression method.
-        raise DataError(f"{where} is not a readable .npz archive ({exc}); it may be truncated: re-create it.") from None
+        raise DataError(f"{where} has no array {_shown(exc)}; re-create the file.") from None
+    except _ZIP_ERRORS as exc:
+        raise DataError(f"{where} is not a readable .npz archive ({one_line(exc)}); it may be truncated: re-create it.") from None
     return out
 
 
@@ -804,8 +1431,8 @@ def npz_array_names(path: Path) -> list[str]:
     try:
         with zipfile.ZipFile(path) as zf:
             return [i.filename[: -len(".npy")] for i in zf.infolist() if i.filename.endswith(".npy")]
-    except (zipfile.BadZipFile, OSError, EOFError) as exc:
-        raise DataError(f"npz file '{path}' is not a readable .npz archive ({exc}); it may be truncated: re-create it.") from None
+    except _ZIP_ERRORS as exc:
+        raise DataError(f"npz file '{path}' is not a readable .npz archive ({one_line(exc)}); it may be truncated: re-create it.") from None
 
 
 def _npz_features(x: np.ndarray, where: str, what: str) -> np.ndarray:
@@ -829,6 +1456,7 @@ def _npz_features(x: np.ndarray, where: str, what: str) -> np.ndarray:
         return x
     if x.dtype == np.float32 and x.dtype.isnative:
         return x  # keeps a memory map mapped
+    check_float32_range(x, f"{where}: '{what}'")
     return x.astype(np.float32)
 
 
@@ -842,7 +1470,7 @@ def load_npz(cfg: DataConfig) -> ArrayData:
     for role in ("x", "y"):
         if chosen[role] is None:
             raise DataError(
-                f"{where} has no '{role}' array (arrays: {', '.join(present) or 'none'}); "
+                f"{where} has no '{role}' array (arrays: {shown_names(present) or 'none'}); "
                 f"save it with np.savez(path, x=..., y=...)."
             )
     if (chosen["x_test"] is None) != (chosen["y_test"] is None):
@@ -864,7 +1492,7 @@ def load_npz(cfg: DataConfig) -> ArrayData:
         y = _integer_labels(raw_y, where, f"'{chosen['y']}'")
         if raw_y_test is not None:
             y_test = _integer_labels(raw_y_test, where, f"'{chosen['y_test']}'")
-        classes = _numeric_class_names(y, y_test)
+        classes = _numeric_class_names(y, y_test, where=where)
         if "classes" in arrays:
             names = arrays["classes"]
             if names.ndim != 1:
@@ -887,7 +1515,7 @@ def _label_index(header: list[str], label_column: str, where: str) -> int:
             return i % len(names)
         raise ConfigError(f"data.label_column={i} is out of range: {where} has {len(names)} columns (0..{len(names) - 1}).")
     raise ConfigError(
-        f"data.label_column '{label_column}' is not a column of {where} (columns: {', '.join(names)}); "
+        f"data.label_column '{label_column}' is not a column of {where} (columns: {shown_names(names)}); "
         "give its name or 0-based index."
     )
 
@@ -900,10 +1528,39 @@ def _parse_row(row: list[str], columns: list[str], where: str, line: int) -> lis
             values.append(float(cell))
         except ValueError:
             raise DataError(
-                f"{where}: column '{col}' at line {line} holds {cell.strip()!r}, not a number; "
+                f"{where}: column '{_shown(col)}' at line {line} holds '{_shown(cell.strip())}', not a number; "
                 "features must be numeric (encode categories as numbers, or drop the column)."
             ) from None
     return values
+
+
+_CSV_DELIMITERS = ",;\t|"
+_CSV_SAMPLE_CHARS = 65536
+_CSV_SAMPLE_LINES = 20
+
+
+def _guess_delimiter(sample: str, complete: bool) -> str:
+    """The delimiter among ``, ; tab |`` that splits the sample's first lines into equal rows, most fields first.
+
+    Rows of one length beat ragged ones, then more header fields win; ``,`` when no candidate
+    splits the header. ``complete`` says the sample is the whole file (else its last line may
+    be cut and is left out). csv.Sniffer is not used: its regular expressions take minutes on
+    64 KB of hostile text (quotes and delimiters repeated), this takes one csv pass per candidate.
+    """
+    lines = sample.splitlines(keepends=True)
+    lines = lines[:_CSV_SAMPLE_LINES] if complete or len(lines) > _CSV_SAMPLE_LINES else lines[:-1] or lines
+    best, best_score = ",", (False, 1)
+    for delimiter in _CSV_DELIMITERS:
+        try:
+            rows = [row for row in csv.reader(lines, delimiter=delimiter) if row]
+        except csv.Error:
+            continue
+        if not rows or len(rows[0]) < 2:
+            continue
+        score = (len({len(row) for row in rows}) == 1, len(rows[0]))
+        if score > best_score:
+            best, best_score = delimiter, score
+    return best
 
 
 @DATASETS.register("csv", needs_path=True, kind="tabular")
@@ -914,13 +1571,9 @@ def load_csv(cfg: DataConfig) -> ArrayData:
     try:
         # utf-8-sig drops the byte-order mark spreadsheet programs put before the header.
         with open(path, newline="", encoding="utf-8-sig") as f:
-            sample = f.read(65536)
+            sample = f.read(_CSV_SAMPLE_CHARS)
             f.seek(0)
-            try:
-                dialect: Any = csv.Sniffer().sniff(sample, delimiters=",;\t|")
-            except csv.Error:
-                dialect = csv.excel
-            reader = csv.reader(f, dialect)
+            reader = csv.reader(f, delimiter=_guess_delimiter(sample, complete=len(sample) < _CSV_SAMPLE_CHARS))
             header = next(reader, None)
             if not header:
                 raise DataError(f"{where} is empty; it needs a header row and one row per example.")
@@ -950,9 +1603,12 @@ def load_csv(cfg: DataConfig) -> ArrayData:
     if not columns:
         raise DataError(f"{where} has only the label column; add feature columns.")
     try:
-        x = np.array(features, dtype=np.float32)  # fast path: numpy parses every cell at once
+        x = np.array(features, dtype=np.float64)  # fast path: numpy parses every cell at once
     except ValueError:
-        x = np.array([_parse_row(row, columns, where, line) for row, line in zip(features, lines)], dtype=np.float32)
+        x = np.array([_parse_row(row, columns, where, line) for row, line in zip(features, lines)], dtype=np.float64)
+    # Parsed as float64 first: a value beyond float32's range would otherwise silently become inf.
+    check_float32_range(x, where)
+    x = x.astype(np.float32)
     empty = [i for i, v in enumerate(labels) if not v]
     if empty:
         raise DataError(f"{where}: line {lines[empty[0]]} has an empty label; give every row a label.")

@@ -40,7 +40,7 @@ import numpy as np
 import torch
 
 from trainwell.config import DataConfig
-from trainwell.data.sources import DATASETS, ArrayData, kind_of
+from trainwell.data.sources import DATASETS, ArrayData, check_float32_range, kind_of
 from trainwell.errors import ConfigError, DataError
 
 
@@ -136,6 +136,8 @@ def _check_part(x: np.ndarray, y: np.ndarray | None, where: str, what: str, num_
             f"{where}: labels out of range: {yname} holds {int(bad)} but there are {num_classes} classes "
             f"(labels 0..{num_classes - 1}); renumber the labels or give all class names."
         )
+    # Before the NaN/inf count: a finite float64 beyond float32 becomes inf only when cast (later).
+    check_float32_range(x, f"{where}: {xname}")
     bad = _count_nonfinite(x)
     if bad:
         split = "training data" if xname == "x" else "test split"
