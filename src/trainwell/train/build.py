@@ -18,6 +18,7 @@ from trainwell.nn import INITS, MODELS, build_model
 from trainwell.nn.init import lsuv_init
 from trainwell.nn.pipeline import Classifier
 from trainwell.seeds import torch_generator
+from trainwell.train.contract import input_contract
 from trainwell.train.optim import OPTIMIZERS, SCHEDULES
 from trainwell.train.rundir import FORMAT, FORMAT_VERSION
 from trainwell.train.trainer import preflight
@@ -70,6 +71,7 @@ def model_card(splits: Splits, cfg: Config, custom: bool) -> dict[str, Any]:
         "model": cfg.model.name if not custom else "custom",
         "custom_model": custom,
         "data": splits.description,
+        "inputs": input_contract(splits.train.x),  # what evaluate/predict/finetune check new data against
     }
 
 
