@@ -285,7 +285,7 @@ def test_evaluate_and_predict_reject_bad_run_dirs(tmp_path, trained_run):
     assert_clean_error(run_cli("evaluate", str(empty), check=False), "model.json")
     broken = tmp_path / "broken"
     broken.mkdir()
-    for name in ("model.json", "config.yaml"):
+    for name in ("model.json", "config.yaml", "summary.json"):  # finished, but its weights are truncated
         (broken / name).write_bytes((trained_run / name).read_bytes())
     (broken / "model.safetensors").write_bytes((trained_run / "model.safetensors").read_bytes()[:50])
     assert_clean_error(run_cli("evaluate", str(broken), check=False), "corrupt")

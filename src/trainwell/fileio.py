@@ -4,6 +4,9 @@ A reader (or a resumed run) never sees half a file: data goes to a temporary fil
 folder, is flushed and fsynced, renamed over the target with ``os.replace`` (atomic on POSIX), and
 the folder itself is fsynced so the rename survives a power cut. An error or a kill at any point
 leaves the old file (or none) and at worst a ``.NAME.*.tmp`` beside it.
+
+Files get the mode any program's files get, ``0o666`` less the umask (0644 or, for a group that
+shares run folders with umask 002, 0664); ``tempfile.mkstemp`` would make every one 0600.
 """
 
 from __future__ import annotations
@@ -11,8 +14,8 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import secrets
 import shutil
-import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
@@ -32,6 +35,22 @@ def fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+def _create_temp(path: Path) -> tuple[int, str]:
+    """A new ``.NAME.XXXXXXXX.tmp`` beside ``path``, opened for writing, mode 0o666 less the umask.
+
+    Created with ``O_EXCL`` (never an existing file or a planted symlink) and the mode passed to the
+    kernel, which applies the umask itself: nothing reads or changes the process's umask.
+    """
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0) | getattr(os, "O_NOFOLLOW", 0)
+    for _ in range(100):
+        tmp = str(path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp")
+        try:
+            return os.open(tmp, flags, 0o666), tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"no free temporary name beside '{path}'")  # pragma: no cover
+
+
 @contextlib.contextmanager
 def atomic_file(path: str | Path, sync_dir: bool = True,
                 before_replace: Callable[[], None] | None = None) -> Iterator[IO[bytes]]:
@@ -41,7 +60,7 @@ def atomic_file(path: str | Path, sync_dir: bool = True,
     the data is fsynced, before the rename (the resume tests plant a kill there).
     """
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = _create_temp(path)
     try:
         with os.fdopen(fd, "wb") as fh:
             yield fh

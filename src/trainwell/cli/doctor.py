@@ -61,7 +61,7 @@ def run_doctor(args: argparse.Namespace) -> tuple[Any, Path]:
     from trainwell.diagnose.doctor import diagnose_config, diagnose_run
     from trainwell.diagnose.plots import plot_report
     from trainwell.fileio import write_json
-    from trainwell.train.rundir import prepare_out_dir
+    from trainwell.train.rundir import staged_out_dir
 
     if args.batch_size < 2:
         raise ConfigError(f"--batch-size must be >= 2, got {args.batch_size}.")
@@ -75,23 +75,24 @@ def run_doctor(args: argparse.Namespace) -> tuple[Any, Path]:
         if args.epochs:
             raise ConfigError("--epochs applies to a config, not to a run directory; drop it or pass overrides.")
         run_dir, overrides = target[0], target[1:]
+        # None: a new folder under runs/; an existing --out is refused before the diagnosis.
+        staged = staged_out_dir(args.out, "doctor", Path(run_dir).resolve().name or "run", args.overwrite)
         report = diagnose_run(run_dir, overrides, batch_size=args.batch_size)
-        tag, kind = Path(run_dir).resolve().name or "run", "doctor"
     else:
         from trainwell.config import resolve
         from rich.console import Console
 
         cfg = resolve(target, args.config)
+        staged = staged_out_dir(args.out, "doctor", f"{cfg.data.name}-{cfg.model.name}", args.overwrite)
         console = None if args.json else Console(stderr=True, soft_wrap=True)
         report = diagnose_config(cfg, batch_size=args.batch_size, epochs=args.epochs, every=args.every,
                                  console=console)
-        tag, kind = f"{cfg.data.name}-{cfg.model.name}", "doctor"
-    out_dir = prepare_out_dir(args.out, kind, tag, args.overwrite)  # None: a new folder under runs/
-    write_json(out_dir / "report.json", report.to_dict())
-    write_json(out_dir / "summary.json", {"findings": report.to_dict()["findings"], "context": report.context})
-    if not args.no_plots and report.layers:
-        plot_report(report, out_dir)
-    return report, out_dir
+    with staged as out_dir:
+        write_json(out_dir / "report.json", report.to_dict())
+        write_json(out_dir / "summary.json", {"findings": report.to_dict()["findings"], "context": report.context})
+        if not args.no_plots and report.layers:
+            plot_report(report, out_dir)
+    return report, staged.path
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
@@ -122,7 +123,7 @@ def cmd_fix(args: argparse.Namespace) -> int:
     from trainwell.diagnose.doctor import diagnose_config
     from trainwell.diagnose.fix import as_overrides, propose_fix
     from trainwell.fileio import atomic_write_text, write_json
-    from trainwell.train.rundir import prepare_out_dir
+    from trainwell.train.rundir import staged_out_dir
 
     target = list(args.target)
     if target and "=" not in target[0]:
@@ -131,18 +132,20 @@ def cmd_fix(args: argparse.Namespace) -> int:
     if args.apply and Path(args.apply).exists() and not args.overwrite:
         raise ConfigError(f"'{args.apply}' exists; choose another --apply FILE or pass --overwrite.")
     cfg = resolve(target, args.config)
+    staged = staged_out_dir(args.out, "doctor", f"{cfg.data.name}-{cfg.model.name}-fix", args.overwrite)
     before = diagnose_config(cfg, batch_size=args.batch_size, epochs=args.epochs, every=args.every)
     changes = propose_fix(cfg, before)
     fixed_cfg = resolve(as_overrides(changes), base=cfg)
     after = diagnose_config(fixed_cfg, batch_size=args.batch_size, epochs=args.epochs, every=args.every) \
         if changes else before
-    out_dir = prepare_out_dir(args.out, "doctor", f"{cfg.data.name}-{cfg.model.name}-fix", args.overwrite)
     result = {"changes": changes, "overrides": as_overrides(changes),
               "before": before.to_dict()["findings"], "after": after.to_dict()["findings"]}
-    write_json(out_dir / "fix.json", result)
-    write_json(out_dir / "summary.json", {"findings": result["after"], "changes": changes,
-                                          "findings_before": result["before"]})
-    atomic_write_text(out_dir / "config.fixed.yaml", fixed_cfg.to_yaml())
+    with staged as tmp:
+        write_json(tmp / "fix.json", result)
+        write_json(tmp / "summary.json",
+                   {"findings": result["after"], "changes": changes, "findings_before": result["before"]})
+        atomic_write_text(tmp / "config.fixed.yaml", fixed_cfg.to_yaml())
+    out_dir = staged.path
     if args.apply:
         atomic_write_text(Path(args.apply), fixed_cfg.to_yaml())
     if args.json:

@@ -20,7 +20,7 @@ from trainwell.train.build import check_run
 from trainwell.train.ensemble import MEMBERS_RUNS, check_ensemble_keys, ensemble_table, write_ensemble
 from trainwell.train.load import Run, load_run
 from trainwell.fileio import atomic_write_text
-from trainwell.train.rundir import prepare_out_dir
+from trainwell.train.rundir import check_out_dir, prepare_out_dir
 
 
 def train_ensemble(
@@ -40,14 +40,18 @@ def train_ensemble(
     (the resolved config), ensemble.json (pointing at them), summary.json and reliability.png.
     """
     check_ensemble_keys(cfg)
+    if not resume and out is not None:
+        check_out_dir(Path(out), overwrite)  # before the members' data is loaded and checked
     k = cfg.train.ensemble
     member_cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, ensemble=1))
     check_run(member_cfg, load_splits(cfg.data))  # what train checks, before any folder exists
     console = console or Console(stderr=True, quiet=quiet, soft_wrap=True)
     if resume:  # the members' compare resumes its unfinished runs from their checkpoints
         out_dir = Path(out)  # type: ignore[arg-type]
+        (out_dir / "summary.json").unlink(missing_ok=True)  # unfinished again until this call ends
     else:
-        out_dir = prepare_out_dir(out, "train", f"{cfg.data.name}-{k}x{cfg.model.name}", overwrite)
+        out_dir = prepare_out_dir(out, "train", f"{cfg.data.name}-{k}x{cfg.model.name}", overwrite,
+                                  say=lambda line: console.print(line, highlight=False))
     atomic_write_text(out_dir / "config.yaml", cfg.to_yaml())
     # The members: the resolved config (out/config.yaml) as one compare cell, over K seeds.
     plan = Plan(base=["train.ensemble=1"], seeds=list(range(cfg.train.seed, cfg.train.seed + k)),

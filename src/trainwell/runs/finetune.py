@@ -47,13 +47,13 @@ from torch import nn
 
 from trainwell.config import Config, resolve
 from trainwell.data import Splits, load_preprocess, load_splits, to_float
-from trainwell.errors import ConfigError, DataError, RunDirError, TrainwellError, unknown_name_message
+from trainwell.errors import ConfigError, DataError, Interrupted, RunDirError, TrainwellError, unknown_name_message
 from trainwell.nn import build_model
 from trainwell.nn.models import PreActBlock
 from trainwell.nn.pipeline import Classifier, count_parameters
 from trainwell.train.optim import _NORM_TYPES
 from trainwell.fileio import write_json
-from trainwell.train.rundir import default_run_dir, load_weights
+from trainwell.train.rundir import StagedDir, load_weights, staged_out_dir
 from trainwell.runs.train import train
 from trainwell.train.build import check_names, init_generator
 from trainwell.train.load import Run, read_run_files
@@ -537,9 +537,16 @@ def finetune(
     cfg = finetune_config(source, overrides, config_file)
     if source.kind != "hub":
         check_names(cfg)
-    splits = load_splits(cfg.data)
     tag = f"{cfg.data.name}-{cfg.model.name if source.kind != 'hub' else source.hub[1]}"  # type: ignore[index]
-    out_dir = Path(out) if out is not None else default_run_dir("finetune", tag)
+    staged = _staged_output(out, tag, overwrite, source)
+    splits = load_splits(cfg.data)
+    if source.kind == "run" and tuple(splits.input_shape) == source.input_shape:
+        # Other data is what fine-tuning is for, but the pretrained preprocessing and features expect
+        # inputs on the pretrained run's scale: warn when they are far off (shapes: transfer_weights).
+        from trainwell.train.contract import read_contract, warn_inputs
+
+        where = f"data.path '{cfg.data.path}'" if cfg.data.path else f"data.name={cfg.data.name}"
+        warn_inputs(read_contract(source.source), splits.train.x, where, run=source.source, console=console, quiet=quiet)
     plan: dict[str, Any] = {}
 
     def prepare(classifier: Classifier) -> tuple:
@@ -554,34 +561,51 @@ def finetune(
         model = hub_model(lib, name, splits.num_classes)
         _check_hub_input(model, splits, source.source)
 
-    run = train(cfg, out=out_dir, overwrite=overwrite, splits=splits, quiet=quiet, console=console,
-                model=model, prepare=prepare)
-    p: Plan = plan["plan"]
-    total = count_parameters(run.model, trainable_only=False)
-    trainable = count_parameters(run.model)
-    summary = dict(run.summary)
-    summary.update({
-        "pretrained": source.source,
-        "strategy": cfg.finetune.strategy,
-        "bn": cfg.finetune.bn,
-        "params": total,
-        "trainable_params": trainable,
-        "frozen_params": total - trainable,
-        "bn_layers_frozen": p.bn_frozen,
-        "transferred_tensors": plan.get("loaded"),
-        "layer_groups": p.groups,
-    })
-    if p.gradual is not None:
-        summary["trainable_params_by_epoch"] = p.gradual.trainable_by_epoch
-    if compare_scratch:
-        scratch_model = None
-        if source.kind == "hub":
-            scratch_model = hub_model(*source.hub, splits.num_classes, pretrained=False)  # type: ignore[misc]
-        scratch = train(cfg, out=Path(run.dir) / "scratch", overwrite=overwrite, splits=splits, quiet=quiet,
-                        console=console, model=scratch_model)
-        summary["scratch_test_acc"] = scratch.summary["test_acc"]
-        summary["gain"] = summary["test_acc"] - scratch.summary["test_acc"]
-        summary["scratch_dir"] = str(scratch.dir)
-    write_json(Path(run.dir) / "summary.json", summary)
-    run.summary = summary
+    try:
+        with staged as out_dir:
+            run = train(cfg, out=out_dir, splits=splits, quiet=quiet, console=console, model=model, prepare=prepare)
+            p: Plan = plan["plan"]
+            total = count_parameters(run.model, trainable_only=False)
+            trainable = count_parameters(run.model)
+            summary = dict(run.summary)
+            summary.update({
+                "pretrained": source.source,
+                "strategy": cfg.finetune.strategy,
+                "bn": cfg.finetune.bn,
+                "params": total,
+                "trainable_params": trainable,
+                "frozen_params": total - trainable,
+                "bn_layers_frozen": p.bn_frozen,
+                "transferred_tensors": plan.get("loaded"),
+                "layer_groups": p.groups,
+            })
+            if p.gradual is not None:
+                summary["trainable_params_by_epoch"] = p.gradual.trainable_by_epoch
+            if compare_scratch:
+                scratch_model = None
+                if source.kind == "hub":
+                    scratch_model = hub_model(*source.hub, splits.num_classes, pretrained=False)  # type: ignore[misc]
+                scratch = train(cfg, out=out_dir / "scratch", splits=splits, quiet=quiet, console=console,
+                                model=scratch_model)
+                summary["scratch_test_acc"] = scratch.summary["test_acc"]
+                summary["gain"] = summary["test_acc"] - scratch.summary["test_acc"]
+                summary["scratch_dir"] = str(staged.path / "scratch")
+            write_json(out_dir / "summary.json", summary)
+    except Interrupted as exc:  # train's hint names the staged folder, which is gone; nothing to resume
+        raise Interrupted(exc.signum, exc.epoch, exc.step, f"fine-tuning cannot be resumed: run the command again "
+                          f"('{staged.path}' is as it was before)") from None
+    run.dir, run.summary = staged.path, summary
     return run
+
+
+def _staged_output(out: str | Path | None, tag: str, overwrite: bool, source: Pretrained) -> StagedDir:
+    """The fine-tuned run's folder, refused before any work when it exists (without --overwrite) or
+    holds the pretrained run; built beside its target and swapped in whole (fine-tuning cannot resume,
+    so a killed one leaves the previous folder as it was, not half a run)."""
+    staged = staged_out_dir(out, "finetune", tag, overwrite)
+    if source.kind != "hub":
+        src, target = Path(source.source).resolve(), staged.path.resolve()
+        if src == target or target in src.parents:
+            raise RunDirError(f"output folder '{staged.path}' holds the pretrained run '{source.source}', which "
+                              "--overwrite would delete; choose another --out.")
+    return staged

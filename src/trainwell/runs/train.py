@@ -45,7 +45,7 @@ from trainwell.train.load import Run, read_card, read_config
 from trainwell.train.lr_find import lr_range_test, plot_lr_find
 from trainwell.train.plots import plot_curves
 from trainwell.fileio import atomic_write_text, write_json
-from trainwell.train.rundir import prepare_out_dir, read_json, save_weights
+from trainwell.train.rundir import check_out_dir, prepare_out_dir, read_summary, save_weights, staged_out_dir
 from trainwell.train.trainer import (
     LoopSettings,
     build_state,
@@ -161,6 +161,8 @@ def train(
                           "or the trainwell command, which hand it to the ensemble trainer (trainwell.experiments).")
     if resume is not None:
         _check_resumable(Path(resume), model, prepare)
+    elif out is not None:
+        check_new_out(Path(out), overwrite, cfg)
     device = resolve_device(cfg.train.device)
     console = console or Console(stderr=True, quiet=quiet, soft_wrap=True)
     warn = lambda message: console.print(f"[yellow]warning:[/] {message}", highlight=False)  # noqa: E731
@@ -180,7 +182,8 @@ def train(
     if resume is not None:
         out_dir, checkpoints, loaded = _reopen_run_dir(Path(resume), cfg, warn)
     else:
-        out_dir, loaded = _new_run_dir(out, overwrite, cfg, card, lr_found), None
+        out_dir, loaded = _new_run_dir(out, overwrite, cfg, card, lr_found,
+                                       lambda line: console.print(line, highlight=False)), None
         checkpoints = Checkpoints(out_dir / CHECKPOINT_DIR, cfg.train.keep_checkpoints)
 
     # The callbacks, in the order they are called: the user's, the run's features, then the logs.
@@ -199,8 +202,7 @@ def train(
                                     keep_best, MetricsFile(out_dir / "metrics.jsonl"), tensorboard, progress)
                       if cb is not None]
     if loaded is not None:
-        state.load_state_dict(loaded.state["loop"])
-        load_callback_states(loop_callbacks, loaded.state["callbacks"])
+        _restore(state, loop_callbacks, loaded)
         _reopen_for_training(out_dir, cfg)  # everything is built: only now does the run become unfinished
         if state.stop_reason == "early_stopping" and state.epoch < cfg.train.epochs:
             state.stop_reason = None  # a finished run extended with train.epochs: train on
@@ -254,8 +256,22 @@ def _check_resumable(run_dir: Path, model: nn.Module | None, prepare: Any) -> No
                           "finetune command again with --overwrite.")
 
 
-def _new_run_dir(out: str | Path | None, overwrite: bool, cfg: Config, card: dict[str, Any], lr_found: Any) -> Path:
-    out_dir = prepare_out_dir(out, "train", f"{cfg.data.name}-{card['model']}", overwrite)
+def check_new_out(out: Path, overwrite: bool, cfg: Config) -> None:
+    """Refuse a non-empty --out (without --overwrite) before any data is loaded or LR range test runs,
+    and a data path inside the folder that --overwrite empties."""
+    check_out_dir(out, overwrite)
+    data = Path(cfg.data.path) if cfg.data.path else None
+    if overwrite and data is not None and out.is_dir() and data.exists() and \
+            (out.resolve() == data.resolve() or out.resolve() in data.resolve().parents):
+        raise RunDirError(f"data.path '{data}' lies inside the output folder '{out}', whose contents --overwrite "
+                          "removes; move the data or choose another --out.")
+
+
+def _new_run_dir(out: str | Path | None, overwrite: bool, cfg: Config, card: dict[str, Any], lr_found: Any,
+                 say: Callable[[str], None]) -> Path:
+    """The new run's folder, emptied by --overwrite (only now: every check has passed), config.yaml
+    and model.json written first; summary.json, written last, will mark it finished."""
+    out_dir = prepare_out_dir(out, "train", f"{cfg.data.name}-{card['model']}", overwrite, say)
     atomic_write_text(out_dir / "config.yaml", cfg.to_yaml())
     if lr_found is not None:
         write_json(out_dir / "lr_find.json", lr_found.to_dict())
@@ -272,9 +288,9 @@ def _reopen_run_dir(run_dir: Path, cfg: Config, warn: Callable[[str], None]) -> 
     if loaded is None:
         raise RunDirError(f"'{run_dir}' has no checkpoint to resume from (killed before its first step?); "
                           "start it again with --overwrite.")
-    done, previous = int(loaded.state["loop"]["epoch"]), read_config(run_dir).train.epochs
+    done, previous = _saved_epoch(loaded), read_config(run_dir).train.epochs
     if (run_dir / "summary.json").is_file():
-        if read_json(run_dir / "summary.json", "summary").get("diverged"):
+        if read_summary(run_dir).get("diverged"):
             raise RunDirError(f"run '{run_dir}' stopped after its loss diverged; train it again with a lower optim.lr "
                               "(or train.on_divergence=rollback) instead of resuming it.")
         if cfg.train.epochs <= previous:
@@ -283,6 +299,37 @@ def _reopen_run_dir(run_dir: Path, cfg: Config, warn: Callable[[str], None]) -> 
     if cfg.train.epochs < done:
         raise ConfigError(f"train.epochs={cfg.train.epochs} but run '{run_dir}' has already trained {done} epochs.")
     return run_dir, checkpoints, loaded
+
+
+def _misfit(loaded: Any, exc: BaseException | str) -> RunDirError:
+    reason = exc if isinstance(exc, str) else (str(exc).strip().splitlines() or [type(exc).__name__])[0][:100]
+    return RunDirError(f"checkpoint '{loaded.path}' does not fit the run in its folder ({reason}); the folder mixes "
+                       "files of different runs: train it again with --overwrite.")
+
+
+def _saved_epoch(loaded: Any) -> int:
+    """The epochs a checkpoint's loop had finished. Its hashes prove it is the file that was written,
+    not that a training loop wrote it: what resuming reads is checked."""
+    state = loaded.state
+    if not isinstance(state, dict) or not isinstance(state.get("loop"), dict) or \
+            not isinstance(state.get("callbacks"), list):
+        raise _misfit(loaded, "no training state: 'loop' and 'callbacks' are missing")
+    try:
+        return int(state["loop"]["epoch"])
+    except (KeyError, TypeError, ValueError, OverflowError) as exc:
+        raise _misfit(loaded, exc) from None
+
+
+def _restore(state: Any, callbacks: Sequence[Callback], loaded: Any) -> None:
+    """The checkpoint's state into the state built from the run's config: a checkpoint copied from
+    another run (or made by hand) is one line, not a traceback."""
+    try:
+        state.load_state_dict(loaded.state["loop"])
+        load_callback_states(callbacks, loaded.state["callbacks"])
+    except (ConfigError, RunDirError):
+        raise
+    except (KeyError, TypeError, ValueError, RuntimeError, AttributeError, IndexError, OverflowError) as exc:
+        raise _misfit(loaded, exc) from None
 
 
 def _reopen_for_training(run_dir: Path, cfg: Config) -> None:
@@ -360,18 +407,19 @@ def find_lr(
     cfg = as_config(config, overrides)
     check_names(cfg)
     device = resolve_device(cfg.train.device)
+    staged = staged_out_dir(out, "lr-find", f"{cfg.data.name}-{cfg.model.name}", overwrite)  # before the test
     splits = load_splits(cfg.data)
     classifier = build_classifier(cfg, splits)
     seed_global(cfg.train.seed, "lr_find")
     result = lr_range_test(classifier, splits, cfg, device, start_lr=start_lr, end_lr=end_lr, steps=steps)
-    out_dir = prepare_out_dir(out, "lr-find", f"{cfg.data.name}-{cfg.model.name}", overwrite)
-    atomic_write_text(out_dir / "config.yaml", cfg.to_yaml())
-    write_json(out_dir / "lr_find.json", result.to_dict())
-    plot_lr_find(result, out_dir / "lr_find.png")
     summary = {"suggested_lr": result.suggested_lr, "min_loss_lr": result.min_loss_lr,
                "diverged_at": result.diverged_at, "steps": len(result.lrs), "optim": cfg.optim.name}
-    write_json(out_dir / "summary.json", summary)
-    return {**summary, "out": str(out_dir)}
+    with staged as out_dir:
+        atomic_write_text(out_dir / "config.yaml", cfg.to_yaml())
+        write_json(out_dir / "lr_find.json", result.to_dict())
+        plot_lr_find(result, out_dir / "lr_find.png")
+        write_json(out_dir / "summary.json", summary)
+    return {**summary, "out": str(staged.path)}
 
 
 def param_group_rows(cfg: Config) -> list[dict[str, Any]]:

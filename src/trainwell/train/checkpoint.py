@@ -340,6 +340,7 @@ class Checkpoints:
             return Loaded(join_tree(json.loads(meta["state"]), tensors), int(meta["step"]), int(meta["epoch"]), path)
         except RunDirError:
             raise
-        except (OSError, ValueError, KeyError, TypeError, AttributeError, SafetensorError, UnicodeDecodeError) as exc:
+        except (OSError, ValueError, KeyError, TypeError, AttributeError, SafetensorError, UnicodeDecodeError,
+                RecursionError, OverflowError) as exc:
             reason = str(exc).splitlines()[0][:100] if str(exc) else type(exc).__name__
             raise RunDirError(f"checkpoint '{path.name}' in '{path.parent}' is unreadable ({reason})") from None

@@ -36,7 +36,7 @@ from torch import nn
 from trainwell.config import Config
 from trainwell.errors import ConfigError, DataError, RunDirError, unknown_name_message
 from trainwell.fileio import atomic_copy, atomic_write_text, write_json
-from trainwell.train.rundir import prepare_out_dir, read_json, save_weights
+from trainwell.train.rundir import check_out_dir, read_json, read_summary, save_weights, staged_out_dir
 from trainwell.train.events import Callback, EpochEnd
 from trainwell.train.trainer import predict_logits, resolve_device
 
@@ -250,23 +250,30 @@ def build_ensemble(
     ``out/members/NN/`` (a self-contained folder); without, ``ensemble.json`` points at the runs
     (paths relative to ``out``). The ensemble is evaluated on ``split`` of the first member's data:
     ``summary.json`` and ``reliability.png`` (the ensemble against its best member).
+
+    The folder is built beside ``out`` and swapped in when complete (:func:`staged_out_dir`): an error
+    (a member's data gone) or a kill leaves no half-written ensemble, and an existing one intact.
     """
     _check_method(method)
     if split not in ("train", "val", "test"):
         raise ConfigError(f"split '{split}' is not one of train, val, test.")
-    runs = _load_members(run_dirs)
     dirs = [Path(d) for d in run_dirs]
-    cfg = runs[0].config
     out_path = Path(out) if out is not None else None
-    if out_path is not None:
+    if out_path is not None:  # before loading anything
         for d in dirs:
             if _inside(out_path, d):
                 raise RunDirError(f"output folder '{out_path}' is (inside) the member run '{d}'; choose another --out.")
-            if copy and _inside(d, out_path):
-                raise RunDirError(f"member run '{d}' lies inside the output folder '{out_path}', which copying would "
-                                  "replace; choose another --out or pass --no-copy.")
-    out_dir = prepare_out_dir(out_path, "ensemble", f"{cfg.data.name}-{len(runs)}x{cfg.model.name}", overwrite)
-    return write_ensemble(out_dir, runs, dirs, method=method, copy=copy, split=split)
+            if _inside(d, out_path):
+                raise RunDirError(f"member run '{d}' lies inside the output folder '{out_path}', which the ensemble "
+                                  "replaces; choose another --out.")
+        check_out_dir(out_path, overwrite)
+    runs = _load_members(run_dirs)
+    cfg = runs[0].config
+    staged = staged_out_dir(out_path, "ensemble", f"{cfg.data.name}-{len(runs)}x{cfg.model.name}", overwrite)
+    with staged as tmp:
+        run = write_ensemble(tmp, runs, dirs, method=method, copy=copy, split=split)
+    run.dir = staged.path
+    return run
 
 
 def write_ensemble(
@@ -280,10 +287,14 @@ def write_ensemble(
     splits: Splits | None = None,
     extra: dict[str, Any] | None = None,
 ) -> Run:
-    """Write ensemble.json (+ members/ when ``copy``), evaluate, write summary.json and reliability.png.
+    """Evaluate the ensemble, then write members/ (when ``copy``), ensemble.json, reliability.png and,
+    last, summary.json (its presence marks a finished ensemble).
 
-    ``out_dir`` exists and was cleared for writing (:func:`build_ensemble` checks; this does not).
-    ``splits``: the data already loaded (else the first member's data config is loaded).
+    Everything that can fail on the input (the data, its shape and labels, the device) is checked and
+    computed before the first file is written. ``out_dir`` exists and is empty or being rewritten
+    (:func:`build_ensemble` stages it; train.ensemble=K writes its own folder). ``splits``: the data
+    already loaded (else the first member's data config is loaded). Without ``copy``, members are
+    recorded relative to ``out_dir`` (a staged folder has the same parent as its target: same paths).
     """
     from trainwell.version import __version__
     from trainwell.data import load_splits
@@ -291,29 +302,6 @@ def write_ensemble(
     from trainwell.train.load import Run
 
     first = runs[0]
-    if copy:
-        members_dir = out_dir / "members"
-        shutil.rmtree(members_dir, ignore_errors=True)  # a previous ensemble's members (--overwrite)
-        rel = []
-        for i, d in enumerate(run_dirs):
-            dest = members_dir / f"{i:02d}"
-            dest.mkdir(parents=True)
-            for name in MEMBER_FILES:
-                if (d / name).is_file():
-                    atomic_copy(d / name, dest / name)
-            rel.append(f"members/{i:02d}")
-    else:
-        rel = [Path(os.path.relpath(d.resolve(), out_dir.resolve())).as_posix() for d in run_dirs]
-    write_json(out_dir / ENSEMBLE_FILE, {
-        "format": ENSEMBLE_FORMAT,
-        "format_version": ENSEMBLE_FORMAT_VERSION,
-        "trainwell_version": __version__,
-        "method": method,
-        "members": rel,
-        "classes": list(first.classes),
-        "input_shape": list(first.input_shape),
-    })
-
     cfg = first.config
     splits = splits if splits is not None else load_splits(cfg.data)
     if tuple(splits.input_shape) != first.input_shape:
@@ -329,6 +317,8 @@ def write_ensemble(
     ensemble = Ensemble([r.model for r in runs], method)
     logits = stacked_logits(ensemble, part.x, device, cfg.train.eval_batch_size)
     scores, bins = _score(logits, part.y, method)
+    rel = [f"members/{i:02d}" for i in range(len(run_dirs))] if copy else \
+        [Path(os.path.relpath(d.resolve(), out_dir.resolve())).as_posix() for d in run_dirs]
     summary = {
         "kind": "ensemble",
         **scores,
@@ -341,6 +331,23 @@ def write_ensemble(
         "diverged": any(bool(r.summary.get("diverged")) for r in runs),
         **(extra or {}),
     }
+
+    if copy:
+        for d, folder in zip(run_dirs, rel):
+            dest = out_dir / folder
+            dest.mkdir(parents=True)
+            for name in MEMBER_FILES:
+                if (d / name).is_file():
+                    atomic_copy(d / name, dest / name)
+    write_json(out_dir / ENSEMBLE_FILE, {
+        "format": ENSEMBLE_FORMAT,
+        "format_version": ENSEMBLE_FORMAT_VERSION,
+        "trainwell_version": __version__,
+        "method": method,
+        "members": rel,
+        "classes": list(first.classes),
+        "input_shape": list(first.input_shape),
+    })
     best = scores["best_member"]
     plot_reliability({f"ensemble of {len(runs)} ({method})": bins[method],
                       f"best member ({Path(run_dirs[best]).name})": bins["best_member"]},
@@ -352,57 +359,82 @@ def write_ensemble(
 
 # ----------------------------------------------------------------------------- loading
 
+#: The most members an ensemble folder may list.
+MAX_MEMBERS = 1000
+
 
 def _bad_file(path: Path, what: str) -> RunDirError:
     return RunDirError(f"ensemble file '{path}' is invalid ({what}); rebuild it with 'trainwell ensemble RUN_DIR...'.")
 
 
+def require_finished_ensemble(path: Path) -> None:
+    """An ensemble folder must hold summary.json, written last by both ``trainwell ensemble`` and
+    train.ensemble=K; the second resumes (its members train in members-runs/), the first is rebuilt."""
+    if (path / "summary.json").is_file():
+        return
+    what = f"ensemble '{path}' did not finish (summary.json, which is written last, is missing)"
+    if (path / MEMBERS_RUNS).is_dir():
+        raise RunDirError(f"{what}; resume it with: trainwell train --resume {path}")
+    raise RunDirError(f"{what}; build it again: trainwell ensemble RUN_DIR... --out {path} --overwrite.")
+
+
+def _check_ensemble_info(info: Any, file: Path) -> tuple[str, list[str], list[str], list[int]]:
+    """ensemble.json's fields and types: (method, members, classes, input_shape), one line per problem."""
+    if not isinstance(info, dict) or info.get("format") != ENSEMBLE_FORMAT:
+        raise _bad_file(file, f"no \"format\": \"{ENSEMBLE_FORMAT}\"")
+    version = info.get("format_version")
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise _bad_file(file, "field 'format_version' must be an integer >= 1")
+    if version > ENSEMBLE_FORMAT_VERSION:
+        raise RunDirError(f"ensemble '{file.parent}' was written by a newer trainwell; upgrade trainwell to load it.")
+    method, members, classes, shape = (info.get(k) for k in ("method", "members", "classes", "input_shape"))
+    if not isinstance(method, str) or method not in METHODS:
+        raise _bad_file(file, f"field 'method' {method!r:.40} is not one of {', '.join(METHODS)}")
+    if not isinstance(members, list) or not 1 <= len(members) <= MAX_MEMBERS or \
+            not all(isinstance(m, str) and m for m in members):
+        raise _bad_file(file, f"field 'members' must be a list of 1 to {MAX_MEMBERS} folders")
+    if len(set(members)) != len(members):
+        raise _bad_file(file, "field 'members' lists a folder twice")
+    if not isinstance(classes, list) or not all(isinstance(c, str) for c in classes):
+        raise _bad_file(file, "field 'classes' must be a list of class names (strings)")
+    if not isinstance(shape, list) or not shape or \
+            not all(isinstance(d, int) and not isinstance(d, bool) and d >= 1 for d in shape):
+        raise _bad_file(file, "field 'input_shape' must be a list of positive integers")
+    return method, members, classes, shape
+
+
 def load_ensemble(ensemble_dir: str | Path, device: str | torch.device = "cpu") -> Run:
-    """Load an ensemble folder as a Run whose model is an :class:`Ensemble` (config: the first member's)."""
+    """Load a finished ensemble folder as a Run whose model is an :class:`Ensemble` (config: the first member's)."""
+    from trainwell.errors import TrainwellError
     from trainwell.train.load import Run, load_run
 
     path = Path(ensemble_dir)
     file = path / ENSEMBLE_FILE
     if not path.is_dir():
         raise RunDirError(f"ensemble folder '{path}' does not exist; pass a folder written by 'trainwell ensemble'.")
+    dev = resolve_device(device, what="device") if isinstance(device, str) else device
+    require_finished_ensemble(path)
     if not file.is_file():
         raise RunDirError(f"'{path}' is not an ensemble folder ({ENSEMBLE_FILE} is missing); "
                           "pass a folder written by 'trainwell ensemble' or 'trainwell train train.ensemble=K'.")
-    info = read_json(file, "ensemble file")
-    if not isinstance(info, dict) or info.get("format") != ENSEMBLE_FORMAT:
-        raise _bad_file(file, f"no \"format\": \"{ENSEMBLE_FORMAT}\"")
-    version = info.get("format_version")
-    if not isinstance(version, int) or version < 1:
-        raise _bad_file(file, "no valid format_version")
-    if version > ENSEMBLE_FORMAT_VERSION:
-        raise RunDirError(f"ensemble '{path}' was written by a newer trainwell; upgrade trainwell to load it.")
-    method, members, classes, shape = (info.get(k) for k in ("method", "members", "classes", "input_shape"))
-    if method not in METHODS:
-        raise _bad_file(file, f"method {method!r} is not one of {', '.join(METHODS)}")
-    if not isinstance(members, list) or not members or not all(isinstance(m, str) and m for m in members):
-        raise _bad_file(file, "members must be a non-empty list of folders")
-    if not isinstance(classes, list) or not isinstance(shape, list) or \
-            not all(isinstance(d, int) and not isinstance(d, bool) for d in shape):
-        raise _bad_file(file, "classes and input_shape must be lists")
+    method, members, classes, shape = _check_ensemble_info(read_json(file, "ensemble file"), file)
+    summary = read_summary(path)
     runs = []
     for rel in members:
         member = path / rel
         if not member.is_dir():
             raise RunDirError(f"ensemble '{path}' lists member '{rel}' but '{member}' does not exist; "
                               "restore the member or rebuild the ensemble.")
-        if (member / ENSEMBLE_FILE).is_file():
+        if (member / ENSEMBLE_FILE).is_file() or (member / MEMBERS_RUNS).is_dir():
             raise _bad_file(file, f"member '{rel}' is itself an ensemble")
         try:
-            run = load_run(member, device)
-        except RunDirError as exc:
+            run = load_run(member, dev)
+        except TrainwellError as exc:
             raise RunDirError(f"ensemble '{path}', member '{rel}': {exc}") from None
-        if run.classes != [str(c) for c in classes] or list(run.input_shape) != shape:
+        if run.classes != classes or list(run.input_shape) != shape:
             raise RunDirError(f"ensemble '{path}': member '{rel}' does not match {ENSEMBLE_FILE} (classes or input "
                               "shape differ); the folder mixes files of different ensembles — rebuild it.")
         runs.append(run)
-    summary_path = path / "summary.json"
-    summary = read_json(summary_path, "summary") if summary_path.is_file() else {}
-    dev = resolve_device(device) if isinstance(device, str) else device
     model = Ensemble([r.model for r in runs], method).to(dev).eval()
     return Run(path, runs[0].config, model, summary, list(runs[0].classes), runs[0].input_shape)
 

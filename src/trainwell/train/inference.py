@@ -20,7 +20,7 @@ from trainwell.data import load_splits, read_inputs
 from trainwell.errors import ConfigError, DataError
 from trainwell.train.load import Run, load_run
 from trainwell.fileio import write_json
-from trainwell.train.rundir import prepare_out_dir
+from trainwell.train.rundir import staged_out_dir
 from trainwell.train.trainer import evaluate_split, predict_logits, resolve_device
 
 
@@ -40,8 +40,10 @@ def evaluate(
 ) -> dict[str, Any]:
     """Evaluate a run on a split of its data (or other data via ``data.*`` overrides).
 
-    Writes ``summary.json`` (accuracy, loss, per-class accuracy, confusion matrix) to ``out`` when given.
+    Writes ``summary.json`` (accuracy, loss, per-class accuracy, confusion matrix) to ``out`` when given
+    (refused before the evaluation when it exists, unless ``overwrite``; written staged, whole or not at all).
     """
+    staged = staged_out_dir(out, "evaluate", Path(run_dir).name, overwrite) if out is not None else None
     run = load_run(run_dir)
     cfg = resolve(overrides, base=run.config)
     if split not in ("train", "val", "test"):
@@ -58,6 +60,11 @@ def evaluate(
             f"labels out of range: the data has label {int(part.y.max())} but the model knows "
             f"{len(run.classes)} classes (0..{len(run.classes) - 1})."
         )
+    if cfg.data != run.config.data:  # other data than the run's own: against the run's input contract
+        from trainwell.train.contract import read_contract, warn_inputs
+
+        where = f"data.path '{cfg.data.path}'" if cfg.data.path else f"data.name={cfg.data.name}"
+        warn_inputs(read_contract(run_dir), part.x, where, run=run_dir)
     device = _run_device(run, cfg)
     metrics = evaluate_split(run.model, part, device, cfg.train.eval_batch_size)
     k = len(run.classes)
@@ -77,15 +84,16 @@ def evaluate(
         "per_class_acc": {run.classes[i]: (None if np.isnan(a) else float(a)) for i, a in enumerate(per_class)},
         "confusion": confusion.tolist(),
     }
-    if out is not None:
-        out_dir = prepare_out_dir(out, "evaluate", Path(run_dir).name, overwrite)
-        write_json(out_dir / "summary.json", summary)
-        summary["out"] = str(out_dir)
+    if staged is not None:
+        with staged as out_dir:
+            write_json(out_dir / "summary.json", summary)
+        summary["out"] = str(staged.path)
     return summary
 
 
 def predict(run_dir: str | Path, inputs: list[str | Path], *, device: str = "auto", batch_size: int = 1024) -> list[dict[str, Any]]:
     """Class and probabilities for each example of each input file (npz/npy or image files)."""
+    dev = resolve_device(device, what="--device")  # before anything is read
     run = load_run(run_dir)
     if not inputs:
         raise DataError("predict needs at least one input file (.npz, .npy or an image).")
@@ -93,7 +101,11 @@ def predict(run_dir: str | Path, inputs: list[str | Path], *, device: str = "aut
     arrays = [read_inputs([str(p)], run.input_shape, image) for p in inputs]
     sources = [f"{p}[{i}]" if len(a) > 1 else str(p) for p, a in zip(inputs, arrays) for i in range(len(a))]
     x = np.concatenate(arrays)
-    dev = resolve_device(device)
+    from trainwell.train.contract import read_contract, warn_inputs
+
+    contract = read_contract(run_dir)  # each file against the run's input contract: one line per file that is off
+    for path, array in zip(inputs, arrays):
+        warn_inputs(contract, array, f"input file '{path}'", run=run_dir)
     run.model.to(dev)
     probs = F.softmax(predict_logits(run.model, torch.from_numpy(np.ascontiguousarray(x)), dev, batch_size), dim=1).cpu()
     rows = []

@@ -16,8 +16,10 @@ A run directory holds everything needed to evaluate, predict, resume or fine-tun
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +28,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 
 from trainwell.errors import RunDirError
-from trainwell.fileio import atomic_write_bytes
+from trainwell.fileio import atomic_write_bytes, fsync_dir
 
 FORMAT = "trainwell-run"
 FORMAT_VERSION = 1
@@ -63,21 +65,59 @@ def default_run_dir(kind: str, tag: str, root: Path = Path("runs")) -> Path:
     return path
 
 
-def prepare_out_dir(out: str | Path | None, kind: str, tag: str, overwrite: bool) -> Path:
-    """Create the output folder; an existing non-empty one is refused unless ``overwrite``."""
-    path = Path(out) if out is not None else default_run_dir(kind, tag)
+#: Files one of which every folder trainwell writes holds: --overwrite only ever empties such a folder.
+MARKERS = ("config.yaml", "model.json", "summary.json", "ensemble.json")
+#: Written last by every command: its presence marks a finished run (or ensemble, evaluation, ...).
+SUMMARY = "summary.json"
+
+
+def check_out_dir(path: Path, overwrite: bool) -> None:
+    """Refuse an output path that is a file, or a non-empty folder without ``overwrite``; no side effect.
+
+    Called before a command does its work, so a refusal never comes after minutes of it. With
+    ``overwrite`` only a trainwell folder is accepted: replacing it deletes everything in it, and
+    ``--out ~ --overwrite`` must not delete a home folder.
+    """
+    path = Path(path)
     if path.exists() and not path.is_dir():
         raise RunDirError(f"output path '{path}' exists and is a file; choose another --out.")
+    if not path.is_dir() or not any(path.iterdir()):
+        return
+    if not overwrite:
+        raise RunDirError(f"output folder '{path}' already exists and is not empty; "
+                          "choose another --out or pass --overwrite to replace its contents.")
+    if not any((path / name).exists() for name in MARKERS):
+        raise RunDirError(f"output folder '{path}' is not a trainwell folder (none of {', '.join(MARKERS)}), and "
+                          "--overwrite deletes everything in it; choose another --out or empty it yourself.")
+
+
+def _clear_folder(path: Path) -> None:
+    """Delete everything inside ``path`` (not ``path`` itself)."""
+    for child in path.iterdir():
+        try:
+            if child.is_dir() and not child.is_symlink():
+                shutil.rmtree(child)
+            else:
+                child.unlink()
+        except OSError as exc:
+            raise RunDirError(f"--overwrite cannot remove '{child}': {exc.strerror}; remove it yourself or choose "
+                              "another --out.") from None
+
+
+def prepare_out_dir(out: str | Path | None, kind: str, tag: str, overwrite: bool,
+                    say: Callable[[str], None] | None = None) -> Path:
+    """Create the output folder of a run that writes into it as it goes (train, train.ensemble=K).
+
+    An existing non-empty folder is refused unless ``overwrite``; with it, its previous contents are
+    removed entirely (and ``say`` is told), so the folder only ever holds one run: nothing of an old
+    run (weights, doctor plots) survives beside the new one, even if the new one is killed.
+    """
+    path = Path(out) if out is not None else default_run_dir(kind, tag)
+    check_out_dir(path, overwrite)
     if path.is_dir() and any(path.iterdir()):
-        if not overwrite:
-            raise RunDirError(
-                f"output folder '{path}' already exists and is not empty; "
-                "choose another --out or pass --overwrite to replace its contents."
-            )
-        # Stale artefacts of the previous run must not mix with the new ones.
-        for name in ("metrics.jsonl", "summary.json"):
-            (path / name).unlink(missing_ok=True)
-        shutil.rmtree(path / "checkpoints", ignore_errors=True)  # never resume into another run's state
+        _clear_folder(path)
+        if say is not None:
+            say(f"--overwrite: removed the previous contents of {path}")
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -85,7 +125,115 @@ def prepare_out_dir(out: str | Path | None, kind: str, tag: str, overwrite: bool
     return path
 
 
+# ----------------------------------------------------------------------------- staged output folders
+
+
+def _sibling(path: Path, kind: str, pid: int | None = None) -> Path:
+    """``.NAME.tmp-PID`` (being built) or ``.NAME.old-PID`` (being replaced), beside ``path``."""
+    return path.parent / f".{path.name}.{kind}-{os.getpid() if pid is None else pid}"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, ValueError):
+        return pid > 0
+    return True
+
+
+def _remove_stale_siblings(path: Path) -> None:
+    """Clean up after a staged command that was killed: its ``.tmp-PID`` is deleted; an ``.old-PID``
+    (killed between its two renames) is put back when ``path`` itself is missing, else deleted."""
+    if not path.parent.is_dir():
+        return
+    prefix = f".{path.name}."
+    for sibling in path.parent.iterdir():
+        kind, _, pid = sibling.name[len(prefix):].partition("-")
+        if not sibling.name.startswith(prefix) or kind not in ("tmp", "old") or not pid.isdigit():
+            continue
+        if int(pid) != os.getpid() and _pid_alive(int(pid)):
+            continue  # another command is building this folder right now
+        if kind == "old" and not path.exists():
+            os.rename(sibling, path)
+        else:
+            shutil.rmtree(sibling, ignore_errors=True)
+
+
+class StagedDir:
+    """An output folder built as a hidden sibling and swapped in whole: ``with staged as tmp: write into tmp``.
+
+    Made by :func:`staged_out_dir`, which has already refused a non-empty ``--out`` (before the work).
+    Entering creates ``.NAME.tmp-PID`` in the same parent; leaving normally renames the old folder
+    aside, the new one into place, and deletes the old one; leaving by an exception deletes the new
+    one. A kill at any moment leaves the old folder intact (or restorable) and at worst a hidden
+    sibling, which the next command writing ``path`` cleans up.
+    """
+
+    def __init__(self, path: Path, overwrite: bool) -> None:
+        self.path = Path(path)
+        self.overwrite = overwrite
+        self.tmp = _sibling(self.path, "tmp")
+
+    def __enter__(self) -> Path:
+        check_out_dir(self.path, self.overwrite)  # again: the folder may have appeared during the work
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            _remove_stale_siblings(self.path)
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            self.tmp.mkdir()
+        except OSError as exc:
+            raise RunDirError(f"cannot create output folder '{self.path}': {exc.strerror}; choose another --out.") \
+                from None
+        return self.tmp
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> bool:
+        if exc_type is not None:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            return False
+        old = _sibling(self.path, "old")
+        try:
+            if self.path.exists() or self.path.is_symlink():
+                shutil.rmtree(old, ignore_errors=True)
+                os.rename(self.path, old)
+            os.rename(self.tmp, self.path)
+        except OSError as exc:
+            raise RunDirError(f"cannot move the new output into '{self.path}': {exc.strerror}; its contents are in "
+                              f"'{self.tmp}'.") from None
+        fsync_dir(self.path.parent)
+        shutil.rmtree(old, ignore_errors=True)
+        return False
+
+
+def staged_out_dir(out: str | Path | None, kind: str, tag: str, overwrite: bool) -> StagedDir:
+    """The output folder of a command whose outputs are small (evaluate, predict, doctor, lr-find,
+    ensemble, finetune): checked now, before the command's work, and written staged (:class:`StagedDir`)."""
+    path = Path(out) if out is not None else default_run_dir(kind, tag)
+    check_out_dir(path, overwrite)
+    return StagedDir(path, overwrite)
+
+
+def require_finished(folder: Path, resumable: bool = True) -> None:
+    """A run folder must hold summary.json, which training writes last; say what to do when it does not.
+
+    A run killed (or still training) after it wrote its weights would otherwise be evaluated, fine-tuned
+    or ensembled as if it had finished.
+    """
+    folder = Path(folder)
+    if (folder / SUMMARY).is_file():
+        return
+    what = f"run '{folder}' did not finish ({SUMMARY}, which training writes last, is missing)"
+    if not any((folder / "checkpoints").glob("step-*.safetensors")):
+        raise RunDirError(f"{what} and has no checkpoint to resume from; train it again (--out {folder} --overwrite).")
+    if not resumable:
+        raise RunDirError(f"{what}; a fine-tuned run cannot be resumed: run the finetune command again "
+                          f"(--out {folder} --overwrite).")
+    raise RunDirError(f"{what}; resume it with: trainwell train --resume {folder}")
+
+
 def read_json(path: Path, what: str) -> Any:
+    """A JSON file of a run folder; missing, unreadable or not JSON is one clear error."""
     path = Path(path)
     if not path.is_file():
         raise RunDirError(
@@ -94,13 +242,37 @@ def read_json(path: Path, what: str) -> Any:
         )
     try:
         return json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError):
+    except (ValueError, RecursionError, OSError):  # JSONDecodeError and UnicodeDecodeError are ValueErrors
         raise RunDirError(f"{what} '{path}' is corrupt (not valid JSON); retrain or restore it.") from None
 
 
+def read_summary(folder: Path) -> dict[str, Any]:
+    """A finished folder's summary.json: a JSON object (what every reader of it indexes)."""
+    path = Path(folder) / SUMMARY
+    summary = read_json(path, "summary")
+    if not isinstance(summary, dict):
+        raise RunDirError(f"summary '{path}' is invalid (not a JSON object but a {type(summary).__name__}); "
+                          "retrain or restore it.")
+    return summary
+
+
 def read_metrics(path: Path) -> list[dict[str, Any]]:
+    """metrics.jsonl: one JSON object per line; a damaged line is one clear error naming it."""
+    path = Path(path)
     rows = []
-    for line in Path(path).read_text().splitlines():
-        if line.strip():
-            rows.append(json.loads(line))
+    try:
+        lines = path.read_text().splitlines()
+    except (OSError, ValueError):
+        raise RunDirError(f"metrics file '{path}' is unreadable (not UTF-8 text); restore it or delete it.") from None
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except (ValueError, RecursionError):
+            row = None
+        if not isinstance(row, dict):
+            raise RunDirError(f"metrics file '{path}' line {number} is not a JSON object; restore the file or delete "
+                              "it.")
+        rows.append(row)
     return rows

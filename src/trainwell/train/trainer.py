@@ -61,18 +61,30 @@ __all__ = ["Callback", "EpochEnd", "FitResult", "LoopSettings", "RandomState", "
 SYNC_SECONDS = 0.25
 
 
-def resolve_device(spec: str) -> torch.device:
-    """``auto`` -> cuda when available, else cpu; ``cuda`` without a GPU is a clear error."""
+def resolve_device(spec: str, what: str = "train.device") -> torch.device:
+    """``auto`` -> cuda when available, else cpu; a device this machine lacks is a clear error.
+
+    Checked before any folder or tensor exists, so a wrong device never leaves a half-written run.
+    ``what`` is the option the user set (``train.device``, ``--device``), named in the error.
+    """
     if spec == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         device = torch.device(spec)
-    except RuntimeError:
-        raise ConfigError(f"train.device '{spec}' is not a device; use auto, cpu or cuda[:N].") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("train.device=cuda but no CUDA GPU is visible; use train.device=auto or cpu.")
+    except (RuntimeError, TypeError):
+        raise ConfigError(f"{what} '{spec}' is not a device; use auto, cpu, cuda[:N] or mps.") from None
     if device.type not in ("cpu", "cuda", "mps"):
-        raise ConfigError(f"train.device '{spec}' is not supported; use auto, cpu or cuda[:N].")
+        raise ConfigError(f"{what} '{spec}' is not supported; use auto, cpu, cuda[:N] or mps.")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"{what}={spec} but no CUDA GPU is visible; use {what}=auto or cpu.")
+        count = torch.cuda.device_count()
+        if device.index is not None and device.index >= count:
+            raise ConfigError(f"{what}={spec} but only {count} CUDA GPU(s) are visible (cuda:0..cuda:{count - 1}); "
+                              f"use {what}=cuda or a smaller index.")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"{what}={spec} but MPS (Apple's GPU backend) is not available on this machine; "
+                          f"use {what}=auto or cpu.")
     return device
 
 
