@@ -7,10 +7,13 @@ traceback.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
+import signal
 import sys
-from collections.abc import Callable, Sequence
+import threading
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from trainwell.errors import TrainwellError
@@ -158,15 +161,16 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     from trainwell.fileio import write_json
-    from trainwell.train.rundir import prepare_out_dir
+    from trainwell.train.rundir import staged_out_dir
     from trainwell.train.inference import predict
 
+    staged = staged_out_dir(args.out if args.out is not None else _default_out("predict", args.run_dir),
+                            "predict", Path(args.run_dir).name, args.overwrite)  # refused before predicting
     rows = predict(args.run_dir, args.inputs, device=args.device)
-    out_dir = prepare_out_dir(args.out if args.out is not None else _default_out("predict", args.run_dir),
-                              "predict", Path(args.run_dir).name, args.overwrite)
-    write_json(out_dir / "predictions.json", rows)
-    write_json(out_dir / "summary.json", {"run": str(args.run_dir), "n": len(rows),
-                                          "inputs": [str(p) for p in args.inputs]})
+    with staged as out_dir:
+        write_json(out_dir / "predictions.json", rows)
+        write_json(out_dir / "summary.json", {"run": str(args.run_dir), "n": len(rows),
+                                              "inputs": [str(p) for p in args.inputs]})
     print(json.dumps(rows, indent=2))
     return 0
 
@@ -186,6 +190,7 @@ def cmd_lr_find(args: argparse.Namespace) -> int:
 def cmd_list(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
     tables = registry_tables()
     if args.kind is not None and args.kind not in tables:
@@ -200,7 +205,7 @@ def cmd_list(args: argparse.Namespace) -> int:
         table.add_column("name", style="bold")
         table.add_column("doc")
         for name, doc in rows:
-            table.add_row(name, doc)
+            table.add_row(Text(name), Text(doc))  # plain text: '[conv...]' in a doc is not markup
         console.print(table)
         console.print()
     return 0
@@ -275,24 +280,78 @@ def _pct(x: float) -> str:
 # ----------------------------------------------------------------------------- entry point
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the program is (like Ctrl-C's KeyboardInterrupt) so it ends the same way."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _raise_terminated(signum: int, frame: object) -> None:
+    raise Terminated(signum)
+
+
+@contextlib.contextmanager
+def terminate_as_interrupt() -> Iterator[None]:
+    """SIGTERM (``kill``, a scheduler's stop) ends a command like Ctrl-C: the same cleanup, one line.
+
+    Python's default for SIGTERM is to die at once, with no message and no ``finally`` run; the
+    training loop installs its own handler while it runs (it checkpoints first) and restores this one.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
+    """Parse with options and ``key=value`` overrides in any order (``train a=1 --quiet b=2``).
+
+    argparse's intermixed parsing refuses a parser with subcommands, so the subcommand's own parser
+    parses everything after the command's name.
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    if argv and argv[0] in subparsers.choices:
+        args = subparsers.choices[argv[0]].parse_intermixed_args(argv[1:])
+        args.command = argv[0]
+        return args
+    return parser.parse_args(argv)
+
+
+def interrupted_line(signum: int, command: str | None) -> str:
+    """What an interrupted command prints: the signal and the next step."""
+    name = signal.Signals(signum).name
+    return (f"trainwell: {command or 'command'} interrupted by {name} before it finished; no output folder of it "
+            "is marked finished. Run the same command again (a run folder with checkpoints/ continues with "
+            "trainwell train --resume DIR).")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parse_args(parser, argv)
     handler: Callable[[argparse.Namespace], int] | None = getattr(args, "handler", None)
     if handler is None:
         parser.print_help()
         return 2
     try:
-        return handler(args)
+        with terminate_as_interrupt():
+            return handler(args)
     except TrainwellError as exc:
         from trainwell.errors import Interrupted
 
         kind = "" if isinstance(exc, Interrupted) else "error: "
         print(f"trainwell: {kind}{exc}", file=sys.stderr)
         return exc.exit_code
-    except KeyboardInterrupt:
-        print("trainwell: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        signum = getattr(exc, "signum", signal.SIGINT)
+        print(interrupted_line(signum, args.command), file=sys.stderr)
+        return 128 + int(signum)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import shlex
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -70,11 +71,12 @@ def _out(args: argparse.Namespace, kind: str, tag: str) -> Path:
     return Path(args.out) if args.out else default_run_dir(kind, tag)
 
 
-def _interrupted(out: Path) -> int:
+def _interrupted(out: Path, exc: KeyboardInterrupt) -> int:
     """Finished runs are kept (summary.json marks them): the same command resumes."""
-    print(f"trainwell: interrupted; finished runs are kept in {out} — run the same command again "
-          "(same --out) to resume.", file=sys.stderr)
-    return 130
+    signum = getattr(exc, "signum", signal.SIGINT)  # SIGTERM arrives as cli.app.Terminated
+    print(f"trainwell: interrupted by {signal.Signals(signum).name}; finished runs are kept in {out} — run the "
+          "same command again (same --out) to resume.", file=sys.stderr)
+    return 128 + int(signum)
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
@@ -91,8 +93,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
     try:
         result = run_plan(plan, out, workers=args.workers, overwrite=args.overwrite, quiet=args.quiet,
                           command=_command_line())
-    except KeyboardInterrupt:
-        return _interrupted(out)
+    except KeyboardInterrupt as exc:
+        return _interrupted(out, exc)
     failed = result.execution.failed if result.execution else []
     print(f"{sum(len(c.values) for c in result.cells)} runs aggregated -> {result.out / 'report.html'}"
           + (f"; {len(failed)} failed" if failed else ""))
@@ -119,6 +121,7 @@ def add_lab_parser(sub: Any) -> argparse.ArgumentParser:
 
 def cmd_lab(args: argparse.Namespace) -> int:
     from rich.console import Console
+    from rich.markup import escape
 
     from trainwell.experiments.lab import LABS, get_lab, run_lab
 
@@ -128,7 +131,7 @@ def cmd_lab(args: argparse.Namespace) -> int:
         console = Console(soft_wrap=True)
         for entry in LABS:
             lab = entry.factory()
-            console.print(f"[bold]{lab.name:<15}[/] {lab.claim}  [dim]({lab.question.split(':')[0]}; "
+            console.print(f"[bold]{lab.name:<15}[/] {escape(lab.claim)}  [dim]({escape(lab.question.split(':')[0])}; "
                           f"{len(lab.cells)} configs × {lab.seeds} seeds)[/]", highlight=False)
         return 0
     lab = get_lab(args.name)
@@ -137,11 +140,11 @@ def cmd_lab(args: argparse.Namespace) -> int:
         outcome = run_lab(lab.name, list(args.overrides), out=out, seeds=_seeds(args, lab.seeds),
                           workers=args.workers, overwrite=args.overwrite, quiet=args.quiet, quick=args.quick,
                           command=_command_line())
-    except KeyboardInterrupt:
-        return _interrupted(out)
+    except KeyboardInterrupt as exc:
+        return _interrupted(out, exc)
     mark = "[green]HELD[/]" if outcome.held else "[red]DID NOT HOLD[/]"
     console = Console(soft_wrap=True)
-    console.print(f"{mark}  {lab.claim}", highlight=False)
-    console.print(outcome.verdict, highlight=False)
-    console.print(f"-> {out / 'report.html'}", highlight=False)
+    console.print(f"{mark}  {escape(lab.claim)}", highlight=False)
+    console.print(escape(outcome.verdict), highlight=False)
+    console.print(f"-> {escape(str(out / 'report.html'))}", highlight=False)
     return 0
