@@ -123,7 +123,7 @@ def test_mnist1d_default_is_4000_1000_and_cached_equals_fresh(tmp_path, monkeypa
     def no_generation(args):
         raise AssertionError("cache not used")
 
-    monkeypatch.setattr(sources, "generate_mnist1d", no_generation)
+    monkeypatch.setattr(sources.mnist1d, "generate_mnist1d", no_generation)
     cached = load("mnist1d")
     for key in ("x", "y", "x_test", "y_test"):
         np.testing.assert_array_equal(getattr(cached, key), getattr(fresh, key))
