@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import reprlib
 import types
 import typing
 from dataclasses import dataclass, field
@@ -23,7 +22,7 @@ from typing import Any, Literal, Union
 
 import yaml
 
-from trainwell.errors import ConfigError, closest, unknown_name_message
+from trainwell.errors import ConfigError, closest, short_repr, unknown_name_message
 
 
 @dataclass
@@ -378,15 +377,6 @@ def _arm_name(hint: Any) -> str:
     return {float: "a number", int: "an integer", str: "a string", bool: "true or false"}.get(hint, _type_name(hint))
 
 
-_SHORT = reprlib.Repr()
-_SHORT.maxstring, _SHORT.maxother, _SHORT.maxlist, _SHORT.maxdict, _SHORT.maxlevel = 60, 60, 6, 4, 3
-
-
-def _show(value: Any) -> str:
-    """A value as an error line shows it: its repr, cut short (a line, not a screenful)."""
-    return _SHORT.repr(value)
-
-
 def _coerce(key: str, value: Any, hint: Any) -> Any:
     """Convert ``value`` to the type ``hint`` or raise a ConfigError naming the key."""
     optional, inner = _is_optional(hint)
@@ -399,7 +389,7 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
     if origin is Literal:
         if value in typing.get_args(hint):
             return value
-        raise ConfigError(f"config key '{key}' expects one of {', '.join(map(repr, typing.get_args(hint)))}, got {_show(value)}.")
+        raise ConfigError(f"config key '{key}' expects one of {', '.join(map(repr, typing.get_args(hint)))}, got {short_repr(value)}.")
     if origin in (Union, types.UnionType):  # e.g. float | Literal["auto"]: the first arm that fits
         arms = [a for a in typing.get_args(hint) if a is not type(None)]
         for arm in arms:
@@ -408,10 +398,10 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
             except ConfigError:
                 continue
         names = " or ".join(_arm_name(a) for a in arms)
-        raise ConfigError(f"config key '{key}' expects {names}, got {_show(value)}.")
+        raise ConfigError(f"config key '{key}' expects {names}, got {short_repr(value)}.")
 
     def bad(expected: str) -> ConfigError:
-        return ConfigError(f"config key '{key}' expects {expected}, got {_show(value)}.")
+        return ConfigError(f"config key '{key}' expects {expected}, got {short_repr(value)}.")
 
     if hint is bool:
         if isinstance(value, bool):

@@ -8,6 +8,7 @@ traceback; the Python API lets it propagate like any exception.
 from __future__ import annotations
 
 import difflib
+import reprlib
 from collections.abc import Iterable
 
 
@@ -27,6 +28,25 @@ class DataError(TrainwellError):
 
 class RunDirError(TrainwellError):
     """A run directory is missing, incomplete or would be overwritten."""
+
+
+_SHORT = reprlib.Repr()
+_SHORT.maxstring, _SHORT.maxother, _SHORT.maxlist, _SHORT.maxdict, _SHORT.maxlevel = 60, 60, 6, 4, 3
+
+
+def short_repr(value: object, limit: int | None = None) -> str:
+    """A value as an error line shows it: its repr with long strings and containers abbreviated
+    (:mod:`reprlib`), then cut to ``limit`` characters: a line, not a screenful."""
+    text = _SHORT.repr(value)
+    return text if limit is None or len(text) <= limit else text[: limit - 3] + "..."
+
+
+def exception_line(exc: BaseException, limit: int | None = None) -> str:
+    """The first line of an exception's message (a parser's may run to many), cut to ``limit``
+    characters; the exception's type name when it has no message."""
+    text = str(exc)
+    first = text.splitlines()[0] if text.strip() else type(exc).__name__
+    return first if limit is None or len(first) <= limit else first[:limit]
 
 
 def closest(name: str, choices: Iterable[str]) -> str | None:

@@ -37,7 +37,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load as load_tensors
 
-from trainwell.errors import RunDirError
+from trainwell.errors import RunDirError, exception_line
 from trainwell.fileio import atomic_file
 
 CHECKPOINT_FORMAT = "trainwell-checkpoint"
@@ -342,5 +342,5 @@ class Checkpoints:
             raise
         except (OSError, ValueError, KeyError, TypeError, AttributeError, SafetensorError, UnicodeDecodeError,
                 RecursionError, OverflowError) as exc:
-            reason = str(exc).splitlines()[0][:100] if str(exc) else type(exc).__name__
-            raise RunDirError(f"checkpoint '{path.name}' in '{path.parent}' is unreadable ({reason})") from None
+            raise RunDirError(f"checkpoint '{path.name}' in '{path.parent}' is unreadable ({exception_line(exc, 100)})") \
+                from None

@@ -21,7 +21,7 @@ import yaml
 
 from trainwell.config import Config, from_dict
 from trainwell.data import PREPROCESSORS, Splits, load_preprocess
-from trainwell.errors import ConfigError, RunDirError, TrainwellError
+from trainwell.errors import ConfigError, RunDirError, TrainwellError, exception_line, short_repr
 from trainwell.nn import MODELS, build_model
 from trainwell.nn.pipeline import Classifier
 from trainwell.train.rundir import FORMAT, FORMAT_VERSION, load_weights, read_json, read_summary, require_finished
@@ -67,11 +67,6 @@ def read_config(run_dir: Path) -> Config:
         raise ConfigError(" ".join(str(exc).split())) from None
 
 
-def _short(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 40 else text[:37] + "..."
-
-
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
@@ -83,7 +78,7 @@ def _card_field(card: dict[str, Any], path: Path, field: str, ok: Any, should: s
         raise RunDirError(f"'{path}' is invalid: field '{field}' is missing, it {should}; restore the file or "
                           "retrain the run.")
     if not ok(value):
-        raise RunDirError(f"'{path}' is invalid: field '{field}' {should}, got {_short(value)}; restore the file or "
+        raise RunDirError(f"'{path}' is invalid: field '{field}' {should}, got {short_repr(value, 40)}; restore the file or "
                           "retrain the run.")
     return value
 
@@ -160,7 +155,7 @@ def _check_net_shapes(cfg: Config, shape: tuple[int, ...], num_classes: int, sta
     except TrainwellError as exc:
         raise RunDirError(f"run '{run_dir}': its config.yaml and model.json do not describe a model ({exc})") from None
     except (RuntimeError, ValueError, TypeError, IndexError, ZeroDivisionError, OverflowError) as exc:
-        raise _mismatch(run_dir, f"the model cannot be built: {str(exc).splitlines()[0] if str(exc) else exc!r}") \
+        raise _mismatch(run_dir, f"the model cannot be built: {exception_line(exc)}") \
             from None
     expected = {f"net.{k}": tuple(v.shape) for k, v in net.state_dict().items()}
     for key in sorted(expected.keys() | saved.keys()):
@@ -178,9 +173,8 @@ def _preprocessed_shape(preprocess: Any, input_shape: tuple[int, ...], run_dir: 
         with torch.no_grad():
             out = tuple(preprocess(torch.zeros((1, *input_shape))).shape)
     except (RuntimeError, ValueError, TypeError, IndexError) as exc:
-        reason = str(exc).splitlines()[0][:80] if str(exc) else type(exc).__name__
         raise _mismatch(run_dir, f"its preprocessing does not take model.json's input_shape {list(input_shape)}: "
-                                 f"{reason}") from None
+                                 f"{exception_line(exc, 80)}") from None
     if out != (1, *shape):
         raise _mismatch(run_dir, f"its preprocessing turns model.json's input_shape {list(input_shape)} into "
                                  f"{list(out[1:])}, not {list(shape)}")

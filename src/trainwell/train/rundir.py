@@ -27,7 +27,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 
-from trainwell.errors import RunDirError
+from trainwell.errors import RunDirError, exception_line
 from trainwell.fileio import atomic_write_bytes, fsync_dir
 
 FORMAT = "trainwell-run"
@@ -49,7 +49,7 @@ def load_weights(path: Path) -> dict[str, torch.Tensor]:
         return load_file(str(path))
     except (SafetensorError, OSError, ValueError) as exc:
         raise RunDirError(
-            f"weights file '{path}' is corrupt or truncated ({str(exc).splitlines()[0][:80]}); "
+            f"weights file '{path}' is corrupt or truncated ({exception_line(exc, 80)}); "
             "retrain or restore it from a backup."
         ) from None
 
