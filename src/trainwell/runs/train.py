@@ -26,7 +26,7 @@ from torch import nn
 
 from trainwell.config import Config, resolve
 from trainwell.data import Splits, load_splits, to_float
-from trainwell.errors import ConfigError, DataError, Interrupted, RunDirError
+from trainwell.errors import ConfigError, Interrupted, RunDirError
 from trainwell.nn.pipeline import Classifier, count_parameters
 from trainwell.seeds import seed_global, torch_generator
 from trainwell.train.build import (
@@ -44,6 +44,7 @@ from trainwell.train.ensemble import check_ensemble_keys, snapshot_callback
 from trainwell.train.load import Run, read_card, read_config
 from trainwell.train.lr_find import lr_range_test, plot_lr_find
 from trainwell.train.plots import plot_curves
+from trainwell.train.progress import print_warning
 from trainwell.fileio import atomic_write_text, write_json
 from trainwell.train.rundir import check_out_dir, prepare_out_dir, read_summary, save_weights, staged_out_dir
 from trainwell.train.trainer import (
@@ -165,7 +166,7 @@ def train(
         check_new_out(Path(out), overwrite, cfg)
     device = resolve_device(cfg.train.device)
     console = console or Console(stderr=True, quiet=quiet, soft_wrap=True)
-    warn = lambda message: console.print(f"[yellow]warning:[/] {message}", highlight=False)  # noqa: E731
+    warn = lambda message: print_warning(console, message)  # noqa: E731
 
     # Construction, visible: data, model, lr, the loop's state (optimiser, schedule, EMA, generators).
     splits = splits if splits is not None else load_splits(cfg.data)
@@ -381,8 +382,8 @@ def _report(console: Console, summary: dict[str, Any], result: Any, cfg: Config,
     )
     if result.diverged:
         d = summary["divergence"]
-        console.print(f"[yellow]warning:[/] the loss became non-finite at step {d['step']} (epoch {d['epoch']}); "
-                      f"training stopped with the last good weights. {d['diagnosis']}", highlight=False)
+        print_warning(console, f"the loss became non-finite at step {d['step']} (epoch {d['epoch']}); training "
+                               f"stopped with the last good weights. {d['diagnosis']}")
     elif result.stop_reason == "early_stopping":
         console.print(f"early stopping: no better val acc for {cfg.train.early_stopping} epochs; stopped after "
                       f"epoch {len(result.history)}", highlight=False)

@@ -352,9 +352,10 @@ def warn_inputs(contract: dict[str, Any] | None, x: Any, where: str, *, run: str
     warnings = check_inputs(contract, x, where, run=run)
     if warnings:
         from rich.console import Console
-        from rich.markup import escape
+
+        from trainwell.train.progress import print_warning
 
         console = console or Console(stderr=True, quiet=quiet, soft_wrap=True)
         for message in warnings:
-            console.print(f"[yellow]warning:[/] {escape(message)}", highlight=False)
+            print_warning(console, message)
     return warnings

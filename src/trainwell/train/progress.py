@@ -12,7 +12,13 @@ import time
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+
+def print_warning(console: Console, message: str) -> None:
+    """One ``warning:`` line; the message is plain text (a path like ``runs/[a]`` is not markup)."""
+    console.print(f"[yellow]warning:[/] {escape(message)}", highlight=False)
 
 
 def format_epoch(row: dict[str, Any], epochs: int) -> str:
