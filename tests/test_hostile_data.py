@@ -28,6 +28,8 @@ from trainwell.config import DataConfig
 from trainwell.data import DATASETS, ArrayData, load_splits, read_inputs
 from trainwell.errors import DataError
 
+from test_data_sources import py2_pickle  # Python-2-style CIFAR pickles, as the originals
+
 
 def load(name: str, **kw) -> ArrayData:
     return DATASETS.get(name)(DataConfig(name=name, **kw))
@@ -137,25 +139,6 @@ def write_cifar(folder: Path, **files: bytes) -> Path:
     return folder
 
 
-class Py2StylePickler(pickle._Pickler):
-    """Writes bytes as Python 2 ``str`` opcodes, as the original CIFAR batches (cPickle, protocol 2) do."""
-
-    dispatch = pickle._Pickler.dispatch.copy()
-
-    def save_bytes(self, obj):
-        header = pickle.SHORT_BINSTRING + bytes([len(obj)]) if len(obj) < 256 else pickle.BINSTRING + struct.pack("<i", len(obj))
-        self.write(header + obj)
-        self.memoize(obj)
-
-    dispatch[bytes] = save_bytes
-
-
-def py2_dumps(obj) -> bytes:
-    buf = io.BytesIO()
-    Py2StylePickler(buf, protocol=2).dump(obj)
-    return buf.getvalue().replace(b"cnumpy._core.multiarray\n", b"cnumpy.core.multiarray\n")
-
-
 LABEL_FORMS = {
     "ints": lambda y: [int(v) for v in y],
     "numpy int64 scalars": lambda y: list(y.astype(np.int64)),
@@ -170,7 +153,7 @@ def test_numpy_pickles_of_cifar_batches_load_at_every_protocol(tmp_path, protoco
     # numpy's own reduce output: _reconstruct + BUILD (protocols 2-4, bytes via _codecs.encode at
     # protocol 2), _frombuffer (protocol 5), numpy.core.multiarray.scalar for np.int64 labels.
     rng = np.random.default_rng(0)
-    dump = py2_dumps if protocol == "py2" else (lambda o: pickle.dumps(o, protocol=protocol))
+    dump = py2_pickle if protocol == "py2" else (lambda o: pickle.dumps(o, protocol=protocol))
     x = rng.integers(0, 256, (3, 3072), dtype=np.uint8)
     y = rng.integers(0, 10, 3)
     files = {
