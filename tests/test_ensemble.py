@@ -18,7 +18,8 @@ from trainwell.config import resolve
 from trainwell.data import load_splits, to_float
 from trainwell.errors import ConfigError, DataError, RunDirError
 from trainwell.experiments.ensembles import train_ensemble
-from trainwell.train.ensemble import Ensemble, build_ensemble, combine, evaluate_ensemble, load_ensemble
+from trainwell.train.ensemble import Ensemble, combine, evaluate_ensemble
+from trainwell.train.ensemble_dir import build_ensemble, load_ensemble
 from trainwell.train.optim import build_scheduler, snapshot_epochs
 
 QUICK = {"model.name": "mlp", "model.width": 32, "model.depth": 1, "train.epochs": 2, "data.limit": 200,

@@ -120,7 +120,7 @@ class Corpus:
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory) -> Corpus:
-    from trainwell.train.ensemble import build_ensemble
+    from trainwell.train.ensemble_dir import build_ensemble
 
     root = tmp_path_factory.mktemp("corpus")
     run = trainwell.train(QUICK, out=root / "run", quiet=True).dir

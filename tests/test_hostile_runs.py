@@ -194,7 +194,7 @@ def test_a_run_killed_before_its_first_checkpoint_says_train_it_again(run, capsy
 
 
 def test_unfinished_ensembles_say_how_to_finish_them(finished, tmp_path, capsys):
-    from trainwell.train.ensemble import build_ensemble
+    from trainwell.train.ensemble_dir import build_ensemble
 
     other = tmp_path / "other"
     shutil.copytree(finished, other)

@@ -1,4 +1,4 @@
-"""Imports point one way: errors/registry/config -> data, nn -> train -> diagnose -> runs -> experiments -> api -> cli.
+"""Imports point one way: errors/registry/config/formatting -> data, nn -> train -> diagnose -> runs -> experiments -> api -> cli.
 
 Every ``import`` in the package, including the lazy ones inside functions, is read from the source
 (ast): a module may import its own layer or the layers below it, never one above. A plant of an
@@ -17,7 +17,7 @@ SRC = Path(trainwell.__file__).parent
 #: Lowest first. ``trainwell`` (the package root) re-exports the API, so it sits with it.
 LAYERS: list[tuple[str, ...]] = [
     ("trainwell.errors", "trainwell.registry", "trainwell.config", "trainwell.seeds", "trainwell.fileio",
-     "trainwell.version"),
+     "trainwell.version", "trainwell.formatting"),
     ("trainwell.data", "trainwell.nn"),
     ("trainwell.train",),
     ("trainwell.diagnose",),

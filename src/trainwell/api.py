@@ -16,9 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from trainwell.errors import ConfigError
-from trainwell.runs.train import ConfigLike, as_config, resume_config
+from trainwell.runs.train import ConfigLike, as_config, check_ensemble_keys, resume_config
 from trainwell.runs.train import train as train_one
-from trainwell.train.ensemble import check_ensemble_keys
 from trainwell.train.inference import evaluate, predict
 from trainwell.train.load import Run, load_run, read_config
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import math
 import signal
 import sys
 import threading
@@ -17,6 +16,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from trainwell.errors import TrainwellError
+from trainwell.formatting import percent
 
 EXAMPLES = """examples:
   trainwell train                                   # digits, the default data
@@ -155,7 +155,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         print(json.dumps(summary, indent=2))
     else:
         acc, loss = summary[f"{args.split}_acc"], summary[f"{args.split}_loss"]
-        print(f"{args.split} acc {_pct(acc)}  {args.split} loss {loss:.4f}  n={summary['n']}  -> {summary['out']}")
+        print(f"{args.split} acc {percent(acc)}  {args.split} loss {loss:.4f}  n={summary['n']}  -> {summary['out']}")
     return 0
 
 
@@ -271,10 +271,6 @@ def _default_out(kind: str, run_dir: str) -> Path:
     from trainwell.train.rundir import default_run_dir
 
     return default_run_dir(kind, Path(run_dir).name or "run")
-
-
-def _pct(x: float) -> str:
-    return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.2f}%"
 
 
 # ----------------------------------------------------------------------------- entry point

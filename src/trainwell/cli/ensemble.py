@@ -44,7 +44,9 @@ def add_ensemble_parser(sub: Any) -> argparse.ArgumentParser:
 def cmd_ensemble(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from trainwell.train.ensemble import build_ensemble, ensemble_table
+    from trainwell.experiments.ensembles import ensemble_table
+    from trainwell.formatting import percent
+    from trainwell.train.ensemble_dir import build_ensemble
 
     run = build_ensemble(args.run_dirs, args.out, method=args.method, copy=not args.no_copy,
                          overwrite=args.overwrite, split=args.split)
@@ -54,6 +56,6 @@ def cmd_ensemble(args: argparse.Namespace) -> int:
     console = Console(soft_wrap=True)
     console.print(ensemble_table(run.summary))
     s = run.summary
-    console.print(f"ensemble ({s['method']}) {100 * s['ensemble_acc']:.2f}% vs mean member "
-                  f"{100 * s['mean_member_acc']:.2f}% (gain {100 * s['gain']:+.2f} pp) -> {run.dir}", highlight=False)
+    console.print(f"ensemble ({s['method']}) {percent(s['ensemble_acc'])} vs mean member "
+                  f"{percent(s['mean_member_acc'])} (gain {100 * s['gain']:+.2f} pp) -> {run.dir}", highlight=False)
     return 0

@@ -12,8 +12,9 @@ Exit codes: 0; 1 when the loss diverged; 2 a user error (one line, as every trai
 from __future__ import annotations
 
 import argparse
-import math
 from typing import Any
+
+from trainwell.formatting import percent
 
 HELP = "fine-tune a pretrained model (run dir, .safetensors, torchvision:NAME, timm:NAME) on new data"
 DESCRIPTION = (
@@ -43,10 +44,6 @@ def add_finetune_parser(sub: Any) -> argparse.ArgumentParser:
     return p
 
 
-def _pct(x: float) -> str:
-    return "n/a" if x is None or math.isnan(x) else f"{100 * x:.2f}%"
-
-
 def cmd_finetune(args: argparse.Namespace) -> int:
     """Handler of ``trainwell finetune``: fine-tune, then print test accuracy (and scratch, gain)."""
     from trainwell.runs.finetune import finetune
@@ -54,8 +51,8 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     run = finetune(args.pretrained, args.overrides, config_file=args.config, out=args.out,
                    compare_scratch=args.compare_scratch, overwrite=args.overwrite, quiet=args.quiet)
     s = run.summary
-    line = f"fine-tuned ({s['strategy']}, bn {s['bn']}) test acc {_pct(s['test_acc'])}"
+    line = f"fine-tuned ({s['strategy']}, bn {s['bn']}) test acc {percent(s['test_acc'])}"
     if "scratch_test_acc" in s:
-        line += f"  scratch test acc {_pct(s['scratch_test_acc'])}  gain {100 * s['gain']:+.2f} points"
+        line += f"  scratch test acc {percent(s['scratch_test_acc'])}  gain {100 * s['gain']:+.2f} points"
     print(f"{line}  -> {run.dir}")
     return 0 if not s.get("diverged") else 1

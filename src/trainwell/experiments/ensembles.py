@@ -1,7 +1,8 @@
-"""Ensembles of independently trained runs, trained as a compare over seeds (``train.ensemble=K``).
+"""Ensembles of independently trained runs, trained as a compare over seeds (``train.ensemble=K``),
+and the table of an ensemble's scores that it and ``trainwell ensemble`` print.
 
 The members are ordinary runs of the compare engine (a process pool, resumable); the folder they
-are combined into is written by :func:`trainwell.train.ensemble.write_ensemble`.
+are combined into is written by :func:`trainwell.train.ensemble_dir.write_ensemble`.
 """
 
 from __future__ import annotations
@@ -9,15 +10,18 @@ from __future__ import annotations
 import dataclasses
 import time
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
+from rich.table import Table
 
 from trainwell.config import Config
 from trainwell.data import load_splits
 from trainwell.errors import RunDirError
+from trainwell.formatting import percent
 from trainwell.experiments.compare import Plan, execute, jobs, prepare_compare_dir
 from trainwell.train.build import check_run
-from trainwell.train.ensemble import MEMBERS_RUNS, check_ensemble_keys, ensemble_table, write_ensemble
+from trainwell.train.ensemble_dir import MEMBERS_RUNS, write_ensemble
 from trainwell.train.load import Run, load_run
 from trainwell.fileio import atomic_write_text
 from trainwell.train.rundir import check_out_dir, prepare_out_dir
@@ -39,7 +43,6 @@ def train_ensemble(
     ``out/members-runs/runs/c00-baseline/seed-S/``, ordinary run folders; ``out`` gets config.yaml
     (the resolved config), ensemble.json (pointing at them), summary.json and reliability.png.
     """
-    check_ensemble_keys(cfg)
     if not resume and out is not None:
         check_out_dir(Path(out), overwrite)  # before the members' data is loaded and checked
     k = cfg.train.ensemble
@@ -73,6 +76,26 @@ def train_ensemble(
                          extra={"seeds": plan.seeds, "wall_seconds": seconds})
     if not quiet:
         console.print(ensemble_table(run.summary))
-        console.print(f"ensemble acc {100 * run.summary['ensemble_acc']:.2f}% vs mean member "
-                      f"{100 * run.summary['mean_member_acc']:.2f}% ({seconds:.0f} s) -> {out_dir}", highlight=False)
+        console.print(f"ensemble acc {percent(run.summary['ensemble_acc'])} vs mean member "
+                      f"{percent(run.summary['mean_member_acc'])} ({seconds:.0f} s) -> {out_dir}", highlight=False)
     return run
+
+
+def ensemble_table(summary: dict[str, Any]) -> Table:
+    """Each member's accuracy, NLL and ECE, the members' mean, and each method's (the chosen one marked)."""
+    names = [Path(s).name for s in summary.get("sources", [])] or [f"{i:02d}" for i in range(summary["n_members"])]
+    table = Table(title=f"ensemble of {summary['n_members']} on {summary.get('split', 'test')} "
+                        f"({summary.get('data', '')}, n={summary['n']})", title_justify="left")
+    table.add_column("")
+    for col in ("acc", "NLL", "ECE"):
+        table.add_column(col, justify="right")
+    for i, name in enumerate(names):
+        table.add_row(f"member {i:02d} {name}", percent(summary["member_accs"][i]), f"{summary['member_nlls'][i]:.4f}",
+                      percent(summary["member_eces"][i]), style="bold" if i == summary.get("best_member") else None)
+    table.add_row("mean of members", percent(summary["mean_member_acc"]), f"{summary['mean_member_nll']:.4f}",
+                  percent(summary["mean_member_ece"]), end_section=True)
+    for name, m in summary["methods"].items():
+        chosen = name == summary["method"]
+        table.add_row(f"ensemble {name}{' *' if chosen else ''}", percent(m["acc"]), f"{m['nll']:.4f}",
+                      percent(m["ece"]), style="green" if chosen else None)
+    return table

@@ -20,6 +20,7 @@ from typing import Any, Union
 
 from trainwell.version import __version__
 from trainwell.fileio import atomic_write_text
+from trainwell.formatting import MISSING
 
 # Image types a browser shows from a data: URI, by file suffix.
 MIME_TYPES = {
@@ -30,7 +31,7 @@ MIME_TYPES = {
     ".svg": "image/svg+xml",
 }
 
-PLACEHOLDER = "–"  # a missing number: an en dash reads as "no value", unlike "nan" or "None"
+PLACEHOLDER = MISSING  # a missing number
 
 
 @dataclass

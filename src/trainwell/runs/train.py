@@ -27,6 +27,7 @@ from torch import nn
 from trainwell.config import Config, resolve
 from trainwell.data import Splits, load_splits, to_float
 from trainwell.errors import ConfigError, Interrupted, RunDirError
+from trainwell.formatting import percent
 from trainwell.nn.pipeline import Classifier, count_parameters
 from trainwell.seeds import seed_global, torch_generator
 from trainwell.train.build import (
@@ -40,7 +41,7 @@ from trainwell.train.build import (
 from trainwell.train.callbacks import EarlyStopping, KeepBest, MetricsFile, ProgressDisplay, TensorBoardLog
 from trainwell.train.checkpoint import CHECKPOINT_DIR, Checkpoints
 from trainwell.train.events import Callback
-from trainwell.train.ensemble import check_ensemble_keys, snapshot_callback
+from trainwell.train.snapshots import snapshot_callback
 from trainwell.train.load import Run, read_card, read_config
 from trainwell.train.lr_find import lr_range_test, plot_lr_find
 from trainwell.train.plots import plot_curves
@@ -247,6 +248,17 @@ def train(
     return Run(out_dir, cfg, classifier, summary, list(splits.classes), tuple(splits.input_shape), splits)
 
 
+def check_ensemble_keys(cfg: Config, *, custom_model: bool = False, custom_data: bool = False) -> None:
+    """train.ensemble and train.snapshots against what ``train`` was given."""
+    k = cfg.train.ensemble
+    if k > 1 and (custom_model or custom_data):
+        raise ConfigError("train.ensemble > 1 trains the members from the config in worker processes, without a "
+                          "custom model=, splits= or prepare=; train the members one by one and use build_ensemble.")
+    if cfg.train.snapshots and custom_model:
+        raise ConfigError("train.snapshots saves loadable run folders, which a custom nn.Module cannot be rebuilt "
+                          "from; use a registry model (trainwell list model) or train.snapshots=0.")
+
+
 def _check_resumable(run_dir: Path, model: nn.Module | None, prepare: Any) -> None:
     card = read_card(run_dir)
     if card.get("custom_model") and model is None:
@@ -375,8 +387,8 @@ def _summary(result: Any, test: dict[str, Any], cfg: Config, splits: Splits, dev
 
 def _report(console: Console, summary: dict[str, Any], result: Any, cfg: Config, out_dir: Path) -> None:
     console.print(
-        f"test acc {100 * summary['test_acc']:.2f}%  test loss {summary['test_loss']:.4f}  "
-        f"best val acc {100 * summary['best_val_acc']:.2f}%  "
+        f"test acc {percent(summary['test_acc'])}  test loss {summary['test_loss']:.4f}  "
+        f"best val acc {percent(summary['best_val_acc'])}  "
         f"{summary['examples_per_second']:,.0f} ex/s  -> {out_dir}",
         highlight=False,
     )

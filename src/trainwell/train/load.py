@@ -186,7 +186,7 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> Run:
     run_dir = Path(run_dir)
     # An ensemble folder (trainwell ensemble; train.ensemble=K, also while its members train).
     if (run_dir / "ensemble.json").is_file() or (run_dir / "members-runs").is_dir():
-        from trainwell.train.ensemble import load_ensemble
+        from trainwell.train.ensemble_dir import load_ensemble
 
         return load_ensemble(run_dir, device)
     dev = resolve_device(device, what="device") if isinstance(device, str) else device

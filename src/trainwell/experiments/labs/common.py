@@ -12,18 +12,19 @@ from torch import nn
 from trainwell.experiments.results import CellResult, CompareResult
 from trainwell.seeds import torch_generator
 from trainwell.experiments.stats import MeanCI, mean_ci
+from trainwell.formatting import MISSING, percent
 
 
 def pct(ci: MeanCI) -> str:
     """``97.41% ± 0.62`` (mean ± half-width of the 95% CI, in percentage points)."""
     if not math.isfinite(ci.mean):
-        return "–"
+        return MISSING
     half = f" ± {100 * ci.half_width:.2f}" if math.isfinite(ci.half_width) else ""
-    return f"{100 * ci.mean:.2f}%{half}"
+    return percent(ci.mean) + half
 
 
 def num(value: float, digits: int = 3) -> str:
-    return "–" if value is None or not math.isfinite(value) else f"{value:.{digits}g}"
+    return MISSING if value is None or not math.isfinite(value) else f"{value:.{digits}g}"
 
 
 def per_seed_lists(cell: CellResult, key: str) -> list[list[float]]:
