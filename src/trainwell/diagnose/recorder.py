@@ -37,12 +37,7 @@ from trainwell.diagnose.stats import (
 )
 from trainwell.diagnose.thresholds import HIST_BINS, HIST_LIMIT
 from trainwell.errors import ConfigError
-
-#: Layers with a weight the doctor tracks (the same as trainwell.nn.init.WEIGHT_LAYERS).
-WEIGHT_LAYERS: tuple[type[nn.Module], ...] = (nn.Linear, nn.modules.conv._ConvNd)
-#: Normalisation layers: a weight layer whose output feeds one is "normalised" (its scale is reset).
-NORM_LAYERS: tuple[type[nn.Module], ...] = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm,
-                                            nn.LocalResponseNorm)
+from trainwell.nn.layers import NORM_LAYERS
 
 
 @dataclass(frozen=True)

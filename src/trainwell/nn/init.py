@@ -28,14 +28,10 @@ from torch.nn.init import _calculate_fan_in_and_fan_out
 from trainwell.config import InitConfig
 from trainwell.errors import ConfigError, DataError
 from trainwell.nn.activations import activation_gain
+from trainwell.nn.layers import NORM_LAYERS, WEIGHT_LAYERS
 from trainwell.registry import new_registry
 
 INITS = new_registry("init", "Weight initialisation; gains follow the activation after each layer.")
-
-#: Layers whose weight an init scheme sets (Linear and Conv1d/2d/3d, transposed ones included).
-WEIGHT_LAYERS: tuple[type[nn.Module], ...] = (nn.Linear, nn.modules.conv._ConvNd)
-#: Normalisation layers: init_model sets their scale to 1 and shift to 0.
-NORM_LAYERS: tuple[type[nn.Module], ...] = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
 
 
 def fans(weight: Tensor) -> tuple[int, int]:

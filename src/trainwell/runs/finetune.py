@@ -51,7 +51,7 @@ from trainwell.errors import ConfigError, DataError, Interrupted, RunDirError, T
 from trainwell.nn import build_model
 from trainwell.nn.models import PreActBlock
 from trainwell.nn.pipeline import Classifier, count_parameters
-from trainwell.train.optim import _NORM_TYPES
+from trainwell.nn.layers import NORM_LAYERS
 from trainwell.fileio import write_json
 from trainwell.train.rundir import StagedDir, load_weights, staged_out_dir
 from trainwell.runs.train import train
@@ -78,7 +78,7 @@ def named_layer_groups(net: nn.Module) -> list[list[tuple[str, nn.Module]]]:
     pending: list[tuple[str, nn.Module]] = []  # parameter-free modules before the first unit
     for name, child in net.named_children():
         has_params = any(True for _ in child.parameters())
-        if has_params and (not units or not isinstance(child, _NORM_TYPES)):
+        if has_params and (not units or not isinstance(child, NORM_LAYERS)):
             starts_stage = not (
                 # A residual block that keeps its input's shape continues the stage of the block before.
                 isinstance(child, PreActBlock) and child.shortcut is None

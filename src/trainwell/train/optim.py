@@ -16,12 +16,11 @@ from torch import nn
 
 from trainwell.config import Config, OptimConfig, SchedConfig
 from trainwell.errors import ConfigError
+from trainwell.nn.layers import NORM_LAYERS
 from trainwell.registry import new_registry
 
 OPTIMIZERS = new_registry("optim", "Optimisers: optim.name")
 SCHEDULES = new_registry("sched", "Learning-rate schedules after warmup: sched.name")
-
-_NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm, nn.LocalResponseNorm)
 
 # Two optional attributes of a parameter that the optimiser honours (trainwell.runs.finetune sets them):
 #   p.lr_scale = 0.5         its learning rate is optim.lr * 0.5 (own param group; schedules keep the ratio);
@@ -44,7 +43,7 @@ def split_param_groups(model: nn.Module, exempt_bias_and_norm: bool = True) -> P
     """Weights of linear/conv layers (dim >= 2) decay; biases and norm parameters do not (unless not exempt)."""
     in_norm: set[int] = set()
     for module in model.modules():
-        if isinstance(module, _NORM_TYPES):
+        if isinstance(module, NORM_LAYERS):
             in_norm.update(id(p) for p in module.parameters(recurse=False))
     decay, no_decay = [], []
     for name, p in model.named_parameters():

@@ -13,6 +13,7 @@ from trainwell.experiments.results import CellResult, CompareResult
 from trainwell.seeds import torch_generator
 from trainwell.experiments.stats import MeanCI, mean_ci
 from trainwell.formatting import MISSING, percent
+from trainwell.nn.layers import WEIGHT_LAYERS
 
 
 def pct(ci: MeanCI) -> str:
@@ -46,7 +47,7 @@ def by_label(result: CompareResult) -> dict[str, CellResult]:
 
 def weight_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
     """Linear and conv layers in call order (registration order for the built-in models)."""
-    return [(n, m) for n, m in model.named_modules() if isinstance(m, (nn.Linear, nn.modules.conv._ConvNd))]
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, WEIGHT_LAYERS)]
 
 
 def training_batch(splits: Any, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
