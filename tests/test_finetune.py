@@ -19,7 +19,8 @@ from trainwell.data import ArrayData, load_splits, make_splits
 from trainwell.errors import ConfigError, DataError
 from trainwell.nn import build_model
 from trainwell.runs import finetune as ft
-from trainwell.runs.finetune import apply_strategy, finetune, group_parameters, layer_groups
+from trainwell.nn.layer_groups import group_parameters, layer_groups
+from trainwell.runs.finetune import apply_strategy, finetune
 from trainwell.train.optim import build_optimizer, build_scheduler
 
 RUN = {"train.epochs": 2, "train.progress": False, "train.device": "cpu"}

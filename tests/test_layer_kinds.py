@@ -12,7 +12,8 @@ from trainwell.config import InitConfig
 from trainwell.nn.layers import NORM_LAYERS, WEIGHT_LAYERS
 
 # import_module: the package's name ``trainwell.train`` is the train function, not the subpackage.
-init, optim, recorder = (import_module(f"trainwell.{m}") for m in ("nn.init", "train.optim", "diagnose.recorder"))
+init, layer_groups, optim, recorder = (import_module(f"trainwell.{m}") for m in
+                                       ("nn.init", "nn.layer_groups", "train.optim", "diagnose.recorder"))
 
 WEIGHTS = [nn.Linear(3, 4), nn.Conv1d(2, 3, 3), nn.Conv2d(2, 3, 3), nn.Conv3d(2, 3, 3), nn.ConvTranspose2d(2, 3, 3)]
 NORMS = [nn.BatchNorm1d(4), nn.BatchNorm2d(4), nn.BatchNorm3d(4), nn.InstanceNorm2d(4), nn.GroupNorm(2, 4),
@@ -37,7 +38,7 @@ def test_other_layers_are_neither(module):
 
 def test_every_user_reads_the_one_definition():
     assert init.WEIGHT_LAYERS is WEIGHT_LAYERS
-    assert init.NORM_LAYERS is optim.NORM_LAYERS is recorder.NORM_LAYERS is NORM_LAYERS
+    assert init.NORM_LAYERS is optim.NORM_LAYERS is recorder.NORM_LAYERS is layer_groups.NORM_LAYERS is NORM_LAYERS
 
 
 def _net() -> nn.Sequential:

@@ -14,10 +14,9 @@ The head is re-initialised for the new number of classes (seeded by train.seed).
 directory is an ordinary run: ``trainwell evaluate`` / ``predict`` / :func:`~trainwell.load_run`
 read it like any other.
 
-Layer groups (:func:`layer_groups`), bottom to top, the head last: mlp, one per hidden block
-(Linear, norm, activation, dropout); cnn, one per conv block (conv, norm, activation, pool; the
-last one also holds the global pooling); resnet, the stem conv, then one per stage of residual
-blocks (the last stage also holds the final norm). Strategies (``finetune.strategy``):
+The pretrained model is read by :mod:`trainwell.train.pretrained`; the strategies act on the layer
+groups of :mod:`trainwell.nn.layer_groups` (bottom to top, the head last: mlp, one per hidden block;
+cnn, one per conv block; resnet, the stem, then one per stage). Strategies (``finetune.strategy``):
 
 * ``full``: every layer trains at optim.lr;
 * ``linear_probe``: the backbone is frozen, only the new head trains;
@@ -27,10 +26,11 @@ blocks (the last stage also holds the final norm). Strategies (``finetune.strate
   optim.lr * finetune.lr_decay**g (ULMFiT's discriminative fine-tuning; schedules keep the ratio).
 
 Batch norm (``finetune.bn``): ``frozen`` keeps every pretrained batch-norm layer in eval mode for
-the whole run, so its running mean/var stay those of the pretraining data (its scale and shift
-still train when their group does). The pitfall it avoids: ``requires_grad=False`` on a BN layer's
-weights does NOT freeze it: in train mode it still normalises with batch statistics and overwrites
-running_mean/var with the new data's. ``train`` leaves batch norm alone (statistics update).
+the whole run (:mod:`trainwell.nn.frozen_norm`), so its running mean/var stay those of the
+pretraining data (its scale and shift still train when their group does). The pitfall it avoids:
+``requires_grad=False`` on a BN layer's weights does NOT freeze it: in train mode it still
+normalises with batch statistics and overwrites running_mean/var with the new data's. ``train``
+leaves batch norm alone (statistics update).
 """
 
 from __future__ import annotations
@@ -48,143 +48,20 @@ from torch import nn
 from trainwell.config import Config, resolve
 from trainwell.data import Splits, load_preprocess, load_splits, to_float
 from trainwell.errors import ConfigError, DataError, Interrupted, RunDirError, TrainwellError, unknown_name_message
-from trainwell.nn import build_model
-from trainwell.nn.models import PreActBlock
-from trainwell.nn.pipeline import Classifier, count_parameters
-from trainwell.nn.layers import NORM_LAYERS
 from trainwell.fileio import write_json
-from trainwell.train.rundir import StagedDir, load_weights, staged_out_dir
+from trainwell.nn import build_model
+from trainwell.nn.frozen_norm import freeze_batchnorm_statistics
+from trainwell.nn.layer_groups import group_names, group_parameters, head_keys
+from trainwell.nn.pipeline import Classifier, count_parameters
 from trainwell.runs.train import train
 from trainwell.train.build import check_names, init_generator
-from trainwell.train.load import Run, read_run_files
 from trainwell.train.events import Callback, EpochEnd
+from trainwell.train.load import Run
+from trainwell.train.pretrained import Pretrained, check_hub_input, hub_model, load_pretrained
+from trainwell.train.rundir import StagedDir, staged_out_dir
 
 STRATEGIES = ("full", "linear_probe", "gradual", "discriminative")
 BN_MODES = ("frozen", "train")
-HUBS = ("torchvision", "timm")
-
-
-# ----------------------------------------------------------------------------- layer groups
-
-
-def _unwrap(net: nn.Module) -> nn.Module:
-    return net.net if isinstance(net, Classifier) else net
-
-
-def named_layer_groups(net: nn.Module) -> list[list[tuple[str, nn.Module]]]:
-    """:func:`layer_groups` with each module's name in ``net`` (a Classifier means its ``.net``)."""
-    net = _unwrap(net)
-    units: list[list[tuple[str, nn.Module]]] = []
-    pending: list[tuple[str, nn.Module]] = []  # parameter-free modules before the first unit
-    for name, child in net.named_children():
-        has_params = any(True for _ in child.parameters())
-        if has_params and (not units or not isinstance(child, NORM_LAYERS)):
-            starts_stage = not (
-                # A residual block that keeps its input's shape continues the stage of the block before.
-                isinstance(child, PreActBlock) and child.shortcut is None
-                and units and isinstance(units[-1][-1][1], PreActBlock)
-            )
-            if starts_stage:
-                units.append(pending + [(name, child)])
-                pending = []
-            else:
-                units[-1].append((name, child))
-        elif units:
-            units[-1].append((name, child))  # norms, activations, pooling join the layer before
-        else:
-            pending.append((name, child))
-    if not units:
-        return [pending] if pending else []
-    return units
-
-
-def layer_groups(net: nn.Module) -> list[list[nn.Module]]:
-    """The network's layer groups, bottom to top, the head (final Linear) last.
-
-    Derived from the top-level children of ``net`` (a Classifier means its ``.net``): every child with
-    parameters starts a group, except a norm (it joins the layer it normalises) and a residual block
-    that keeps its input's shape (it joins its stage); parameter-free children (activation, pooling,
-    dropout, flatten) join the group before them. mlp: one group per hidden block; cnn: per conv block;
-    resnet: the stem, then one per stage.
-    """
-    return [[m for _, m in group] for group in named_layer_groups(net)]
-
-
-def group_parameters(net: nn.Module) -> list[list[tuple[str, nn.Parameter]]]:
-    """The named parameters of each layer group (names as in ``net.named_parameters()``); parameters
-    held by ``net`` itself rather than a child (e.g. a class token) join the bottom group."""
-    net = _unwrap(net)
-    groups = [[(f"{name}.{pn}", p) for name, m in group for pn, p in m.named_parameters()]
-              for group in named_layer_groups(net)]
-    own = list(net.named_parameters(recurse=False))
-    if own:
-        groups = [own + groups[0], *groups[1:]] if groups else [own]
-    return groups
-
-
-def group_names(net: nn.Module, prefix: str = "net.") -> list[str]:
-    """A short name per layer group: the range of child names it spans, e.g. ``net.0-3``."""
-    names = []
-    for group in named_layer_groups(net):
-        first, last = group[0][0], group[-1][0]
-        names.append(f"{prefix}{first}" if first == last else f"{prefix}{first}-{last}")
-    return names
-
-
-def _head_keys(net: nn.Module) -> set[str]:
-    """State-dict keys (of ``net``) of the head group."""
-    groups = named_layer_groups(net)
-    if not groups:
-        return set()
-    return {f"{name}.{k}" for name, m in groups[-1] for k in m.state_dict()}
-
-
-# ----------------------------------------------------------------------------- batch norm
-
-
-class KeepsBatchStatistics:
-    """Mixin of a batch-norm class whose ``train()`` always means eval: normalises with its running
-    mean/var and never updates them, while its scale/shift can still train. Same state_dict keys as
-    the layer it replaces, so a saved model reloads into a plain batch norm."""
-
-    def train(self, mode: bool = True):  # type: ignore[override]
-        return super().train(False)  # type: ignore[misc]
-
-
-class FrozenBatchNorm1d(KeepsBatchStatistics, nn.BatchNorm1d):
-    """nn.BatchNorm1d kept in eval mode (see :class:`KeepsBatchStatistics`)."""
-
-
-class FrozenBatchNorm2d(KeepsBatchStatistics, nn.BatchNorm2d):
-    """nn.BatchNorm2d kept in eval mode (see :class:`KeepsBatchStatistics`)."""
-
-
-class FrozenBatchNorm3d(KeepsBatchStatistics, nn.BatchNorm3d):
-    """nn.BatchNorm3d kept in eval mode (see :class:`KeepsBatchStatistics`)."""
-
-
-_FROZEN: dict[type, type] = {nn.BatchNorm1d: FrozenBatchNorm1d, nn.BatchNorm2d: FrozenBatchNorm2d,
-                             nn.BatchNorm3d: FrozenBatchNorm3d}
-
-
-def freeze_batchnorm_statistics(module: nn.Module) -> int:
-    """Turn every batch-norm layer in ``module`` into its Frozen* class (in place); returns how many.
-
-    Needed because freezing a BN layer's parameters is not enough: in train mode it still normalises
-    with batch statistics and overwrites running_mean/var with the new data's.
-    """
-    count = 0
-    for m in module.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm) and not isinstance(m, KeepsBatchStatistics):
-            cls = type(m)
-            if cls not in _FROZEN:
-                _FROZEN[cls] = type(f"Frozen{cls.__name__}", (KeepsBatchStatistics, cls), {})
-            m.__class__ = _FROZEN[cls]
-            m.train(False)
-            count += 1
-    return count
-
-
 # ----------------------------------------------------------------------------- strategies
 
 
@@ -221,7 +98,7 @@ class GradualUnfreeze(Callback):
 
 
 @dataclass
-class Plan:
+class AppliedStrategy:
     """What :func:`apply_strategy` did: the groups (bottom to top), callbacks for the loop, and a report."""
 
     groups: list[dict[str, Any]]
@@ -243,7 +120,7 @@ def check_finetune_config(cfg: Config) -> None:
         raise ConfigError(f"finetune.lr_decay must be in (0, 1], got {ft.lr_decay}; ULMFiT uses 1/2.6 = 0.3846.")
 
 
-def apply_strategy(classifier: Classifier, cfg: Config) -> Plan:
+def apply_strategy(classifier: Classifier, cfg: Config) -> AppliedStrategy:
     """Freeze / scale the learning rate of the layer groups of ``classifier.net`` per ``cfg.finetune``.
 
     Sets ``requires_grad`` and the optimiser's per-parameter attributes ``lr_scale`` and
@@ -286,46 +163,10 @@ def apply_strategy(classifier: Classifier, cfg: Config) -> Plan:
         {"name": n, "params": sum(p.numel() for _, p in g), "lr_scale": s, "trains_from_epoch": e or None}
         for n, g, s, e in zip(names, groups, scales, starts)
     ]
-    return Plan(report, (gradual,) if gradual is not None else (), bn_frozen, gradual)
+    return AppliedStrategy(report, (gradual,) if gradual is not None else (), bn_frozen, gradual)
 
 
 # ----------------------------------------------------------------------------- pretrained weights
-
-
-@dataclass
-class Pretrained:
-    """A pretrained model as :func:`load_pretrained` found it."""
-
-    source: str
-    kind: str  # "run", "safetensors" or "hub"
-    state: dict[str, torch.Tensor] = field(default_factory=dict)
-    config: Config | None = None  # kind "run": the pretrained run's config
-    input_shape: tuple[int, ...] | None = None  # kind "run"
-    preprocess: str | None = None  # kind "run"
-    hub: tuple[str, str] | None = None  # kind "hub": (library, model name)
-
-
-def _is_hub(spec: str) -> bool:
-    return spec.split(":", 1)[0] in HUBS and ":" in spec
-
-
-def load_pretrained(spec: str | Path) -> Pretrained:
-    """Read PRETRAINED: a run directory, a ``.safetensors`` file, or ``torchvision:NAME`` / ``timm:NAME``."""
-    text = str(spec)
-    if _is_hub(text):
-        lib, name = text.split(":", 1)
-        return Pretrained(text, "hub", hub=(lib, name))
-    path = Path(text)
-    if path.is_dir():
-        card, cfg, state = read_run_files(path)
-        return Pretrained(text, "run", state, cfg, tuple(int(d) for d in card["input_shape"]), card["preprocess"])
-    if path.is_file() or path.suffix == ".safetensors":
-        if not path.is_file():
-            raise RunDirError(f"pretrained weights '{path}' do not exist; pass a run directory, a .safetensors "
-                              "file or torchvision:NAME / timm:NAME.")
-        return Pretrained(text, "safetensors", load_weights(path))
-    raise ConfigError(f"pretrained '{text}' is neither a run directory, a .safetensors file nor "
-                      "torchvision:NAME / timm:NAME; check the path.")
 
 
 def finetune_config(pretrained: Pretrained, overrides: list[str] | dict[str, Any] | None = None,
@@ -398,7 +239,7 @@ def transfer_weights(classifier: Classifier, pretrained: Pretrained, cfg: Config
     if shape != classifier.preprocess.output_shape(tuple(splits.input_shape)):
         # e.g. pca with another number of components: the network takes the pretrained preprocessing's output.
         net = build_model(cfg, shape, splits.num_classes, generator=init_generator(cfg))
-    head = _head_keys(net)
+    head = head_keys(net)
     target = net.state_dict()
     weights = {k[len("net."):]: v for k, v in sorted(state.items(), key=_module_order) if k.startswith("net.")}
     fix = ("drop the model.* overrides: the architecture comes from the pretrained run" if pretrained.kind == "run"
@@ -434,81 +275,6 @@ def _same_module(key: str, head: set[str]) -> bool:
     """Whether ``key`` belongs to the module of a head key (e.g. a head bias the new head lacks)."""
     module = key.rsplit(".", 1)[0]
     return any(h.rsplit(".", 1)[0] == module for h in head)
-
-
-# ----------------------------------------------------------------------------- torchvision / timm
-
-
-def hub_model(lib: str, name: str, num_classes: int, pretrained: bool = True) -> nn.Module:
-    """A torchvision or timm model with its weights from the local cache (never downloaded), head replaced.
-
-    Raises a one-line ConfigError when the package is not importable or the weights are not cached.
-    """
-    fetch = {
-        "torchvision": f"python -c \"import torchvision; torchvision.models.get_model('{name}', weights='DEFAULT')\"",
-        "timm": f"python -c \"import timm; timm.create_model('{name}', pretrained=True)\"",
-    }[lib]
-    try:
-        module = __import__(lib)
-    except ImportError:
-        raise ConfigError(f"pretrained '{lib}:{name}' needs the {lib} package, which is not installed; pip install "
-                          f"{lib}, then fetch the weights once with {fetch} (trainwell never downloads).") from None
-    if lib == "torchvision":
-        models = module.models
-        try:
-            weights = models.get_model_weights(name).DEFAULT
-        except (ValueError, KeyError):
-            raise ConfigError(unknown_name_message("torchvision model", name, models.list_models())) from None
-        model = models.get_model(name, weights=None)
-        if pretrained:
-            file = Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url.split("?")[0]).name
-            if not file.is_file():
-                raise ConfigError(f"the weights of torchvision:{name} are not in the local cache ('{file}'); trainwell "
-                                  f"never downloads: fetch them once with {fetch}.")
-            model.load_state_dict(torch.load(file, map_location="cpu", weights_only=True))
-        _replace_last_linear(model, num_classes)
-        return model
-    if name not in module.list_models():
-        raise ConfigError(unknown_name_message("timm model", name, module.list_models()))
-    if not pretrained:
-        return module.create_model(name, pretrained=False, num_classes=num_classes)
-    cfg = module.models.get_pretrained_cfg(name)
-    file = None
-    hub_id = getattr(cfg, "hf_hub_id", None) if cfg is not None else None
-    if hub_id:
-        from huggingface_hub import try_to_load_from_cache
-
-        for filename in ("model.safetensors", "pytorch_model.bin"):
-            found = try_to_load_from_cache(hub_id, filename)
-            if isinstance(found, str):
-                file = found
-                break
-    elif cfg is not None and getattr(cfg, "url", None):
-        candidate = Path(torch.hub.get_dir()) / "checkpoints" / Path(cfg.url.split("?")[0]).name
-        file = str(candidate) if candidate.is_file() else None
-    if file is None:
-        raise ConfigError(f"the weights of timm:{name} are not in the local cache; trainwell never downloads: "
-                          f"fetch them once with {fetch}.")
-    return module.create_model(name, pretrained=True, num_classes=num_classes, pretrained_cfg_overlay={"file": file})
-
-
-def _replace_last_linear(model: nn.Module, num_classes: int) -> None:
-    name, last = next(((n, m) for n, m in reversed(list(model.named_modules())) if isinstance(m, nn.Linear)),
-                      (None, None))
-    if last is None:
-        raise ConfigError("the pretrained model has no final nn.Linear to replace with a new head.")
-    parent = model.get_submodule(name.rsplit(".", 1)[0]) if "." in name else model
-    setattr(parent, name.rsplit(".", 1)[-1], nn.Linear(last.in_features, num_classes))
-
-
-def _check_hub_input(model: nn.Module, splits: Splits, source: str) -> None:
-    try:
-        with torch.no_grad():
-            model.eval()(to_float(splits.train.x[:2]).float())
-    except RuntimeError:
-        raise DataError(f"'{source}' cannot take examples of shape {tuple(splits.input_shape)} from data "
-                        f"'{splits.description}' (it expects 3-channel images); use data of the shape it was "
-                        "trained on.") from None
 
 
 # ----------------------------------------------------------------------------- the API
@@ -547,24 +313,24 @@ def finetune(
 
         where = f"data.path '{cfg.data.path}'" if cfg.data.path else f"data.name={cfg.data.name}"
         warn_inputs(read_contract(source.source), splits.train.x, where, run=source.source, console=console, quiet=quiet)
-    plan: dict[str, Any] = {}
+    prepared: dict[str, Any] = {}  # what prepare() did, read after training
 
     def prepare(classifier: Classifier) -> tuple:
         if source.kind != "hub":
-            plan["loaded"] = transfer_weights(classifier, source, cfg, splits)
-        plan["plan"] = apply_strategy(classifier, cfg)
-        return plan["plan"].callbacks  # gradual unfreezing, if any
+            prepared["loaded"] = transfer_weights(classifier, source, cfg, splits)
+        prepared["strategy"] = apply_strategy(classifier, cfg)
+        return prepared["strategy"].callbacks  # gradual unfreezing, if any
 
     model = None
     if source.kind == "hub":
         lib, name = source.hub  # type: ignore[misc]
         model = hub_model(lib, name, splits.num_classes)
-        _check_hub_input(model, splits, source.source)
+        check_hub_input(model, splits, source.source)
 
     try:
         with staged as out_dir:
             run = train(cfg, out=out_dir, splits=splits, quiet=quiet, console=console, model=model, prepare=prepare)
-            p: Plan = plan["plan"]
+            p: AppliedStrategy = prepared["strategy"]
             total = count_parameters(run.model, trainable_only=False)
             trainable = count_parameters(run.model)
             summary = dict(run.summary)
@@ -576,7 +342,7 @@ def finetune(
                 "trainable_params": trainable,
                 "frozen_params": total - trainable,
                 "bn_layers_frozen": p.bn_frozen,
-                "transferred_tensors": plan.get("loaded"),
+                "transferred_tensors": prepared.get("loaded"),
                 "layer_groups": p.groups,
             })
             if p.gradual is not None:
