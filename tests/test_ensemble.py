@@ -331,3 +331,15 @@ def test_snapshot_ensemble_writes_loadable_snapshots_and_a_summary(tmp_path):
     ens_summary = json.loads((tmp_path / "r" / "snapshot-ensemble" / "summary.json").read_text())
     assert ens_summary["ensemble_acc"] == block["ensemble_acc"]
     assert trainwell.evaluate(tmp_path / "r" / "snapshot-ensemble")["test_acc"] == block["ensemble_acc"]
+
+
+def test_the_output_folder_may_neither_hold_nor_lie_in_a_member(tmp_path):
+    a, b = tmp_path / "runs" / "a", tmp_path / "runs" / "ab"  # ab shares a's prefix, not its folder
+    for d in (a, b):
+        d.mkdir(parents=True)
+    with pytest.raises(RunDirError, match="is \\(inside\\) the member run"):
+        build_ensemble([a, b], a / "ens")
+    with pytest.raises(RunDirError, match="lies inside the output folder"):
+        build_ensemble([a, b], tmp_path / "runs")
+    with pytest.raises(RunDirError, match="is \\(inside\\) the member run"):
+        build_ensemble([a, b], a)

@@ -365,3 +365,17 @@ def test_trainwell_errors_only(run):
     edit_json(run / "model.json", num_classes="ten")
     with pytest.raises(TrainwellError, match="num_classes"):
         trainwell.load_run(run)
+
+
+def test_is_inside_compares_resolved_paths_not_prefixes(tmp_path):
+    from trainwell.train.rundir import is_inside
+
+    (tmp_path / "runs" / "a" / "sub").mkdir(parents=True)
+    (tmp_path / "runs" / "ab").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "runs" / "a")
+    assert is_inside(tmp_path / "runs" / "a", tmp_path / "runs" / "a")
+    assert is_inside(tmp_path / "runs" / "a" / "sub", tmp_path / "runs")
+    assert is_inside(tmp_path / "link" / "sub", tmp_path / "runs" / "a")  # through a link
+    assert is_inside(tmp_path / "runs" / "ab" / ".." / "a" / "sub", tmp_path / "runs" / "a")
+    assert not is_inside(tmp_path / "runs" / "ab", tmp_path / "runs" / "a")  # a common prefix is not a parent
+    assert not is_inside(tmp_path / "runs", tmp_path / "runs" / "a")

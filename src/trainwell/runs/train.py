@@ -47,7 +47,7 @@ from trainwell.train.lr_find import lr_range_test, plot_lr_find
 from trainwell.train.plots import plot_curves
 from trainwell.train.progress import print_warning
 from trainwell.fileio import atomic_write_text, write_json
-from trainwell.train.rundir import check_out_dir, prepare_out_dir, read_summary, save_weights, staged_out_dir
+from trainwell.train.rundir import check_out_dir, is_inside, prepare_out_dir, read_summary, save_weights, staged_out_dir
 from trainwell.train.trainer import (
     LoopSettings,
     build_state,
@@ -274,8 +274,7 @@ def check_new_out(out: Path, overwrite: bool, cfg: Config) -> None:
     and a data path inside the folder that --overwrite empties."""
     check_out_dir(out, overwrite)
     data = Path(cfg.data.path) if cfg.data.path else None
-    if overwrite and data is not None and out.is_dir() and data.exists() and \
-            (out.resolve() == data.resolve() or out.resolve() in data.resolve().parents):
+    if overwrite and data is not None and out.is_dir() and data.exists() and is_inside(data, out):
         raise RunDirError(f"data.path '{data}' lies inside the output folder '{out}', whose contents --overwrite "
                           "removes; move the data or choose another --out.")
 

@@ -25,7 +25,7 @@ import torch
 from trainwell.errors import ConfigError, DataError, RunDirError
 from trainwell.fileio import atomic_copy, write_json
 from trainwell.train.ensemble import METHODS, Ensemble, check_method, score_logits, stacked_logits
-from trainwell.train.rundir import check_out_dir, read_json, read_summary, staged_out_dir
+from trainwell.train.rundir import check_out_dir, is_inside, read_json, read_summary, staged_out_dir
 from trainwell.train.trainer import resolve_device
 
 if TYPE_CHECKING:
@@ -42,11 +42,6 @@ MEMBERS_RUNS = "members-runs"
 
 
 # ----------------------------------------------------------------------------- building
-
-
-def _inside(path: Path, folder: Path) -> bool:
-    path, folder = path.resolve(), folder.resolve()
-    return path == folder or folder in path.parents
 
 
 def _load_members(run_dirs: Sequence[str | Path]) -> list[Run]:
@@ -111,9 +106,9 @@ def build_ensemble(
     out_path = Path(out) if out is not None else None
     if out_path is not None:  # before loading anything
         for d in dirs:
-            if _inside(out_path, d):
+            if is_inside(out_path, d):
                 raise RunDirError(f"output folder '{out_path}' is (inside) the member run '{d}'; choose another --out.")
-            if _inside(d, out_path):
+            if is_inside(d, out_path):
                 raise RunDirError(f"member run '{d}' lies inside the output folder '{out_path}', which the ensemble "
                                   "replaces; choose another --out.")
         check_out_dir(out_path, overwrite)

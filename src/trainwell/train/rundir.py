@@ -71,6 +71,12 @@ MARKERS = ("config.yaml", "model.json", "summary.json", "ensemble.json")
 SUMMARY = "summary.json"
 
 
+def is_inside(path: Path, folder: Path) -> bool:
+    """Whether ``path`` is ``folder`` or lies somewhere below it (both resolved: links and ``..`` followed)."""
+    path, folder = path.resolve(), folder.resolve()
+    return path == folder or folder in path.parents
+
+
 def check_out_dir(path: Path, overwrite: bool) -> None:
     """Refuse an output path that is a file, or a non-empty folder without ``overwrite``; no side effect.
 
