@@ -1,4 +1,4 @@
-"""Imports point one way: errors/registry/config/formatting -> data, nn -> train -> diagnose -> runs -> experiments -> api -> cli.
+"""Imports point one way: errors/registry/config -> data, nn -> train -> diagnose -> runs -> experiments -> api -> cli.
 
 Every ``import`` in the package, including the lazy ones inside functions, is read from the source
 (ast): a module may import its own layer or the layers below it, never one above. A plant of an

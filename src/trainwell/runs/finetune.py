@@ -58,7 +58,7 @@ from trainwell.train.build import check_names, init_generator
 from trainwell.train.events import Callback, EpochEnd
 from trainwell.train.load import Run
 from trainwell.train.pretrained import Pretrained, check_hub_input, hub_model, load_pretrained
-from trainwell.train.rundir import StagedDir, staged_out_dir
+from trainwell.train.rundir import StagedDir, is_inside, staged_out_dir
 
 STRATEGIES = ("full", "linear_probe", "gradual", "discriminative")
 BN_MODES = ("frozen", "train")
@@ -166,7 +166,7 @@ def apply_strategy(classifier: Classifier, cfg: Config) -> AppliedStrategy:
     return AppliedStrategy(report, (gradual,) if gradual is not None else (), bn_frozen, gradual)
 
 
-# ----------------------------------------------------------------------------- pretrained weights
+# ----------------------------------------------------------------------------- config and weight transfer
 
 
 def finetune_config(pretrained: Pretrained, overrides: list[str] | dict[str, Any] | None = None,
@@ -370,8 +370,7 @@ def _staged_output(out: str | Path | None, tag: str, overwrite: bool, source: Pr
     so a killed one leaves the previous folder as it was, not half a run)."""
     staged = staged_out_dir(out, "finetune", tag, overwrite)
     if source.kind != "hub":
-        src, target = Path(source.source).resolve(), staged.path.resolve()
-        if src == target or target in src.parents:
+        if is_inside(Path(source.source), staged.path):
             raise RunDirError(f"output folder '{staged.path}' holds the pretrained run '{source.source}', which "
                               "--overwrite would delete; choose another --out.")
     return staged

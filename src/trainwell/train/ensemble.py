@@ -33,6 +33,7 @@ METHODS = ("mean_prob", "mean_logit", "vote")
 
 
 def check_method(method: str) -> str:
+    """``method`` itself when it is one of :data:`METHODS`, else a one-line ConfigError naming them."""
     if method not in METHODS:
         raise ConfigError(unknown_name_message("ensemble method", method, METHODS))
     return method

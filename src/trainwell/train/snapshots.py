@@ -26,7 +26,6 @@ if TYPE_CHECKING:
     from trainwell.data import Splits
 
 
-
 class SnapshotCallback(Callback):
     """Trainer callback: at the end of each cosine_restarts cycle, save the weights as a loadable run
     folder ``out/snapshots/NN/`` (config.yaml, model.json, model.safetensors, summary.json)."""
