@@ -24,7 +24,7 @@ CPU = torch.device("cpu")
 DEVICES = [CPU] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
 #: One example's shape per spatial rank; the image is not square so that H/W mix-ups show.
 SHAPES = {0: (6,), 1: (2, 24), 2: (3, 12, 16)}
-SUPPORTED = [(e.name, rank) for e in AUGMENTATIONS for rank in sorted(e.meta["ranks"])]
+SUPPORTED = [(e.name, rank) for e in AUGMENTATIONS for rank in sorted(e.meta.ranks)]
 OPS = AUGMENTATIONS.names()
 
 
@@ -52,8 +52,8 @@ def test_registry_entries_declare_ranks_defaults_and_doc():
     assert set(OPS) >= {"hflip", "vflip", "rotation", "translation", "crop", "scale", "brightness", "contrast",
                         "noise", "cutout"}
     for entry in AUGMENTATIONS:
-        assert entry.meta["ranks"] <= {0, 1, 2} and entry.meta["ranks"]
-        assert "p" in entry.meta["defaults"]
+        assert entry.meta.ranks <= {0, 1, 2} and entry.meta.ranks
+        assert "p" in entry.meta.defaults
         assert entry.doc and "\n" not in entry.doc
     assert ops_for_rank(0) == ["noise"]
 
@@ -70,7 +70,7 @@ def test_every_op_runs_on_every_supported_rank_keeping_shape_and_dtype(name, ran
 
 @pytest.mark.parametrize("name", OPS)
 def test_unsupported_ranks_raise_config_error_naming_the_ops_that_fit(name):
-    for rank in {0, 1, 2} - AUGMENTATIONS.entry(name).meta["ranks"]:
+    for rank in {0, 1, 2} - AUGMENTATIONS.entry(name).meta.ranks:
         with pytest.raises(ConfigError, match=f"'{name}' does not fit.*ops that do: .*noise"):
             build_augmenter([name], SHAPES[rank])
 
@@ -122,7 +122,7 @@ def test_whole_pipeline_replays_and_draws_only_from_the_given_generator():
 @pytest.mark.parametrize("rank", [1, 2])
 def test_pipeline_equals_its_ops_applied_one_by_one_and_never_writes_to_the_batch(rank):
     """The pipeline reuses its own intermediate tensors; the caller's batch and the result are unaffected."""
-    spec = [name for name in OPS if rank in AUGMENTATIONS.entry(name).meta["ranks"]]
+    spec = [name for name in OPS if rank in AUGMENTATIONS.entry(name).meta.ranks]
     aug = build_augmenter(spec + ["brightness", "noise"], SHAPES[rank])  # pointwise ops first and last too
     aug = build_augmenter(["contrast"] + [name for name, _ in aug.ops], SHAPES[rank])
     x = batch(rank, n=16)

@@ -32,10 +32,10 @@ def test_registry_entries_have_docs_and_metadata():
     assert DATASETS.names() == ["digits", "mnist1d", "idx", "cifar", "folder", "npz", "csv"]
     for entry in DATASETS:
         assert entry.doc and "\n" not in entry.doc
-        assert isinstance(entry.meta["needs_path"], bool)
-        assert entry.meta["kind"] in ("image", "signal", "tabular", "any")
-    assert not DATASETS.entry("digits").meta["needs_path"]
-    assert DATASETS.entry("idx").meta["needs_path"]
+        assert isinstance(entry.meta.needs_path, bool)
+        assert entry.meta.kind in ("image", "signal", "tabular", "any")
+    assert not DATASETS.entry("digits").meta.needs_path
+    assert DATASETS.entry("idx").meta.needs_path
 
 
 @pytest.mark.parametrize("name", ["idx", "cifar", "folder", "npz", "csv"])

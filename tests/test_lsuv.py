@@ -65,7 +65,7 @@ def _is_orthonormal(weight: torch.Tensor, scale: float = 1.0, atol: float = 1e-5
 
 def test_lsuv_is_registered_as_needing_a_batch():
     entry = INITS.entry("lsuv")
-    assert entry.meta["needs_batch"] is True and entry.meta["uses_gain"] is False and entry.doc
+    assert entry.meta.needs_batch is True and entry.meta.uses_gain is False and entry.doc
 
 
 @pytest.mark.parametrize("kind", sorted(MODELS))

@@ -103,16 +103,16 @@ def test_metadata_is_complete_and_typed():
     for entry in ACTIVATIONS:
         meta = entry.meta
         assert entry.doc, entry.name
-        assert callable(meta["gain"]) and meta["gain"](**parse_activation(entry.name)[1]) > 0
-        assert isinstance(meta["saturates"], str)
-        assert isinstance(meta["zero_centred"], bool)
-        assert isinstance(meta["formula"], str) and meta["formula"].startswith("f(x) =")
-        assert meta["family"] in ("sigmoid", "relu", "identity")
-        assert isinstance(meta["can_die"], bool)
+        assert callable(meta.gain) and meta.gain(**parse_activation(entry.name)[1]) > 0
+        assert isinstance(meta.saturates, str)
+        assert isinstance(meta.zero_centred, bool)
+        assert isinstance(meta.formula, str) and meta.formula.startswith("f(x) =")
+        assert meta.family in ("sigmoid", "relu", "identity")
+        assert isinstance(meta.can_die, bool)
 
 
 def test_only_relu_can_die():
-    assert [e.name for e in ACTIVATIONS if e.meta["can_die"]] == ["relu"]
+    assert [e.name for e in ACTIVATIONS if e.meta.can_die] == ["relu"]
 
 
 def test_saturating_entries_have_vanishing_derivatives_where_they_say():
@@ -120,7 +120,7 @@ def test_saturating_entries_have_vanishing_derivatives_where_they_say():
     for entry in ACTIVATIONS:
         (grad,) = torch.autograd.grad(build_activation(entry.name)(x).sum(), x)
         for side, g in zip(("negative", "positive"), grad.abs().tolist()):
-            says = side in entry.meta["saturates"] or "both" in entry.meta["saturates"]
+            says = side in entry.meta.saturates or "both" in entry.meta.saturates
             assert (g < 1e-6) == says, (entry.name, side, g)
 
 
@@ -128,7 +128,7 @@ def test_zero_centred_entries_have_mean_zero_output_on_standard_normal_input():
     for entry in ACTIVATIONS:
         module = build_activation(entry.name)
         mean = integrate.quad(lambda x: _at(module, x) * stats.norm.pdf(x), -12, 12)[0]
-        assert (abs(mean) < 1e-3) == entry.meta["zero_centred"], (entry.name, mean)
+        assert (abs(mean) < 1e-3) == entry.meta.zero_centred, (entry.name, mean)
 
 
 def test_registry_is_listed_for_trainwell_list():

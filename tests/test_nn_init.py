@@ -107,7 +107,7 @@ def test_weights_scale_with_the_gain_exactly_when_the_scheme_uses_it(scheme):
     init_model(low, cfg, _gen())
     init_model(high, cfg, _gen())
     ratio = calculate_gain("leaky_relu", 0.01) / calculate_gain("leaky_relu", 0.5)
-    expected = ratio if INITS.entry(scheme).meta["uses_gain"] else 1.0
+    expected = ratio if INITS.entry(scheme).meta.uses_gain else 1.0
     torch.testing.assert_close(high.weight, low.weight * expected, rtol=1e-5, atol=1e-7)
 
 
@@ -218,7 +218,7 @@ def test_non_positive_std_is_a_config_error(scheme, std):
 
 def test_metadata_is_complete():
     for entry in INITS:
-        assert entry.doc and isinstance(entry.meta["uses_gain"], bool) and entry.meta["formula"]
+        assert entry.doc and isinstance(entry.meta.uses_gain, bool) and entry.meta.formula
 
 
 def test_needs_batch_schemes_get_their_data_free_start_in_init_model():
@@ -228,7 +228,7 @@ def test_needs_batch_schemes_get_their_data_free_start_in_init_model():
     init_model(layer, InitConfig(scheme="lsuv"), _gen())
     w = layer.weight.detach().double().flatten(1)
     torch.testing.assert_close(w @ w.T, torch.eye(16, dtype=torch.float64), rtol=0, atol=1e-5)
-    assert all(e.meta.get("needs_batch", False) == (e.name == "lsuv") for e in INITS)
+    assert all(e.meta.needs_batch == (e.name == "lsuv") for e in INITS)
 
 
 def test_hidden_biases_take_the_constant_and_the_head_stays_zero():

@@ -43,7 +43,7 @@ def _x(shape, seed: int = 1, n: int = BATCH) -> torch.Tensor:
 CASES = [
     pytest.param(name, rank, norm, act, id=f"{name}-rank{rank}-{norm}-{act}")
     for name in MODELS.names()
-    for rank in MODELS.entry(name).meta["input_ranks"]
+    for rank in MODELS.entry(name).meta.input_ranks
     for norm in NORMS.names()
     for act in ACTS
 ]
@@ -51,7 +51,7 @@ CASES = [
 
 def test_battery_covers_every_model_and_rank():
     assert {(c.values[0], c.values[1]) for c in CASES} == {
-        (e.name, r) for e in MODELS for r in e.meta["input_ranks"]
+        (e.name, r) for e in MODELS for r in e.meta.input_ranks
     }
     assert ALL["model"] is MODELS
 
@@ -97,7 +97,7 @@ def test_seeded_build_is_repeatable(name, rank, norm, act):
 
 @pytest.mark.parametrize("name", MODELS.names())
 def test_layers_record_the_activation_that_follows_and_the_head_identity(name):
-    rank = MODELS.entry(name).meta["input_ranks"][-1]
+    rank = MODELS.entry(name).meta.input_ranks[-1]
     model = build_model(_cfg(name, activation="leaky_relu:0.2"), SHAPES[rank], NUM_CLASSES)
     layers = [m for m in model.modules() if isinstance(m, (nn.Linear, nn.modules.conv._ConvNd))]
     *hidden, head = layers
@@ -108,7 +108,7 @@ def test_layers_record_the_activation_that_follows_and_the_head_identity(name):
 @pytest.mark.parametrize("name", MODELS.names())
 def test_every_model_can_fit_a_small_batch(name):
     # The usual sanity check: a working net memorises a few examples quickly.
-    rank = MODELS.entry(name).meta["input_ranks"][-1]
+    rank = MODELS.entry(name).meta.input_ranks[-1]
     torch.manual_seed(0)
     cfg = _cfg(name, "batch", dropout=0.0, width=32 if name == "mlp" else 8, channels=[8, 16])
     model = build_model(cfg, SHAPES[rank], NUM_CLASSES, _gen())

@@ -61,8 +61,8 @@ def test_group_count_is_largest_divisor_at_most_eight_with_four_channels_per_gro
 def test_none_is_identity_and_only_batch_absorbs_bias():
     x = _x(2)
     assert torch.equal(build_norm("none", 12, 2)(x), x)
-    assert [e.name for e in NORMS if e.meta["absorbs_bias"]] == ["batch"]
-    assert [e.name for e in NORMS if e.meta["batch_dependent"]] == ["batch"]
+    assert [e.name for e in NORMS if e.meta.absorbs_bias] == ["batch"]
+    assert [e.name for e in NORMS if e.meta.batch_dependent] == ["batch"]
 
 
 def test_batch_norm_modules_match_the_input_rank():

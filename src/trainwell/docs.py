@@ -72,15 +72,15 @@ def render_foundations() -> str:
     for e in ACTIVATIONS:
         m = e.meta
         lines.append(
-            f"| `{e.name}` | {_cell(m.get('formula', ''))} | {'yes' if m.get('zero_centred') else 'no'} | "
-            f"{_cell(m.get('saturates') or 'no')} | {activation_gain(e.name):.4g} | {_cell(m.get('advantages', ''))} | "
-            f"{_cell(m.get('drawbacks', ''))} | {_cell(m.get('typical_use', ''))} |"
+            f"| `{e.name}` | {_cell(m.formula)} | {'yes' if m.zero_centred else 'no'} | "
+            f"{_cell(m.saturates or 'no')} | {activation_gain(e.name):.4g} | {_cell(m.advantages)} | "
+            f"{_cell(m.drawbacks)} | {_cell(m.typical_use)} |"
         )
     lines += ["", "## Initialisation", "", "| name | formula | uses the activation's gain | description |",
               "|---|---|---|---|"]
     for e in INITS:
-        lines.append(f"| `{e.name}` | {_cell(e.meta.get('formula', ''))} | "
-                     f"{'yes' if e.meta.get('uses_gain') else 'no'} | {_cell(e.doc)} |")
+        lines.append(f"| `{e.name}` | {_cell(e.meta.formula)} | "
+                     f"{'yes' if e.meta.uses_gain else 'no'} | {_cell(e.doc)} |")
     return "\n".join(lines) + "\n\n" + GUIDE
 
 

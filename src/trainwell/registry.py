@@ -1,55 +1,130 @@
-"""One registry per concept: name -> factory + metadata + one-line doc.
+"""One registry per concept: name -> factory + typed metadata + one-line doc.
 
 The CLI's ``trainwell list`` and the docs tables are generated from registries, so they cannot
 drift from the code.
 
+Each registry declares what its entries promise as a frozen dataclass (its *meta type*); the keyword
+arguments of every registration are checked against it when the entry is registered, that is at
+import time: a missing or unknown field, or a value of the wrong type, raises a TypeError naming the
+entry, the field and the expected type. Readers then see ``entry.meta.gain``, typed, not a string key.
+
 Example::
 
-    ACTIVATIONS = Registry("activation")
+    @dataclass(frozen=True)
+    class ActivationMeta:
+        saturates: bool
+
+    ACTIVATIONS = Registry("activation", ActivationMeta)
 
     @ACTIVATIONS.register("relu", saturates=False)
     def relu() -> nn.Module:
         "max(0, x) (Nair & Hinton 2010)."
         return nn.ReLU()
 
-    ACTIVATIONS.build("relu")
+    ACTIVATIONS.build("relu"), ACTIVATIONS.entry("relu").meta.saturates
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
-from typing import Any
+import dataclasses
+import types
+import typing
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
 
 from trainwell.errors import ConfigError, unknown_name_message
 
+M = TypeVar("M")
+
 
 @dataclass(frozen=True)
-class Entry:
-    """A registered factory with its one-line doc and free-form metadata."""
+class NoMeta:
+    """The meta type of a registry whose entries promise nothing beyond their factory and doc."""
+
+
+@dataclass(frozen=True)
+class Entry(Generic[M]):
+    """A registered factory with its one-line doc and its registry's metadata."""
 
     name: str
     factory: Callable[..., Any]
     doc: str
-    meta: dict[str, Any] = field(default_factory=dict)
+    meta: M
 
 
 def _first_line(text: str | None) -> str:
     return (text or "").strip().splitlines()[0].strip() if (text or "").strip() else ""
 
 
-class Registry:
-    """Maps names to factories. Lookups of unknown names raise a ConfigError listing the choices."""
+def _type_name(hint: Any) -> str:
+    return hint.__name__ if isinstance(hint, type) else str(hint).replace("typing.", "").replace("collections.abc.", "")
 
-    def __init__(self, kind: str, doc: str = "") -> None:
+
+def _matches(value: Any, hint: Any) -> bool:
+    """Whether ``value`` is of the annotated type ``hint`` (the subset of typing that metadata uses).
+
+    Plain classes (bool is not taken for int or float; an int is a float, as in PEP 484), ``Any``,
+    ``Literal``, unions and ``X | None``, ``Callable[...]`` (any callable), and tuples, frozensets,
+    lists, sequences and mappings with their element types checked.
+    """
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is Any:
+        return True
+    if origin is typing.Literal:
+        return value in args
+    if origin in (typing.Union, types.UnionType):
+        return any(_matches(value, arg) for arg in args)
+    if origin is Callable or hint is Callable:
+        return callable(value)
+    if origin is None:
+        if hint in (int, float):
+            return isinstance(value, (int, float) if hint is float else int) and not isinstance(value, bool)
+        return isinstance(value, hint)
+    if not isinstance(value, origin):
+        return False
+    if issubclass(origin, Mapping):
+        key, item = args or (Any, Any)
+        return all(_matches(k, key) and _matches(v, item) for k, v in value.items())
+    if origin is tuple and args and args[-1] is not Ellipsis:
+        return len(value) == len(args) and all(_matches(v, a) for v, a in zip(value, args))
+    return all(_matches(v, args[0]) for v in value) if args else True
+
+
+def check_meta(meta_type: type[M], where: str, fields: dict[str, Any]) -> M:
+    """``meta_type(**fields)``, or a TypeError naming ``where`` when a field is missing, unknown or mistyped."""
+    declared = {f.name: f for f in dataclasses.fields(meta_type)}  # type: ignore[arg-type]
+    hints = typing.get_type_hints(meta_type)
+    valid = f"{meta_type.__name__} fields: {', '.join(declared) or 'none'}"
+    unknown = [k for k in fields if k not in declared]
+    if unknown:
+        raise TypeError(f"{where}: unknown metadata field(s) {', '.join(unknown)} ({valid}).")
+    missing = [k for k, f in declared.items() if k not in fields and f.default is dataclasses.MISSING
+               and f.default_factory is dataclasses.MISSING]
+    if missing:
+        raise TypeError(f"{where}: missing metadata field(s) {', '.join(missing)} ({valid}).")
+    for key, value in fields.items():
+        if not _matches(value, hints[key]):
+            raise TypeError(f"{where}: metadata field {key} must be {_type_name(hints[key])}, got {value!r}.")
+    return meta_type(**fields)
+
+
+class Registry(Generic[M]):
+    """Maps names to factories with metadata of type ``meta_type``. Lookups of unknown names raise a
+    ConfigError listing the choices."""
+
+    def __init__(self, kind: str, meta_type: type[M], doc: str = "") -> None:
         self.kind = kind
+        self.meta_type = meta_type
         self.doc = doc
-        self._entries: dict[str, Entry] = {}
+        self._entries: dict[str, Entry[M]] = {}
 
-    def add(self, name: str, factory: Callable[..., Any], doc: str | None = None, **meta: Any) -> Entry:
+    def add(self, name: str, factory: Callable[..., Any], doc: str | None = None, **meta: Any) -> Entry[M]:
+        """Register ``factory`` under ``name``; ``meta`` are the fields of the registry's meta type."""
         if name in self._entries:
             raise ValueError(f"{self.kind} '{name}' is already registered")
-        entry = Entry(name, factory, _first_line(doc if doc is not None else factory.__doc__), dict(meta))
+        checked = check_meta(self.meta_type, f"{self.kind} '{name}'", meta)
+        entry = Entry(name, factory, _first_line(doc if doc is not None else factory.__doc__), checked)
         self._entries[name] = entry
         return entry
 
@@ -62,7 +137,7 @@ class Registry:
 
         return decorate
 
-    def entry(self, name: str) -> Entry:
+    def entry(self, name: str) -> Entry[M]:
         try:
             return self._entries[name]
         except (KeyError, TypeError):
@@ -83,7 +158,7 @@ class Registry:
     def __contains__(self, name: object) -> bool:
         return name in self._entries
 
-    def __iter__(self) -> Iterator[Entry]:
+    def __iter__(self) -> Iterator[Entry[M]]:
         return iter(self._entries.values())
 
     def __len__(self) -> int:
@@ -91,11 +166,11 @@ class Registry:
 
 
 #: Every registry by kind, filled as modules register theirs (for ``trainwell list``).
-ALL: dict[str, Registry] = {}
+ALL: dict[str, Registry[Any]] = {}
 
 
-def new_registry(kind: str, doc: str = "") -> Registry:
-    """Create a registry and make it visible to ``trainwell list``."""
-    registry = Registry(kind, doc)
+def new_registry(kind: str, meta_type: type[M], doc: str = "") -> Registry[M]:
+    """Create a registry whose entries carry ``meta_type`` metadata and make it visible to ``trainwell list``."""
+    registry = Registry(kind, meta_type, doc)
     ALL[kind] = registry
     return registry

@@ -48,8 +48,21 @@ import torch.nn.functional as F
 from trainwell.errors import ConfigError, closest, unknown_name_message
 from trainwell.registry import new_registry
 
+
+@dataclass(frozen=True)
+class AugmentMeta:
+    """What every op promises besides its ``sample`` factory (registered by :func:`_op`)."""
+
+    ranks: frozenset[int]  # the spatial ranks it fits: 0 tabular, 1 signals, 2 images
+    defaults: dict[str, Any]  # every argument with its default; "p" always among them
+    apply: Callable[..., torch.Tensor]  # (x, params, inplace=False) -> x
+    check: Callable[[dict[str, Any]], None] | None  # raises ConfigError for bad complete arguments
+    choices: dict[str, tuple[str, ...]]  # the allowed values of each string argument
+
+
 AUGMENTATIONS = new_registry(
-    "augment", "Batched data augmentation ops with per-sample random parameters (config key 'augment')."
+    "augment", AugmentMeta,
+    "Batched data augmentation ops with per-sample random parameters (config key 'augment')."
 )
 
 #: Spatial rank -> what it is called in messages.
@@ -170,7 +183,8 @@ def _op(name: str, *, ranks: Sequence[int], apply: Callable, doc: str, check: Ca
 
     def decorate(sample: Callable) -> Callable:
         AUGMENTATIONS.add(name, sample, f"{doc} Args: {args}. Fits: {fits}.", ranks=frozenset(ranks),
-                          defaults=dict(defaults), apply=apply, check=check, choices=dict(choices or {}))
+                          defaults=dict(defaults), apply=apply, check=check,
+                          choices={k: tuple(v) for k, v in (choices or {}).items()})
         return sample
 
     return decorate
@@ -454,7 +468,7 @@ def _split_item(item: Any) -> list[tuple[Any, Any]]:
 
 def _check_args(name: str, args: dict[str, Any]) -> dict[str, Any]:
     entry = AUGMENTATIONS.entry(name)
-    defaults: dict[str, Any] = entry.meta["defaults"]
+    defaults = entry.meta.defaults
     out = dict(defaults)
     for key, value in args.items():
         if key not in defaults:
@@ -463,7 +477,7 @@ def _check_args(name: str, args: dict[str, Any]) -> dict[str, Any]:
             raise ConfigError(f"augment op '{name}' has no argument '{key}'.{hint} Valid: {', '.join(defaults)}.")
         default = defaults[key]
         if isinstance(default, str):
-            choices = entry.meta["choices"][key]
+            choices = entry.meta.choices[key]
             if value not in choices:
                 raise ConfigError(f"augment op '{name}': {key} must be one of {', '.join(choices)}, got {value!r}.")
         elif isinstance(default, int):
@@ -480,8 +494,8 @@ def _check_args(name: str, args: dict[str, Any]) -> dict[str, Any]:
         out[key] = value
     if not 0 <= out["p"] <= 1:
         raise ConfigError(f"augment op '{name}': p is a probability in [0, 1], got {out['p']}; e.g. {name}:p=0.5.")
-    if entry.meta["check"] is not None:
-        entry.meta["check"](out)
+    if entry.meta.check is not None:
+        entry.meta.check(out)
     return out
 
 
@@ -517,7 +531,7 @@ def parse_augment(spec: Sequence[Any] | str | None) -> list[tuple[str, dict[str,
 
 def ops_for_rank(rank: int) -> list[str]:
     """Names of the ops that fit inputs of this spatial rank (0 tabular, 1 signals, 2 images)."""
-    return [e.name for e in AUGMENTATIONS if rank in e.meta["ranks"]]
+    return [e.name for e in AUGMENTATIONS if rank in e.meta.ranks]
 
 
 class Augmenter:
@@ -549,7 +563,7 @@ class Augmenter:
         for entry, p in zip(self._entries, params):
             # Once an op has returned a fresh tensor, later ops may overwrite it (fewer large
             # allocations; the same kernels, so the same values as the out-of-place call).
-            x = entry.meta["apply"](x, p, inplace=x is not original)
+            x = entry.meta.apply(x, p, inplace=x is not original)
         return x
 
     def __call__(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:

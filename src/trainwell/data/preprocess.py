@@ -23,6 +23,7 @@ Buffers are float32 (every device supports them) and shaped to broadcast over a 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -34,7 +35,18 @@ from trainwell.data.splits import to_float
 from trainwell.errors import ConfigError, DataError, RunDirError
 from trainwell.registry import new_registry
 
-PREPROCESSORS = new_registry("preprocess", "Input preprocessing fitted on the training split (data.preprocess).")
+
+@dataclass(frozen=True)
+class PreprocessMeta:
+    """What every preprocessor promises."""
+
+    invertible: bool  # inverse(forward(x)) == x
+    reduces_dims: bool = False  # output_shape is a flat (k,) with k <= prod(input_shape)
+
+
+PREPROCESSORS = new_registry(
+    "preprocess", PreprocessMeta, "Input preprocessing fitted on the training split (data.preprocess)."
+)
 
 
 def _check_fit_input(name: str, x: Any) -> torch.Tensor:

@@ -26,7 +26,7 @@ def matched_init(activation: str) -> str:
     name = parse_activation(activation)[0]
     if name == "selu":
         return "lecun_normal"
-    return "kaiming_normal" if ACTIVATIONS.entry(name).meta.get("family") == "relu" else "xavier_normal"
+    return "kaiming_normal" if ACTIVATIONS.entry(name).meta.family == "relu" else "xavier_normal"
 
 
 def propose_fix(cfg: Config, report: Report) -> dict[str, Any]:

@@ -57,10 +57,10 @@ def _activation_table() -> dict[type[nn.Module], ActivationInfo]:
     bounds = {"sigmoid": (0.0, 1.0), "tanh": (-1.0, 1.0)}
     table: dict[type[nn.Module], ActivationInfo] = {}
     for entry in ACTIVATIONS:
-        if entry.meta.get("family") == "identity":
+        if entry.meta.family == "identity":
             continue
         table[type(entry.factory())] = ActivationInfo(
-            entry.name, entry.meta["family"], bool(entry.meta["can_die"]), bounds.get(entry.name)
+            entry.name, entry.meta.family, entry.meta.can_die, bounds.get(entry.name)
         )
     extras = {
         nn.ReLU6: ActivationInfo("relu6", "relu", True, None),

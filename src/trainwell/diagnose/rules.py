@@ -22,9 +22,9 @@ from typing import Any
 
 from trainwell.diagnose import thresholds as T
 from trainwell.diagnose.report import Finding, InputStats, LayerStats
-from trainwell.registry import Registry
+from trainwell.registry import NoMeta, Registry
 
-RULES = Registry("finding", "Codes the doctor reports, each with the rule that detects it.")
+RULES = Registry("finding", NoMeta, "Codes the doctor reports, each with the rule that detects it.")
 
 
 @dataclass

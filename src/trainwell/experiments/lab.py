@@ -30,7 +30,15 @@ from trainwell.experiments.results import CompareResult, run_plan, table_rows
 from trainwell.registry import new_registry
 from trainwell.fileio import write_json
 
-LABS = new_registry("lab", "Labs: a lecture claim tested over seeds on real data (trainwell lab NAME).")
+
+@dataclass(frozen=True)
+class LabMeta:
+    """What every lab entry carries besides its claim (the entry's doc)."""
+
+    question: str
+
+
+LABS = new_registry("lab", LabMeta, "Labs: a lecture claim tested over seeds on real data (trainwell lab NAME).")
 
 
 @dataclass

@@ -1,6 +1,7 @@
 """Nonlinearities, with the facts initialisation and diagnostics need about each.
 
-Every entry of :data:`ACTIVATIONS` is a factory ``(**kwargs) -> nn.Module`` with metadata:
+Every entry of :data:`ACTIVATIONS` is a factory ``(**kwargs) -> nn.Module`` with metadata
+(:class:`ActivationMeta`):
 
 ``gain``
     ``(**kwargs) -> float``: the init gain ``g`` such that ``std = g / sqrt(fan_in)`` (Kaiming) keeps
@@ -29,7 +30,8 @@ from __future__ import annotations
 import inspect
 import math
 from collections.abc import Callable
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal
 
 from torch import nn
 from torch.nn.init import calculate_gain
@@ -37,7 +39,25 @@ from torch.nn.init import calculate_gain
 from trainwell.errors import ConfigError
 from trainwell.registry import new_registry
 
-ACTIVATIONS = new_registry("activation", "Nonlinearities; arguments as name:value, e.g. leaky_relu:0.2.")
+
+@dataclass(frozen=True)
+class ActivationMeta:
+    """What every activation promises (the module docstring says what each field means)."""
+
+    family: Literal["sigmoid", "relu", "identity"]
+    can_die: bool
+    gain: Callable[..., float]  # (**the factory's kwargs) -> init gain
+    formula: str  # "f(x) = ..."
+    zero_centred: bool
+    saturates: str  # "" = nowhere
+    advantages: str
+    drawbacks: str
+    typical_use: str
+
+
+ACTIVATIONS = new_registry(
+    "activation", ActivationMeta, "Nonlinearities; arguments as name:value, e.g. leaky_relu:0.2."
+)
 
 _RELU_GAIN = calculate_gain("relu")
 
@@ -261,4 +281,4 @@ def activation_gain(spec: str) -> float:
     elu, gelu and silu, which PyTorch leaves out, use relu's sqrt(2) as an approximation.
     """
     name, kwargs = parse_activation(spec)
-    return float(ACTIVATIONS.entry(name).meta["gain"](**kwargs))
+    return float(ACTIVATIONS.entry(name).meta.gain(**kwargs))

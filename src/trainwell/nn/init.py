@@ -4,7 +4,8 @@ Every entry of :data:`INITS` is a factory ``(weight, gain, cfg, generator) -> No
 ``weight`` in place, drawing from ``generator`` (a ``torch.Generator``; None = the global RNG).
 ``gain`` is the gain of the activation that *follows* the layer (:func:`activation_gain`); fans
 come from :func:`fans`, so a Linear layer and a Conv layer of any kernel are treated alike.
-Metadata: ``uses_gain`` (whether ``gain`` enters the formula) and ``formula``.
+Metadata (:class:`InitMeta`): ``uses_gain`` (whether ``gain`` enters the formula), ``formula`` and
+``needs_batch`` (below).
 
 Extension point for data-dependent schemes (LSUV, Mishkin & Matas 2016: rescale each layer until its
 output variance on a real batch is 1): they need a batch and a forward pass, so they cannot be a
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from dataclasses import dataclass
 import warnings
 
 import torch
@@ -31,7 +33,17 @@ from trainwell.nn.activations import activation_gain
 from trainwell.nn.layers import NORM_LAYERS, WEIGHT_LAYERS
 from trainwell.registry import new_registry
 
-INITS = new_registry("init", "Weight initialisation; gains follow the activation after each layer.")
+
+@dataclass(frozen=True)
+class InitMeta:
+    """What every init scheme promises."""
+
+    uses_gain: bool  # the activation's gain enters the formula
+    formula: str
+    needs_batch: bool = False  # data-dependent: a second step on a batch follows (see the module docstring)
+
+
+INITS = new_registry("init", InitMeta, "Weight initialisation; gains follow the activation after each layer.")
 
 
 def fans(weight: Tensor) -> tuple[int, int]:

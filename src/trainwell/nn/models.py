@@ -1,8 +1,8 @@
 """Architectures: an MLP, a CNN for 1-D signals and 2-D images, and a small pre-activation ResNet.
 
 Every entry of :data:`MODELS` is a factory ``(cfg: ModelConfig, input_shape, num_classes) -> nn.Module``
-whose output has Shape (N, num_classes) for input of Shape (N, *input_shape). Metadata:
-``input_ranks`` lists the ranks of ``input_shape`` the model accepts.
+whose output has Shape (N, num_classes) for input of Shape (N, *input_shape). Metadata
+(:class:`ModelMeta`): ``input_ranks`` lists the ranks of ``input_shape`` the model accepts.
 
 Each Linear/Conv layer records in ``layer.follows`` the activation spec applied to its output (after
 any norm, residual sum or pooling), so :func:`~trainwell.nn.init.init_model` can give its weights the
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
@@ -24,7 +25,15 @@ from trainwell.nn.init import init_model
 from trainwell.nn.norms import NORMS, build_norm
 from trainwell.registry import new_registry
 
-MODELS = new_registry("model", "Architectures; input shapes exclude the batch axis.")
+
+@dataclass(frozen=True)
+class ModelMeta:
+    """What every model promises."""
+
+    input_ranks: tuple[int, ...]  # accepted len(input_shape): 1 (F,), 2 (C, L), 3 (C, H, W)
+
+
+MODELS = new_registry("model", ModelMeta, "Architectures; input shapes exclude the batch axis.")
 
 #: The cnn's head choices (``model.head``).
 CNN_HEADS = ("flatten", "avg")
@@ -66,7 +75,7 @@ def _check_depth_width(cfg: ModelConfig, min_depth: int) -> None:
 
 def _bias(cfg: ModelConfig) -> bool:
     # A bias before batch norm is subtracted right away: a wasted parameter (and a weight-decay target).
-    return not NORMS.entry(cfg.norm).meta["absorbs_bias"]
+    return not NORMS.entry(cfg.norm).meta.absorbs_bias
 
 
 def linear(in_features: int, out_features: int, follows: str, bias: bool = True) -> nn.Linear:

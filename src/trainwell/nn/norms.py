@@ -7,19 +7,30 @@ Every entry of :data:`NORMS` is a factory ``(num_features: int, dims: int) -> nn
 * 1: 1-D feature maps, Shape (N, C, L);
 * 2: 2-D feature maps, Shape (N, C, H, W).
 
-Metadata: ``absorbs_bias`` says the layer removes any per-channel constant, so the layer before it
+Metadata (:class:`NormMeta`): ``absorbs_bias`` says the layer removes any per-channel constant, so the layer before it
 needs no bias (batch norm subtracts each channel's mean); ``batch_dependent`` says the output of one
 example depends on the rest of the batch in training mode.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from torch import nn
 
 from trainwell.errors import ConfigError
 from trainwell.registry import new_registry
 
-NORMS = new_registry("norm", "Normalisation after each hidden linear/conv layer.")
+
+@dataclass(frozen=True)
+class NormMeta:
+    """What every norm layer promises (see the module docstring)."""
+
+    absorbs_bias: bool
+    batch_dependent: bool
+
+
+NORMS = new_registry("norm", NormMeta, "Normalisation after each hidden linear/conv layer.")
 
 #: Upper bound on the number of groups of the "group" norm (see :func:`num_groups`).
 MAX_GROUPS = 8

@@ -48,7 +48,7 @@ def build_classifier(cfg: Config, splits: Splits, model: nn.Module | None = None
     if model is not None:
         return Classifier(model, preprocess)
     net = build_model(cfg, preprocess.output_shape(splits.input_shape), splits.num_classes, generator=init_gen)
-    if INITS.entry(cfg.init.scheme).meta.get("needs_batch"):
+    if INITS.entry(cfg.init.scheme).meta.needs_batch:
         # A random sample, not the first rows: a split may be ordered by class.
         idx = torch.randperm(len(splits.train), generator=init_gen)[: max(cfg.train.batch_size, 256)]
         with torch.no_grad():

@@ -19,8 +19,23 @@ from trainwell.errors import ConfigError
 from trainwell.nn.layers import NORM_LAYERS
 from trainwell.registry import new_registry
 
-OPTIMIZERS = new_registry("optim", "Optimisers: optim.name")
-SCHEDULES = new_registry("sched", "Learning-rate schedules after warmup: sched.name")
+
+@dataclass(frozen=True)
+class OptimizerMeta:
+    """What every optimiser promises."""
+
+    decoupled: bool  # weight decay decoupled from the gradient (AdamW), not L2 added to it
+
+
+@dataclass(frozen=True)
+class ScheduleMeta:
+    """What every schedule promises."""
+
+    default_warmup_fraction: float | None = None  # warmup when sched.warmup_epochs=0 (None: no warmup)
+
+
+OPTIMIZERS = new_registry("optim", OptimizerMeta, "Optimisers: optim.name")
+SCHEDULES = new_registry("sched", ScheduleMeta, "Learning-rate schedules after warmup: sched.name")
 
 # Two optional attributes of a parameter that the optimiser honours (trainwell.runs.finetune sets them):
 #   p.lr_scale = 0.5         its learning rate is optim.lr * 0.5 (own param group; schedules keep the ratio);
@@ -230,7 +245,7 @@ def snapshot_epochs(cfg: Config, steps_per_epoch: int) -> list[int]:
 
 def warmup_steps_for(cfg: SchedConfig, steps_per_epoch: int, total_steps: int) -> int:
     """Warmup length in steps: sched.warmup_epochs, or the schedule's default fraction when 0."""
-    default_fraction = SCHEDULES.entry(cfg.name).meta.get("default_warmup_fraction")
+    default_fraction = SCHEDULES.entry(cfg.name).meta.default_warmup_fraction
     if cfg.warmup_epochs == 0 and default_fraction is not None:
         steps = int(default_fraction * total_steps)
     else:

@@ -7,7 +7,7 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -16,7 +16,16 @@ from trainwell.errors import ConfigError, DataError
 from trainwell.registry import new_registry
 
 
-DATASETS = new_registry("data", "Data sources (data.name): each loads arrays of examples and labels.")
+
+@dataclass(frozen=True)
+class DataSourceMeta:
+    """What every data source promises."""
+
+    needs_path: bool  # data.path must name a file or folder
+    kind: Literal["image", "signal", "tabular", "any"]  # what its examples are
+
+
+DATASETS = new_registry("data", DataSourceMeta, "Data sources (data.name): each loads arrays of examples and labels.")
 
 
 @dataclass
