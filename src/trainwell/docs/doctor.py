@@ -1,19 +1,26 @@
-"""docs/doctor.md: what the doctor checks, its finding codes, and its score on the planted-fault suite.
+"""docs/doctor.md: what the doctor checks, its finding and exit codes, and its score on the planted-fault suite.
 
 The cases and the scoring are :mod:`trainwell.diagnose.suite`'s; this module runs them and renders the
-page. ``python -m trainwell.docs doctor`` writes the page.
+page. The exit codes are :data:`trainwell.cli.doctor.EXIT_CODES`, which tests/test_doctor_exit_codes.py
+checks against the real command. ``python -m trainwell.docs doctor`` writes the page.
 """
 
 from __future__ import annotations
 
 import sys
 
+from trainwell.cli.doctor import EXIT_CODES
 from trainwell.diagnose.suite import CaseResult, run_suite, score
 from trainwell.docs.markdown import cell
 
 
+def exit_code_lines() -> list[str]:
+    """One Markdown list item per situation of :data:`EXIT_CODES`."""
+    return [f"- `{code}`: {situation}" for situation, code in EXIT_CODES.items()]
+
+
 def render_doctor(results: list[CaseResult]) -> str:
-    """docs/doctor.md: what the doctor checks, the codes, and the measured precision/recall."""
+    """docs/doctor.md: what the doctor checks, the codes, the exit codes, and the measured precision/recall."""
     from trainwell.diagnose import thresholds as T
     from trainwell.diagnose.rules import RULES
 
@@ -44,8 +51,10 @@ def render_doctor(results: list[CaseResult]) -> str:
         "trainwell train doctor=true                 # while training: summary.json['doctor'], doctor.json",
         "```",
         "",
-        "`--json` prints the report as JSON, `--out DIR` sets where report.json and the plots go; the exit",
-        "code is 1 on an error (with `--strict`, on a warning too).",
+        "`--json` prints the report as JSON, `--out DIR` sets where report.json and the plots go.",
+        "Exit codes:",
+        "",
+        *exit_code_lines(),
         "",
         "## How it measures",
         "",
