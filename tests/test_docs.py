@@ -8,6 +8,7 @@ outside itself through ``__file__`` (installed, the package does not lie beside 
 from __future__ import annotations
 
 import ast
+import os
 import re
 from pathlib import Path
 
@@ -70,12 +71,11 @@ def _tree(root: Path) -> dict[str, tuple[int, int]]:
     """(size, mtime) of every file under ``root``, leaving out caches, virtual envs and run folders."""
     skip = {"__pycache__", "runs", "build", "mutants"}
     out = {}
-    for path in root.rglob("*"):
-        parts = path.relative_to(root).parts
-        if any(p in skip or p.startswith(".") or p.endswith(".egg-info") for p in parts[:-1]) or not path.is_file():
-            continue
-        stat = path.stat()
-        out[str(path.relative_to(root))] = (stat.st_size, stat.st_mtime_ns)
+    for folder, dirs, files in os.walk(root):
+        dirs[:] = [d for d in dirs if d not in skip and not d.startswith(".") and not d.endswith(".egg-info")]
+        for name in files:
+            stat = (Path(folder) / name).stat()
+            out[os.path.relpath(Path(folder) / name, root)] = (stat.st_size, stat.st_mtime_ns)
     return out
 
 
