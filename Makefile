@@ -24,9 +24,14 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q -e ".[test]"
 	touch $(STAMP)
 
-# Run every lab with its defaults (resumable, runs/labs/) and regenerate docs/labs.md.
+# Regenerate the generated docs into docs/: reference.md, foundations.md, doctor.md (runs the doctor's
+# planted-fault suite, about 15 s). `python -m trainwell.docs --check` says which are stale.
+docs: $(STAMP)
+	$(BIN)/python -m trainwell.docs --out docs
+
+# Run every lab with its defaults (runs/labs/) and regenerate docs/labs.md and its figures.
 labs: $(STAMP)
-	$(BIN)/python -m trainwell.experiments.labdocs
+	$(BIN)/python -m trainwell.docs labs --out docs
 
 bench: $(STAMP)
 	$(BIN)/python bench/bench_trainer.py

@@ -6,6 +6,7 @@ The mnist1d cache goes to a per-session temporary folder so tests never touch th
 """
 
 import os
+from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
@@ -22,6 +23,12 @@ def _isolated_cache(tmp_path_factory):
     cache = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "trainwell-cache"
     os.environ["TRAINWELL_CACHE"] = str(cache)
     yield
+
+
+@pytest.fixture
+def repo_docs():
+    """The repository's docs/ folder, found from the tests' own place (the package never looks for it)."""
+    return Path(__file__).resolve().parents[1] / "docs"
 
 
 # Fuzzing (hypothesis): a bounded number of examples per reader keeps CI in its time budget;

@@ -1,13 +1,15 @@
 """Planted faults must be flagged with the right code, healthy nets with nothing; docs/doctor.md holds the score.
 
-The cases live in trainwell.diagnose.suite (``python -m trainwell.diagnose.suite`` regenerates the doc).
+The cases live in trainwell.diagnose.suite; trainwell.docs.doctor renders the page (``python -m trainwell.docs
+doctor`` regenerates it).
 """
 
 from __future__ import annotations
 
 import pytest
 
-from trainwell.diagnose.suite import CASES, DOC, render_doc, run_case, score
+from trainwell.diagnose.suite import CASES, run_case, score
+from trainwell.docs.doctor import render_doctor
 
 _RESULTS: dict = {}
 
@@ -42,8 +44,9 @@ def test_healthy_net_gets_no_warning_or_error(name):
     assert not r.flagged, f"{name}: {details}"
 
 
-def test_docs_doctor_md_is_up_to_date():
+def test_docs_doctor_md_is_up_to_date(repo_docs):
     results = [result(c.name) for c in CASES]
     s = score(results)
     assert s.recall == 1.0 and s.precision == 1.0 and s.healthy_clean == s.healthy
-    assert DOC.read_text() == render_doc(results), "docs/doctor.md is stale: run python -m trainwell.diagnose.suite"
+    assert (repo_docs / "doctor.md").read_text() == render_doctor(results), \
+        "docs/doctor.md is stale: run python -m trainwell.docs doctor"

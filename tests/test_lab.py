@@ -6,7 +6,7 @@ import pytest
 
 from trainwell.cli import main
 from trainwell.experiments.lab import LABS, get_lab, lab_plan, run_lab
-from trainwell.experiments.labdocs import markdown_table
+from trainwell.docs.markdown import markdown_table
 
 EXPECTED = {"activations", "batchnorm", "init", "dropout", "mixup", "preprocessing", "regularization"}
 
@@ -58,10 +58,10 @@ def test_markdown_table_escapes_pipes():
 
 @pytest.mark.slow
 def test_labdocs_writes_the_page_from_the_labs_outcomes(tmp_path):
-    from trainwell.experiments.labdocs import main as labdocs
+    from trainwell.docs.__main__ import main as docs
 
-    assert labdocs(["--labs", "activations", "--quick", "--workers", "1", "--runs", str(tmp_path / "runs"),
-                    "--docs", str(tmp_path / "docs")]) == 0
+    assert docs(["labs", "--labs", "activations", "--quick", "--workers", "1", "--runs", str(tmp_path / "runs"),
+                 "--out", str(tmp_path / "docs")]) == 0
     page = (tmp_path / "docs" / "labs.md").read_text()
     summary = json.loads((tmp_path / "runs" / "activations" / "summary.json").read_text())
     assert summary["verdict"] in page and ("Verdict: held." in page) == summary["held"]

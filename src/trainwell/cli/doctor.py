@@ -21,6 +21,15 @@ from typing import Any
 from trainwell.diagnose.thresholds import SAMPLE_EVERY
 from trainwell.errors import ConfigError
 
+#: The exit code in each situation: docs/doctor.md states these (trainwell.docs.doctor renders them) and
+#: tests/test_doctor_exit_codes.py runs the real command in each situation against them.
+EXIT_CODES: dict[str, int] = {
+    "a diagnosis without `--strict`, whatever its findings (the report is the result)": 0,
+    "with `--strict`, no warning or error": 0,
+    "with `--strict`, a warning or an error": 1,
+    "a user error (one line on stderr, as every trainwell command)": 2,
+}
+
 HELP = "diagnose a model's health (init, training or a run dir): findings with evidence and a fix"
 DESCRIPTION = (
     "Record per-layer statistics (activations, dead and saturated units, gradients, update ratios) and "

@@ -3,7 +3,7 @@
 The rules in :mod:`trainwell.diagnose.rules` compare measured statistics against these constants
 only. Where the literature gives a figure, the comment cites it; where it gives a principle but no
 number, the comment says how the number was chosen (and docs/doctor.md reports how the whole set
-performs on planted faults and healthy nets: ``python -m trainwell.diagnose.suite``).
+performs on planted faults and healthy nets: ``python -m trainwell.docs doctor``).
 """
 
 from __future__ import annotations
