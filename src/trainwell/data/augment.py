@@ -30,8 +30,9 @@ Example::
     params = aug.sample(x.shape, generator, x.device)
     assert torch.equal(aug.apply(x, params), aug.apply(x, params))  # replay
 
-Config: ``augment=translation,rotation,noise`` (defaults), ``augment=rotation:degrees=10`` (one
-argument on the command line, or ``name:a=1:b=2``), or in YAML ``augment: [{noise: {std: 0.1}}]``.
+Config: ``augment=translation,rotation,noise`` (defaults), ``augment=rotation:degrees=10:p=0.5``
+(arguments), or in YAML ``augment: [{noise: {std: 0.1}}]``; the config layer reads these (the value
+grammar, docs/values.md) into specs, checked here against the ops' arguments.
 ``trainwell list augment`` lists the ops.
 """
 
@@ -45,6 +46,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from trainwell.config import to_specs
 from trainwell.errors import ConfigError, closest, unknown_name_message
 from trainwell.registry import new_registry
 
@@ -440,32 +442,6 @@ def sample_cutout(shape, generator, device, *, size, p):
 # ----------------------------------------------------------------------------- parsing
 
 
-def _parse_value(text: str) -> Any:
-    import yaml
-
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError:
-        return text
-
-
-def _split_item(item: Any) -> list[tuple[Any, Any]]:
-    """One spec entry -> [(name, args-or-None)]."""
-    if isinstance(item, str):
-        name, *pairs = [part.strip() for part in item.split(":")]
-        args: dict[str, Any] = {}
-        for pair in pairs:
-            if "=" not in pair:
-                raise ConfigError(f"augment entry '{item}': arguments go as name:arg=value, e.g. rotation:degrees=10.")
-            key, value = pair.split("=", 1)
-            args[key.strip()] = _parse_value(value.strip())
-        return [(name, args)]
-    if isinstance(item, dict) and item:
-        return list(item.items())
-    raise ConfigError(f"augment entries are op names or {{name: {{arg: value}}}} mappings, got {item!r}; "
-                      "e.g. augment=translation,rotation or augment='[{noise: {std: 0.1}}]'.")
-
-
 def _check_args(name: str, args: dict[str, Any]) -> dict[str, Any]:
     entry = AUGMENTATIONS.entry(name)
     defaults = entry.meta.defaults
@@ -502,27 +478,18 @@ def _check_args(name: str, args: dict[str, Any]) -> dict[str, Any]:
 def parse_augment(spec: Sequence[Any] | str | None) -> list[tuple[str, dict[str, Any]]]:
     """Validate an augment spec into [(op name, complete arguments)], in order.
 
-    Entries: ``"name"`` (defaults), ``"name:arg=value[:arg=value]"``, ``{name: {arg: value}}`` or
-    ``{name: None}``; a string is split on commas. Raises ConfigError for unknown ops or arguments and
-    for out-of-range values.
+    ``spec`` is what config key ``augment`` takes (read by :func:`trainwell.config.to_specs`, the
+    value grammar): ``"translation,rotation:degrees=10"``, or a list of names, ``"name:arg=value"``
+    strings, ``{name: {arg: value}}`` / ``{name: None}`` mappings and :class:`~trainwell.config.Spec`
+    items. Raises ConfigError for unknown ops or arguments and for out-of-range values.
     """
-    if spec is None:
-        return []
-    if isinstance(spec, str):
-        spec = [s.strip() for s in spec.split(",") if s.strip()]
-    elif isinstance(spec, dict):
-        spec = [spec]
     out = []
-    for item in spec:
-        for name, args in _split_item(item):
-            if not isinstance(name, str) or name not in AUGMENTATIONS:
-                raise ConfigError(unknown_name_message("augment op", str(name), AUGMENTATIONS.names()))
-            if args is None:
-                args = {}
-            if not isinstance(args, dict):
-                raise ConfigError(f"augment op '{name}': arguments must be a mapping like {{{name}: {{p: 0.5}}}}, "
-                                  f"got {args!r}.")
-            out.append((name, _check_args(name, args)))
+    for op in to_specs(spec, "augment"):
+        if op.name not in AUGMENTATIONS:
+            raise ConfigError(unknown_name_message("augment op", op.name, AUGMENTATIONS.names()))
+        if op.args:
+            raise ConfigError(f"augment entry '{op}': arguments go as name:arg=value, e.g. rotation:degrees=10.")
+        out.append((op.name, _check_args(op.name, dict(op.kwargs))))
     return out
 
 

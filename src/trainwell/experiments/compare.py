@@ -32,7 +32,7 @@ from typing import Any
 
 from rich.console import Console
 
-from trainwell.config import Config, resolve
+from trainwell.config import Config, render, resolve, split_items
 from trainwell.errors import ConfigError, RunDirError, TrainwellError
 from trainwell.fileio import write_json
 from trainwell.train.rundir import read_json
@@ -56,38 +56,23 @@ class Cell:
 
 
 def _format_value(v: Any) -> str:
-    if isinstance(v, (list, tuple)):
-        return "[" + ",".join(_format_value(x) for x in v) + "]"
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    return str(v)
+    """A cell's value as override text: a string as it is (it already is one), anything else in the
+    value grammar's normal form (``[16,32]``, ``true``)."""
+    return v if isinstance(v, str) else render(v)
 
 
 def parse_vary(spec: str) -> tuple[str, list[str]]:
     """``"model.activation=relu,tanh"`` -> ("model.activation", ["relu", "tanh"]).
 
-    Values are split on commas outside brackets, so a list value is written ``[16,32]``:
-    ``model.channels=[16,32],[32,64]``.
+    The values are a list in the config's value grammar (docs/values.md), cut into the text of each
+    item, so a list value is bracketed and a spec keeps its arguments:
+    ``model.channels=[16,32],[32,64]``, ``model.activation=relu,leaky_relu:0.1``.
     """
     key, sep, rest = spec.partition("=")
     key = key.strip()
     if not sep or not key or not rest.strip():
         raise ConfigError(f"--vary '{spec}' must look like KEY=a,b,c (e.g. --vary model.activation=relu,tanh).")
-    values, depth, current = [], 0, ""
-    for ch in rest:
-        if ch == "[":
-            depth += 1
-        elif ch == "]":
-            depth -= 1
-        if ch == "," and depth == 0:
-            values.append(current.strip())
-            current = ""
-        else:
-            current += ch
-    values.append(current.strip())
-    if depth != 0 or any(v == "" for v in values):
-        raise ConfigError(f"--vary '{spec}': empty value or unbalanced brackets; write KEY=a,b,c "
-                          "and lists as [16,32].")
+    values = split_items(rest, f"--vary {key}")
     if len(set(values)) != len(values):
         raise ConfigError(f"--vary '{spec}' repeats a value; list each value once.")
     return key, values

@@ -20,9 +20,10 @@ Every entry of :data:`ACTIVATIONS` is a factory ``(**kwargs) -> nn.Module`` with
     unit). Only ReLU, hard-saturating on the whole of x < 0. The others have a non-zero derivative
     everywhere (leaky_relu, elu, selu, gelu, silu keep a small one on the negative side).
 
-Config strings take arguments in a compact form: ``leaky_relu`` or ``leaky_relu:0.2`` (the slope),
-``elu:0.5`` (alpha). :func:`parse_activation` reads them; :func:`build_activation` and
-:func:`activation_gain` take the same strings.
+Config values take arguments in the config's value grammar (docs/values.md): ``leaky_relu`` or
+``leaky_relu:0.2`` (the slope), ``elu:0.5`` or ``elu:alpha=0.5``. The config layer reads them into a
+:class:`~trainwell.config.Spec`; :func:`parse_activation` checks one against the factory's parameters,
+and :func:`build_activation` and :func:`activation_gain` take the same specs or their text.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from typing import Any, Literal
 from torch import nn
 from torch.nn.init import calculate_gain
 
+from trainwell.config import Spec, to_spec
 from trainwell.errors import ConfigError
 from trainwell.registry import new_registry
 
@@ -237,44 +239,52 @@ def _params(name: str) -> list[inspect.Parameter]:
     return list(inspect.signature(ACTIVATIONS.get(name)).parameters.values())
 
 
-def parse_activation(spec: str) -> tuple[str, dict[str, float]]:
+def parse_activation(spec: str | Spec) -> tuple[str, dict[str, float]]:
     """``"leaky_relu:0.2"`` -> ``("leaky_relu", {"slope": 0.2})``; omitted arguments get their defaults.
 
-    The form is ``name`` or ``name:value[:value...]``, values filling the factory's parameters in order.
-    Unknown names and bad values raise a ConfigError saying how to fix them.
+    ``spec`` is a :class:`~trainwell.config.Spec` (what ``cfg.model.activation`` holds) or its text,
+    read by the config's value grammar: ``name``, ``name:value[:value...]`` (values fill the factory's
+    parameters in order) or ``name:param=value``. Unknown names and bad values raise a ConfigError
+    saying how to fix them.
     """
-    if not isinstance(spec, str):
+    if not isinstance(spec, (str, Spec)):
         raise ConfigError(f"activation must be a string such as 'relu' or 'leaky_relu:0.2', got {spec!r}.")
-    name, *raw = [part.strip() for part in spec.strip().split(":")]
+    call = to_spec(spec, "model.activation")
+    name = call.name
     ACTIVATIONS.entry(name)  # raises "unknown activation ... Valid: ..." for bad names
     params = _params(name)
-    if len(raw) > len(params):
-        takes = ", ".join(p.name for p in params) or "no arguments"
-        example = f"'{name}:{params[0].default}'" if params else f"'{name}'"
-        raise ConfigError(f"activation '{spec}': {name} takes {takes}; write e.g. {example}.")
+    takes = ", ".join(p.name for p in params) or "no arguments"
+    example = f"'{name}:{params[0].default}'" if params else f"'{name}'"
+    if len(call.args) > len(params):
+        raise ConfigError(f"activation '{call}': {name} takes {takes}; write e.g. {example}.")
+    given = dict(zip((p.name for p in params), call.args))
+    for key, value in call.kwargs:
+        if key not in {p.name for p in params} or key in given:
+            raise ConfigError(f"activation '{call}': {name} takes {takes}, each once; write e.g. {example}.")
+        given[key] = value
     kwargs: dict[str, float] = {p.name: float(p.default) for p in params}
-    for param, text in zip(params, raw):
-        try:
-            value = float(text)
-        except ValueError:
-            value = math.nan
+    for param in params:
+        if param.name not in given:
+            continue
+        value = given[param.name]
+        number = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
         check, wanted = _ARG_CHECKS.get(param.name, (lambda v: True, "a number"))
-        if not math.isfinite(value) or not check(value):
+        if not number or not check(value):
             raise ConfigError(
-                f"activation '{spec}': {param.name} must be a number {wanted}, got '{text}'; "
+                f"activation '{call}': {param.name} must be a number {wanted}, got {value!r}; "
                 f"e.g. '{name}:{param.default}'."
             )
-        kwargs[param.name] = value
+        kwargs[param.name] = float(value)
     return name, kwargs
 
 
-def build_activation(spec: str) -> nn.Module:
+def build_activation(spec: str | Spec) -> nn.Module:
     """A fresh activation module from a config string such as ``"relu"`` or ``"elu:0.5"``."""
     name, kwargs = parse_activation(spec)
     return ACTIVATIONS.build(name, **kwargs)
 
 
-def activation_gain(spec: str) -> float:
+def activation_gain(spec: str | Spec) -> float:
     """The init gain for weights whose outputs feed the activation ``spec`` (the one place gains come from).
 
     Matches ``torch.nn.init.calculate_gain`` (e.g. ``leaky_relu:0.2`` -> sqrt(2 / (1 + 0.2^2)));

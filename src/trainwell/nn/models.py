@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from trainwell.config import Config, ModelConfig
+from trainwell.config import Config, ModelConfig, Spec
 from trainwell.errors import ConfigError
 from trainwell.nn.activations import build_activation, parse_activation
 from trainwell.nn.init import init_model
@@ -78,15 +78,15 @@ def _bias(cfg: ModelConfig) -> bool:
     return not NORMS.entry(cfg.norm).meta.absorbs_bias
 
 
-def linear(in_features: int, out_features: int, follows: str, bias: bool = True) -> nn.Linear:
+def linear(in_features: int, out_features: int, follows: str | Spec, bias: bool = True) -> nn.Linear:
     """``nn.Linear`` that records the activation its output feeds (``layer.follows``)."""
     layer = nn.Linear(in_features, out_features, bias=bias)
-    layer.follows = follows
+    layer.follows = str(follows)  # its normal text: reports store it as JSON
     return layer
 
 
 def conv(
-    dims: int, c_in: int, c_out: int, kernel_size: int, follows: str, stride: int = 1, bias: bool = True
+    dims: int, c_in: int, c_out: int, kernel_size: int, follows: str | Spec, stride: int = 1, bias: bool = True
 ) -> nn.Module:
     """Conv1d/Conv2d keeping the size at stride 1 ('same' padding), halving it at stride 2; records ``follows``.
 
@@ -95,7 +95,7 @@ def conv(
     cls = (nn.Conv1d, nn.Conv2d)[dims - 1]
     padding = "same" if stride == 1 else kernel_size // 2
     layer = cls(c_in, c_out, kernel_size, stride=stride, padding=padding, bias=bias)
-    layer.follows = follows
+    layer.follows = str(follows)  # its normal text: reports store it as JSON
     return layer
 
 

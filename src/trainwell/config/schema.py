@@ -1,29 +1,23 @@
-"""Typed configuration, resolved once: defaults < preset < YAML file < ``key=value`` overrides.
+"""The config's schema: the typed sections (DataConfig ... Config), each key's documentation, the key table.
 
-The dotted key names (``optim.lr``, ``model.width`` …) are the public contract. Unknown keys and
-values of the wrong type are rejected with one line naming the closest valid key.
-
-Example::
-
-    cfg = resolve(["preset=mnist1d", "optim.lr=0.05", "model.channels=32,64"])
-    cfg.optim.lr  # 0.05
+The dotted key names (``optim.lr``, ``model.width`` ...) are the public contract; each field's
+docstring (the string after it) is its documentation in ``trainwell train --print-keys`` and
+docs/reference.md. Turning text, YAML and overrides into these types is :mod:`trainwell.config.resolution`;
+the syntax of list and ``name:args`` values is :mod:`trainwell.config.values`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-import types
 import typing
 from dataclasses import dataclass, field
-from importlib import resources
-from pathlib import Path
-from typing import Any, Literal, Union
+from typing import Any, Literal
 
 import yaml
 
-from trainwell.errors import ConfigError, closest, short_repr, unknown_name_message
-
+from trainwell.config.values import Spec
+from trainwell.errors import ConfigError
 
 @dataclass
 class DataConfig:
@@ -71,8 +65,8 @@ class ModelConfig:
     """cnn: output channels of each conv block."""
     kernel_size: int = 3
     """cnn: convolution kernel size."""
-    activation: str = "relu"
-    """Nonlinearity after each hidden layer (``trainwell list activation``)."""
+    activation: Spec = Spec("relu")
+    """Nonlinearity after each hidden layer (``trainwell list activation``), with arguments as name:value, e.g. leaky_relu:0.2 (docs/values.md)."""
     norm: str = "batch"
     """Normalisation after each hidden linear/conv layer: none, batch, layer, group (batch: no dead filters at lr 0.05)."""
     dropout: float = 0.0
@@ -275,8 +269,8 @@ class Config:
     optim: OptimConfig = field(default_factory=OptimConfig)
     sched: SchedConfig = field(default_factory=SchedConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
-    augment: list[Any] = field(default_factory=list)
-    """Augmentation ops: names (defaults) or {name: args} mappings (``trainwell list augment``)."""
+    augment: list[Spec] = field(default_factory=list)
+    """Augmentation ops in order (``trainwell list augment``): names (defaults) or name:arg=value, e.g. translation,rotation:degrees=10 (docs/values.md)."""
     mix: MixConfig = field(default_factory=MixConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
@@ -286,7 +280,8 @@ class Config:
     """The preset the config started from (recorded, not applied twice)."""
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """Plain sections, lists and scalars (specs as their normal text): what config.yaml holds."""
+        return _plain(self)
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
@@ -297,6 +292,24 @@ ALIASES: dict[str, str] = {
     "optim.wd": "optim.weight_decay",
     "train.lr": "optim.lr",
 }
+
+
+
+def _plain(value: Any) -> Any:
+    """A config (or part of one) as plain YAML data: sections -> dicts, specs -> their normal text."""
+    if isinstance(value, Spec):
+        return str(value)
+    if is_section(type(value)):
+        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def is_section(hint: Any) -> bool:
+    """Whether a field's type is a section of keys (DataConfig ...), not a value such as a Spec."""
+    return isinstance(hint, type) and dataclasses.is_dataclass(hint) and hint is not Spec
+
 
 # ----------------------------------------------------------------------------- key table
 
@@ -326,7 +339,7 @@ def _leaf_types(cls: type = Config, prefix: str = "") -> dict[str, Any]:
     for f in dataclasses.fields(cls):
         hint = hints[f.name]
         key = prefix + f.name
-        if dataclasses.is_dataclass(hint):
+        if is_section(hint):
             out.update(_leaf_types(hint, key + "."))
         else:
             out[key] = hint
@@ -343,115 +356,23 @@ def key_table() -> list[tuple[str, str, Any, str]]:
     rows = []
     for cls, prefix in [(Config, "")] + [
         (typing.get_type_hints(Config)[s], s + ".") for s in [f.name for f in dataclasses.fields(Config)]
-        if dataclasses.is_dataclass(typing.get_type_hints(Config)[s])
+        if is_section(typing.get_type_hints(Config)[s])
     ]:
         docs = _field_docs(cls)
         hints = typing.get_type_hints(cls)
         for f in dataclasses.fields(cls):
-            if dataclasses.is_dataclass(hints[f.name]):
+            if is_section(hints[f.name]):
                 continue
             key = prefix + f.name
-            rows.append((key, _type_name(hints[f.name]), defaults[key], docs.get(f.name, "")))
+            rows.append((key, type_name(hints[f.name]), defaults[key], docs.get(f.name, "")))
     return rows
 
 
-def _type_name(hint: Any) -> str:
-    return getattr(hint, "__name__", None) if not typing.get_args(hint) else str(hint).replace("typing.", "")
-
-
-# ----------------------------------------------------------------------------- coercion
-
-
-def _is_optional(hint: Any) -> tuple[bool, Any]:
-    origin = typing.get_origin(hint)
-    if origin in (Union, types.UnionType):
-        args = [a for a in typing.get_args(hint) if a is not type(None)]
-        if len(args) == 1 and len(typing.get_args(hint)) == 2:
-            return True, args[0]
-    return False, hint
-
-
-def _arm_name(hint: Any) -> str:
-    if typing.get_origin(hint) is Literal:
-        return " or ".join(repr(a) for a in typing.get_args(hint))
-    return {float: "a number", int: "an integer", str: "a string", bool: "true or false"}.get(hint, _type_name(hint))
-
-
-def _coerce(key: str, value: Any, hint: Any) -> Any:
-    """Convert ``value`` to the type ``hint`` or raise a ConfigError naming the key."""
-    optional, inner = _is_optional(hint)
-    if value is None or (isinstance(value, str) and value.lower() in ("null", "none") and optional):
-        if optional:
-            return None
-        raise ConfigError(f"config key '{key}' cannot be empty; give a {_type_name(inner)}.")
-    hint = inner
-    origin = typing.get_origin(hint)
-    if origin is Literal:
-        if value in typing.get_args(hint):
-            return value
-        raise ConfigError(f"config key '{key}' expects one of {', '.join(map(repr, typing.get_args(hint)))}, got {short_repr(value)}.")
-    if origin in (Union, types.UnionType):  # e.g. float | Literal["auto"]: the first arm that fits
-        arms = [a for a in typing.get_args(hint) if a is not type(None)]
-        for arm in arms:
-            try:
-                return _coerce(key, value, arm)
-            except ConfigError:
-                continue
-        names = " or ".join(_arm_name(a) for a in arms)
-        raise ConfigError(f"config key '{key}' expects {names}, got {short_repr(value)}.")
-
-    def bad(expected: str) -> ConfigError:
-        return ConfigError(f"config key '{key}' expects {expected}, got {short_repr(value)}.")
-
-    if hint is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in ("true", "yes", "on", "1", "false", "no", "off", "0"):
-            return value.lower() in ("true", "yes", "on", "1")
-        raise bad("true or false")
-    if hint is int:
-        if isinstance(value, bool):
-            raise bad("an integer")
-        if isinstance(value, int):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        if isinstance(value, str):
-            try:
-                return int(value)
-            except ValueError:
-                pass
-        raise bad("an integer")
-    if hint is float:
-        if isinstance(value, bool):
-            raise bad("a number")
-        if isinstance(value, (int, float)):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        raise bad("a number")
-    if hint is str:
-        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
-            return str(value)
-        raise bad("a string")
-    if origin is list:
-        (item,) = typing.get_args(hint) or (Any,)
-        if isinstance(value, str):
-            value = [v.strip() for v in value.split(",") if v.strip()] if value.strip() else []
-        elif not isinstance(value, (list, tuple)):
-            value = [value]
-        if item is Any:
-            return list(value)
-        return [_coerce(f"{key}[{i}]", v, item) for i, v in enumerate(value)]
-    if hint is Any:
-        return value
-    raise bad(_type_name(hint))  # pragma: no cover - a field type we do not handle
-
-
-# ----------------------------------------------------------------------------- merging
+def type_name(hint: Any) -> str:
+    """A field type as the key table shows it: ``int``, ``list[Spec]``, ``float | Literal['auto']``."""
+    if not typing.get_args(hint):
+        return getattr(hint, "__name__", str(hint))
+    return str(hint).replace("typing.", "").replace(f"{Spec.__module__}.", "")
 
 
 def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -465,137 +386,3 @@ def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
             out[key] = v
     return out
 
-
-def _check_key(key: str, where: str) -> str:
-    key = ALIASES.get(key, key)
-    if key in LEAF_TYPES:
-        return key
-    if key in SECTIONS:
-        raise ConfigError(f"{where}: '{key}' is a section; set one of its keys, e.g. '{key}.{_first_key(key)}=...'.")
-    guess = closest(key, LEAF_TYPES)
-    hint = f" Did you mean '{guess}'?" if guess else ""
-    raise ConfigError(f"{where}: unknown config key '{key}'.{hint} List them with 'trainwell train --print-keys'.")
-
-
-def _first_key(section: str) -> str:
-    return next(k for k in LEAF_TYPES if k.startswith(section + ".")).split(".", 1)[1]
-
-
-#: The most scalars one config value may hold. YAML aliases let a few hundred bytes name a list of
-#: millions (``&a [1,1], &b [*a,*a], ...``): checked before anything walks or prints the value.
-MAX_VALUE_ITEMS = 10_000
-
-
-def _too_big(value: Any, limit: int = MAX_VALUE_ITEMS) -> bool:
-    """Whether ``value`` holds more than ``limit`` items, counting each alias as often as it is used;
-    stops counting at the limit, so the check itself costs at most ``limit`` steps."""
-    stack, seen = [value], 0
-    while stack:
-        item = stack.pop()
-        seen += 1
-        if seen > limit:
-            return True
-        if isinstance(item, dict):
-            stack.extend(item.keys())
-            stack.extend(item.values())
-        elif isinstance(item, (list, tuple)):
-            stack.extend(item)
-    return False
-
-
-def _apply(flat: dict[str, Any], updates: dict[str, Any], where: str) -> None:
-    for key, value in updates.items():
-        key = _check_key(key, where)
-        if _too_big(value):
-            raise ConfigError(f"{where}: config key '{key}' holds more than {MAX_VALUE_ITEMS:,} values (YAML aliases "
-                              "expanding?); write the value out in full.")
-        flat[key] = _coerce(key, value, LEAF_TYPES[key])
-
-
-def _build(cls: type, flat: dict[str, Any], prefix: str = "") -> Any:
-    hints = typing.get_type_hints(cls)
-    kwargs = {}
-    for f in dataclasses.fields(cls):
-        hint = hints[f.name]
-        key = prefix + f.name
-        kwargs[f.name] = _build(hint, flat, key + ".") if dataclasses.is_dataclass(hint) else flat[key]
-    return cls(**kwargs)
-
-
-def parse_override(text: str) -> tuple[str, Any]:
-    """``"optim.lr=0.1"`` -> ``("optim.lr", 0.1)``; values are parsed as YAML scalars/lists."""
-    if "=" not in text:
-        raise ConfigError(f"override '{text}' is not of the form key=value (e.g. optim.lr=0.1).")
-    key, raw = text.split("=", 1)
-    key = key.strip()
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError:
-        value = raw
-    return key, value
-
-
-def preset_names() -> list[str]:
-    folder = resources.files("trainwell") / "presets"
-    return sorted(p.name[: -len(".yaml")] for p in folder.iterdir() if p.name.endswith(".yaml"))
-
-
-def load_preset(name: str) -> dict[str, Any]:
-    if name not in preset_names():
-        raise ConfigError(unknown_name_message("preset", name, preset_names()))
-    text = (resources.files("trainwell") / "presets" / f"{name}.yaml").read_text()
-    return yaml.safe_load(text) or {}
-
-
-def load_yaml_file(path: str | Path) -> dict[str, Any]:
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file '{path}' does not exist; check the path given to -c/--config.")
-    try:
-        tree = yaml.safe_load(path.read_text())
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        line = getattr(getattr(exc, "problem_mark", None), "line", None)
-        at = f" at line {line + 1}" if line is not None else ""
-        raise ConfigError(f"config file '{path}' is not valid YAML{at}; fix the syntax.") from None
-    if tree is None:
-        return {}
-    if not isinstance(tree, dict):
-        raise ConfigError(f"config file '{path}' must hold a mapping of sections (data:, model:, ...).")
-    return tree
-
-
-def resolve(
-    overrides: list[str] | dict[str, Any] | None = None,
-    config_file: str | Path | None = None,
-    base: Config | dict[str, Any] | None = None,
-) -> Config:
-    """Resolve a typed Config: defaults (or ``base``) < preset < file < overrides.
-
-    ``overrides`` is a list of ``key=value`` strings (CLI) or a mapping of dotted keys (API).
-    A ``preset`` key, in the file or the overrides, is applied first.
-    """
-    if isinstance(base, Config):
-        base = base.to_dict()
-    flat = flatten(base if base is not None else Config().to_dict())
-    file_tree = load_yaml_file(config_file) if config_file else {}
-    file_flat = flatten(file_tree)
-    if isinstance(overrides, dict):
-        over_flat = flatten(overrides)
-    else:
-        over_flat = dict(parse_override(o) for o in (overrides or []))
-    preset = over_flat.pop("preset", None) or file_flat.pop("preset", None)
-    file_flat.pop("preset", None)
-    if preset:
-        preset = str(preset)
-        _apply(flat, flatten(load_preset(preset)), f"preset '{preset}'")
-        flat["preset"] = preset
-    _apply(flat, file_flat, f"config file '{config_file}'")
-    _apply(flat, over_flat, "override")
-    return _build(Config, flat)
-
-
-def from_dict(tree: dict[str, Any], where: str = "config") -> Config:
-    """Rebuild a Config from a saved resolved dict (run directories), validating every key."""
-    flat = flatten(Config().to_dict())
-    _apply(flat, flatten(tree), where)
-    return _build(Config, flat)
