@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -12,6 +12,9 @@ from torch import nn
 from trainwell.experiments.results import CellResult, CompareResult
 from trainwell.seeds import torch_generator
 from trainwell.experiments.stats import MeanCI, mean_ci
+
+if TYPE_CHECKING:
+    from trainwell.experiments.stats import PairedTest
 
 
 def pct(ci: MeanCI) -> str:
@@ -22,7 +25,7 @@ def pct(ci: MeanCI) -> str:
     return f"{100 * ci.mean:.2f}%{half}"
 
 
-def num(value: float, digits: int = 3) -> str:
+def num(value: float | None, digits: int = 3) -> str:
     return "–" if value is None or not math.isfinite(value) else f"{value:.{digits}g}"
 
 
@@ -43,7 +46,7 @@ def by_label(result: CompareResult) -> dict[str, CellResult]:
     return {c.label: c for c in result.cells}
 
 
-def weight_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
+def weight_layers(model: nn.Module) -> list[tuple[str, nn.Linear | nn.modules.conv._ConvNd]]:
     """Linear and conv layers in call order (registration order for the built-in models)."""
     return [(n, m) for n, m in model.named_modules() if isinstance(m, (nn.Linear, nn.modules.conv._ConvNd))]
 
@@ -66,7 +69,11 @@ def rms_gradients(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> list[fl
     model.train()
     model.zero_grad(set_to_none=True)
     F.cross_entropy(model(x), y).backward()
-    rms = [float(m.weight.grad.pow(2).mean().sqrt()) for _, m in weight_layers(model)]
+    rms = []
+    for _, m in weight_layers(model):
+        grad = m.weight.grad
+        assert grad is not None  # every weight took part in the backward pass just run
+        rms.append(float(grad.pow(2).mean().sqrt()))
     model.zero_grad(set_to_none=True)
     return rms
 
@@ -91,7 +98,7 @@ def reach_summary(epochs: dict[int, int | None]) -> dict[str, Any]:
     return {"mean": mean_ci(reached).mean, "reached": len(reached), "n": len(epochs)}
 
 
-def paired_measure(cell: CellResult, other: CellResult, key: str, alpha: float = 0.05):
+def paired_measure(cell: CellResult, other: CellResult, key: str, alpha: float = 0.05) -> PairedTest:
     """Paired t-test over seeds of any measured key, ``cell`` against ``other`` (diff = cell − other)."""
     from trainwell.experiments.stats import paired_test
 
