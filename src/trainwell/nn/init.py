@@ -218,7 +218,7 @@ def _output_variance(model: nn.Module, batch: Tensor, layer: nn.Module) -> float
 
 def _forward_order(model: nn.Module, batch: Tensor) -> list[tuple[str, nn.Module]]:
     """The model's Linear/Conv layers in the order the forward pass first calls them."""
-    names = {m: n for n, m in model.named_modules() if isinstance(m, WEIGHT_LAYERS)}
+    names: dict[nn.Module, str] = {m: n for n, m in model.named_modules() if isinstance(m, WEIGHT_LAYERS)}
     order: list[nn.Module] = []
 
     def hook(module: nn.Module, inputs: object, output: object) -> None:
