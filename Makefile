@@ -13,6 +13,11 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -n 2 --durations=15
 
+# mypy over src/trainwell with the settings in pyproject.toml (docs/typing.md).
+.PHONY: typecheck
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
 install: $(STAMP)
 
 # torch is pinned first: a CPU wheel of it lies on the build machines, while an unpinned

@@ -326,6 +326,11 @@ def test_print_keys_lists_every_key():
     assert "optim.lr" in out and "loss.label_smoothing" in out
 
 
+def test_show_param_groups_with_resume_is_a_clean_error(tmp_path):
+    proc = run_cli("train", "--resume", str(tmp_path / "run"), "--show-param-groups", check=False)
+    assert_clean_error(proc, "--show-param-groups", "--resume")
+
+
 def test_show_param_groups_lists_decayed_and_exempt_tensors():
     out = run_cli("train", "model.name=mlp", "model.norm=batch", "reg.l1=0.001", "--show-param-groups").stdout
     rows = [[cell.strip() for cell in line.strip("│ ").split("│")] for line in out.splitlines()

@@ -14,9 +14,13 @@ import sys
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from trainwell.errors import TrainwellError
 from trainwell.formatting import percent
+
+if TYPE_CHECKING:  # annotations only: commands import the config layer when they run
+    from trainwell.config import Config
 
 EXAMPLES = """examples:
   trainwell train                                   # digits, the default data
@@ -130,6 +134,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         sys.stdout.write(cfg.to_yaml())
         return 0
     if args.show_param_groups:
+        if cfg is None:
+            from trainwell.errors import ConfigError
+
+            raise ConfigError("--show-param-groups lists the groups of a config, not of a run: drop --resume.")
         _print_param_groups(cfg)
         return 0
     from trainwell.api import train
@@ -243,7 +251,7 @@ def _preset_doc(name: str) -> str:
     return first.lstrip("# ").strip() if first.startswith("#") else ""
 
 
-def _print_param_groups(cfg) -> None:
+def _print_param_groups(cfg: Config) -> None:
     from rich.console import Console
     from rich.table import Table
 

@@ -85,17 +85,19 @@ def _rand(n: int, generator: torch.Generator | None, device: torch.device) -> to
     return torch.rand(n, generator=generator, device=_draw_device(generator, device)).to(device)
 
 
-def _uniform(n: int, low: float, high: float, generator, device) -> torch.Tensor:
+def _uniform(n: int, low: float, high: float, generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
     """(N,) float32 ~ U(low, high)."""
     return low + (high - low) * _rand(n, generator, device)
 
 
-def _mask(n: int, p: float, generator, device) -> torch.Tensor:
+def _mask(n: int, p: float, generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
     """(N,) bool, True with probability p (always drawn, so p does not change the random stream)."""
     return _rand(n, generator, device) < p
 
 
-def _randint(n: int, lows: Sequence[int], highs: Sequence[int], generator, device) -> torch.Tensor:
+def _randint(
+    n: int, lows: Sequence[int], highs: Sequence[int], generator: torch.Generator | None, device: torch.device
+) -> torch.Tensor:
     """(N, d) int64, column k ~ U{lows[k], ..., highs[k] - 1} (no host-to-device copies)."""
     gdev = _draw_device(generator, device)
     cols = [torch.randint(lo, hi, (n,), generator=generator, device=gdev) for lo, hi in zip(lows, highs)]

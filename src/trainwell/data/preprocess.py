@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -130,6 +130,8 @@ class Standardize(Preprocess):
 
     name = "standardize"
     EPS = 1e-6
+    mean: torch.Tensor
+    std: torch.Tensor
     #: Rows per chunk are chosen so a float64 chunk stays near this many bytes.
     _CHUNK_BYTES = 32 << 20
 
@@ -149,13 +151,14 @@ class Standardize(Preprocess):
         # Chan et al.'s pairwise update merges chunk means and squared deviations exactly, so a
         # large uint8 dataset is never converted to float64 all at once.
         count = 0
-        mean = m2 = None
+        mean: torch.Tensor | None = None
+        m2: torch.Tensor | None = None
         for start in range(0, len(x), step):
             chunk = to_float(x[start : start + step]).to(torch.float64)
             n_c = chunk.numel() // chunk.shape[1]  # values per feature/channel in this chunk
             m_c = chunk.mean(dim=dims, keepdim=True)
             m2_c = ((chunk - m_c) ** 2).sum(dim=dims, keepdim=True)
-            if mean is None:
+            if mean is None or m2 is None:
                 mean, m2 = m_c, m2_c
             else:
                 delta = m_c - mean
@@ -163,9 +166,10 @@ class Standardize(Preprocess):
                 mean = mean + delta * (n_c / total)
                 m2 = m2 + m2_c + delta**2 * (count * n_c / total)
             count += n_c
-        std = torch.sqrt(m2 / count)  # type: ignore[operator]
+        assert mean is not None and m2 is not None  # x is non-empty (checked above): the loop ran
+        std = torch.sqrt(m2 / count)
         std = torch.where(std < cls.EPS, torch.ones_like(std), std)
-        return cls(mean.squeeze(0), std.squeeze(0))  # type: ignore[union-attr]
+        return cls(mean.squeeze(0), std.squeeze(0))
 
     @classmethod
     def from_state(cls, state: dict[str, torch.Tensor]) -> Standardize:
@@ -259,10 +263,10 @@ def _moments(name: str, x: torch.Tensor, step: int, scatter: bool) -> tuple[torc
     total_t = torch.zeros(d, dtype=torch.float64, device=x.device)
     cov = torch.zeros(d, d, dtype=torch.float64, device=x.device) if scatter else None
     for start in range(0, n, step):
-        c = _as_float64(flat[start : start + step], copy=True).sub_(shift_t)
-        total_t += c.sum(dim=0)
+        c_t = _as_float64(flat[start : start + step], copy=True).sub_(shift_t)
+        total_t += c_t.sum(dim=0)
         if cov is not None:
-            cov.addmm_(c.T, c)
+            cov.addmm_(c_t.T, c_t)
     _check_finite_sum(name, total_t.cpu().numpy())
     delta_t = total_t / n
     if cov is not None:
@@ -381,6 +385,9 @@ class _Projection(Preprocess):
 
     _CHUNK_BYTES = 32 << 20
     _whiten = False
+    mean: torch.Tensor
+    components: torch.Tensor
+    scale: torch.Tensor  # registered only when _whiten
 
     def __init__(self, mean: torch.Tensor, components: torch.Tensor, scale: torch.Tensor | None = None) -> None:
         super().__init__()
@@ -505,6 +512,7 @@ class ZCA(_Projection):
 
     name = "zca"
     _whiten = True
+    matrix: torch.Tensor
 
     def __init__(self, mean: torch.Tensor, components: torch.Tensor, scale: torch.Tensor | None = None) -> None:
         super().__init__(mean, components, scale)
@@ -550,9 +558,14 @@ def fit_preprocess(name: str, x: torch.Tensor, cfg: DataConfig | None = None) ->
 
     ``cfg`` (the data config) supplies ``pca_components`` and ``whiten_eps``; None = their defaults.
     """
-    return PREPROCESSORS.get(name).fit(x, cfg)
+    return _preprocessor(name).fit(x, cfg)
 
 
 def load_preprocess(name: str, state: dict[str, torch.Tensor]) -> Preprocess:
     """Rebuild preprocessor ``name`` from its saved ``state_dict()``; ConfigError if unknown."""
-    return PREPROCESSORS.get(name).from_state(state)
+    return _preprocessor(name).from_state(state)
+
+
+def _preprocessor(name: str) -> type[Preprocess]:
+    # Every entry of PREPROCESSORS is a Preprocess subclass; the registry types factories as callables.
+    return cast("type[Preprocess]", PREPROCESSORS.get(name))

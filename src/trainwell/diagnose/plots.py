@@ -5,17 +5,10 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+from matplotlib.axes import Axes
+
 from trainwell.diagnose.report import LayerStats, Report
-from trainwell.train.plots import save_figure
-
-
-def _figure():
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    return plt
+from trainwell.train.plots import plt, save_figure  # pyplot on the Agg backend
 
 
 def _hist_layers(report: Report) -> list[LayerStats]:
@@ -29,7 +22,6 @@ def plot_histograms(report: Report, path: Path) -> Path:
 
     Collapsing activations show as one spike at 0; saturating ones as spikes at the bounds.
     """
-    plt = _figure()
     layers = _hist_layers(report)
     n = max(len(layers), 1)
     cols = min(n, 6)
@@ -51,7 +43,7 @@ def plot_histograms(report: Report, path: Path) -> Path:
     return save_figure(fig, path)
 
 
-def _log_line(ax, layers: list[LayerStats], values: list[float | None], label: str, marker: str) -> None:
+def _log_line(ax: Axes, layers: list[LayerStats], values: list[float | None], label: str, marker: str) -> None:
     pts = [(layer.depth, v) for layer, v in zip(layers, values) if v is not None and math.isfinite(v) and v > 0]
     if pts:
         ax.plot([d for d, _ in pts], [v for _, v in pts], marker=marker, label=label)
@@ -59,7 +51,6 @@ def _log_line(ax, layers: list[LayerStats], values: list[float | None], label: s
 
 def plot_std_by_depth(report: Report, path: Path) -> Path:
     """Std of each layer's output against depth (log scale): flat is healthy, a slope vanishes or explodes."""
-    plt = _figure()
     fig, ax = plt.subplots(figsize=(6, 3.5))
     weights = [layer for layer in report.layers if layer.is_weight]
     acts = [layer for layer in report.layers if layer.kind == "activation"]
@@ -74,7 +65,6 @@ def plot_std_by_depth(report: Report, path: Path) -> Path:
 
 def plot_grad_by_depth(report: Report, path: Path) -> Path:
     """Weight-gradient norm and back-propagated gradient std (dL/dz) per layer against depth (log scale)."""
-    plt = _figure()
     fig, ax = plt.subplots(figsize=(6, 3.5))
     weights = [layer for layer in report.layers if layer.is_weight]
     _log_line(ax, weights, [layer.grad_norm for layer in weights], "||dL/dW||", "o")
@@ -87,7 +77,6 @@ def plot_grad_by_depth(report: Report, path: Path) -> Path:
 
 def plot_fractions_over_training(reports: list[Report], path: Path) -> Path:
     """Dead (ReLU family) and saturated (sigmoid/tanh) fraction of each activation layer per epoch."""
-    plt = _figure()
     fig, (ax_dead, ax_sat) = plt.subplots(1, 2, figsize=(10, 3.5))
     epochs = list(range(1, len(reports) + 1))
     names = [layer.name for layer in reports[-1].layers if layer.kind == "activation"]
@@ -106,7 +95,7 @@ def plot_fractions_over_training(reports: list[Report], path: Path) -> Path:
     return save_figure(fig, path)
 
 
-def _finish(ax, title: str, ylabel: str) -> None:
+def _finish(ax: Axes, title: str, ylabel: str) -> None:
     ax.set_yscale("log")
     ax.set_xlabel("depth (order of the forward pass)")
     ax.set_ylabel(ylabel)

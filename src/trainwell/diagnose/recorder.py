@@ -231,9 +231,9 @@ class Recorder:
             add(self.input_site.register_forward_pre_hook(self._on_input))
         for site in self.sites:
             add(site.module.register_forward_hook(self._forward_hook(site)))
-            if site.kind in ("linear", "conv") and isinstance(getattr(site.module, "weight", None), nn.Parameter) \
-                    and site.module.weight.requires_grad:
-                add(site.module.weight.register_post_accumulate_grad_hook(self._weight_hook(site.name)))
+            weight = getattr(site.module, "weight", None)
+            if site.kind in ("linear", "conv") and isinstance(weight, nn.Parameter) and weight.requires_grad:
+                add(weight.register_post_accumulate_grad_hook(self._weight_hook(site.name)))
 
     def _remove_step_hooks(self) -> None:
         for handle in self._step_handles:
@@ -248,8 +248,9 @@ class Recorder:
         feature_mean = self.inputs.update(x, input_stats_dims(x))
         self.inputs_all.update(x)
         self.input_examples += int(x.shape[0])
-        bad = ~torch.isfinite(feature_mean).all()  # a NaN/inf anywhere makes its feature's mean non-finite
-        self.input_nonfinite = bad if self.input_nonfinite is None else self.input_nonfinite | bad
+        if feature_mean is not None:  # None for an empty batch, which holds no non-finite value
+            bad = ~torch.isfinite(feature_mean).all()  # a NaN/inf anywhere makes its feature's mean non-finite
+            self.input_nonfinite = bad if self.input_nonfinite is None else self.input_nonfinite | bad
 
     def _key(self, site: Site) -> str:
         k = self._calls.get(id(site.module), 0)
@@ -320,18 +321,24 @@ class Recorder:
 
     # ------------------------------------------------------------------ reading
 
+    def _input_tensors(self) -> dict[str, Tensor] | None:
+        """The network input's accumulated statistics to read back; None before any input was seen."""
+        feature_mean, feature_var = self.inputs.mean, self.inputs.var()
+        mean, var, nonfinite = self.inputs_all.mean, self.inputs_all.var(), self.input_nonfinite
+        if feature_mean is None or feature_var is None or mean is None or var is None or nonfinite is None:
+            return None  # all are set together, by the first non-empty input batch
+        return {"feature_mean": feature_mean, "feature_var": feature_var, "mean": mean, "var": var,
+                "nonfinite": nonfinite.float()}
+
     def read(self) -> tuple[list[LayerRecord], dict[str, Any] | None]:
         """Host-side statistics of every call site in depth order, and of the network's input.
 
         One device -> host transfer for everything (:func:`~trainwell.diagnose.stats.read_all`).
         """
         groups = {key: acc.tensors() for key, acc in self.accs.items()}
-        if self.inputs.mean is not None:
-            groups["__input__"] = {
-                "feature_mean": self.inputs.mean, "feature_var": self.inputs.var(),
-                "mean": self.inputs_all.mean, "var": self.inputs_all.var(),
-                "nonfinite": self.input_nonfinite.float(),
-            }
+        input_tensors = self._input_tensors()
+        if input_tensors is not None:
+            groups["__input__"] = input_tensors
         host = read_all(groups)
         records = []
         for key, acc in self.accs.items():

@@ -18,7 +18,7 @@ import math
 import statistics
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeGuard
 
 from trainwell.diagnose import thresholds as T
 from trainwell.diagnose.report import Finding, InputStats, LayerStats
@@ -77,7 +77,7 @@ def _sig(x: float | None, digits: int = 3) -> float | None:
     return float(f"{x:.{digits}g}")
 
 
-def _finite(x: float | None) -> bool:
+def _finite(x: float | None) -> TypeGuard[float]:
     return x is not None and math.isfinite(x)
 
 
@@ -100,8 +100,13 @@ def _series(history: list[dict[str, Any]], key: str) -> list[float]:
     return [float(r[key]) if r.get(key) is not None else math.nan for r in history if key in r]
 
 
+def _update_ratios(ctx: Context) -> list[tuple[LayerStats, float]]:
+    """The weight layers with a finite ``update_ratio``, each with it."""
+    return [(layer, r) for layer in weight_layers(ctx.layers) if _finite(r := layer.update_ratio)]
+
+
 def _median_ratio(ctx: Context) -> float | None:
-    ratios = [layer.update_ratio for layer in weight_layers(ctx.layers) if _finite(layer.update_ratio)]
+    ratios = [r for _, r in _update_ratios(ctx)]
     return statistics.median(ratios) if ratios else None
 
 
@@ -158,21 +163,21 @@ def exploding_activations(ctx: Context) -> list[Finding]:
 @rule("saturation")
 def saturation(ctx: Context) -> list[Finding]:
     """Sigmoid/tanh outputs within 2.5% of a bound (gradient < 10% of peak) in > 25% of cases (Glorot & Bengio 2010)."""
-    layers = [layer for layer in ctx.layers if _finite(layer.saturated_fraction)]
-    bad = [layer for layer in layers if layer.saturated_fraction > T.SATURATED_WARN]
+    measured = [(layer, v) for layer in ctx.layers if _finite(v := layer.saturated_fraction)]
+    bad = [(layer, v) for layer, v in measured if v > T.SATURATED_WARN]
     if not bad:
         return []
-    worst = max(layer.saturated_fraction for layer in bad)
+    worst = max(v for _, v in bad)
     return [Finding(
         "saturation",
         "error" if worst > T.SATURATED_ERROR else "warning",
-        [layer.name for layer in bad],
-        {"saturated_fraction": {layer.name: _sig(layer.saturated_fraction) for layer in layers},
+        [layer.name for layer, _ in bad],
+        {"saturated_fraction": {layer.name: _sig(v) for layer, v in measured},
          "threshold": T.SATURATED_WARN, "eps": T.SATURATION_EPS},
         "use a ReLU-family activation in hidden layers (model.activation=relu), or keep tanh with "
         "init.scheme=xavier_normal, standardised inputs and model.norm=batch before the nonlinearity; "
         "never sigmoid in hidden layers of a deep net",
-        f"{100 * worst:.0f}% of outputs are saturated in {bad[0].name}"
+        f"{100 * worst:.0f}% of outputs are saturated in {bad[0][0].name}"
         + (f" (and {len(bad) - 1} more layers)" if len(bad) > 1 else "")
         + f": they pass back < 10% of the gradient (threshold {100 * T.SATURATED_WARN:.0f}%).",
     )]
@@ -181,39 +186,40 @@ def saturation(ctx: Context) -> list[Finding]:
 @rule("dead-units")
 def dead_units(ctx: Context) -> list[Finding]:
     """ReLU units that output 0 for every sampled example (> 20% of a layer): they no longer learn."""
-    layers = [layer for layer in ctx.layers
-              if _finite(layer.dead_fraction) and layer.examples >= T.DEAD_MIN_EXAMPLES]
-    bad = [layer for layer in layers if layer.dead_fraction > T.DEAD_WARN]
+    measured = [(layer, v) for layer in ctx.layers
+                if _finite(v := layer.dead_fraction) and layer.examples >= T.DEAD_MIN_EXAMPLES]
+    bad = [(layer, v) for layer, v in measured if v > T.DEAD_WARN]
     if not bad:
         return []
-    worst = max(layer.dead_fraction for layer in bad)
+    worst = max(v for _, v in bad)
     return [Finding(
         "dead-units",
         "error" if worst > T.DEAD_ERROR else "warning",
-        [layer.name for layer in bad],
-        {"dead_fraction": {layer.name: _sig(layer.dead_fraction) for layer in layers},
-         "examples": min(layer.examples for layer in bad), "threshold": T.DEAD_WARN},
+        [layer.name for layer, _ in bad],
+        {"dead_fraction": {layer.name: _sig(v) for layer, v in measured},
+         "examples": min(layer.examples for layer, _ in bad), "threshold": T.DEAD_WARN},
         "check the biases start at 0 and the init matches ReLU (init.scheme=kaiming_normal); lower optim.lr "
         "(a too-large step pushes units into the negative region for good); or use model.activation=leaky_relu "
         "or elu, which cannot die",
-        f"{100 * worst:.0f}% of the units of {max(bad, key=lambda l: l.dead_fraction).name} never fire on "
-        f"{min(layer.examples for layer in bad)} examples (threshold {100 * T.DEAD_WARN:.0f}%).",
+        f"{100 * worst:.0f}% of the units of {max(bad, key=lambda pair: pair[1])[0].name} never fire on "
+        f"{min(layer.examples for layer, _ in bad)} examples (threshold {100 * T.DEAD_WARN:.0f}%).",
     )]
 
 
 # ----------------------------------------------------------------------------- backward signal
 
 
-def _grad_layers(ctx: Context) -> list[LayerStats]:
-    return [layer for layer in signal_layers(ctx.layers) if _finite(layer.grad_std)]
+def _grad_layers(ctx: Context) -> list[tuple[LayerStats, float]]:
+    """The hidden signal layers with a finite ``grad_std``, each with it."""
+    return [(layer, g) for layer in signal_layers(ctx.layers) if _finite(g := layer.grad_std)]
 
 
-def _grad_ratio(ctx: Context) -> tuple[float, list[LayerStats]] | None:
+def _grad_ratio(ctx: Context) -> tuple[float, list[tuple[LayerStats, float]]] | None:
     """std(dL/dz) at the first hidden layer over that at the last hidden layer, or None."""
     layers = _grad_layers(ctx)
-    if len(layers) < 2 or not layers[-1].grad_std > 0:
+    if len(layers) < 2 or not layers[-1][1] > 0:
         return None
-    return layers[0].grad_std / layers[-1].grad_std, layers
+    return layers[0][1] / layers[-1][1], layers
 
 
 @rule("vanishing-gradients")
@@ -226,12 +232,12 @@ def vanishing_gradients(ctx: Context) -> list[Finding]:
     return [Finding(
         "vanishing-gradients",
         "error" if ratio < T.GRAD_VANISH_ERROR else "warning",
-        [layer.name for layer in layers if layer.grad_std < T.GRAD_VANISH_WARN * layers[-1].grad_std],
-        {"grad_std": {layer.name: _sig(layer.grad_std) for layer in layers}, "ratio": _sig(ratio),
+        [layer.name for layer, g in layers if g < T.GRAD_VANISH_WARN * layers[-1][1]],
+        {"grad_std": {layer.name: _sig(g) for layer, g in layers}, "ratio": _sig(ratio),
          "threshold": T.GRAD_VANISH_WARN},
         "avoid saturating activations in deep stacks (model.activation=relu), " + _INIT_FIX
         + "; for very deep nets add residual connections (model.name=resnet)",
-        f"dL/dz shrinks {1 / ratio:.3g}x from {layers[-1].name} back to {layers[0].name} "
+        f"dL/dz shrinks {1 / ratio:.3g}x from {layers[-1][0].name} back to {layers[0][0].name} "
         f"(threshold {1 / T.GRAD_VANISH_WARN:g}x): the first layers barely learn.",
     )]
 
@@ -246,11 +252,11 @@ def exploding_gradients(ctx: Context) -> list[Finding]:
     return [Finding(
         "exploding-gradients",
         "error" if ratio > T.GRAD_EXPLODE_ERROR else "warning",
-        [layer.name for layer in layers if layer.grad_std > T.GRAD_EXPLODE_WARN * layers[-1].grad_std],
-        {"grad_std": {layer.name: _sig(layer.grad_std) for layer in layers}, "ratio": _sig(ratio),
+        [layer.name for layer, g in layers if g > T.GRAD_EXPLODE_WARN * layers[-1][1]],
+        {"grad_std": {layer.name: _sig(g) for layer, g in layers}, "ratio": _sig(ratio),
          "threshold": T.GRAD_EXPLODE_WARN},
         "use smaller initial weights (" + _INIT_FIX + "); clip the gradient norm (train.grad_clip=1.0)",
-        f"dL/dz grows {ratio:.3g}x from {layers[-1].name} back to {layers[0].name} "
+        f"dL/dz grows {ratio:.3g}x from {layers[-1][0].name} back to {layers[0][0].name} "
         f"(threshold {T.GRAD_EXPLODE_WARN:g}x).",
     )]
 
@@ -292,15 +298,15 @@ def unnormalized_input(ctx: Context) -> list[Finding]:
 @rule("update-ratio-high")
 def update_ratio_high(ctx: Context) -> list[Finding]:
     """Median ||dW||/||W|| per step > 5e-2, 50x the ~1e-3 rule of thumb (Karpathy, CS231n)."""
-    layers = [layer for layer in weight_layers(ctx.layers) if _finite(layer.update_ratio)]
+    layers = _update_ratios(ctx)
     median = _median_ratio(ctx)
     if median is None or not median > T.UPDATE_RATIO_HIGH:
         return []
     return [Finding(
         "update-ratio-high",
         "error" if median > T.UPDATE_RATIO_HIGH_ERROR else "warning",
-        [layer.name for layer in layers if layer.update_ratio > T.UPDATE_RATIO_HIGH],
-        {"update_ratio": {layer.name: _sig(layer.update_ratio) for layer in layers}, "median": _sig(median),
+        [layer.name for layer, r in layers if r > T.UPDATE_RATIO_HIGH],
+        {"update_ratio": {layer.name: _sig(r) for layer, r in layers}, "median": _sig(median),
          "threshold": T.UPDATE_RATIO_HIGH, "rule_of_thumb": T.UPDATE_RATIO_TARGET},
         "lower optim.lr (try 3-10x lower, or trainwell lr-find); add warmup (sched.warmup_epochs=1)",
         f"the median step changes the weights by {100 * median:.3g}% of their norm (rule of thumb ~0.1%, "
@@ -311,14 +317,14 @@ def update_ratio_high(ctx: Context) -> list[Finding]:
 @rule("update-ratio-low")
 def update_ratio_low(ctx: Context) -> list[Finding]:
     """Median ||dW||/||W|| per step < 1e-4, 10x below the ~1e-3 rule of thumb (Karpathy, CS231n)."""
-    layers = [layer for layer in weight_layers(ctx.layers) if _finite(layer.update_ratio)]
+    layers = _update_ratios(ctx)
     median = _median_ratio(ctx)
     if median is None or not median < T.UPDATE_RATIO_LOW or ctx.lr_decayed():
         return []
     return [Finding(
         "update-ratio-low", "warning",
-        [layer.name for layer in layers if layer.update_ratio < T.UPDATE_RATIO_LOW],
-        {"update_ratio": {layer.name: _sig(layer.update_ratio) for layer in layers}, "median": _sig(median),
+        [layer.name for layer, r in layers if r < T.UPDATE_RATIO_LOW],
+        {"update_ratio": {layer.name: _sig(r) for layer, r in layers}, "median": _sig(median),
          "threshold": T.UPDATE_RATIO_LOW, "rule_of_thumb": T.UPDATE_RATIO_TARGET},
         "raise optim.lr (try 10x higher, or trainwell lr-find)",
         f"the median step changes the weights by {median:.2g} of their norm (rule of thumb ~1e-3, "

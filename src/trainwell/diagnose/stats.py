@@ -135,7 +135,7 @@ class Moments:
             m2_b = var_b * n_b
         else:
             mean_b, m2_b = x, torch.zeros_like(x)
-        if self.mean is None:
+        if self.mean is None or self.m2 is None:  # both None until the first update
             self.n, self.mean, self.m2 = n_b, mean_b, m2_b
             return mean_b
         total = self.n + n_b
@@ -196,8 +196,9 @@ class LayerAccumulator:
         mean = self.out.update(y)
         h = histogram(strided_sample(y), self.bins, self.lo, self.hi)
         self.hist = h if self.hist is None else self.hist + h
-        bad = ~torch.isfinite(mean)
-        self.nonfinite = bad if self.nonfinite is None else self.nonfinite | bad
+        if mean is not None:  # None for an empty batch, which holds no non-finite value
+            bad = ~torch.isfinite(mean)
+            self.nonfinite = bad if self.nonfinite is None else self.nonfinite | bad
         if self.can_die and y.ndim >= 2:
             alive = ever_positive(y, unit_dim)
             if self.alive is None or self.alive.shape != alive.shape:
@@ -211,9 +212,10 @@ class LayerAccumulator:
 
     def update_grad(self, g: Tensor) -> None:
         """Record dL/d(output) of a sampled step. Shape: g like the output."""
-        g = g.detach().float()
-        bad = ~torch.isfinite(self.grad.update(g))
-        self.grad_nonfinite = bad if self.grad_nonfinite is None else self.grad_nonfinite | bad
+        mean = self.grad.update(g.detach().float())
+        if mean is not None:  # None for an empty batch, which holds no non-finite value
+            bad = ~torch.isfinite(mean)
+            self.grad_nonfinite = bad if self.grad_nonfinite is None else self.grad_nonfinite | bad
 
     def update_weight(self, weight: Tensor, grad: Tensor) -> None:
         """Record ||W|| and ||dL/dW|| of a sampled step (grad norms are averaged as RMS over steps)."""
@@ -231,16 +233,17 @@ class LayerAccumulator:
     def tensors(self) -> dict[str, Tensor]:
         """Everything to read back, as float tensors (read together by :func:`read_all`)."""
         out: dict[str, Tensor] = {}
-        if self.out.mean is not None:
+        out_var, grad_var = self.out.var(), self.grad.var()
+        if self.out.mean is not None and out_var is not None:
             out["mean"] = self.out.mean
-            out["var"] = self.out.var()
+            out["var"] = out_var
         if self.hist is not None:
             out["hist"] = self.hist
         if self.nonfinite is not None:
             out["nonfinite"] = self.nonfinite.float()
-        if self.grad.mean is not None:
+        if self.grad.mean is not None and grad_var is not None:
             out["grad_mean"] = self.grad.mean
-            out["grad_var"] = self.grad.var()
+            out["grad_var"] = grad_var
         if self.grad_nonfinite is not None:
             out["grad_nonfinite"] = self.grad_nonfinite.float()
         if self.alive is not None:
@@ -251,7 +254,7 @@ class LayerAccumulator:
             out["weight_norm"] = self.weight_norm
         if self.grad_sq is not None:
             out["grad_norm"] = (self.grad_sq / self.grad_steps).sqrt()
-        if self.ratio_sum is not None:
+        if self.ratio_sum is not None and self.ratio_max is not None:  # set together
             out["update_ratio"] = self.ratio_sum / self.ratio_steps
             out["update_ratio_max"] = self.ratio_max
         return out

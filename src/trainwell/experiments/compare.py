@@ -350,13 +350,13 @@ def execute(plan: Plan, out: Path, workers: int | None = None, console: Console 
                     while remaining:
                         finished, remaining = wait(remaining, return_when=FIRST_COMPLETED)
                         for fut in finished:
-                            exc = fut.exception()
-                            if exc is None:
+                            failure = fut.exception()
+                            if failure is None:
                                 done(futures[fut], fut.result(), None)
-                            elif isinstance(exc, TrainwellError):
-                                done(futures[fut], None, str(exc))
+                            elif isinstance(failure, TrainwellError):
+                                done(futures[fut], None, str(failure))
                             else:
-                                raise exc
+                                raise failure
                 except BaseException:
                     for fut in futures:
                         fut.cancel()

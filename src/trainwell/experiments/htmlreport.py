@@ -13,6 +13,7 @@ import base64
 import html
 import math
 import numbers
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -185,7 +186,7 @@ def render_code(block: Code) -> str:
     return f"<pre><code>{_esc(block.text)}</code></pre>"
 
 
-RENDERERS = {
+RENDERERS: dict[type, Callable[[Any], str]] = {
     Text: render_text,
     Table: render_table,
     Image: render_image,

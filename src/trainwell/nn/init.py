@@ -178,14 +178,15 @@ def init_model(model: nn.Module, cfg: InitConfig, generator: torch.Generator | N
     for module in model.modules():
         if isinstance(module, WEIGHT_LAYERS):
             entry.factory(module.weight, layer_gain(module), cfg, generator)
-            if module.bias is not None:
+            if isinstance(module.bias, Tensor):  # a Parameter, or None for bias=False
                 # The head keeps 0: a constant added to every logit changes nothing but the loss scale.
                 module.bias.fill_(cfg.bias if getattr(module, "follows", "identity") != "identity" else 0.0)
         elif isinstance(module, NORM_LAYERS):
-            if getattr(module, "weight", None) is not None:
-                module.weight.fill_(1.0)
-            if getattr(module, "bias", None) is not None:
-                module.bias.zero_()
+            weight, bias = getattr(module, "weight", None), getattr(module, "bias", None)
+            if weight is not None:
+                weight.fill_(1.0)
+            if bias is not None:
+                bias.zero_()
     return model
 
 
@@ -225,7 +226,7 @@ def _output_variance(model: nn.Module, batch: Tensor, layer: nn.Module) -> float
 
 def _forward_order(model: nn.Module, batch: Tensor) -> list[tuple[str, nn.Module]]:
     """The model's Linear/Conv layers in the order the forward pass first calls them."""
-    names = {m: n for n, m in model.named_modules() if isinstance(m, WEIGHT_LAYERS)}
+    names: dict[nn.Module, str] = {m: n for n, m in model.named_modules() if isinstance(m, WEIGHT_LAYERS)}
     order: list[nn.Module] = []
 
     def hook(module: nn.Module, inputs: object, output: object) -> None:
@@ -292,6 +293,8 @@ def lsuv_init(
             layers = layers[:-1]
         variances: dict[str, float] = {}
         for name, layer in layers:
+            weight = layer.weight
+            assert isinstance(weight, Tensor)  # a Linear/Conv weight; nn.Module types attributes Tensor | Module
             for step in range(cfg.lsuv_max_iter + 1):
                 var = _output_variance(model, batch, layer)
                 if not (math.isfinite(var) and var > 0):
@@ -301,7 +304,7 @@ def lsuv_init(
                     )
                 if abs(var - 1.0) < cfg.lsuv_tol or step == cfg.lsuv_max_iter:
                     break
-                layer.weight.div_(math.sqrt(var))
+                weight.div_(math.sqrt(var))
             if abs(var - 1.0) >= cfg.lsuv_tol and cfg.lsuv_max_iter > 0:
                 warnings.warn(
                     f"lsuv: layer '{name}' output variance {var:.3g} after {cfg.lsuv_max_iter} rescalings "

@@ -19,7 +19,7 @@ from __future__ import annotations
 from torch import nn
 
 #: Layers with a weight that init schemes set and the doctor tracks: Linear and Conv1d/2d/3d (transposed too).
-WEIGHT_LAYERS: tuple[type[nn.Module], ...] = (nn.Linear, nn.modules.conv._ConvNd)
+WEIGHT_LAYERS: tuple[type[nn.Linear], type[nn.modules.conv._ConvNd]] = (nn.Linear, nn.modules.conv._ConvNd)
 #: Normalisation layers: BatchNorm*/InstanceNorm* (``_NormBase``), GroupNorm, LayerNorm, LocalResponseNorm.
 NORM_LAYERS: tuple[type[nn.Module], ...] = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm,
                                             nn.LocalResponseNorm)

@@ -75,7 +75,8 @@ class TensorBoardLog(Callback):
     """Every metric of every epoch as a TensorBoard scalar (``train/loss``, ``val/acc``, ...)."""
 
     def __init__(self, folder: Path, writer_class: Any) -> None:
-        self.folder, self.writer_class, self.writer = folder, writer_class, None
+        self.folder, self.writer_class = folder, writer_class
+        self.writer: Any = None  # a writer_class instance while a fit runs
 
     def _open(self, epochs_done: int) -> None:
         # purge_step drops the events logged after the state the run (re)starts from: those of a killed

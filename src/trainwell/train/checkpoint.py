@@ -255,7 +255,7 @@ class Checkpoints:
     def _write(self, state_json: str, header: dict[str, Any], data: list[torch.Tensor], step: int, epoch: int,
                count: int) -> Path:
         assert self.folder is not None
-        bodies = [memoryview(d.numpy()) for d in data]
+        bodies = [d.numpy().data for d in data]
         metadata = {"format": CHECKPOINT_FORMAT, "version": str(CHECKPOINT_VERSION), "step": str(step),
                     "epoch": str(epoch), "tensors_sha256": _tensors_sha256(header, bodies),
                     "state_sha256": _state_sha256(step, epoch, state_json), "state": state_json}

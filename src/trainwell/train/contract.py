@@ -292,7 +292,7 @@ def _kind(x: Any) -> str:
     dtype = getattr(x, "dtype", None)
     if isinstance(dtype, np.dtype):
         return dtype.kind
-    if hasattr(dtype, "is_floating_point"):  # a torch dtype
+    if dtype is not None and hasattr(dtype, "is_floating_point"):  # a torch dtype
         if dtype.is_complex:
             return "c"
         if dtype.is_floating_point:

@@ -60,7 +60,8 @@ def split_param_groups(model: nn.Module, exempt_bias_and_norm: bool = True) -> P
     for module in model.modules():
         if isinstance(module, NORM_LAYERS):
             in_norm.update(id(p) for p in module.parameters(recurse=False))
-    decay, no_decay = [], []
+    decay: list[tuple[str, nn.Parameter]] = []
+    no_decay: list[tuple[str, nn.Parameter]] = []
     for name, p in model.named_parameters():
         if not p.requires_grad and not getattr(p, "unfreezes_later", False):
             continue
@@ -91,7 +92,7 @@ def _groups(groups: ParamGroups, weight_decay: float) -> list[dict]:
 def sgd(groups: ParamGroups, cfg: OptimConfig) -> torch.optim.Optimizer:
     """SGD with momentum (Polyak 1964) or Nesterov momentum (Sutskever et al. 2013); L2-coupled decay."""
     return torch.optim.SGD(
-        _groups(groups, cfg.weight_decay), lr=cfg.lr, momentum=cfg.momentum,
+        _groups(groups, cfg.weight_decay), lr=_peak_lr(cfg), momentum=cfg.momentum,
         nesterov=cfg.nesterov and cfg.momentum > 0,
     )
 
@@ -99,13 +100,20 @@ def sgd(groups: ParamGroups, cfg: OptimConfig) -> torch.optim.Optimizer:
 @OPTIMIZERS.register("adam", decoupled=False)
 def adam(groups: ParamGroups, cfg: OptimConfig) -> torch.optim.Optimizer:
     """Adam (Kingma & Ba 2015): per-parameter steps from first and second moment estimates."""
-    return torch.optim.Adam(_groups(groups, cfg.weight_decay), lr=cfg.lr, betas=_betas(cfg), eps=cfg.eps)
+    return torch.optim.Adam(_groups(groups, cfg.weight_decay), lr=_peak_lr(cfg), betas=_betas(cfg), eps=cfg.eps)
 
 
 @OPTIMIZERS.register("adamw", decoupled=True)
 def adamw(groups: ParamGroups, cfg: OptimConfig) -> torch.optim.Optimizer:
     """AdamW (Loshchilov & Hutter 2019): Adam with weight decay decoupled from the gradient."""
-    return torch.optim.AdamW(_groups(groups, cfg.weight_decay), lr=cfg.lr, betas=_betas(cfg), eps=cfg.eps)
+    return torch.optim.AdamW(_groups(groups, cfg.weight_decay), lr=_peak_lr(cfg), betas=_betas(cfg), eps=cfg.eps)
+
+
+def _peak_lr(cfg: OptimConfig) -> float:
+    """``optim.lr`` as a number; a ConfigError while it is still ``auto``."""
+    if cfg.lr == "auto":  # the recipe resolves it (LR range test) before any optimiser is built
+        raise ConfigError("optim.lr=auto must be resolved by the LR range test before building the optimiser.")
+    return cfg.lr
 
 
 def _betas(cfg: OptimConfig) -> tuple[float, float]:
@@ -115,8 +123,7 @@ def _betas(cfg: OptimConfig) -> tuple[float, float]:
 def build_optimizer(
     model: nn.Module, cfg: OptimConfig, exempt_bias_and_norm: bool = True
 ) -> tuple[torch.optim.Optimizer, ParamGroups]:
-    if cfg.lr == "auto":  # the recipe resolves it (LR range test) before any optimiser is built
-        raise ConfigError("optim.lr=auto must be resolved by the LR range test before building the optimiser.")
+    _peak_lr(cfg)
     groups = split_param_groups(model, exempt_bias_and_norm)
     if not groups.decay and not groups.no_decay:
         raise ConfigError("the model has no trainable parameters.")
@@ -316,6 +323,6 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg: Config, steps_per_epo
     if sched.name == "cosine_restarts":
         sched = dataclasses.replace(sched, cycles=restart_cycles(cfg))
     total = steps_per_epoch * cfg.train.epochs
-    lr = cfg.optim.lr
+    lr = _peak_lr(cfg.optim)
     warmup = warmup_steps_for(sched, steps_per_epoch, total)
     return ScheduleTable(optimizer, [lr_multiplier(i, steps_per_epoch, total, sched, lr, warmup) for i in range(total)])

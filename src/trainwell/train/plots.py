@@ -9,6 +9,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
 
 
 def plot_curves(history: list[dict[str, Any]], path: Path, title: str = "") -> Path:
@@ -29,7 +30,7 @@ def plot_curves(history: list[dict[str, Any]], path: Path, title: str = "") -> P
     return save_figure(fig, path)
 
 
-def save_figure(fig, path: Path, dpi: int = 100) -> Path:
+def save_figure(fig: Figure, path: Path, dpi: int = 100) -> Path:
     """Save atomically (temporary file, then rename) and close the figure."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp{path.suffix}")

@@ -457,7 +457,7 @@ def fit(
     def train_step(indices: list[torch.Tensor]) -> None:
         # One optimiser step over len(indices) micro-batches (gradient accumulation: each loss / N).
         state.optimizer.zero_grad(set_to_none=True)
-        total = None
+        total: torch.Tensor | None = None
         for idx in indices:
             xb = to_float(x_train[idx])  # (B, *input_shape) float32
             yb = y_train[idx]  # (B,)
@@ -477,6 +477,7 @@ def fit(
             state.correct.add_((logits.detach().argmax(1) == yb).sum())
             state.seen += len(idx)
             total = objective.detach() if total is None else total + objective.detach()
+        assert total is not None  # indices holds at least one micro-batch
         if settings.grad_clip > 0:
             norm = nn.utils.clip_grad_norm_(state.model.parameters(), settings.grad_clip)
             total = torch.add(total, norm, alpha=0)  # NaN when the norm is NaN or inf

@@ -346,7 +346,7 @@ def _scan_opcodes(data: bytes) -> None:
         for count, (opcode, arg, pos) in enumerate(pickletools.genops(data), start=1):
             if opcode.name in _REFUSED_OPCODES:
                 raise _Refused(f"uses the pickle opcode {opcode.name} (at byte {pos}), which no CIFAR batch contains")
-            if opcode.name in _MEMO_OPCODES and not 0 <= arg < count:
+            if opcode.name in _MEMO_OPCODES and isinstance(arg, int) and not 0 <= arg < count:  # memo args are ints
                 raise _Refused(f"uses the pickle memo index {_size_text(arg)} (at byte {pos}), which no pickler writes")
 
 

@@ -46,7 +46,7 @@ def _find_idx(folder: Path, role: str) -> Path | None:
     return None
 
 
-def _read_exact(f: IO[bytes], n: int) -> bytes:
+def _read_exact(f: IO[bytes] | gzip.GzipFile, n: int) -> bytes:
     chunks, got = [], 0
     while got < n:
         chunk = f.read(n - got)
@@ -124,7 +124,7 @@ def read_idx(path: Path) -> np.ndarray:
                 out = np.empty(need // dtype.itemsize, dtype=dtype)  # pages are only committed as they fill
             except MemoryError:
                 raise DataError(f"{where} declares {need:,} bytes of data, more than this machine can hold.") from None
-            view = memoryview(out.view(np.uint8))
+            view = out.view(np.uint8).data
             filled = 0
             while filled < len(view):
                 n = f.readinto(view[filled:])

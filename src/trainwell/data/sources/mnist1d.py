@@ -118,7 +118,7 @@ def _write_atomically(path: Path, arrays: dict[str, np.ndarray]) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with atomic_file(path) as f:
-            np.savez(f, **arrays)
+            np.savez(f, **arrays)  # type: ignore[arg-type]  # numpy's stub lets **kwds bind allow_pickle: bool
     except OSError as exc:
         warnings.warn(f"could not cache generated data at '{path}' ({exc}); set TRAINWELL_CACHE to a writable folder.", stacklevel=3)
 

@@ -12,7 +12,7 @@ import struct
 import zipfile
 import zlib
 from pathlib import Path
-from typing import IO
+from typing import IO, Protocol
 
 import numpy as np
 
@@ -52,10 +52,16 @@ def _stored_member_offset(f: IO[bytes], info: zipfile.ZipInfo, where: str) -> in
     return info.header_offset + 30 + name_len + extra_len
 
 
+class ByteReader(Protocol):
+    """What the .npy header reader needs of a stream: ``read(n)`` (an open file, a zip entry, a gzip stream)."""
+
+    def read(self, n: int = -1, /) -> bytes: ...
+
+
 class _CountingReader:
     """A stream's ``read`` that counts the bytes it returns and their CRC-32 (as a zip entry records it)."""
 
-    def __init__(self, f: IO[bytes]) -> None:
+    def __init__(self, f: ByteReader) -> None:
         self.f, self.count, self.crc = f, 0, 0
 
     def read(self, n: int = -1) -> bytes:
@@ -65,7 +71,7 @@ class _CountingReader:
         return data
 
 
-def npy_header(f: IO[bytes], subject: str, fix: str) -> tuple[tuple[int, ...], bool, np.dtype, int]:
+def npy_header(f: ByteReader, subject: str, fix: str) -> tuple[tuple[int, ...], bool, np.dtype, int]:
     """``(shape, fortran_order, dtype, header bytes)`` of the .npy stream ``f``, read from its header only.
 
     Nothing is allocated for the data: callers compare ``header bytes + prod(shape) * itemsize``
@@ -75,11 +81,11 @@ def npy_header(f: IO[bytes], subject: str, fix: str) -> tuple[tuple[int, ...], b
     """
     counter = _CountingReader(f)
     try:
-        version = np.lib.format.read_magic(counter)  # type: ignore[arg-type]
+        version = np.lib.format.read_magic(counter)
         if version not in ((1, 0), (2, 0)):
             raise DataError(f"{subject} is not a readable .npy array (format version {version[0]}.{version[1]}); {fix}")
         read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-        shape, fortran, dtype = read_header(counter)  # type: ignore[arg-type]
+        shape, fortran, dtype = read_header(counter)
     except DataError:
         raise
     except Exception as exc:  # the header is untrusted text parsed by numpy: ValueError, SyntaxError, MemoryError...
@@ -136,8 +142,8 @@ def _read_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, where: str) -> np.n
     probe.file_size = info.file_size + 1
     del probe.CRC  # zipfile checks no CRC for an entry without one
     with zf.open(probe) as f:
-        reader = _CountingReader(f)  # type: ignore[arg-type]
-        shape, fortran, dtype, header = npy_header(reader, subject, "re-create the file.")  # type: ignore[arg-type]
+        reader = _CountingReader(f)
+        shape, fortran, dtype, header = npy_header(reader, subject, "re-create the file.")
         nbytes = _declared_nbytes(shape, dtype)
         if header + nbytes != info.file_size:
             raise DataError(
@@ -148,7 +154,7 @@ def _read_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, where: str) -> np.n
             flat = np.empty(nbytes // dtype.itemsize if dtype.itemsize else 0, dtype=dtype)
         except MemoryError:
             raise DataError(f"{subject} declares {nbytes:,} bytes, more than this machine can hold.") from None
-        view = memoryview(flat.view(np.uint8)) if nbytes else memoryview(bytearray())
+        view = flat.view(np.uint8).data if nbytes else memoryview(bytearray())
         filled = 0
         while filled < nbytes:
             chunk = reader.read(min(nbytes - filled, 1 << 20))
@@ -250,6 +256,17 @@ def _npz_features(x: np.ndarray, where: str, what: str) -> np.ndarray:
     return x.astype(np.float32)
 
 
+def _required_array(chosen: dict[str, str | None], role: str, where: str, present: list[str]) -> str:
+    """The name of the array chosen for ``role``, or a DataError when the file has none."""
+    name = chosen[role]
+    if name is None:
+        raise DataError(
+            f"{where} has no '{role}' array (arrays: {shown_names(present) or 'none'}); "
+            f"save it with np.savez(path, x=..., y=...)."
+        )
+    return name
+
+
 @DATASETS.register("npz", needs_path=True, kind="any")
 def load_npz(cfg: DataConfig) -> ArrayData:
     """A NumPy .npz with arrays x, y (optionally x_test, y_test, classes); large files memory-mapped."""
@@ -257,18 +274,13 @@ def load_npz(cfg: DataConfig) -> ArrayData:
     where = f"npz file '{path}'"
     present = npz_array_names(path)
     chosen = {role: next((n for n in options if n in present), None) for role, options in _NPZ_NAMES.items()}
-    for role in ("x", "y"):
-        if chosen[role] is None:
-            raise DataError(
-                f"{where} has no '{role}' array (arrays: {shown_names(present) or 'none'}); "
-                f"save it with np.savez(path, x=..., y=...)."
-            )
+    x_name, y_name = (_required_array(chosen, role, where, present) for role in ("x", "y"))
     if (chosen["x_test"] is None) != (chosen["y_test"] is None):
         raise DataError(f"{where} has only one of x_test and y_test; save both or neither.")
     wanted = [n for n in chosen.values() if n is not None] + (["classes"] if "classes" in present else [])
     arrays = read_npz(path, wanted)
-    x = _npz_features(arrays[chosen["x"]], where, chosen["x"])  # type: ignore[index]
-    raw_y = arrays[chosen["y"]]  # type: ignore[index]
+    x = _npz_features(arrays[x_name], where, x_name)
+    raw_y = arrays[y_name]
     x_test = y_test = None
     raw_y_test = arrays[chosen["y_test"]] if chosen["y_test"] else None
     if chosen["x_test"]:
@@ -279,7 +291,7 @@ def load_npz(cfg: DataConfig) -> ArrayData:
         y = codes[: len(raw_y)]
         y_test = codes[len(raw_y) :] if raw_y_test is not None else None
     else:
-        y = _integer_labels(raw_y, where, f"'{chosen['y']}'")
+        y = _integer_labels(raw_y, where, f"'{y_name}'")
         if raw_y_test is not None:
             y_test = _integer_labels(raw_y_test, where, f"'{chosen['y_test']}'")
         classes = _numeric_class_names(y, y_test, where=where)

@@ -58,7 +58,8 @@ def analyse(result: CompareResult, out: Path) -> LabOutcome:
 
     cells = by_label(result)
     relu, sigmoid = cells["relu"], cells["sigmoid"]
-    rows, evidence = [], {}
+    rows: list[list[str]] = []
+    evidence: dict[str, Any] = {}
     fig, ax = plt.subplots(figsize=(7, 4), constrained_layout=True)
     for c in result.cells:
         acc, grad, ratio = c.ci, c.mean_of("grad_rms_first"), c.mean_of("grad_first_over_last")

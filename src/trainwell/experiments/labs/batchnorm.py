@@ -134,7 +134,8 @@ def analyse(result: CompareResult, out: Path) -> LabOutcome:
     plotted: dict[str, list[tuple[float, CellResult, dict[str, Any]]]] = {n: [] for n in NORMS}
     for c in result.cells:
         norm, lr = _norm_lr(c)
-        per_seed = epochs_to_target(c, target) if math.isfinite(target) else {s: None for s in c.histories}
+        per_seed: dict[int, int | None] = (epochs_to_target(c, target) if math.isfinite(target)
+                                           else {s: None for s in c.histories})
         reach = reach_summary(per_seed)
         n_div = sum(bool(s.get("diverged")) for s in c.summaries.values())
         acc.setdefault(norm, {})[lr] = c.ci.mean

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -15,6 +15,9 @@ from trainwell.experiments.stats import MeanCI, mean_ci
 from trainwell.formatting import MISSING, percent
 from trainwell.nn.layers import WEIGHT_LAYERS
 
+if TYPE_CHECKING:
+    from trainwell.experiments.stats import PairedTest
+
 
 def pct(ci: MeanCI) -> str:
     """``97.41% ± 0.62`` (mean ± half-width of the 95% CI, in percentage points)."""
@@ -24,7 +27,7 @@ def pct(ci: MeanCI) -> str:
     return percent(ci.mean) + half
 
 
-def num(value: float, digits: int = 3) -> str:
+def num(value: float | None, digits: int = 3) -> str:
     return MISSING if value is None or not math.isfinite(value) else f"{value:.{digits}g}"
 
 
@@ -45,7 +48,7 @@ def by_label(result: CompareResult) -> dict[str, CellResult]:
     return {c.label: c for c in result.cells}
 
 
-def weight_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
+def weight_layers(model: nn.Module) -> list[tuple[str, nn.Linear | nn.modules.conv._ConvNd]]:
     """Linear and conv layers in call order (registration order for the built-in models)."""
     return [(n, m) for n, m in model.named_modules() if isinstance(m, WEIGHT_LAYERS)]
 
@@ -68,7 +71,11 @@ def rms_gradients(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> list[fl
     model.train()
     model.zero_grad(set_to_none=True)
     F.cross_entropy(model(x), y).backward()
-    rms = [float(m.weight.grad.pow(2).mean().sqrt()) for _, m in weight_layers(model)]
+    rms = []
+    for _, m in weight_layers(model):
+        grad = m.weight.grad
+        assert grad is not None  # every weight took part in the backward pass just run
+        rms.append(float(grad.pow(2).mean().sqrt()))
     model.zero_grad(set_to_none=True)
     return rms
 
@@ -93,7 +100,7 @@ def reach_summary(epochs: dict[int, int | None]) -> dict[str, Any]:
     return {"mean": mean_ci(reached).mean, "reached": len(reached), "n": len(epochs)}
 
 
-def paired_measure(cell: CellResult, other: CellResult, key: str, alpha: float = 0.05):
+def paired_measure(cell: CellResult, other: CellResult, key: str, alpha: float = 0.05) -> PairedTest:
     """Paired t-test over seeds of any measured key, ``cell`` against ``other`` (diff = cell − other)."""
     from trainwell.experiments.stats import paired_test
 

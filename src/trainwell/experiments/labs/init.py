@@ -28,7 +28,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 import torch
 from torch import Tensor, nn
@@ -167,9 +167,10 @@ def std_ratio(stds: Sequence[float]) -> float:
 def deep_mean(values: Sequence[float | None]) -> float | None:
     """Mean over the deep half of the layers (the last ceil(n/2)); None when a value is missing."""
     deep = list(values)[len(values) // 2:]
-    if not deep or any(v is None or not math.isfinite(v) for v in deep):
+    finite = [v for v in deep if _ok(v)]
+    if not deep or len(finite) < len(deep):
         return None
-    return sum(deep) / len(deep)
+    return sum(finite) / len(finite)
 
 
 def measure(run: Any, splits: Any) -> dict[str, Any]:
@@ -193,7 +194,7 @@ def measure(run: Any, splits: Any) -> dict[str, Any]:
 # ----------------------------------------------------------------------------- verdict
 
 
-def _ok(value: float | None) -> bool:
+def _ok(value: float | None) -> TypeGuard[float]:
     return value is not None and math.isfinite(value)
 
 
@@ -259,8 +260,7 @@ def _first_seed_summary(cell: CellResult | None) -> dict[str, Any] | None:
 def _histogram_figure(cells: dict[str, CellResult], net: str, path: Path) -> tuple[Path, int | None] | None:
     from trainwell.train.plots import plt, save_figure
 
-    rows = [(s, _first_seed_summary(cells.get(cell_label(net, s)))) for s in SCHEMES]
-    rows = [(s, m) for s, m in rows if m is not None]
+    rows = [(s, m) for s in SCHEMES if (m := _first_seed_summary(cells.get(cell_label(net, s)))) is not None]
     if not rows:
         return None
     seed = next((sd for sd, sm in cells[cell_label(net, rows[0][0])].summaries.items() if sm is rows[0][1]), None)

@@ -24,6 +24,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any, TypedDict
 
 from trainwell.experiments.compare import Cell
 from trainwell.experiments.lab import Lab, LabOutcome, register
@@ -51,6 +52,14 @@ def loss_area(curve: Sequence[float]) -> float:
 def first_epoch_loss(curve: Sequence[float]) -> float:
     """The first epoch's mean training loss (NaN when there is none)."""
     return float(curve[0]) if curve and curve[0] is not None and math.isfinite(curve[0]) else math.nan
+
+
+class _SeedMeasures(TypedDict):
+    """One cell's measures, each keyed by seed."""
+
+    area: dict[int, float]
+    loss1: dict[int, float]
+    epochs: dict[int, int | None]
 
 
 def _mean_pm(ci: MeanCI) -> str:
@@ -113,7 +122,7 @@ def analyse(result: CompareResult, out: Path) -> LabOutcome:
     best_val = max((c.mean_of("final_val_acc").mean for c in result.cells
                     if math.isfinite(c.mean_of("final_val_acc").mean)), default=math.nan)
     target = TARGET_FRACTION * best_val
-    per_seed = {}
+    per_seed: dict[str, _SeedMeasures] = {}
     for c in result.cells:
         losses = c.curve_of("train_loss")
         per_seed[c.label] = {"area": {s: loss_area(v) for s, v in losses.items()},
@@ -121,7 +130,13 @@ def analyse(result: CompareResult, out: Path) -> LabOutcome:
                              "epochs": epochs_to_target(c, target) if math.isfinite(target)
                              else {s: None for s in losses}}
     n_epochs = max((len(h) for c in result.cells for h in c.histories.values()), default=0)
-    area_mean, loss1_mean, area_test, loss1_test, epochs, evidence, rows = {}, {}, {}, {}, {}, {}, []
+    area_mean: dict[str, float] = {}
+    loss1_mean: dict[str, float] = {}
+    area_test: dict[str, tuple[float, float]] = {}
+    loss1_test: dict[str, tuple[float, float]] = {}
+    epochs: dict[str, tuple[float, int, int]] = {}
+    evidence: dict[str, Any] = {}
+    rows: list[list[str]] = []
     for c in result.cells:
         ps = per_seed[c.label]
         area_ci, loss1_ci = mean_ci(list(ps["area"].values())), mean_ci(list(ps["loss1"].values()))

@@ -98,7 +98,8 @@ def analyse(result: CompareResult, out: Path) -> LabOutcome:
     from trainwell.train.plots import plt, save_figure
 
     kinds = {_penalty(c): c for c in result.cells}
-    rows, evidence = [], {"zero_threshold": ZERO_THRESHOLD, "relative_threshold": RELATIVE_THRESHOLD}
+    rows: list[list[str]] = []
+    evidence: dict[str, Any] = {"zero_threshold": ZERO_THRESHOLD, "relative_threshold": RELATIVE_THRESHOLD}
     fig, ax = plt.subplots(figsize=(7.5, 4.2), constrained_layout=True)
     for c in result.cells:
         frac, rel, norm = c.mean_of("frac_zero"), c.mean_of("frac_zero_rel"), c.mean_of("weight_norm")
