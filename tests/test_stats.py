@@ -133,3 +133,11 @@ def test_results_serialise_with_their_field_names():
     assert ci.to_dict() == {"mean": ci.mean, "low": ci.low, "high": ci.high, "std": ci.std, "n": 2, "level": 0.95}
     t = paired_test({0: 0.6, 1: 0.9, 2: 0.8}, {0: 0.5, 1: 0.6, 2: 0.7})
     assert t.to_dict() == {"diff": t.diff.to_dict(), "p": t.p, "n": 3, "significant": t.significant}
+
+
+def test_float32_values_are_summarised_in_float64():
+    x = np.random.default_rng(3).normal(0.9, 0.02, 50).astype(np.float32)
+    ci = mean_ci(list(x))  # numpy float32 scalars, e.g. from an array's elements
+    exact = x.astype(np.float64)
+    assert ci.mean == pytest.approx(exact.mean(), rel=1e-13, abs=0)
+    assert ci.std == pytest.approx(exact.std(ddof=1), rel=1e-11, abs=0)
