@@ -349,3 +349,30 @@ def test_divergence_names_where_the_values_became_non_finite():
 def test_findings_record_when_the_statistics_were_taken():
     (f,) = [f for f in run_rules(Context([relu("r0", 0, 0.9)], when="epoch 3")) if f.code == "dead-units"]
     assert f.evidence["when"] == "epoch 3"
+
+
+# ----------------------------------------------------------------------------- edges the mutation run found
+
+
+def test_an_lr_at_exactly_half_the_peak_has_not_decayed():
+    assert not Context(history=[{"lr": 1.0}, {"lr": 0.5}]).lr_decayed()  # "below half of the peak"
+    assert Context(history=[{"lr": 1.0}, {"lr": below(0.5)}]).lr_decayed()
+
+
+def test_evidence_is_rounded_to_three_significant_digits():
+    f = found(Context(net({"std": 0.0123456}, {"std": 1.0})), "vanishing-activations")
+    assert f.evidence["min_ratio"] == 0.0123 and f.evidence["std"] == {"h0": 0.0123, "h1": 1.0}
+    f = found(Context(updates(0.123456, 0.234567, 0.345678)), "update-ratio-high")
+    assert f.evidence["median"] == 0.235 and f.evidence["update_ratio"]["l2"] == 0.346
+
+
+def test_a_missing_train_loss_counts_as_non_finite():
+    f = found(Context(history=[{"epoch": 1, "train_loss": 1.0}, {"epoch": 2, "train_loss": None}]), "divergence")
+    assert f.evidence["nonfinite_train_loss_epoch"] == 2
+
+
+def test_the_gradient_ratio_is_first_over_last_hidden_layer_of_any_depth():
+    layers = net({"grad_std": 1e-3}, {"grad_std": 5.0}, {"grad_std": 1.0}, grad_std=1e9)
+    f = found(Context(layers), "vanishing-gradients")
+    assert f.evidence["ratio"] == pytest.approx(1e-3) and f.layers == ["h0"]
+    assert found(Context(net({"grad_std": 1.0}, {"grad_std": 1.0}, {"grad_std": 0.0})), "exploding-gradients") is None
