@@ -247,8 +247,13 @@ def test_plot_reliability_rejects_empty_or_wrong_curves(tmp_path):
 
 
 def test_the_default_is_fifteen_bins():
-    probs, labels = dirichlet(3, 200, 5, alpha=1.0)
+    # labels drawn from the probabilities: bins over- and under-confident, so the binning matters
+    # (a model wrong in every bin has the same ECE for any number of bins)
+    rng = np.random.default_rng(3)
+    probs = rng.dirichlet(np.full(5, 0.3), size=300)
+    labels = np.array([rng.choice(5, p=row) for row in probs])
     probs, labels = torch.from_numpy(probs), torch.from_numpy(labels)
+    assert expected_calibration_error(probs, labels, 15) != pytest.approx(expected_calibration_error(probs, labels, 16))
     assert len(reliability_bins(probs, labels)["count"]) == 15
     assert expected_calibration_error(probs, labels) == pytest.approx(naive_ece(probs.numpy(), labels.numpy(), 15))
     assert calibration_summary(probs, labels)["bins"] == reliability_bins(probs, labels, 15)
