@@ -93,15 +93,32 @@ def run_module(module: str, tests: list[str], fresh: bool) -> int:
     return code
 
 
+def show_survivors(module: str) -> None:
+    """Print each mutant of ``module`` that was not killed, with its diff (from the last run)."""
+    folder = WORK / module.replace("/", ".").removesuffix(".py")
+    mutmut = Path(sys.executable).with_name("mutmut")
+    for line in (folder / "summary.txt").read_text().splitlines():
+        name, _, status = line.strip().rpartition(": ")
+        if status != "killed":
+            diff = subprocess.run([str(mutmut), "show", name], cwd=folder, capture_output=True, text=True).stdout
+            changed = [d for d in diff.splitlines() if d[:1] in "+-" and d[:3] not in ("+++", "---")]
+            print(f"{name}: {status}\n  " + "\n  ".join(changed))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("modules", nargs="*", help=f"modules under src/trainwell/ (default: all of {list(MODULES)})")
     parser.add_argument("--fresh", action="store_true", help="forget earlier results")
     parser.add_argument("--stop-at", metavar="HH:MM", help="start no module after this UTC time")
+    parser.add_argument("--survivors", action="store_true", help="list the last run's survivors with their diffs")
     args = parser.parse_args(argv)
     unknown = [m for m in args.modules if m not in MODULES]
     if unknown:
         parser.error(f"unknown module(s) {unknown}; known: {list(MODULES)}")
+    if args.survivors:
+        for module in args.modules or MODULES:
+            show_survivors(module)
+        return 0
     worst = 0
     for module in args.modules or MODULES:
         if args.stop_at and datetime.now(timezone.utc).strftime("%H:%M") >= args.stop_at:
