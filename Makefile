@@ -5,7 +5,7 @@ TORCH  ?= 2.13.0
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.trainwell-installed
 
-.PHONY: demo test install bench docs labs clean
+.PHONY: demo test install bench docs labs mutation clean
 
 demo: $(STAMP)
 	$(BIN)/trainwell train --out runs/demo --overwrite
@@ -41,5 +41,11 @@ labs: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/bench_trainer.py
 
+# Mutation testing (mutmut, slow, not in CI): one module at a time with only its own tests, niced, one
+# worker; MODULES="train/mix.py nn/init.py" picks some. Results: .mutation/<module>/summary.txt.
+mutation: $(STAMP)
+	$(BIN)/python -m pip install -q -e ".[mutation]"
+	$(BIN)/python tools/mutation.py $(MODULES)
+
 clean:
-	rm -rf $(VENV) runs .pytest_cache build src/*.egg-info
+	rm -rf $(VENV) runs .pytest_cache build src/*.egg-info .mutation

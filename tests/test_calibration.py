@@ -241,3 +241,41 @@ def test_plot_reliability_rejects_empty_or_wrong_curves(tmp_path):
     with pytest.raises(DataError, match="curve 'x' lacks"):
         plot_reliability({"x": {"acc": 0.5}}, tmp_path / "r.png")
     assert list(tmp_path.iterdir()) == []
+
+
+# ----------------------------------------------------------------------------- edges the mutation run found
+
+
+def test_the_default_is_fifteen_bins():
+    # labels drawn from the probabilities: bins over- and under-confident, so the binning matters
+    # (a model wrong in every bin has the same ECE for any number of bins)
+    rng = np.random.default_rng(3)
+    probs = rng.dirichlet(np.full(5, 0.3), size=300)
+    labels = np.array([rng.choice(5, p=row) for row in probs])
+    probs, labels = torch.from_numpy(probs), torch.from_numpy(labels)
+    assert expected_calibration_error(probs, labels, 15) != pytest.approx(expected_calibration_error(probs, labels, 16))
+    assert len(reliability_bins(probs, labels)["count"]) == 15
+    assert expected_calibration_error(probs, labels) == pytest.approx(naive_ece(probs.numpy(), labels.numpy(), 15))
+    assert calibration_summary(probs, labels)["bins"] == reliability_bins(probs, labels, 15)
+
+
+def test_a_bin_holding_one_example_reports_that_example():
+    probs = torch.tensor([[0.95, 0.05], [0.65, 0.35], [0.15, 0.85]], dtype=torch.float64)
+    labels = torch.tensor([0, 1, 1])
+    bins = reliability_bins(probs, labels, 10)
+    assert bins["count"] == [0, 0, 0, 0, 0, 0, 1, 0, 1, 1]
+    assert bins["confidence"][6] == pytest.approx(0.65) and bins["accuracy"][6] == 0.0
+    assert bins["confidence"][8] == pytest.approx(0.85) and bins["accuracy"][8] == 1.0
+    assert bins["confidence"][9] == pytest.approx(0.95) and bins["accuracy"][9] == 1.0
+
+
+def test_a_single_class_is_a_valid_if_trivial_input():
+    probs, labels = torch.ones(4, 1), torch.zeros(4, dtype=torch.long)
+    assert expected_calibration_error(probs, labels) == 0.0 and brier_score(probs, labels) == 0.0
+
+
+def test_boolean_labels_and_complex_probabilities_are_refused_with_their_reason():
+    with pytest.raises(DataError, match="labels must be integer class indices, got dtype torch.bool"):
+        expected_calibration_error(torch.full((2, 2), 0.5), torch.tensor([True, False]))
+    with pytest.raises(DataError, match="probs must be real softmax probabilities, got dtype torch.complex64"):
+        expected_calibration_error(torch.full((2, 2), 0.5, dtype=torch.complex64), torch.tensor([0, 1]))

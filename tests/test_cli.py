@@ -176,6 +176,25 @@ def test_predict_on_an_image_file(trained_run, tmp_path):
     assert len(rows) == 1 and rows[0]["input"].endswith("one.png")
 
 
+def test_predicting_png_files_equals_predicting_the_same_pixels_from_an_npz(trained_run, tmp_path):
+    from PIL import Image
+
+    import trainwell
+
+    x = np.load(trained_run.parent / "tiny.npz")["x"][:6]  # (6, 1, 8, 8) uint8, not symmetric
+    pngs = []
+    for i, image in enumerate(x):
+        pngs.append(tmp_path / f"{i}.png")
+        Image.fromarray(image[0]).save(pngs[-1])
+    np.savez(tmp_path / "same.npz", x=x)
+    from_png = trainwell.predict(trained_run, pngs, device="cpu")
+    from_npz = trainwell.predict(trained_run, [tmp_path / "same.npz"], device="cpu")
+    assert [r["class"] for r in from_png] == [r["class"] for r in from_npz]
+    for a, b in zip(from_png, from_npz):
+        assert a["probabilities"] == pytest.approx(b["probabilities"], abs=1e-6)
+    assert len({r["class"] for r in from_npz}) > 1  # the images are told apart, so a mix-up would show
+
+
 def test_existing_run_directory_is_not_overwritten(trained_run):
     before = (trained_run / "summary.json").read_bytes()
     proc = run_cli("train", *FAST, "--out", str(trained_run), check=False)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 
@@ -12,6 +13,7 @@ from safetensors.torch import load_file
 
 import trainwell
 from trainwell.data import load_splits
+from trainwell.data.splits import TensorSplit, to_float
 from trainwell.errors import ConfigError, RunDirError
 from trainwell.seeds import STREAMS, stream_seed, torch_generator
 from trainwell.train.build import build_classifier
@@ -417,3 +419,45 @@ def test_resume_with_other_stateful_callbacks_is_refused(tmp_path):
     with pytest.raises(ConfigError, match=r"saved with the callbacks none, this run has \['EarlyStopping'\]"):
         trainwell.train(resume=run.dir, callbacks=[EarlyStopping(3)], quiet=True)
     trainwell.train(resume=run.dir, quiet=True)  # displays and logs may differ: a --quiet resume is fine
+
+
+# ----------------------------------------------------------------------------- one step against a reference
+
+
+def one_step_run(overrides):
+    """One optimiser step of fit (one batch, plain SGD, constant LR): the model before and after it."""
+    cfg = trainwell.resolve(dict(QUICK, **{"model.norm": "none", "optim.momentum": 0.0, "optim.nesterov": False,
+                                           "optim.weight_decay": 0.0, "optim.lr": 0.5, "sched.name": "constant",
+                                           "train.epochs": 1, "train.batch_size": 48}, **overrides))
+    splits = load_splits(cfg.data)
+    train = TensorSplit(splits.train.x[:48], splits.train.y[:48])
+    model = build_classifier(cfg, splits)
+    before = copy.deepcopy(model)
+    state = build_state(model, cfg, len(train), CPU)
+    result = fit(state, train, splits.val, LoopSettings.from_config(cfg, splits.num_classes))
+    assert result.steps == 1
+    return train, before, state.model, splits.num_classes
+
+
+def reference_step(model, train, num_classes, lr, smoothing, clip):
+    """SGD on cross-entropy against (1 - eps) * onehot + eps / K (Szegedy et al. 2016), the gradient
+    scaled by min(1, clip / (||g||_2 + 1e-6)) over all parameters together when clip > 0
+    (torch.nn.utils.clip_grad_norm_). Returns the new parameters and the gradient's norm."""
+    params = list(model.parameters())
+    logp = torch.log_softmax(model(to_float(train.x)), 1)
+    target = (1 - smoothing) * torch.eye(num_classes)[train.y] + smoothing / num_classes
+    loss = -(target * logp).sum(1).mean()
+    grads = torch.autograd.grad(loss, params)
+    norm = float(torch.sqrt(sum((g.double() ** 2).sum() for g in grads)))
+    scale = min(1.0, clip / (norm + 1e-6)) if clip > 0 else 1.0
+    return [(p - lr * scale * g).detach() for p, g in zip(params, grads)], norm
+
+
+@pytest.mark.parametrize("smoothing, clip", [(0.3, 0.0), (0.0, 0.05), (0.2, 0.05)])
+def test_one_unmixed_step_is_sgd_on_the_smoothed_targets_with_the_clipped_gradient(smoothing, clip):
+    train, before, after, k = one_step_run({"loss.label_smoothing": smoothing, "train.grad_clip": clip})
+    expected, norm = reference_step(before, train, k, 0.5, smoothing, clip)
+    if clip:
+        assert norm > 3 * clip  # the clip is active in this step
+    for new, ref in zip(after.parameters(), expected):
+        torch.testing.assert_close(new.detach(), ref, rtol=1e-5, atol=1e-6)

@@ -7,6 +7,7 @@ import pytest
 from trainwell.cli import main
 from trainwell.experiments.lab import LABS, get_lab, lab_plan, run_lab
 from trainwell.docs.markdown import markdown_table
+from labverdicts import assert_consistent
 
 EXPECTED = {"activations", "batchnorm", "init", "dropout", "mixup", "preprocessing", "regularization"}
 
@@ -33,6 +34,7 @@ def test_run_lab_writes_summary_and_report(tmp_path):
     outcome = run_lab("activations", out=tmp_path / "lab", quick=True, seeds=[0, 1], workers=1, quiet=True)
     summary = json.loads((tmp_path / "lab" / "summary.json").read_text())
     assert summary["lab"] == "activations" and isinstance(summary["held"], bool)
+    assert_consistent("activations", summary)  # held follows from the stated statistics
     assert summary["held"] == outcome.held and summary["verdict"] == outcome.verdict
     assert set(summary["evidence"]) >= {"relu", "sigmoid", "ranking"} and summary["runs"] == 12
     html = (tmp_path / "lab" / "report.html").read_text()

@@ -11,6 +11,7 @@ from trainwell.experiments.labs.batchnorm import TRAINS_FRACTION, decide, traina
 from trainwell.experiments.labs.common import epochs_to_target, reach_summary
 from trainwell.experiments.results import CellResult
 from trainwell.experiments.stats import mean_ci
+from labverdicts import assert_consistent
 
 NAN = math.nan
 
@@ -88,6 +89,7 @@ def test_lab_runs_end_to_end(tmp_path):
     outcome = run_lab("batchnorm", out=tmp_path, quick=True, seeds=[0, 1], workers=1, quiet=True)
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["claim"] and isinstance(summary["held"], bool) and summary["verdict"] == outcome.verdict
+    assert_consistent("batchnorm", summary)  # held follows from the stated statistics
     ev = summary["evidence"]
     assert {"highest_trainable_lr", "accuracy_threshold", "target_val_acc", "cells", "trains_rule"} <= set(ev)
     assert set(ev["highest_trainable_lr"]) == {"none", "batch"}

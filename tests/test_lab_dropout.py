@@ -9,6 +9,7 @@ from torch import nn
 
 from trainwell.data.splits import TensorSplit
 from trainwell.experiments.labs.dropout import decide, measure
+from labverdicts import assert_consistent
 
 
 def test_decide_holds_when_the_gap_shrinks_significantly():
@@ -62,6 +63,7 @@ def test_dropout_lab_quick_run(tmp_path):
     outcome = run_lab("dropout", out=tmp_path / "lab", quick=True, seeds=[0, 1], workers=1, quiet=True)
     summary = json.loads((tmp_path / "lab" / "summary.json").read_text())
     assert summary["claim"] and isinstance(summary["held"], bool) and summary["held"] == outcome.held
+    assert_consistent("dropout", summary)  # held follows from the stated statistics
     assert summary["verdict"] == outcome.verdict and "gap" in summary["verdict"]
     ev = summary["evidence"]
     assert set(ev) >= {"p=0", "p=0.2", "p=0.5", "compared"}

@@ -20,6 +20,7 @@ from trainwell.experiments.labs.init import (
     saturated_fraction,
     std_ratio,
 )
+from labverdicts import assert_consistent
 
 # A clear success: collapse in both nets, tanh saturated, matched schemes healthy and much better.
 GOOD = dict(small_ratio={"relu": 1e-9, "tanh": 3e-8}, large_saturated_tanh=0.9,
@@ -200,6 +201,7 @@ def test_run_lab_init_quick(tmp_path):
     outcome = run_lab("init", out=out, quick=True, seeds=[0, 1], workers=1, quiet=True)
     summary = json.loads((out / "summary.json").read_text())
     assert summary["lab"] == "init" and summary["claim"] and isinstance(summary["held"], bool)
+    assert_consistent("init", summary)  # held follows from the stated statistics
     assert summary["held"] == outcome.held and summary["verdict"] == outcome.verdict and summary["runs"] == 24
     evidence = summary["evidence"]
     assert set(evidence) >= {"cells", "sub_claims", "thresholds", "matched"}

@@ -11,6 +11,7 @@ from torch import nn
 from trainwell.data.splits import TensorSplit
 from trainwell.train.calibration import calibration_summary, expected_calibration_error
 from trainwell.experiments.labs.mixup import decide, measure, pool_bins
+from labverdicts import assert_consistent
 
 
 def row(label="alpha=0.2", ece_diff=-0.09, ece_p=0.001, acc_diff=0.003, acc_p=0.6):
@@ -85,6 +86,7 @@ def test_mixup_lab_quick_run(tmp_path):
     outcome = run_lab("mixup", out=tmp_path / "lab", quick=True, seeds=[0, 1], workers=1, quiet=True)
     summary = json.loads((tmp_path / "lab" / "summary.json").read_text())
     assert summary["claim"] and isinstance(summary["held"], bool) and summary["held"] == outcome.held
+    assert_consistent("mixup", summary)  # held follows from the stated statistics
     assert summary["verdict"] == outcome.verdict and "ECE" in summary["verdict"]
     ev = summary["evidence"]
     assert set(ev) >= {"no mixup", "alpha=0.2", "alpha=0.4", "n_bins"}

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from trainwell.experiments.labs.preprocessing import decide, first_epoch_loss, loss_area
+from labverdicts import assert_consistent
 
 NAN = math.nan
 EPOCHS = {"none": (3.4, 5, 5), "standardize": (2.0, 5, 5), "zca": (2.8, 5, 5)}
@@ -54,6 +55,7 @@ def test_lab_runs_end_to_end(tmp_path):
     outcome = run_lab("preprocessing", out=tmp_path, quick=True, seeds=[0, 1], workers=1, quiet=True)
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["claim"] and isinstance(summary["held"], bool) and summary["verdict"] == outcome.verdict
+    assert_consistent("preprocessing", summary)  # held follows from the stated statistics
     ev = summary["evidence"]
     assert {"none", "standardize", "pca_whiten", "zca", "target_val_acc", "faster_than_baseline"} <= set(ev)
     assert {"loss_area", "loss_epoch1", "epochs_to_target", "test_acc"} <= set(ev["none"])

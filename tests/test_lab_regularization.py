@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from trainwell.experiments.labs.regularization import HIST_EDGES, decide, weight_stats
+from labverdicts import assert_consistent
 
 
 def test_decide_holds_when_l1_is_sparse_and_l2_is_small():
@@ -60,6 +61,7 @@ def test_regularization_lab_quick_run(tmp_path):
     outcome = run_lab("regularization", out=tmp_path / "lab", quick=True, seeds=[0, 1], workers=1, quiet=True)
     summary = json.loads((tmp_path / "lab" / "summary.json").read_text())
     assert summary["claim"] and isinstance(summary["held"], bool) and summary["held"] == outcome.held
+    assert_consistent("regularization", summary)  # held follows from the stated statistics
     assert summary["verdict"] == outcome.verdict and "L1" in summary["verdict"]
     ev = summary["evidence"]
     assert {"none", "zero_threshold", "tests"} <= set(ev)

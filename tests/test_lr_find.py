@@ -32,6 +32,33 @@ def test_smoothing_is_bias_corrected():
     assert smooth_losses([2.0, 2.0, 2.0]) == pytest.approx([2.0, 2.0, 2.0])
 
 
+def weighted_average_smoothing(losses, beta):
+    """The bias-corrected EMA in closed form: s_t = sum_i beta^(t-i) l_i / sum_i beta^(t-i), i = 1..t
+    (the EMA's weights (1 - beta) beta^(t-i) divided by their sum 1 - beta^t)."""
+    out = []
+    for t in range(1, len(losses) + 1):
+        weights = [beta ** (t - i) for i in range(1, t + 1)]
+        out.append(sum(w * v for w, v in zip(weights, losses[:t])) / sum(weights))
+    return out
+
+
+@pytest.mark.parametrize("beta", [0.5, 0.9, 0.98])
+def test_smoothing_is_the_bias_corrected_weighted_average(beta):
+    losses = list(np.random.default_rng(0).uniform(0.5, 3.0, 40))
+    assert smooth_losses(losses, beta) == pytest.approx(weighted_average_smoothing(losses, beta), rel=1e-12)
+    assert smooth_losses(losses) == pytest.approx(weighted_average_smoothing(losses, 0.9), rel=1e-12)
+
+
+def test_the_range_test_records_the_smoothed_curve_of_its_own_losses():
+    cfg = trainwell.resolve(QUICK)
+    splits = load_splits(cfg.data)
+    result = lr_range_test(build_classifier(cfg, splits), splits, cfg, torch.device("cpu"), steps=25, beta=0.7,
+                           diverge_factor=1e9)
+    assert len(result.smoothed) == len(result.losses) == 25
+    assert result.smoothed == pytest.approx(weighted_average_smoothing(result.losses, 0.7), rel=1e-9)
+    assert result.smoothed != pytest.approx(result.losses, rel=1e-6)  # smoothing did something
+
+
 def test_suggestion_is_a_decade_below_the_smoothed_minimum():
     lrs, losses = synthetic_curve(spike=False)
     suggested, at_min = suggest_lr(lrs, smooth_losses(losses, 0.5))

@@ -77,3 +77,67 @@ def test_curve_band_is_ragged_safe_and_first_reaching():
     assert first_reaching([0.2, 0.5, 0.9, 0.95], 0.9) == 3
     assert first_reaching([0.2, float("nan"), 0.5], 0.9) is None
     assert first_reaching([], 0.5) is None
+
+
+# ----------------------------------------------------------------------------- levels, edges, serialised forms
+
+
+def test_the_confidence_level_reaches_every_interval():
+    x = [0.81, 0.84, 0.80, 0.86, 0.83]
+    low, high = st.t.interval(0.8, 4, loc=np.mean(x), scale=st.sem(x))
+    ci = mean_ci(x, 0.8)
+    assert (ci.low, ci.high, ci.level) == (pytest.approx(low), pytest.approx(high), 0.8)
+    assert mean_ci([], 0.8).level == mean_ci([0.5], 0.8).level == 0.8
+    assert mean_ci(x).level == 0.95
+    base = {0: 0.5, 1: 0.6, 2: 0.55}
+    cell = {0: 0.52, 1: 0.63, 2: 0.56}
+    diffs = [cell[s] - base[s] for s in base]
+    assert paired_test(cell, base).diff.level == 0.95
+    t = paired_test(cell, base, level=0.8)
+    assert (t.diff.low, t.diff.high) == (pytest.approx(mean_ci(diffs, 0.8).low), pytest.approx(mean_ci(diffs, 0.8).high))
+    band = curve_band([[0.1, 0.2], [0.3, 0.5], [0.2, 0.2]], 0.8)
+    assert band["low"] == pytest.approx([mean_ci([0.1, 0.3, 0.2], 0.8).low, mean_ci([0.2, 0.5, 0.2], 0.8).low])
+
+
+def test_no_values_give_nan_everywhere_and_no_curves_an_empty_band():
+    none = mean_ci([])
+    assert all(math.isnan(v) for v in (none.mean, none.low, none.high, none.std))
+    assert curve_band([]) == {"mean": [], "low": [], "high": []}
+
+
+def test_two_pairs_are_enough_for_a_p_value_and_one_pair_is_never_significant():
+    two = paired_test({0: 0.6, 1: 0.9}, {0: 0.5, 1: 0.6})
+    assert two.p == pytest.approx(st.ttest_rel([0.6, 0.9], [0.5, 0.6]).pvalue) and two.n == 2
+    one = paired_test({0: 1.0}, {0: 0.5})
+    assert one.significant is False and one.diff.n == 1 and one.diff.mean == 0.5
+
+
+def test_only_seeds_finite_on_both_sides_are_paired():
+    base = {0: 0.5, 1: 0.6, 2: 0.55, 3: 0.7, 4: 0.4}
+    cell = {0: 0.52, 1: None, 2: 0.56, 3: float("nan"), 4: 0.45}
+    t = paired_test(cell, base)
+    kept = [0, 2, 4]
+    assert t.n == 3 and t.p == pytest.approx(st.ttest_rel([cell[s] for s in kept], [base[s] for s in kept]).pvalue)
+    assert paired_test(base, cell).n == 3
+
+
+def test_nearly_constant_differences_are_tested_not_called_constant():
+    # only differences within 1e-12 of each other (absolute) count as constant; these are not
+    for diffs in ([1.0, 1.0 + 5e-7, 1.0 - 5e-7], [1e-10, 2e-10, 3e-10], [0.0, 1e-12, 2e-12]):
+        t = paired_test(dict(enumerate(diffs)), dict.fromkeys(range(3), 0.0))
+        assert t.p == pytest.approx(st.ttest_1samp(diffs, 0.0).pvalue) and 0 < t.p < 1
+
+
+def test_results_serialise_with_their_field_names():
+    ci = mean_ci([0.5, 0.7])
+    assert ci.to_dict() == {"mean": ci.mean, "low": ci.low, "high": ci.high, "std": ci.std, "n": 2, "level": 0.95}
+    t = paired_test({0: 0.6, 1: 0.9, 2: 0.8}, {0: 0.5, 1: 0.6, 2: 0.7})
+    assert t.to_dict() == {"diff": t.diff.to_dict(), "p": t.p, "n": 3, "significant": t.significant}
+
+
+def test_float32_values_are_summarised_in_float64():
+    x = np.random.default_rng(3).normal(0.9, 0.02, 50).astype(np.float32)
+    ci = mean_ci(list(x))  # numpy float32 scalars, e.g. from an array's elements
+    exact = x.astype(np.float64)
+    assert ci.mean == pytest.approx(exact.mean(), rel=1e-13, abs=0)
+    assert ci.std == pytest.approx(exact.std(ddof=1), rel=1e-11, abs=0)

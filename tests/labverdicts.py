@@ -1,0 +1,105 @@
+"""Each lab's verdict recomputed from the statistics its summary.json states (for the lab smoke tests).
+
+A lab's ``held`` must follow from its own ``evidence`` by the rule its claim states; these
+functions apply that rule by hand to the stated numbers (alpha = 0.05, the labs' default), so a
+smoke test checks the verdict is consistent with its evidence, not only that it is a bool.
+"""
+
+from __future__ import annotations
+
+import math
+
+ALPHA = 0.05
+
+
+def significant(p) -> bool:
+    return p is not None and math.isfinite(p) and p < ALPHA
+
+
+def finite(v) -> bool:
+    return v is not None and math.isfinite(v)
+
+
+def holm_by_hand(ps: list[float]) -> list[float]:
+    """Holm 1979 step-down adjusted p-values (NaN stays NaN), by the textbook recipe."""
+    order = sorted((p, i) for i, p in enumerate(ps) if finite(p))
+    out = [math.nan] * len(ps)
+    running = 0.0
+    for rank, (p, i) in enumerate(order):
+        running = max(running, min(1.0, (len(order) - rank) * p))
+        out[i] = running
+    return out
+
+
+def activations(ev: dict) -> bool:
+    relu, sigmoid = ev["relu"], ev["sigmoid"]
+    relu_better = significant(sigmoid["p_vs_relu"]) and sigmoid["test_acc"] < relu["test_acc"]
+    return relu_better and sigmoid["grad_first_over_last"] < relu["grad_first_over_last"]
+
+
+def dropout(ev: dict) -> bool:
+    high = ev[ev["compared"]["high"]]
+    return high["gap_diff_vs_p0"] is not None and high["gap_diff_vs_p0"] < 0 and significant(high["gap_p_vs_p0"])
+
+
+def mixup(ev: dict) -> bool:
+    rows = [v for v in ev.values() if isinstance(v, dict) and v.get("ece_p") is not None and v.get("acc_p") is not None]
+    adjusted = holm_by_hand([r["ece_p"] for r in rows])
+    return any(r["ece_diff"] < 0 and p < ALPHA and not (r["acc_diff"] < 0 and r["acc_p"] < ALPHA)
+               for r, p in zip(rows, adjusted))
+
+
+def regularization(ev: dict) -> bool:
+    t = ev["tests"]
+
+    def more(key):
+        return t[key]["diff"] > 0 and significant(t[key]["p"])
+
+    return (more("frac_zero_l1_minus_l2") and more("frac_zero_l1_minus_none")
+            and t["weight_norm_l2_minus_none"]["diff"] < 0 and significant(t["weight_norm_l2_minus_none"]["p"]))
+
+
+def preprocessing(ev: dict) -> bool:
+    others = [v for k, v in ev.items() if isinstance(v, dict) and k != ev["baseline"] and "loss_area_p" in v]
+    return any(finite(v["loss_area_diff"]) and v["loss_area_diff"] < 0 and significant(v["loss_area_p"])
+               for v in others)
+
+
+def batchnorm(ev: dict) -> bool:
+    means = [c["test_acc"] for c in ev["cells"].values() if finite(c["test_acc"])]
+    threshold = ev["trains_fraction"] * max(means) if means else math.inf
+    highest = {}
+    for norm in ("none", "batch"):
+        lrs = [c["lr"] for c in ev["cells"].values() if c["norm"] == norm and c["diverged_seeds"] == 0
+               and finite(c["test_acc"]) and c["test_acc"] >= threshold]
+        highest[norm] = max(lrs, default=None)
+    return highest["batch"] is not None and (highest["none"] is None or highest["batch"] > highest["none"])
+
+
+def init(ev: dict) -> bool:
+    th, cells, matched = ev["thresholds"], ev["cells"], ev["matched"]
+
+    def cell(net, scheme):
+        return next((c for c in cells.values() if c["net"] == net and c["scheme"] == scheme), {})
+
+    def value(c, key):
+        v = c.get(key)
+        return v if v is not None else math.nan
+
+    nets = list(matched)
+    collapse = all(finite(value(cell(n, "normal(0.01)"), "act_std_ratio"))
+                   and value(cell(n, "normal(0.01)"), "act_std_ratio") < th["collapse_ratio"] for n in nets)
+    sat = value(cell("tanh", "normal(1.0)"), "saturated_deep")
+    saturates = finite(sat) and sat > th["saturated_deep"]
+    lo, hi = th["healthy_band"]
+    healthy = all(finite(value(cell(n, matched[n]), "act_std_ratio"))
+                  and lo <= value(cell(n, matched[n]), "act_std_ratio") <= hi for n in nets)
+    better = all(finite(value(cell(n, matched[n]), "diff_vs_small")) and value(cell(n, matched[n]), "diff_vs_small") > 0
+                 and significant(value(cell(n, matched[n]), "p_vs_small")) for n in nets)
+    return collapse and saturates and healthy and better
+
+
+def assert_consistent(lab: str, summary: dict) -> None:
+    """summary.json's ``held`` is what its evidence implies (see the module doc)."""
+    expected = globals()[lab](summary["evidence"])
+    assert summary["held"] is expected, f"{lab}: held={summary['held']} but its evidence implies {expected}"

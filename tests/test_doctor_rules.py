@@ -1,0 +1,378 @@
+"""Each doctor rule at its documented thresholds, one epsilon either side (diagnose/rules.py, thresholds.py).
+
+The thresholds are written here as the numbers docs and docstrings state (20% dead units, 10x
+signal loss, ...), not read from :mod:`trainwell.diagnose.thresholds`: a constant moved there moves
+a rule's verdict, and these tests see it. Each rule is looked at alone (other rules may also fire on
+the same statistics).
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from trainwell.diagnose.report import InputStats, LayerStats
+from trainwell.diagnose.rules import Context, run_rules
+
+EPS = 1e-6  # relative: just below / just above a threshold
+
+
+def below(x):
+    return x * (1 - EPS)
+
+
+def above(x):
+    return x * (1 + EPS)
+
+
+def found(ctx, code):
+    """The findings of one rule code for ``ctx`` (at most one per rule)."""
+    hits = [f for f in run_rules(ctx) if f.code == code]
+    assert len(hits) <= 1
+    return hits[0] if hits else None
+
+
+def severity(ctx, code):
+    f = found(ctx, code)
+    return f.severity if f else None
+
+
+def hidden(name, depth, **stats):
+    return LayerStats(name, "linear", "Linear", depth, units=8, **stats)
+
+
+def head(depth, **stats):
+    return LayerStats("head", "linear", "Linear", depth, units=10, **stats)
+
+
+def net(*hidden_stats, **head_stats):
+    """Hidden Linear layers (pre-activation stats given per layer) then a 10-way head."""
+    layers = [hidden(f"h{i}", i, **s) for i, s in enumerate(hidden_stats)]
+    return layers + [head(len(layers), **head_stats)]
+
+
+def input_with(mean=0.0, std=1.0, feature_mean_abs_max=0.0, feature_std_min=1.0, feature_std_max=1.0):
+    return InputStats(mean, std, feature_mean_abs_max, feature_std_min, feature_std_max, 4, 100)
+
+
+# ----------------------------------------------------------------------------- forward signal
+
+
+@pytest.mark.parametrize("input_std", [1.0, 4.0])
+def test_vanishing_activations_warns_below_a_tenth_of_the_input_std_and_errs_below_a_thousandth(input_std):
+    def at(ratio):
+        return severity(Context(net({"std": ratio * input_std}, {"std": input_std}), input_with(std=input_std)),
+                        "vanishing-activations")
+
+    assert at(above(0.1)) is None
+    assert at(below(0.1)) == "warning"
+    assert at(above(1e-3)) == "warning"
+    assert at(below(1e-3)) == "error"
+    f = found(Context(net({"std": 0.05 * input_std}, {"std": 1.0 * input_std}), input_with(std=input_std)),
+              "vanishing-activations")
+    assert f.layers == ["h0"] and f.evidence["min_ratio"] == pytest.approx(0.05) and f.evidence["threshold"] == 0.1
+    assert f.evidence["input_std"] == input_std and set(f.evidence["std"]) == {"h0", "h1"}
+
+
+def test_vanishing_activations_ignores_the_head_and_normalised_layers():
+    layers = [hidden("h0", 0, std=1.0), head(1, std=1e-6)]
+    assert found(Context(layers), "vanishing-activations") is None
+    normalised = [LayerStats("h0", "linear", "Linear", 0, units=8, std=1e-6, normalized=True), head(1, std=1.0)]
+    assert found(Context(normalised), "vanishing-activations") is None
+
+
+def test_without_input_statistics_the_reference_std_is_one():
+    assert severity(Context(net({"std": below(0.1)})), "vanishing-activations") == "warning"
+    assert severity(Context(net({"std": above(0.1)})), "vanishing-activations") is None
+    # a zero or non-finite input std also falls back to 1
+    for std in (0.0, math.nan):
+        ctx = Context(net({"std": below(0.1)}), input_with(std=std))
+        assert severity(ctx, "vanishing-activations") == "warning"
+
+
+@pytest.mark.parametrize("input_std", [1.0, 0.5])
+def test_exploding_activations_warns_past_ten_times_the_input_std_and_errs_past_a_thousand(input_std):
+    def at(ratio):
+        return severity(Context(net({"std": input_std}, {"std": ratio * input_std}), input_with(std=input_std)),
+                        "exploding-activations")
+
+    assert at(below(10)) is None
+    assert at(above(10)) == "warning"
+    assert at(below(1e3)) == "warning"
+    assert at(above(1e3)) == "error"
+    f = found(Context(net({"std": input_std}, {"std": 20 * input_std}), input_with(std=input_std)),
+              "exploding-activations")
+    assert f.layers == ["h1"] and f.evidence["max_ratio"] == pytest.approx(20) and f.evidence["threshold"] == 10
+
+
+def act(name, depth, **stats):
+    return LayerStats(name, "activation", "Tanh", depth, activation="tanh", **stats)
+
+
+def test_saturation_warns_past_a_quarter_and_errs_past_sixty_percent():
+    def at(fraction):
+        return severity(Context([act("a0", 0, saturated_fraction=fraction)]), "saturation")
+
+    assert at(below(0.25)) is None
+    assert at(above(0.25)) == "warning"
+    assert at(below(0.6)) == "warning"
+    assert at(above(0.6)) == "error"
+    f = found(Context([act("a0", 0, saturated_fraction=0.1), act("a1", 1, saturated_fraction=0.3)]), "saturation")
+    assert f.layers == ["a1"] and f.evidence["threshold"] == 0.25 and f.evidence["eps"] == 0.025
+    assert f.evidence["saturated_fraction"] == {"a0": 0.1, "a1": 0.3}
+
+
+def relu(name, depth, dead, examples=64):
+    return LayerStats(name, "activation", "ReLU", depth, activation="relu", dead_fraction=dead, examples=examples)
+
+
+def test_dead_units_warn_past_twenty_percent_and_err_past_half_the_layer():
+    def at(fraction):
+        return severity(Context([relu("r0", 0, fraction)]), "dead-units")
+
+    assert at(below(0.2)) is None
+    assert at(above(0.2)) == "warning"
+    assert at(below(0.5)) == "warning"
+    assert at(above(0.5)) == "error"
+    f = found(Context([relu("r0", 0, 0.1), relu("r1", 1, 0.3, examples=40)]), "dead-units")
+    assert f.layers == ["r1"] and f.evidence["examples"] == 40 and f.evidence["threshold"] == 0.2
+    assert f.evidence["dead_fraction"] == {"r0": 0.1, "r1": 0.3}
+
+
+def test_dead_units_need_thirty_two_examples_before_a_silent_unit_counts():
+    assert severity(Context([relu("r0", 0, 0.9, examples=32)]), "dead-units") == "error"
+    assert found(Context([relu("r0", 0, 0.9, examples=31)]), "dead-units") is None
+
+
+# ----------------------------------------------------------------------------- backward signal
+
+
+def grads(first, last):
+    """Two hidden layers with dL/dz std ``first`` and ``last``, then a head (ignored by the rule)."""
+    return net({"grad_std": first}, {"grad_std": last}, grad_std=1e9)
+
+
+def test_vanishing_gradients_warn_below_a_hundredth_and_err_below_ten_thousandth():
+    def at(ratio):
+        return severity(Context(grads(ratio * 2.0, 2.0)), "vanishing-gradients")
+
+    assert at(above(1e-2)) is None
+    assert at(below(1e-2)) == "warning"
+    assert at(above(1e-4)) == "warning"
+    assert at(below(1e-4)) == "error"
+    f = found(Context(grads(1e-3, 1.0)), "vanishing-gradients")
+    assert f.layers == ["h0"] and f.evidence["ratio"] == pytest.approx(1e-3) and f.evidence["threshold"] == 1e-2
+
+
+def test_exploding_gradients_warn_past_a_hundred_and_err_past_ten_thousand():
+    def at(ratio):
+        return severity(Context(grads(ratio * 0.5, 0.5)), "exploding-gradients")
+
+    assert at(below(1e2)) is None
+    assert at(above(1e2)) == "warning"
+    assert at(below(1e4)) == "warning"
+    assert at(above(1e4)) == "error"
+    f = found(Context(grads(500.0, 1.0)), "exploding-gradients")
+    assert f.layers == ["h0"] and f.evidence["ratio"] == pytest.approx(500) and f.evidence["threshold"] == 1e2
+
+
+def test_gradient_ratio_needs_two_hidden_layers_and_a_positive_last_gradient():
+    single = net({"grad_std": 1e-9}, grad_std=1.0)
+    assert found(Context(single), "vanishing-gradients") is None
+    assert found(Context(grads(1.0, 0.0)), "exploding-gradients") is None
+
+
+# ----------------------------------------------------------------------------- input
+
+
+def test_unnormalized_input_at_each_of_its_limits():
+    def at(**stats):
+        return severity(Context(input=input_with(**stats)), "unnormalized-input")
+
+    assert at(feature_mean_abs_max=below(3.0)) is None
+    assert at(feature_mean_abs_max=above(3.0)) == "warning"
+    assert at(feature_std_max=below(10.0)) is None
+    assert at(feature_std_max=above(10.0)) == "warning"
+    assert at(std=above(0.05), mean=0.0) is None
+    assert at(std=below(0.05), mean=0.0) == "warning"
+    # not centred: |mean| > half the std is info only
+    assert at(mean=below(0.5) * 2.0, std=2.0) is None
+    assert at(mean=above(0.5) * 2.0, std=2.0) == "info"
+    assert at(mean=-above(0.5) * 2.0, std=2.0) == "info"
+
+
+def test_unnormalized_input_names_every_problem_it_saw():
+    f = found(Context(input=input_with(std=0.01, feature_mean_abs_max=5.0, feature_std_max=20.0)),
+              "unnormalized-input")
+    assert "a feature's mean is 5 (limit 3)" in f.message and "a feature's std is 20 (limit 10)" in f.message
+    assert "the input std is 0.01 (limit 0.05)" in f.message
+    assert f.evidence["feature_mean_abs_max"] == 5.0 and f.evidence["features"] == 4
+
+
+def test_unnormalized_input_is_silent_on_partial_statistics():
+    assert found(Context(input=input_with(std=math.nan, feature_mean_abs_max=100.0)), "unnormalized-input") is None
+
+
+# ----------------------------------------------------------------------------- updates
+
+
+def updates(*ratios):
+    return [LayerStats(f"l{i}", "linear", "Linear", i, units=10, update_ratio=r) for i, r in enumerate(ratios)]
+
+
+def test_update_ratio_high_warns_past_five_percent_and_errs_past_half():
+    def at(median):
+        return severity(Context(updates(median / 10, median, median * 10)), "update-ratio-high")
+
+    assert at(below(5e-2)) is None
+    assert at(above(5e-2)) == "warning"
+    assert at(below(5e-1)) == "warning"
+    assert at(above(5e-1)) == "error"
+    f = found(Context(updates(0.01, 0.1, 0.2)), "update-ratio-high")
+    assert f.layers == ["l1", "l2"] and f.evidence["median"] == 0.1
+    assert f.evidence["threshold"] == 5e-2 and f.evidence["rule_of_thumb"] == 1e-3
+
+
+def test_update_ratio_low_warns_below_a_ten_thousandth_unless_the_lr_has_decayed():
+    def at(median, history=()):
+        return severity(Context(updates(median, median, median), history=list(history)), "update-ratio-low")
+
+    assert at(above(1e-4)) is None
+    assert at(below(1e-4)) == "warning"
+    # decayed: below half of the peak lr
+    assert at(1e-6, [{"lr": 1.0}, {"lr": below(0.5)}]) is None
+    assert at(1e-6, [{"lr": 1.0}, {"lr": above(0.5)}]) == "warning"
+    f = found(Context(updates(1e-6, 1e-3, 1e-5)), "update-ratio-low")
+    assert f.layers == ["l0", "l2"] and f.evidence["median"] == 1e-5 and f.evidence["threshold"] == 1e-4
+
+
+def test_the_peak_lr_given_overrides_the_history_peak():
+    ctx = Context(updates(1e-6, 1e-6, 1e-6), history=[{"lr": 0.1}], peak_lr=1.0)
+    assert ctx.lr_decayed() and found(ctx, "update-ratio-low") is None
+    assert not Context(history=[{"lr": 0.1}, {"lr": 0.1}]).lr_decayed()
+    assert not Context().lr_decayed()
+
+
+# ----------------------------------------------------------------------------- history
+
+
+def epochs(train, val=None, lr=None):
+    rows = [{"epoch": i + 1, "train_loss": t} for i, t in enumerate(train)]
+    for row, v in zip(rows, val or []):
+        row["val_loss"] = v
+    for row in rows if lr is not None else []:
+        row["lr"] = lr
+    return rows
+
+
+def test_overfitting_past_ten_percent_generalisation_loss_after_three_rising_epochs():
+    train = [1.0, 0.6, 0.5, 0.4, 0.3, 0.2]
+
+    def at(gl, rising=3):
+        best = 0.5
+        val = [0.9] * (len(train) - rising - 1) + [best] + [best * (1 + gl)] * rising
+        return found(Context(history=epochs(train, val)), "overfitting")
+
+    assert at(below(0.10)) is None
+    assert at(above(0.10)).severity == "warning"
+    assert at(0.3, rising=2) is None
+    f = at(0.3, rising=3)
+    assert f.evidence["best_epoch"] == 3 and f.evidence["generalisation_loss"] == pytest.approx(0.3)
+    assert f.evidence["threshold"] == 0.10 and f.evidence["gap_last"] == pytest.approx(0.65 - 0.2)
+
+
+def test_overfitting_needs_the_train_loss_falling_and_the_gap_growing():
+    val = [0.9, 0.5, 0.7, 0.7, 0.7]
+    assert found(Context(history=epochs([1.0, 0.5, 0.5, 0.5, 0.5], val)), "overfitting") is None  # train flat
+    assert found(Context(history=epochs([1.0, 0.5, 0.4, 0.3, 0.2], val)), "overfitting") is not None
+    assert found(Context(history=epochs([1.0, 0.5, 0.4, 0.3, 0.2], val[:4])), "overfitting") is None  # mismatch
+
+
+def test_lr_too_high_when_an_epoch_is_worse_than_one_and_a_half_times_chance():
+    chance = math.log(10)
+    layers = [head(0)]
+    for loss, expected in [(below(1.5 * chance), None), (above(1.5 * chance), "warning")]:
+        f = found(Context(layers, history=epochs([loss, loss * 0.5])), "lr-too-high")
+        assert (f.severity if f else None) == expected
+    f = found(Context(layers, history=epochs([1.0, 20.0, 0.5])), "lr-too-high")
+    assert "epoch 2 (20)" in f.message and f.evidence["chance_loss"] == pytest.approx(chance, rel=1e-2)
+
+
+def test_lr_too_high_when_the_loss_rises_two_percent_after_the_first_epoch():
+    assert found(Context(history=epochs([1.0, below(1.02)])), "lr-too-high") is None
+    assert found(Context(history=epochs([1.0, above(1.02)])), "lr-too-high").severity == "warning"
+    assert found(Context(history=epochs([1.0, 0.9, 0.8, above(1.02), 0.5])), "lr-too-high") is not None
+    # only epochs 2-4 count as an early rise
+    assert found(Context(history=epochs([1.0, 0.9, 0.8, 0.7, 1.5, 0.4, 0.3, 0.2])), "lr-too-high") is None
+
+
+def test_lr_too_high_when_the_loss_rises_in_forty_percent_of_the_epochs():
+    # 2 rises in 5 steps = 40%: flagged; 2 in 6 = 33%: not
+    five = [1.0, 0.9, 0.95, 0.8, 0.85, 0.7]
+    six = [1.0, 0.9, 0.95, 0.8, 0.85, 0.7, 0.6]
+    assert "rose in 2 of 5 epochs" in found(Context(history=epochs(five)), "lr-too-high").message
+    assert found(Context(history=epochs(six)), "lr-too-high") is None
+    # the first ten epochs only
+    long = [1.0 - 0.05 * i for i in range(11)] + [0.6, 0.5, 0.6, 0.5, 0.6, 0.5]
+    assert found(Context(history=epochs(long)), "lr-too-high") is None
+
+
+def test_lr_too_high_when_big_updates_do_not_lower_the_loss_five_percent():
+    big = updates(0.1, 0.1, 0.1)
+    assert found(Context(big, history=epochs([1.0, above(0.95)])), "lr-too-high") is not None
+    assert found(Context(big, history=epochs([1.0, below(0.95)])), "lr-too-high") is None
+    assert found(Context(updates(0.04, 0.04, 0.04), history=epochs([1.0, 1.0])), "lr-too-high") is None
+
+
+def test_lr_too_low_when_tiny_updates_lower_the_loss_less_than_five_percent():
+    tiny = updates(1e-6, 1e-6, 1e-6)
+    assert found(Context(tiny, history=epochs([1.0, 0.96, above(0.95)], lr=0.1)), "lr-too-low") is not None
+    assert found(Context(tiny, history=epochs([1.0, 0.96, below(0.95)], lr=0.1)), "lr-too-low") is None
+    f = found(Context(tiny, history=epochs([1.0, 0.97], lr=0.1)), "lr-too-low")
+    assert f.evidence["relative_drop"] == pytest.approx(0.03) and f.evidence["threshold"] == 0.05
+    small = updates(above(1e-4), above(1e-4), above(1e-4))
+    assert found(Context(small, history=epochs([1.0, 1.0], lr=0.1)), "lr-too-low") is None
+    assert found(Context(tiny, history=epochs([1.0], lr=0.1)), "lr-too-low") is None
+
+
+def test_divergence_names_where_the_values_became_non_finite():
+    f = found(Context(history=epochs([1.0, 0.5, math.inf])), "divergence")
+    assert f.evidence["nonfinite_train_loss_epoch"] == 3 and "at epoch 3" in f.message
+    f = found(Context([LayerStats("h0", "linear", "Linear", 0, nonfinite=True)], loss=math.nan), "divergence")
+    assert f.layers == ["h0"] and f.evidence["loss"] == "nan" and f.severity == "error"
+    f = found(Context(input=InputStats(0, 1, 0, 1, 1, 4, 10, nonfinite=True)), "divergence")
+    assert f.evidence["input_nonfinite"] is True and "clean the data" in f.fix
+    assert found(Context(history=epochs([1.0, 0.5]), loss=0.4), "divergence") is None
+
+
+def test_findings_record_when_the_statistics_were_taken():
+    (f,) = [f for f in run_rules(Context([relu("r0", 0, 0.9)], when="epoch 3")) if f.code == "dead-units"]
+    assert f.evidence["when"] == "epoch 3"
+
+
+# ----------------------------------------------------------------------------- edges the mutation run found
+
+
+def test_an_lr_at_exactly_half_the_peak_has_not_decayed():
+    assert not Context(history=[{"lr": 1.0}, {"lr": 0.5}]).lr_decayed()  # "below half of the peak"
+    assert Context(history=[{"lr": 1.0}, {"lr": below(0.5)}]).lr_decayed()
+
+
+def test_evidence_is_rounded_to_three_significant_digits():
+    f = found(Context(net({"std": 0.0123456}, {"std": 1.0})), "vanishing-activations")
+    assert f.evidence["min_ratio"] == 0.0123 and f.evidence["std"] == {"h0": 0.0123, "h1": 1.0}
+    f = found(Context(updates(0.123456, 0.234567, 0.345678)), "update-ratio-high")
+    assert f.evidence["median"] == 0.235 and f.evidence["update_ratio"]["l2"] == 0.346
+
+
+def test_a_missing_train_loss_counts_as_non_finite():
+    f = found(Context(history=[{"epoch": 1, "train_loss": 1.0}, {"epoch": 2, "train_loss": None}]), "divergence")
+    assert f.evidence["nonfinite_train_loss_epoch"] == 2
+
+
+def test_the_gradient_ratio_is_first_over_last_hidden_layer_of_any_depth():
+    layers = net({"grad_std": 1e-3}, {"grad_std": 5.0}, {"grad_std": 1.0}, grad_std=1e9)
+    f = found(Context(layers), "vanishing-gradients")
+    assert f.evidence["ratio"] == pytest.approx(1e-3) and f.layers == ["h0"]
+    assert found(Context(net({"grad_std": 1.0}, {"grad_std": 1.0}, {"grad_std": 0.0})), "exploding-gradients") is None

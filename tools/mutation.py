@@ -1,0 +1,132 @@
+"""Mutation testing (mutmut 3) over the core modules, one module at a time with only its own tests.
+
+mutmut reads its settings from ``pyproject.toml``'s ``[tool.mutmut]`` in the folder it runs in, so
+each module gets a work folder ``.mutation/<module>/`` holding a copy of ``src/`` and ``tests/`` and
+a ``pyproject.toml`` whose ``[tool.mutmut]`` is the project's plus that module's ``only_mutate`` and
+test files. Run it with ``make mutation`` (all modules) or
+``python tools/mutation.py train/mix.py`` (some); the summary of each module lands in
+``.mutation/<module>/summary.txt``. Not in CI: a module takes minutes to an hour.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tomllib
+from datetime import datetime, timezone
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+WORK = ROOT / ".mutation"
+
+# module (under src/trainwell/) -> the test files that exercise it; smallest module first.
+MODULES: dict[str, list[str]] = {
+    "train/mix.py": ["tests/test_mix.py"],
+    "experiments/stats.py": ["tests/test_stats.py"],
+    "train/calibration.py": ["tests/test_calibration.py"],
+    "nn/activations.py": ["tests/test_nn_activations.py"],
+    "nn/init.py": ["tests/test_nn_init.py"],
+    "train/optim.py": ["tests/test_optim.py"],
+    "diagnose/rules.py": ["tests/test_doctor_rules.py"] + [f"tests/test_doctor.py::{t}" for t in (
+        "test_every_rule_code_has_a_doc_and_the_issue_codes_exist", "test_update_ratio_rules_use_the_median_over_layers",
+        "test_low_updates_are_expected_once_the_schedule_has_decayed_the_lr",
+        "test_overfitting_needs_val_loss_rising_past_the_gl_threshold_while_train_falls",
+        "test_divergence_and_lr_too_high_from_a_nan_history", "test_loss_worse_than_chance_after_an_epoch_means_lr_too_high",
+        "test_unnormalized_input_thresholds")],
+    "data/preprocess.py": ["tests/test_data_preprocess.py"],
+    "data/augment.py": ["tests/test_augment.py"],
+    "train/trainer.py": ["tests/test_engine.py", "tests/test_train.py"],
+}
+
+
+def toml_value(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, list):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    raise TypeError(f"no TOML spelling for {value!r}")
+
+
+def module_config(module: str, tests: list[str]) -> str:
+    """The project's [tool.mutmut] plus this module's mutation target and test selection."""
+    data = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    settings = dict(data["tool"]["mutmut"])
+    settings["only_mutate"] = [f"src/trainwell/{module}"]
+    settings["pytest_add_cli_args_test_selection"] = tests
+    lines = ["[tool.mutmut]"] + [f"{k} = {toml_value(v)}" for k, v in settings.items()]
+    pytest_opts = data["tool"]["pytest"]["ini_options"]
+    lines += ["", "[tool.pytest.ini_options]"] + [f"{k} = {toml_value(v)}" for k, v in pytest_opts.items()]
+    return "\n".join(lines) + "\n"
+
+
+def prepare(module: str, tests: list[str], fresh: bool) -> Path:
+    folder = WORK / module.replace("/", ".").removesuffix(".py")
+    if fresh and folder.exists():
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in ("src", "tests"):  # a fresh copy each run: mutmut re-mutates what changed
+        shutil.rmtree(folder / name, ignore_errors=True)
+        shutil.copytree(ROOT / name, folder / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    (folder / "pyproject.toml").write_text(module_config(module, tests))
+    return folder
+
+
+def run_module(module: str, tests: list[str], fresh: bool) -> int:
+    folder = prepare(module, tests, fresh)
+    mutmut = Path(sys.executable).with_name("mutmut")
+    # Subprocess tests (python -m trainwell) import the mutated copy through PYTHONPATH. The folder
+    # must exist before Python starts: a missing sys.path entry is cached as "no finder" for good.
+    mutated_src = folder / "mutants" / "src"
+    mutated_src.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(mutated_src))
+    code = subprocess.call(["nice", "-n", "15", str(mutmut), "run", "--max-children", "1"], cwd=folder, env=env)
+    results = subprocess.run([str(mutmut), "results", "--all", "true"], cwd=folder, env=env,
+                             capture_output=True, text=True).stdout
+    (folder / "summary.txt").write_text(results)
+    return code
+
+
+def show_survivors(module: str) -> None:
+    """Print each mutant of ``module`` that was not killed, with its diff (from the last run)."""
+    folder = WORK / module.replace("/", ".").removesuffix(".py")
+    mutmut = Path(sys.executable).with_name("mutmut")
+    for line in (folder / "summary.txt").read_text().splitlines():
+        name, _, status = line.strip().rpartition(": ")
+        if status != "killed":
+            diff = subprocess.run([str(mutmut), "show", name], cwd=folder, capture_output=True, text=True).stdout
+            changed = [d for d in diff.splitlines() if d[:1] in "+-" and d[:3] not in ("+++", "---")]
+            print(f"{name}: {status}\n  " + "\n  ".join(changed))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("modules", nargs="*", help=f"modules under src/trainwell/ (default: all of {list(MODULES)})")
+    parser.add_argument("--fresh", action="store_true", help="forget earlier results")
+    parser.add_argument("--stop-at", metavar="HH:MM", help="start no module after this UTC time")
+    parser.add_argument("--survivors", action="store_true", help="list the last run's survivors with their diffs")
+    args = parser.parse_args(argv)
+    unknown = [m for m in args.modules if m not in MODULES]
+    if unknown:
+        parser.error(f"unknown module(s) {unknown}; known: {list(MODULES)}")
+    if args.survivors:
+        for module in args.modules or MODULES:
+            show_survivors(module)
+        return 0
+    worst = 0
+    for module in args.modules or MODULES:
+        if args.stop_at and datetime.now(timezone.utc).strftime("%H:%M") >= args.stop_at:
+            print(f"{args.stop_at} UTC passed: not starting {module}", flush=True)
+            continue
+        worst = max(worst, run_module(module, MODULES[module], args.fresh))
+    return worst
+
+
+if __name__ == "__main__":
+    sys.exit(main())
