@@ -263,3 +263,14 @@ def test_cli_finetune_prints_test_and_scratch_accuracy(pretrained, tmp_path, cap
     line = capsys.readouterr().out
     assert "test acc" in line and "scratch test acc" in line and "gain" in line
     assert (out / "scratch" / "summary.json").is_file()
+
+
+def test_a_pretrained_path_that_is_nothing_is_one_config_error(tmp_path):
+    """Neither a folder, a file nor a hub name: a ConfigError naming it (not a None that fails later)."""
+    from trainwell.errors import RunDirError
+    from trainwell.train.pretrained import load_pretrained
+
+    with pytest.raises(ConfigError, match="neither a run directory"):
+        load_pretrained(tmp_path / "no-such-run")
+    with pytest.raises(RunDirError, match="do not exist"):
+        load_pretrained(tmp_path / "missing.safetensors")

@@ -201,7 +201,7 @@ class _Parser:
                     raise self.fail("a positional argument after a keyword one", f"write {head}:a:k=v", arg_start)
                 args.append(value)
                 continue
-            if not is_name(value):
+            if not isinstance(value, str) or not is_name(value):
                 raise self.fail(f"{value!r} is not an argument name", f"write {head}:name=value", arg_start)
             if value in kwargs:
                 raise self.fail(f"argument '{value}' given twice", "give each argument once", arg_start)

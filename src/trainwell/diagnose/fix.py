@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from trainwell.config import Config
+from trainwell.config import Config, Spec
 from trainwell.diagnose.report import Report
 from trainwell.nn.activations import ACTIVATIONS, parse_activation
 
@@ -21,7 +21,7 @@ LR_LOW_CODES = {"update-ratio-low", "lr-too-low"}
 GAINLESS_SCHEMES = {"default", "normal", "uniform"}
 
 
-def matched_init(activation: str) -> str:
+def matched_init(activation: str | Spec) -> str:
     """The initialisation that preserves variance for ``activation`` (He et al. 2015; Glorot & Bengio 2010)."""
     name = parse_activation(activation)[0]
     if name == "selu":
@@ -33,7 +33,7 @@ def propose_fix(cfg: Config, report: Report) -> dict[str, Any]:
     """Dotted config changes that address the report's warnings and errors ({} when none apply)."""
     codes = set(report.codes("warning"))
     changes: dict[str, Any] = {}
-    activation = cfg.model.activation
+    activation: str | Spec = cfg.model.activation
     name = parse_activation(activation)[0]
     if "unnormalized-input" in codes and cfg.data.preprocess == "none":
         changes["data.preprocess"] = "standardize"

@@ -50,7 +50,7 @@ def render_foundations() -> str:
         )
     lines += ["", "## Initialisation", "", "| name | formula | uses the activation's gain | description |",
               "|---|---|---|---|"]
-    for e in INITS:
-        lines.append(f"| `{e.name}` | {_cell(e.meta.formula)} | "
-                     f"{'yes' if e.meta.uses_gain else 'no'} | {_cell(e.doc)} |")
+    for init in INITS:
+        lines.append(f"| `{init.name}` | {_cell(init.meta.formula)} | "
+                     f"{'yes' if init.meta.uses_gain else 'no'} | {_cell(init.doc)} |")
     return "\n".join(lines) + "\n\n" + GUIDE

@@ -267,9 +267,9 @@ def parse_activation(spec: str | Spec) -> tuple[str, dict[str, float]]:
         if param.name not in given:
             continue
         value = given[param.name]
-        number = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
         check, wanted = _ARG_CHECKS.get(param.name, (lambda v: True, "a number"))
-        if not number or not check(value):
+        if (not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value)
+                or not check(value)):
             raise ConfigError(
                 f"activation '{call}': {param.name} must be a number {wanted}, got {value!r}; "
                 f"e.g. '{name}:{param.default}'."

@@ -8,7 +8,12 @@ pretraining data while the scale and shift can still train (``finetune.bn=frozen
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from torch import nn
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
 
 
 class KeepsBatchStatistics:
@@ -16,8 +21,8 @@ class KeepsBatchStatistics:
     mean/var and never updates them, while its scale/shift can still train. Same state_dict keys as
     the layer it replaces, so a saved model reloads into a plain batch norm."""
 
-    def train(self, mode: bool = True):  # type: ignore[override]
-        return super().train(False)  # type: ignore[misc]
+    def train(self, mode: bool = True) -> Self:
+        return super().train(False)  # type: ignore[misc]  # a mixin: super() is the batch norm it precedes
 
 
 class FrozenBatchNorm1d(KeepsBatchStatistics, nn.BatchNorm1d):

@@ -81,7 +81,8 @@ def _bias(cfg: ModelConfig) -> bool:
 def linear(in_features: int, out_features: int, follows: str | Spec, bias: bool = True) -> nn.Linear:
     """``nn.Linear`` that records the activation its output feeds (``layer.follows``)."""
     layer = nn.Linear(in_features, out_features, bias=bias)
-    layer.follows = str(follows)  # its normal text: reports store it as JSON
+    # its normal text: reports store it as JSON. (nn.Module types attributes as tensors/modules.)
+    layer.follows = str(follows)  # type: ignore[assignment]
     return layer
 
 
@@ -95,11 +96,12 @@ def conv(
     cls = (nn.Conv1d, nn.Conv2d)[dims - 1]
     padding = "same" if stride == 1 else kernel_size // 2
     layer = cls(c_in, c_out, kernel_size, stride=stride, padding=padding, bias=bias)
-    layer.follows = str(follows)  # its normal text: reports store it as JSON
+    # its normal text: reports store it as JSON. (nn.Module types attributes as tensors/modules.)
+    layer.follows = str(follows)  # type: ignore[assignment]
     return layer
 
 
-def _dropout(p: float, activation: str = "relu") -> list[nn.Module]:
+def _dropout(p: float, activation: str | Spec = "relu") -> list[nn.Module]:
     """Dropout, or alpha dropout after SELU: plain dropout's zeros would break SELU's fixed point of
     mean 0 / variance 1, alpha dropout keeps it (Klambauer et al. 2017)."""
     if p <= 0:

@@ -39,7 +39,7 @@ import dataclasses
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from rich.console import Console
@@ -47,6 +47,7 @@ from torch import nn
 
 from trainwell.config import Config, resolve
 from trainwell.data import Splits, load_preprocess, load_splits, to_float
+from trainwell.data.preprocess import Preprocess
 from trainwell.errors import ConfigError, DataError, Interrupted, RunDirError, TrainwellError, unknown_name_message
 from trainwell.fileio import write_json
 from trainwell.nn import build_model
@@ -147,7 +148,7 @@ def apply_strategy(classifier: Classifier, cfg: Config) -> AppliedStrategy:
             for _, p in group:
                 p.requires_grad_(False)
                 if ft.strategy == "gradual":
-                    p.unfreezes_later = True
+                    setattr(p, "unfreezes_later", True)  # the optimiser's per-parameter protocol (train/optim.py)
         starts = [0] * len(backbone) + [1]  # 0 = never
         if ft.strategy == "gradual":
             gradual = GradualUnfreeze(classifier, backbone[::-1], ft.unfreeze_every)
@@ -157,7 +158,7 @@ def apply_strategy(classifier: Classifier, cfg: Config) -> AppliedStrategy:
         for depth, group in enumerate(reversed(groups)):
             scales[len(groups) - 1 - depth] = ft.lr_decay ** depth
             for _, p in group:
-                p.lr_scale = ft.lr_decay ** depth
+                setattr(p, "lr_scale", ft.lr_decay ** depth)  # read by train/optim.py's param groups
     bn_frozen = freeze_batchnorm_statistics(net) if ft.bn == "frozen" else 0
     report = [
         {"name": n, "params": sum(p.numel() for _, p in g), "lr_scale": s, "trains_from_epoch": e or None}
@@ -236,7 +237,7 @@ def transfer_weights(classifier: Classifier, pretrained: Pretrained, cfg: Config
             f"data '{splits.description}' {tuple(splits.input_shape)}; fine-tune on data of the same shape."
         )
     net = classifier.net
-    if shape != classifier.preprocess.output_shape(tuple(splits.input_shape)):
+    if shape != cast(Preprocess, classifier.preprocess).output_shape(tuple(splits.input_shape)):
         # e.g. pca with another number of components: the network takes the pretrained preprocessing's output.
         net = build_model(cfg, shape, splits.num_classes, generator=init_generator(cfg))
     head = head_keys(net)
@@ -349,8 +350,8 @@ def finetune(
                 summary["trainable_params_by_epoch"] = p.gradual.trainable_by_epoch
             if compare_scratch:
                 scratch_model = None
-                if source.kind == "hub":
-                    scratch_model = hub_model(*source.hub, splits.num_classes, pretrained=False)  # type: ignore[misc]
+                if source.hub is not None:  # kind "hub"
+                    scratch_model = hub_model(*source.hub, splits.num_classes, pretrained=False)
                 scratch = train(cfg, out=out_dir / "scratch", splits=splits, quiet=quiet, console=console,
                                 model=scratch_model)
                 summary["scratch_test_acc"] = scratch.summary["test_acc"]

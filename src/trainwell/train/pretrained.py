@@ -55,6 +55,9 @@ def load_pretrained(spec: str | Path) -> Pretrained:
             raise RunDirError(f"pretrained weights '{path}' do not exist; pass a run directory, a .safetensors "
                               "file or torchvision:NAME / timm:NAME.")
         return Pretrained(text, "safetensors", load_weights(path))
+    raise ConfigError(f"pretrained '{text}' is neither a run directory, a .safetensors file nor "
+                      "torchvision:NAME / timm:NAME; check the path.")
+
 
 # ----------------------------------------------------------------------------- torchvision / timm
 
@@ -81,11 +84,11 @@ def hub_model(lib: str, name: str, num_classes: int, pretrained: bool = True) ->
             raise ConfigError(unknown_name_message("torchvision model", name, models.list_models())) from None
         model = models.get_model(name, weights=None)
         if pretrained:
-            file = Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url.split("?")[0]).name
-            if not file.is_file():
-                raise ConfigError(f"the weights of torchvision:{name} are not in the local cache ('{file}'); trainwell "
-                                  f"never downloads: fetch them once with {fetch}.")
-            model.load_state_dict(torch.load(file, map_location="cpu", weights_only=True))
+            cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url.split("?")[0]).name
+            if not cached.is_file():
+                raise ConfigError(f"the weights of torchvision:{name} are not in the local cache ('{cached}'); "
+                                  f"trainwell never downloads: fetch them once with {fetch}.")
+            model.load_state_dict(torch.load(cached, map_location="cpu", weights_only=True))
         _replace_last_linear(model, num_classes)
         return model
     if name not in module.list_models():
@@ -93,7 +96,7 @@ def hub_model(lib: str, name: str, num_classes: int, pretrained: bool = True) ->
     if not pretrained:
         return module.create_model(name, pretrained=False, num_classes=num_classes)
     cfg = module.models.get_pretrained_cfg(name)
-    file = None
+    file: str | None = None
     hub_id = getattr(cfg, "hf_hub_id", None) if cfg is not None else None
     if hub_id:
         from huggingface_hub import try_to_load_from_cache
@@ -113,10 +116,10 @@ def hub_model(lib: str, name: str, num_classes: int, pretrained: bool = True) ->
 
 
 def _replace_last_linear(model: nn.Module, num_classes: int) -> None:
-    name, last = next(((n, m) for n, m in reversed(list(model.named_modules())) if isinstance(m, nn.Linear)),
-                      (None, None))
-    if last is None:
+    found = next(((n, m) for n, m in reversed(list(model.named_modules())) if isinstance(m, nn.Linear)), None)
+    if found is None:
         raise ConfigError("the pretrained model has no final nn.Linear to replace with a new head.")
+    name, last = found
     parent = model.get_submodule(name.rsplit(".", 1)[0]) if "." in name else model
     setattr(parent, name.rsplit(".", 1)[-1], nn.Linear(last.in_features, num_classes))
 
