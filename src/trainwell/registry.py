@@ -93,7 +93,7 @@ def _matches(value: Any, hint: Any) -> bool:
 
 def check_meta(meta_type: type[M], where: str, fields: dict[str, Any]) -> M:
     """``meta_type(**fields)``, or a TypeError naming ``where`` when a field is missing, unknown or mistyped."""
-    declared = {f.name: f for f in dataclasses.fields(meta_type)}  # type: ignore[arg-type]
+    declared = {f.name: f for f in dataclasses.fields(meta_type)}  # type: ignore[arg-type]  # M is bound to dataclasses, not typed so
     hints = typing.get_type_hints(meta_type)
     valid = f"{meta_type.__name__} fields: {', '.join(declared) or 'none'}"
     unknown = [k for k in fields if k not in declared]

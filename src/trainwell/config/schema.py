@@ -324,7 +324,7 @@ def _field_docs(cls: type) -> dict[str, str]:
         tree = ast.parse(inspect.getsource(cls))
     except (OSError, TypeError):  # pragma: no cover - source unavailable (frozen app)
         return docs
-    body = tree.body[0].body  # type: ignore[attr-defined]
+    body = tree.body[0].body  # type: ignore[attr-defined]  # the source of a class is one ClassDef
     for stmt, nxt in zip(body, body[1:]):
         if isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name):
             if isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant):

@@ -50,7 +50,7 @@ def train_ensemble(
     check_run(member_cfg, load_splits(cfg.data))  # what train checks, before any folder exists
     console = console or Console(stderr=True, quiet=quiet, soft_wrap=True)
     if resume:  # the members' compare resumes its unfinished runs from their checkpoints
-        out_dir = Path(out)  # type: ignore[arg-type]
+        out_dir = Path(out)  # type: ignore[arg-type]  # with resume the API passes the folder as out
         (out_dir / "summary.json").unlink(missing_ok=True)  # unfinished again until this call ends
     else:
         out_dir = prepare_out_dir(out, "train", f"{cfg.data.name}-{k}x{cfg.model.name}", overwrite,

@@ -81,8 +81,8 @@ def _bias(cfg: ModelConfig) -> bool:
 def linear(in_features: int, out_features: int, follows: str | Spec, bias: bool = True) -> nn.Linear:
     """``nn.Linear`` that records the activation its output feeds (``layer.follows``)."""
     layer = nn.Linear(in_features, out_features, bias=bias)
-    # its normal text: reports store it as JSON. (nn.Module types attributes as tensors/modules.)
-    layer.follows = str(follows)  # type: ignore[assignment]
+    # its normal text: reports store it as JSON
+    layer.follows = str(follows)  # type: ignore[assignment]  # nn.Module types attributes as tensors/modules
     return layer
 
 
@@ -96,8 +96,8 @@ def conv(
     cls = (nn.Conv1d, nn.Conv2d)[dims - 1]
     padding = "same" if stride == 1 else kernel_size // 2
     layer = cls(c_in, c_out, kernel_size, stride=stride, padding=padding, bias=bias)
-    # its normal text: reports store it as JSON. (nn.Module types attributes as tensors/modules.)
-    layer.follows = str(follows)  # type: ignore[assignment]
+    # its normal text: reports store it as JSON
+    layer.follows = str(follows)  # type: ignore[assignment]  # nn.Module types attributes as tensors/modules
     return layer
 
 

@@ -304,7 +304,7 @@ def finetune(
     cfg = finetune_config(source, overrides, config_file)
     if source.kind != "hub":
         check_names(cfg)
-    tag = f"{cfg.data.name}-{cfg.model.name if source.kind != 'hub' else source.hub[1]}"  # type: ignore[index]
+    tag = f"{cfg.data.name}-{cfg.model.name if source.hub is None else source.hub[1]}"
     staged = _staged_output(out, tag, overwrite, source)
     splits = load_splits(cfg.data)
     if source.kind == "run" and tuple(splits.input_shape) == source.input_shape:
@@ -323,8 +323,8 @@ def finetune(
         return prepared["strategy"].callbacks  # gradual unfreezing, if any
 
     model = None
-    if source.kind == "hub":
-        lib, name = source.hub  # type: ignore[misc]
+    if source.hub is not None:  # kind "hub"
+        lib, name = source.hub
         model = hub_model(lib, name, splits.num_classes)
         check_hub_input(model, splits, source.source)
 

@@ -281,7 +281,7 @@ class Checkpoints:
     def _prune(self) -> None:
         # No fsync: an unlink lost to a power cut only leaves an older checkpoint behind.
         for step in self._steps()[: -self.keep]:
-            (self.folder / f"step-{step:09d}.safetensors").unlink(missing_ok=True)  # type: ignore[operator]
+            (self.folder / f"step-{step:09d}.safetensors").unlink(missing_ok=True)  # type: ignore[operator]  # folder is set while saving
 
     def discard_after(self, step: int) -> None:
         """Delete checkpoints newer than ``step`` (a rollback replays from ``step``)."""

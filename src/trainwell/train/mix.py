@@ -86,7 +86,7 @@ def apply_mix(x: torch.Tensor, target: torch.Tensor, p: MixParams) -> tuple[torc
     mixed_target = p.lam * target + (1 - p.lam) * target[p.perm]
     if p.op == "mixup":
         return p.lam * x + (1 - p.lam) * x[p.perm], mixed_target
-    top, left, bottom, right = p.box  # type: ignore[misc]
+    top, left, bottom, right = p.box  # type: ignore[misc]  # box is set for cutmix (op checked above)
     out = x.clone()
     if x.dim() == 4:  # (N, C, H, W)
         out[:, :, top:bottom, left:right] = x[p.perm][:, :, top:bottom, left:right]

@@ -169,7 +169,7 @@ def _array_from_raw(raw: Any, dtype_stub: Any, shape: Any, order: str) -> np.nda
         raise _Refused(
             f"declares a numpy array of shape {shape} and dtype {dtype} ({need:,} bytes) but gives it {len(data):,} bytes of data"
         )
-    array = np.frombuffer(data, dtype=dtype, count=need // dtype.itemsize).reshape(shape, order=order)  # type: ignore[call-overload]
+    array = np.frombuffer(data, dtype=dtype, count=need // dtype.itemsize).reshape(shape, order=order)  # type: ignore[call-overload]  # order is "C"/"F", checked
     return array if array.flags.writeable else array.copy(order="K")  # bytes are read-only: own a copy
 
 

@@ -180,7 +180,7 @@ def load_idx(cfg: DataConfig) -> ArrayData:
                 f"idx: no {_IDX_ROLES[role][0]}[.gz] (or {_IDX_ROLES[role][1]}[.gz]) in '{folder}'; "
                 "point data.path at the folder holding the MNIST-format files."
             )
-    x, y = _idx_pair(found["train_images"], found["train_labels"])  # type: ignore[arg-type]
+    x, y = _idx_pair(found["train_images"], found["train_labels"])  # type: ignore[arg-type]  # found: checked above
     x_test = y_test = None
     if (found["test_images"] is None) != (found["test_labels"] is None):
         have, miss = ("test_images", "test_labels") if found["test_images"] else ("test_labels", "test_images")
@@ -189,7 +189,7 @@ def load_idx(cfg: DataConfig) -> ArrayData:
             "add it, or remove the test file to carve the test split from the training files."
         )
     if found["test_images"] is not None:
-        x_test, y_test = _idx_pair(found["test_images"], found["test_labels"])  # type: ignore[arg-type]
+        x_test, y_test = _idx_pair(found["test_images"], found["test_labels"])  # type: ignore[arg-type]  # found: checked above
     return ArrayData(
         x=x,
         y=y,

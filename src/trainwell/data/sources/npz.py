@@ -175,7 +175,7 @@ def _read_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, where: str) -> np.n
 try:  # zipfile decompresses lzma members with the lzma module, whose error is its own type
     from lzma import LZMAError as _LZMAError
 except ImportError:  # pragma: no cover - Python built without lzma
-    _LZMAError = zlib.error  # type: ignore[misc,assignment]
+    _LZMAError = zlib.error  # type: ignore[misc,assignment]  # a stand-in class for the except clause
 
 # What zipfile and its decompressors raise on a damaged archive (RuntimeError: an encrypted member;
 # NotImplementedError: an unsupported compression method; ValueError/struct.error/OverflowError:
