@@ -208,3 +208,19 @@ def test_bad_batches_are_data_errors():
 def test_config_keys_resolve():
     cfg = resolve(["init.scheme=lsuv", "init.lsuv_tol=0.05", "init.lsuv_max_iter=3", "init.lsuv_head=true"])
     assert (cfg.init.lsuv_tol, cfg.init.lsuv_max_iter, cfg.init.lsuv_head) == (0.05, 3, True)
+
+
+@pytest.mark.parametrize("field, value", [("lsuv_tol", 1.0), ("lsuv_tol", "0.1"), ("lsuv_max_iter", 2.5),
+                                          ("lsuv_max_iter", True), ("lsuv_max_iter", "3")])
+def test_lsuv_config_at_its_edges_and_of_the_wrong_type_is_a_config_error(field, value):
+    # the edges the mutation run found: tol is in the open interval (0, 1), max_iter an int (bool is not one)
+    model, batch, cfg = _tanh_mlp(depth=2)
+    setattr(cfg, field, value)
+    with pytest.raises(ConfigError, match=f"init.{field}"):
+        lsuv_init(model, batch, cfg)
+
+
+def test_lsuv_config_just_inside_its_edges_is_accepted():
+    model, batch, cfg = _tanh_mlp(depth=2)
+    cfg.lsuv_tol, cfg.lsuv_max_iter = 0.999, 0
+    lsuv_init(model, batch, cfg)

@@ -28,15 +28,15 @@ MODULES: dict[str, list[str]] = {
     "experiments/stats.py": ["tests/test_stats.py"],
     "train/calibration.py": ["tests/test_calibration.py"],
     "nn/activations.py": ["tests/test_nn_activations.py"],
-    "nn/init.py": ["tests/test_nn_init.py"],
-    "train/optim.py": ["tests/test_optim.py"],
+    "nn/init.py": ["tests/test_nn_init.py", "tests/test_lsuv.py", "tests/test_registries.py"],
+    "train/optim.py": ["tests/test_optim.py", "tests/test_registries.py"],
     "diagnose/rules.py": ["tests/test_doctor_rules.py"] + [f"tests/test_doctor.py::{t}" for t in (
         "test_every_rule_code_has_a_doc_and_the_issue_codes_exist", "test_update_ratio_rules_use_the_median_over_layers",
         "test_low_updates_are_expected_once_the_schedule_has_decayed_the_lr",
         "test_overfitting_needs_val_loss_rising_past_the_gl_threshold_while_train_falls",
         "test_divergence_and_lr_too_high_from_a_nan_history", "test_loss_worse_than_chance_after_an_epoch_means_lr_too_high",
         "test_unnormalized_input_thresholds")],
-    "data/preprocess.py": ["tests/test_data_preprocess.py"],
+    "data/preprocess.py": ["tests/test_data_preprocess.py", "tests/test_registries.py"],
     "data/augment.py": ["tests/test_augment.py"],
     "train/trainer.py": ["tests/test_engine.py", "tests/test_train.py"],
 }
@@ -86,7 +86,7 @@ def run_module(module: str, tests: list[str], fresh: bool) -> int:
     mutated_src = folder / "mutants" / "src"
     mutated_src.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(mutated_src))
-    code = subprocess.call(["nice", "-n", "15", str(mutmut), "run", "--max-children", "1"], cwd=folder, env=env)
+    code = subprocess.call(["nice", "-n", "19", str(mutmut), "run", "--max-children", "1"], cwd=folder, env=env)
     results = subprocess.run([str(mutmut), "results", "--all", "true"], cwd=folder, env=env,
                              capture_output=True, text=True).stdout
     (folder / "summary.txt").write_text(results)
