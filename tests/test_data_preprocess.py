@@ -420,3 +420,92 @@ def test_a_model_built_for_output_shape_trains_on_pca_features():
     pre = fit_preprocess(c.data.preprocess, x, c.data)
     net = build_model(c, pre.output_shape((2, 4, 4)), 3, generator=torch.Generator().manual_seed(0))
     assert Classifier(net, pre)(x).shape == (64, 3)
+
+
+# ----------------------------------------------------------------------------- edges the mutation run found
+
+
+@pytest.mark.parametrize("name", ["none", "standardize", "pca", "zca"])
+def test_fit_errors_name_the_preprocessor_and_what_it_got(name):
+    with pytest.raises(DataError, match=rf"^preprocess '{name}' is fitted on a non-empty tensor \(N, \*input_shape\); "
+                                        r"got \(5,\)\.$"):
+        fit_preprocess(name, torch.ones(5))
+    with pytest.raises(DataError, match=rf"^preprocess '{name}' is fitted on a non-empty tensor .*; got list\.$"):
+        fit_preprocess(name, [[1.0, 2.0]])
+
+
+def test_damaged_state_errors_name_the_preprocessor_and_what_the_state_holds():
+    with pytest.raises(RunDirError, match=r"^saved preprocess 'standardize' state has entries \['mean'\], expected "
+                                          r"\['mean', 'std'\]; the run directory is damaged or was written by another "
+                                          r"trainwell version: retrain\.$"):
+        load_preprocess("standardize", {"mean": torch.zeros(3)})
+    with pytest.raises(RunDirError, match=r"^saved preprocess 'none' state has entries list, expected \[\]"):
+        load_preprocess("none", [])
+    with pytest.raises(RunDirError, match=r"^saved preprocess 'pca' state has entries \['components', 'mean', "
+                                          r"'scale'\], expected \['components', 'mean'\]"):
+        load_preprocess("pca", fit_preprocess("pca_whiten", correlated(30, 6), cfg(pca_components=3)).state_dict())
+
+
+def test_standardize_reloads_a_std_below_one():
+    pre = load_preprocess("standardize", {"mean": torch.zeros(2), "std": torch.tensor([0.5, 2.0])})
+    torch.testing.assert_close(pre(torch.tensor([[1.0, 1.0]])), torch.tensor([[2.0, 0.5]]))
+
+
+@pytest.mark.parametrize("numpy_path", [True, False])
+def test_chunked_moments_of_uint8_and_float_data_are_the_exact_mean_and_scatter(numpy_path, monkeypatch):
+    import trainwell.data.preprocess as pp
+    monkeypatch.setattr(pp, "_NUMPY_SYRK", numpy_path)
+    g = torch.Generator().manual_seed(3)
+    x8 = torch.randint(0, 256, (23, 2, 3), generator=g, dtype=torch.uint8)
+    ref = x8.reshape(23, 6).to(torch.float64) / 255.0
+    mean_ref = ref.mean(dim=0)
+    scatter_ref = (ref - mean_ref).T @ (ref - mean_ref)
+    for x, want in ((x8, ref), (x8.to(torch.float32) / 255.0, None)):
+        for step in (1, 5, 23, 100):
+            mean, scatter = pp._moments("pca", x, step, scatter=True)
+            assert mean.dtype == scatter.dtype == torch.float64 and mean.shape == (6,) and scatter.shape == (6, 6)
+            torch.testing.assert_close(mean, mean_ref, rtol=1e-6, atol=1e-7)
+            torch.testing.assert_close(scatter, scatter_ref, rtol=1e-6, atol=1e-6)
+            only_mean, none = pp._moments("pca", x, step, scatter=False)
+            assert none is None
+            torch.testing.assert_close(only_mean, mean)
+    bad = x8.to(torch.float32)
+    bad[4, 1, 2] = float("inf")
+    with pytest.raises(DataError, match=r"^preprocess 'zca': the training inputs hold NaN/inf"):
+        pp._moments("zca", bad, 5, scatter=True)
+
+
+def test_pca_on_fewer_examples_than_features_and_uint8_pixels_equals_pca_on_the_scaled_floats():
+    g = torch.Generator().manual_seed(4)
+    x8 = torch.randint(0, 256, (8, 1, 4, 5), generator=g, dtype=torch.uint8)  # n = 8 < d = 20: the SVD path
+    a = fit_preprocess("pca", x8, cfg(pca_components=3))
+    b = fit_preprocess("pca", x8.to(torch.float64) / 255.0, cfg(pca_components=3))
+    torch.testing.assert_close(a.components, b.components, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(a.mean, b.mean, rtol=1e-6, atol=1e-7)
+    sk = SkPCA(n_components=3, svd_solver="full").fit(x8.reshape(8, 20).numpy() / 255.0)
+    np.testing.assert_allclose(a(x8).numpy(), sk.transform(x8.reshape(8, 20).numpy() / 255.0), rtol=1e-4, atol=1e-5)
+
+
+def test_zca_on_fewer_examples_than_features_keeps_the_full_basis():
+    x = correlated(5, 8)  # n < d: ZCA still needs all d directions (the eigh path), regularised by whiten_eps
+    pre = fit_preprocess("zca", x, cfg(whiten_eps=0.1))
+    assert pre.components.shape == (8, 8) and pre.matrix.shape == (8, 8)
+    torch.testing.assert_close(pre.matrix, pre.matrix.T)
+
+
+def test_pca_components_counts_and_fractions_at_their_edges():
+    from trainwell.data.preprocess import _n_components
+    eig = torch.tensor([2.0, 1.0, 1.0], dtype=torch.float64)  # cumulative ratios 0.5, 0.75, 1.0
+    assert _n_components(1, eig, 10, 3) == 1  # 1 counts one component, it is not "all the variance"
+    assert _n_components(3, eig, 10, 3) == 3
+    assert _n_components(0.5, eig, 10, 3) == 2  # side="right": a ratio equal to the fraction does not exceed it
+    assert _n_components(0.49, eig, 10, 3) == 1
+    assert _n_components(0.999, eig, 10, 3) == 3
+    assert _n_components(0.49, eig / 10, 10, 3) == 1  # a total variance below 1 is not "constant"
+    with pytest.raises(DataError, match=r"^preprocess: the training inputs are constant \(zero variance\); PCA has no "
+                                        r"direction to keep\.$"):
+        _n_components(0.5, torch.zeros(3, dtype=torch.float64), 10, 3)
+    with pytest.raises(ConfigError, match=r"; e\.g\. data\.pca_components=50, or a fraction in \(0, 1\) such as 0\.95\.$"):
+        _n_components(2.5, eig, 10, 3)
+    with pytest.raises(ConfigError, match=r"; lower it or use a variance fraction such as 0\.99\.$"):
+        _n_components(4, eig, 10, 3)

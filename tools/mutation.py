@@ -66,7 +66,36 @@ def module_config(module: str, tests: list[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def prepare(module: str, tests: list[str], fresh: bool) -> Path:
+def undecorate(source: str) -> str:
+    """``@dec(...) def f`` at module level rewritten as ``def f`` followed by ``f = dec(...)(f)``.
+
+    mutmut 3 does not mutate decorated functions (it cannot put its trampoline under a decorator), so
+    registered bodies (doctor rules, init schemes, augment ops, activations, optimisers, schedules)
+    would go unscored. Applying the decorator by assignment right after the definition registers the
+    trampoline instead, which is the same object as far as the registry and callers can tell (the
+    decorators here register the function and return it unchanged); mutmut does not mutate
+    module-level statements, so the registration itself is left alone. Done in the work folder's copy
+    only; ``src/`` is untouched.
+    """
+    import libcst as cst
+
+    tree = cst.parse_module(source)
+    body: list[cst.BaseStatement] = []
+    for stmt in tree.body:
+        plain = {"staticmethod", "classmethod"}
+        if (isinstance(stmt, cst.FunctionDef) and stmt.decorators
+                and not any(isinstance(d.decorator, cst.Name) and d.decorator.value in plain for d in stmt.decorators)):
+            body.append(stmt.with_changes(decorators=[]))
+            value: cst.BaseExpression = cst.Name(stmt.name.value)
+            for dec in reversed(stmt.decorators):  # the decorator nearest the def applies first
+                value = cst.Call(func=dec.decorator, args=[cst.Arg(value)])
+            body.append(cst.SimpleStatementLine([cst.Assign([cst.AssignTarget(cst.Name(stmt.name.value))], value)]))
+        else:
+            body.append(stmt)
+    return tree.with_changes(body=body).code
+
+
+def prepare(module: str, tests: list[str], fresh: bool, decorated: bool = False) -> Path:
     folder = WORK / module.replace("/", ".").removesuffix(".py")
     if fresh and folder.exists():
         shutil.rmtree(folder)
@@ -74,12 +103,15 @@ def prepare(module: str, tests: list[str], fresh: bool) -> Path:
     for name in ("src", "tests"):  # a fresh copy each run: mutmut re-mutates what changed
         shutil.rmtree(folder / name, ignore_errors=True)
         shutil.copytree(ROOT / name, folder / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    if decorated:
+        target = folder / "src" / "trainwell" / module
+        target.write_text(undecorate(target.read_text()))
     (folder / "pyproject.toml").write_text(module_config(module, tests))
     return folder
 
 
-def run_module(module: str, tests: list[str], fresh: bool) -> int:
-    folder = prepare(module, tests, fresh)
+def run_module(module: str, tests: list[str], fresh: bool, decorated: bool = False) -> int:
+    folder = prepare(module, tests, fresh, decorated)
     mutmut = Path(sys.executable).with_name("mutmut")
     # Subprocess tests (python -m trainwell) import the mutated copy through PYTHONPATH. The folder
     # must exist before Python starts: a missing sys.path entry is cached as "no finder" for good.
@@ -110,6 +142,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("modules", nargs="*", help=f"modules under src/trainwell/ (default: all of {list(MODULES)})")
     parser.add_argument("--fresh", action="store_true", help="forget earlier results")
     parser.add_argument("--stop-at", metavar="HH:MM", help="start no module after this UTC time")
+    parser.add_argument("--decorated", action="store_true",
+                        help="also mutate decorated (registered) functions: see undecorate()")
     parser.add_argument("--survivors", action="store_true", help="list the last run's survivors with their diffs")
     args = parser.parse_args(argv)
     unknown = [m for m in args.modules if m not in MODULES]
@@ -124,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.stop_at and datetime.now(timezone.utc).strftime("%H:%M") >= args.stop_at:
             print(f"{args.stop_at} UTC passed: not starting {module}", flush=True)
             continue
-        worst = max(worst, run_module(module, MODULES[module], args.fresh))
+        worst = max(worst, run_module(module, MODULES[module], args.fresh, args.decorated))
     return worst
 
 
