@@ -325,3 +325,27 @@ def test_schedule_table_state_is_its_step_and_factor_and_resumes_the_same_lr():
     assert fresh.factor == 1.0 and opt2.param_groups[0]["lr"] == pytest.approx(0.2 * fresh.multipliers[7])
     fresh.load_state_dict({"index": 99})  # past the end: the last rate
     assert opt2.param_groups[0]["lr"] == pytest.approx(0.2 * fresh.multipliers[-1])
+
+
+@pytest.mark.parametrize("name", ["adam", "adamw"])
+def test_adam_eps_is_passed_on(name):
+    opt, _ = build_optimizer(nn.Linear(2, 2), OptimConfig(name=name, lr=0.1, eps=1e-5))
+    assert opt.param_groups[0]["eps"] == 1e-5
+
+
+def test_onecycle_decays_linearly_to_min_lr_over_lr():
+    cfg = SchedConfig(name="onecycle", min_lr=0.02)
+    total, lr = 100, 0.1  # warmup: the first 30 steps
+    for i in (30, 50, 99):
+        t = (i - 30) / 70
+        assert lr_multiplier(i, 10, total, cfg, lr) == pytest.approx(0.2 + 0.8 * (1 - t))
+
+
+def test_step_schedule_with_step_epochs_1_decays_every_epoch():
+    cfg = SchedConfig(name="step", step_epochs=1, gamma=0.5)
+    assert [lr_multiplier(e * 4, 4, 20, cfg, 1.0) for e in range(4)] == pytest.approx([1, 0.5, 0.25, 0.125])
+
+
+def test_snapshots_with_one_step_per_epoch():
+    from trainwell.train.optim import snapshot_epochs
+    assert snapshot_epochs(_cycles_cfg("train.snapshots=2", "train.epochs=4"), 1) == [2, 4]
