@@ -224,3 +224,77 @@ def test_lsuv_config_just_inside_its_edges_is_accepted():
     model, batch, cfg = _tanh_mlp(depth=2)
     cfg.lsuv_tol, cfg.lsuv_max_iter = 0.999, 0
     lsuv_init(model, batch, cfg)
+
+
+class _Column(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # a 1-D batch of scalars -> (N, 1)
+        return x[:, None]
+
+
+def test_lsuv_batch_errors_say_what_they_got_and_a_batch_of_two_scalars_is_enough():
+    import warnings
+    model, batch, cfg = _tanh_mlp(depth=2)
+    with pytest.raises(DataError, match=r"^lsuv needs a batch of at least 2 examples to measure variances; got "
+                                        r"\(1, 20\)\.$"):
+        lsuv_init(model, batch[:1], cfg)
+    with pytest.raises(DataError, match=r"; got list\.$"):
+        lsuv_init(model, batch.tolist(), cfg)
+    with pytest.raises(DataError, match=r"; got \(\)\.$"):
+        lsuv_init(model, torch.tensor(1.0), cfg)
+    bad = batch.clone()
+    bad[0, 0] = float("inf")
+    with pytest.raises(DataError, match=r"^lsuv: the batch holds NaN/inf values; clean or preprocess the data first\.$"):
+        lsuv_init(model, bad, cfg)
+    scalars = nn.Sequential(_Column(), nn.Linear(1, 4), nn.Tanh(), nn.Linear(4, 3), nn.Tanh(), nn.Linear(3, 2))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert set(lsuv_init(scalars, torch.tensor([-1.0, 2.0]), cfg)) == {"1", "3"}  # 1-D, two examples
+
+
+def test_lsuv_without_weight_layers_or_with_a_constant_layer_output_is_refused_in_one_line():
+    _, batch, cfg = _tanh_mlp(depth=2)
+    with pytest.raises(ConfigError, match=r"^init\.scheme=lsuv needs a model with Linear/Conv layers that run on the "
+                                          r"batch\.$"):
+        lsuv_init(nn.Tanh(), batch, cfg)
+    model = nn.Sequential(nn.Linear(20, 4), nn.Tanh(), nn.Linear(4, 2))
+    with pytest.raises(DataError, match=r"^lsuv: layer '0' has output variance 0\.0 on the batch, so it cannot be "
+                                        r"rescaled; use a larger, varied batch \(or another init\.scheme\)\.$"):
+        lsuv_init(model, torch.zeros(8, 20), cfg)  # zero inputs, zero biases: a constant output
+
+
+def test_lsuv_starts_orthonormal_whatever_scheme_the_config_names():
+    model, batch, cfg = _tanh_mlp(depth=3)
+    cfg.scheme, cfg.lsuv_max_iter = "normal", 0
+    lsuv_init(model, batch, cfg, _gen(0))
+    assert all(_is_orthonormal(m.weight) for _, m in _layers(model))
+
+
+def test_a_layer_already_within_tolerance_is_not_rescaled_and_nothing_warns():
+    import warnings
+    model, _, cfg = _tanh_mlp(depth=3)
+    batch = torch.randn(128, 20, generator=_gen(1))  # unit-variance inputs: every layer's start is near 1
+    cfg.lsuv_tol, cfg.lsuv_max_iter = 0.999, 10  # every orthonormal start is within (0.001, 1.999) here
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        variances = lsuv_init(model, batch, cfg, _gen(0))
+    assert all(abs(v - 1) < 0.999 for v in variances.values())
+    assert all(_is_orthonormal(m.weight) for _, m in _layers(model))  # not one rescaling
+
+
+def test_with_no_rescaling_allowed_nothing_warns_and_with_too_few_it_warns_naming_the_layer():
+    import warnings
+    model, batch, cfg = _tanh_mlp(depth=3)
+    cfg.lsuv_tol, cfg.lsuv_max_iter = 1e-9, 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        lsuv_init(model, batch, cfg, _gen(0))
+    cfg.lsuv_max_iter = 1
+    with pytest.warns(UserWarning, match=r"^lsuv: layer '.*' output variance .* after 1 rescalings \(tolerance 1e-09\); "
+                                         r"raise init\.lsuv_max_iter\.$"):
+        lsuv_init(model, batch, cfg, _gen(0))
+
+
+@pytest.mark.parametrize("scheme", ["normal", "uniform"])
+def test_std_schemes_name_themselves_when_std_is_not_positive(scheme):
+    with pytest.raises(ConfigError, match=rf"^init\.scheme={scheme} needs init\.std > 0, got 0\.0; e\.g\. init\.std=0\.01\.$"):
+        init_model(nn.Linear(3, 2), InitConfig(scheme=scheme, std=0.0), _gen(0))

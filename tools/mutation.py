@@ -137,6 +137,23 @@ def show_survivors(module: str) -> None:
             print(f"{name}: {status}\n  " + "\n  ".join(changed))
 
 
+def rerun_survivors(module: str) -> int:
+    """Re-run only the last run's surviving mutants of ``module`` against the current tests/ (after tests were added)."""
+    folder = WORK / module.replace("/", ".").removesuffix(".py")
+    names = [line.strip().rpartition(": ")[0] for line in (folder / "summary.txt").read_text().splitlines()
+             if line.strip().rpartition(": ")[2] not in ("killed", "")]
+    for dest in (folder / "tests", folder / "mutants" / "tests"):
+        shutil.rmtree(dest, ignore_errors=True)
+        shutil.copytree(ROOT / "tests", dest, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    mutmut = Path(sys.executable).with_name("mutmut")
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(folder / "mutants" / "src"))
+    code = subprocess.call(["nice", "-n", "19", str(mutmut), "run", "--max-children", "1", *names], cwd=folder, env=env)
+    results = subprocess.run([str(mutmut), "results", "--all", "true"], cwd=folder, env=env,
+                             capture_output=True, text=True).stdout
+    (folder / "summary.txt").write_text(results)
+    return code
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("modules", nargs="*", help=f"modules under src/trainwell/ (default: all of {list(MODULES)})")
@@ -144,6 +161,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--stop-at", metavar="HH:MM", help="start no module after this UTC time")
     parser.add_argument("--decorated", action="store_true",
                         help="also mutate decorated (registered) functions: see undecorate()")
+    parser.add_argument("--rerun-survivors", action="store_true",
+                        help="re-run only the last run's survivors against the current tests (after adding tests)")
     parser.add_argument("--survivors", action="store_true", help="list the last run's survivors with their diffs")
     args = parser.parse_args(argv)
     unknown = [m for m in args.modules if m not in MODULES]
@@ -153,6 +172,8 @@ def main(argv: list[str] | None = None) -> int:
         for module in args.modules or MODULES:
             show_survivors(module)
         return 0
+    if args.rerun_survivors:
+        return max(rerun_survivors(module) for module in args.modules or MODULES)
     worst = 0
     for module in args.modules or MODULES:
         if args.stop_at and datetime.now(timezone.utc).strftime("%H:%M") >= args.stop_at:
