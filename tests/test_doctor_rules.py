@@ -376,3 +376,71 @@ def test_the_gradient_ratio_is_first_over_last_hidden_layer_of_any_depth():
     f = found(Context(layers), "vanishing-gradients")
     assert f.evidence["ratio"] == pytest.approx(1e-3) and f.layers == ["h0"]
     assert found(Context(net({"grad_std": 1.0}, {"grad_std": 1.0}, {"grad_std": 0.0})), "exploding-gradients") is None
+
+
+# ----------------------------------------------------------------------------- edges the mutation run found
+# (mutmut over the rule bodies, tools/mutation.py --decorated): the thresholds are strict ("> 25%"),
+# and a finding's message and fix are what the report prints, so they are pinned word for word here.
+
+
+def test_saturation_and_dead_units_at_exactly_their_thresholds_are_not_worse():
+    assert severity(Context([act("a0", 0, saturated_fraction=0.25)]), "saturation") is None
+    assert severity(Context([act("a0", 0, saturated_fraction=0.6)]), "saturation") == "warning"
+    assert severity(Context([relu("r0", 0, 0.2)]), "dead-units") is None
+    assert severity(Context([relu("r0", 0, 0.5)]), "dead-units") == "warning"
+
+
+def test_saturation_message_and_fix_word_for_word():
+    one = found(Context([act("a0", 0, saturated_fraction=0.1), act("a1", 1, saturated_fraction=0.3)]), "saturation")
+    assert one.message == "30% of outputs are saturated in a1: they pass back < 10% of the gradient (threshold 25%)."
+    three = found(Context([act(f"a{i}", i, saturated_fraction=0.3 + 0.1 * i) for i in range(3)]), "saturation")
+    assert three.message == ("50% of outputs are saturated in a0 (and 2 more layers): they pass back < 10% of the "
+                             "gradient (threshold 25%).")
+    two = found(Context([act(f"a{i}", i, saturated_fraction=0.3) for i in range(2)]), "saturation")
+    assert "in a0 (and 1 more layers):" in two.message
+    assert one.fix == ("use a ReLU-family activation in hidden layers (model.activation=relu), or keep tanh with "
+                       "init.scheme=xavier_normal, standardised inputs and model.norm=batch before the nonlinearity; "
+                       "never sigmoid in hidden layers of a deep net")
+
+
+def test_dead_units_message_names_the_worst_layer_and_the_fewest_examples():
+    f = found(Context([relu("r0", 0, 0.3, examples=50), relu("r1", 1, 0.45, examples=40), relu("r2", 2, 0.25)]),
+              "dead-units")
+    assert f.message == "45% of the units of r1 never fire on 40 examples (threshold 20%)."
+    assert f.fix == ("check the biases start at 0 and the init matches ReLU (init.scheme=kaiming_normal); lower "
+                     "optim.lr (a too-large step pushes units into the negative region for good); or use "
+                     "model.activation=leaky_relu or elu, which cannot die")
+
+
+def four(*g):
+    return Context(net(*({"grad_std": x} for x in g), grad_std=1e9))
+
+
+def test_gradient_rules_at_exactly_their_thresholds_are_not_worse():
+    assert severity(four(0.01, 1.0, 1.0, 1.0), "vanishing-gradients") is None
+    assert severity(four(1e-4, 1.0, 1.0, 1.0), "vanishing-gradients") == "warning"
+    assert severity(four(100.0, 1.0, 1.0, 1.0), "exploding-gradients") is None
+    assert severity(four(1e4, 1.0, 1.0, 1.0), "exploding-gradients") == "warning"
+
+
+def test_vanishing_gradients_lists_the_layers_below_a_hundredth_of_the_last_and_says_so_word_for_word():
+    from trainwell.diagnose.rules import _INIT_FIX
+    f = found(four(0.001, 0.01, 0.5, 2.0), "vanishing-gradients")
+    assert f.severity == "warning" and f.layers == ["h0", "h1"]  # 0.01 < 0.01 * 2.0; 0.5 is not
+    f = found(four(0.001, 0.01, 0.5, 1.0), "vanishing-gradients")
+    assert f.layers == ["h0"]  # exactly a hundredth of the last is not below it
+    assert f.evidence == {"grad_std": {"h0": 0.001, "h1": 0.01, "h2": 0.5, "h3": 1.0}, "ratio": 0.001, "threshold": 0.01}
+    assert f.message == "dL/dz shrinks 1e+03x from h3 back to h0 (threshold 100x): the first layers barely learn."
+    assert f.fix == ("avoid saturating activations in deep stacks (model.activation=relu), " + _INIT_FIX
+                     + "; for very deep nets add residual connections (model.name=resnet)")
+
+
+def test_exploding_gradients_lists_the_layers_past_a_hundred_times_the_last_and_says_so_word_for_word():
+    from trainwell.diagnose.rules import _INIT_FIX
+    f = found(four(1000.0, 200.0, 100.0, 1.0), "exploding-gradients")
+    assert f.severity == "warning" and f.layers == ["h0", "h1"]  # exactly 100x is not past it
+    assert f.evidence == {"grad_std": {"h0": 1000.0, "h1": 200.0, "h2": 100.0, "h3": 1.0}, "ratio": 1000.0,
+                          "threshold": 100.0}
+    assert f.message == "dL/dz grows 1e+03x from h3 back to h0 (threshold 100x)."
+    assert f.fix == "use smaller initial weights (" + _INIT_FIX + "); clip the gradient norm (train.grad_clip=1.0)"
+    assert found(four(1000.0, 200.0, 100.0, 0.5), "exploding-gradients").layers == ["h0", "h1", "h2"]
