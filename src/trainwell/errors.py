@@ -42,10 +42,10 @@ def short_repr(value: object, limit: int | None = None) -> str:
 
 
 def exception_line(exc: BaseException, limit: int | None = None) -> str:
-    """The first line of an exception's message (a parser's may run to many), cut to ``limit``
-    characters; the exception's type name when it has no message."""
-    text = str(exc)
-    first = text.splitlines()[0] if text.strip() else type(exc).__name__
+    """The first non-blank line of an exception's message (a parser's may run to many), cut to
+    ``limit`` characters; the exception's type name when it has no message."""
+    text = str(exc).strip()
+    first = text.splitlines()[0] if text else type(exc).__name__
     return first if limit is None or len(first) <= limit else first[:limit]
 
 

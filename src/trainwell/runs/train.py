@@ -26,7 +26,7 @@ from torch import nn
 
 from trainwell.config import Config, resolve
 from trainwell.data import Splits, load_splits, to_float
-from trainwell.errors import ConfigError, Interrupted, RunDirError
+from trainwell.errors import ConfigError, Interrupted, RunDirError, exception_line
 from trainwell.formatting import percent
 from trainwell.nn.pipeline import Classifier, count_parameters
 from trainwell.seeds import seed_global, torch_generator
@@ -314,7 +314,7 @@ def _reopen_run_dir(run_dir: Path, cfg: Config, warn: Callable[[str], None]) -> 
 
 
 def _misfit(loaded: Any, exc: BaseException | str) -> RunDirError:
-    reason = exc if isinstance(exc, str) else (str(exc).strip().splitlines() or [type(exc).__name__])[0][:100]
+    reason = exc if isinstance(exc, str) else exception_line(exc, 100)
     return RunDirError(f"checkpoint '{loaded.path}' does not fit the run in its folder ({reason}); the folder mixes "
                        "files of different runs: train it again with --overwrite.")
 
