@@ -15,6 +15,7 @@ from trainwell.data.augment import (
     AUGMENTATIONS,
     Augmenter,
     build_augmenter,
+    default_extent,
     ops_for_rank,
     parse_augment,
 )
@@ -240,6 +241,73 @@ def test_crop_matches_pad_then_slice(rank, mode):
         assert torch.equal(out[i], window)
 
 
+#: The sizes the defaults must suit: digits (8x8), MNIST (28x28), CIFAR (32x32), a non-square image, MNIST-1D.
+SIZES = [(8, 8), (28, 28), (32, 32), (8, 32), (40,)]
+
+
+def drawn_extremes(spec, size, field_name, n=4000):
+    """Per spatial dim, the smallest and largest value of ``field_name`` over a large batch of default draws."""
+    aug = build_augmenter([spec], (1, *size))
+    (params,) = aug.sample((n, 1, *size), gen(21), CPU)
+    values = getattr(params, field_name)
+    return values.min(0).values.tolist(), values.max(0).values.tolist()
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_crop_pads_an_eighth_of_each_side_by_default(size):
+    # round(side / 8): 1 px on 8x8 digits (4 px there shifted by half the image), 4 px at 28 and 32.
+    pads = [int(round(s * 0.125)) for s in size]
+    low, high = drawn_extremes("crop", size, "offset")
+    assert low == [0] * len(size) and high == [2 * p for p in pads]  # every shift in [-pad, pad] is drawn
+    assert {8: 1, 28: 4, 32: 4, 40: 5}[size[-1]] == pads[-1]
+    x = torch.rand(64, 1, *size, generator=gen(3))
+    out = build_augmenter(["crop"], (1, *size))(x, gen(4))
+    # A crop keeps the content: the pixels of every output appear among the pixels of its input (or are 0).
+    for i in range(4):
+        kept = out[i][out[i] != 0]
+        assert torch.isin(kept, x[i]).all()
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_translation_and_cutout_defaults_are_fractions_of_each_side(size):
+    low, high = drawn_extremes("translation", size, "shift")
+    shifts = [int(round(0.1 * s)) for s in size]
+    assert low == [-m for m in shifts] and high == shifts
+    aug = build_augmenter(["cutout"], (1, *size))
+    (params,) = aug.sample((8, 1, *size), gen(5), CPU)
+    assert params.side == tuple(int(round(0.25 * s)) for s in size)
+
+
+def test_crop_padding_in_pixels_overrides_the_fraction_and_null_leaves_it_unset():
+    assert drawn_extremes("crop:padding=2:fraction=0.5", (28, 28), "offset")[1] == [4, 4]
+    assert drawn_extremes({"crop": {"padding": None}}, (8, 8), "offset")[1] == [2, 2]
+    assert parse_augment([{"crop": {"padding": None}}]) == parse_augment(["crop"])
+    x = batch(2, n=8)
+    assert torch.equal(build_augmenter(["crop:padding=0"], SHAPES[2])(x, gen(1)), x)
+    assert torch.equal(build_augmenter(["crop:fraction=0"], SHAPES[2])(x, gen(1)), x)
+
+
+@pytest.mark.parametrize("size", SIZES)
+@pytest.mark.parametrize("name,field_name", [("translation", "shift"), ("crop", "offset")])
+def test_the_documented_pixel_extent_is_what_is_drawn(name, field_name, size):
+    # docs/reference.md's table comes from default_extent: it must state the largest shift actually drawn.
+    _, high = drawn_extremes(name, size, field_name)
+    largest = [h // 2 for h in high] if name == "crop" else high  # crop offsets run over [0, 2 * padding]
+    text = default_extent(name, size)
+    if len(set(largest)) == 1:
+        assert text in (f"up to ±{largest[0]} px per axis", f"up to ±{largest[0]} px")
+    else:
+        assert text == "up to ±" + "x".join(map(str, largest)) + " px (rows x columns)"
+
+
+def test_cutout_extent_states_the_box_side_in_pixels():
+    assert default_extent("cutout", (8, 8)) == "box of 2x2 px"
+    assert default_extent("cutout", (32, 32)) == "box of 8x8 px"
+    assert default_extent("cutout", (40,)) == "box of 10 px"
+    with pytest.raises(ValueError, match="no size-relative argument"):
+        default_extent("rotation", (8, 8))
+
+
 def test_rotation_by_zero_degrees_and_scale_one_are_the_identity():
     x = batch(2, n=8)
     for spec in ({"rotation": {"degrees": 0}}, {"scale": {"min": 1.0, "max": 1.0}}):
@@ -349,7 +417,7 @@ def test_parse_accepts_names_strings_with_args_and_mappings():
         ("hflip", {"p": 0.5}),
         ("rotation", {"degrees": 10.0, "p": 1.0}),
         ("noise", {"std": 0.1, "p": 1.0}),
-        ("crop", {"padding": 4, "mode": "zeros", "p": 1.0}),
+        ("crop", {"fraction": 0.125, "padding": None, "mode": "zeros", "p": 1.0}),
         ("cutout", {"size": 0.5, "p": 0.5}),
     ]
     assert parse_augment("translation, noise") == parse_augment(["translation", "noise"])
@@ -374,6 +442,8 @@ def test_config_values_from_the_command_line_build_an_augmenter():
         (["translation:fraction=1.5"], r"fraction must be in \[0, 1\)"),
         (["crop:padding=-1"], "padding must be >= 0"),
         (["crop:padding=2.5"], "padding must be a whole number"),
+        (["crop:fraction=1"], r"fraction must be in \[0, 1\)"),
+        ([{"crop": {"fraction": 0.95, "mode": "reflect"}}], r"reflect padding must be < every side \(8, 8\), got \(8, 8\)"),
         (["crop:mode=wrap"], "mode must be one of zeros, reflect"),
         ([{"scale": {"min": 1.2, "max": 0.8}}], "0 < min <= max"),
         ([{"contrast": {"low": -1}}], "0 <= low <= high"),

@@ -64,7 +64,7 @@ def test_augment_argument_values_are_typed_by_the_grammar_not_yaml():
     from trainwell.data.augment import parse_augment
 
     assert parse_augment([noise, crop]) == [("noise", {"std": 0.001, "p": 1.0}),
-                                            ("crop", {"padding": 2, "mode": "reflect", "p": 1.0})]
+                                            ("crop", {"fraction": 0.125, "padding": 2, "mode": "reflect", "p": 1.0})]
 
 
 def test_activation_name_value_on_the_command_line_and_in_yaml(tmp_path, capsys):

@@ -60,6 +60,7 @@ class AugmentMeta:
     apply: Callable[..., torch.Tensor]  # (x, params, inplace=False) -> x
     check: Callable[[dict[str, Any]], None] | None  # raises ConfigError for bad complete arguments
     choices: dict[str, tuple[str, ...]]  # the allowed values of each string argument
+    extent: Callable[[dict[str, Any], tuple[int, ...]], str] | None  # what the arguments mean in pixels at a size
 
 
 AUGMENTATIONS = new_registry(
@@ -133,8 +134,8 @@ class ShiftParams:
 @dataclass(frozen=True, eq=False)
 class CropParams:
     mask: torch.Tensor  # (N,) bool
-    offset: torch.Tensor  # (N, d) int64 in [0, 2 * padding]: top-left corner in the padded input
-    padding: int
+    offset: torch.Tensor  # (N, d) int64, column k in [0, 2 * padding[k]]: top-left corner in the padded input
+    padding: tuple[int, ...]  # per spatial dim
     mode: str  # "zeros" | "reflect"
 
 
@@ -180,18 +181,45 @@ class CutoutParams:
 
 
 def _op(name: str, *, ranks: Sequence[int], apply: Callable, doc: str, check: Callable | None = None,
-        choices: dict[str, Sequence[str]] | None = None, **defaults: Any) -> Callable:
-    """Register ``sample`` as the factory; ``apply``, ranks, defaults and the checker go in the metadata."""
+        choices: dict[str, Sequence[str]] | None = None, extent: Callable | None = None, **defaults: Any) -> Callable:
+    """Register ``sample`` as the factory; ``apply``, ranks, defaults and the checker go in the metadata.
+
+    A default of ``None`` marks an optional whole number (crop's ``padding``: unset, the fraction decides).
+    """
     fits = "/".join(_RANK_SHORT[r] for r in sorted(ranks))
-    args = ", ".join(f"{k}={v}" for k, v in defaults.items())
+    args = ", ".join(f"{k}={'unset' if v is None else v}" for k, v in defaults.items())
 
     def decorate(sample: Callable) -> Callable:
         AUGMENTATIONS.add(name, sample, f"{doc} Args: {args}. Fits: {fits}.", ranks=frozenset(ranks),
                           defaults=dict(defaults), apply=apply, check=check,
-                          choices={k: tuple(v) for k, v in (choices or {}).items()})
+                          choices={k: tuple(v) for k, v in (choices or {}).items()}, extent=extent)
         return sample
 
     return decorate
+
+
+def side_pixels(fraction: float, side: int) -> int:
+    """round(fraction * side): how the size-relative arguments become whole pixels (8x8 digits, 28x28, 32x32 alike)."""
+    return int(round(fraction * side))
+
+
+def _shift_text(pixels: tuple[int, ...]) -> str:
+    if len(pixels) == 1:
+        return f"up to ±{pixels[0]} px"
+    if len(set(pixels)) == 1:
+        return f"up to ±{pixels[0]} px per axis"
+    return "up to ±" + "x".join(map(str, pixels)) + " px (rows x columns)"
+
+
+def default_extent(name: str, spatial: tuple[int, ...]) -> str:
+    """What op ``name``'s default arguments mean in pixels for inputs of spatial size ``spatial`` (docs).
+
+    Only for ops with size-relative arguments (``meta.extent``); the others mean the same at every size.
+    """
+    extent = AUGMENTATIONS.entry(name).meta.extent
+    if extent is None:
+        raise ValueError(f"augment op {name!r} has no size-relative argument")
+    return extent(AUGMENTATIONS.entry(name).meta.defaults, spatial)
 
 
 # ----------------------------------------------------------------------------- flips
@@ -257,35 +285,57 @@ def _check_translation(args: dict[str, Any]) -> None:
                           "e.g. translation:fraction=0.1.")
 
 
-@_op("translation", ranks=(1, 2), apply=_apply_translation, check=_check_translation, fraction=0.1, p=1.0,
+def _translation_extent(args: dict[str, Any], spatial: tuple[int, ...]) -> str:
+    return _shift_text(tuple(side_pixels(args["fraction"], s) for s in spatial))
+
+
+@_op("translation", ranks=(1, 2), apply=_apply_translation, check=_check_translation, extent=_translation_extent,
+     fraction=0.1, p=1.0,
      doc="Shift by a random whole number of pixels, up to round(fraction * side) per axis, filling with 0.")
 def sample_translation(shape, generator, device, *, fraction, p):
     spatial = shape[2:]
-    max_shift = tuple(int(round(fraction * s)) for s in spatial)
+    max_shift = tuple(side_pixels(fraction, s) for s in spatial)
     mask = _mask(shape[0], p, generator, device)
     shift = _randint(shape[0], [-m for m in max_shift], [m + 1 for m in max_shift], generator, device)
     return ShiftParams(mask, shift, max_shift)
 
 
 def _apply_crop(x: torch.Tensor, p: CropParams, inplace: bool = False) -> torch.Tensor:
-    if p.padding == 0:
+    if not any(p.padding):
         return x
-    offset = torch.where(p.mask[:, None], p.offset, p.padding)  # the centred window is the identity
-    return _shifted_window(x, offset.unbind(1), [p.padding] * (x.dim() - 2), p.mode)
+    # The centred window (offset = padding) is the identity for the samples that are off.
+    offset = [torch.where(p.mask, p.offset[:, d], pad) for d, pad in enumerate(p.padding)]
+    return _shifted_window(x, offset, p.padding, p.mode)
 
 
 def _check_crop(args: dict[str, Any]) -> None:
-    if args["padding"] < 0:
+    if not 0 <= args["fraction"] < 1:
+        raise ConfigError(f"augment op 'crop': fraction must be in [0, 1), got {args['fraction']}; "
+                          "e.g. crop:fraction=0.125 (or padding in pixels: crop:padding=4).")
+    if args["padding"] is not None and args["padding"] < 0:
         raise ConfigError(f"augment op 'crop': padding must be >= 0, got {args['padding']}; e.g. crop:padding=4.")
 
 
+def crop_padding(args: dict[str, Any], spatial: Sequence[int]) -> tuple[int, ...]:
+    """Padding per spatial dim: ``padding`` pixels when given, else round(fraction * side) (4 px at 32, 1 px at 8)."""
+    if args["padding"] is not None:
+        return (args["padding"],) * len(spatial)
+    return tuple(side_pixels(args["fraction"], s) for s in spatial)
+
+
+def _crop_extent(args: dict[str, Any], spatial: tuple[int, ...]) -> str:
+    return _shift_text(crop_padding(args, spatial))
+
+
 @_op("crop", ranks=(1, 2), apply=_apply_crop, check=_check_crop, choices={"mode": ("zeros", "reflect")},
-     padding=4, mode="zeros", p=1.0,
-     doc="Random crop of the input's size from the input padded by `padding` (mode zeros or reflect).")
-def sample_crop(shape, generator, device, *, padding, mode, p):
-    d = len(shape) - 2
+     extent=_crop_extent, fraction=0.125, padding=None, mode="zeros", p=1.0,
+     doc="Random crop of the input's size from the input padded by round(fraction * side) per axis, or by "
+         "`padding` pixels when given (mode zeros or reflect); 0.125 is the usual 4 px at 32x32.")
+def sample_crop(shape, generator, device, *, fraction, padding, mode, p):
+    pads = crop_padding({"fraction": fraction, "padding": padding}, shape[2:])
     mask = _mask(shape[0], p, generator, device)
-    return CropParams(mask, _randint(shape[0], [0] * d, [2 * padding + 1] * d, generator, device), padding, mode)
+    return CropParams(mask, _randint(shape[0], [0] * len(pads), [2 * m + 1 for m in pads], generator, device),
+                      pads, mode)
 
 
 # ----------------------------------------------------------------------------- affine (bilinear)
@@ -432,12 +482,16 @@ def _check_cutout(args: dict[str, Any]) -> None:
                           "e.g. cutout:size=0.25.")
 
 
-@_op("cutout", ranks=(1, 2), apply=_apply_cutout, check=_check_cutout, size=0.25, p=1.0,
+def _cutout_extent(args: dict[str, Any], spatial: tuple[int, ...]) -> str:
+    return "box of " + "x".join(str(side_pixels(args["size"], s)) for s in spatial) + " px"
+
+
+@_op("cutout", ranks=(1, 2), apply=_apply_cutout, check=_check_cutout, extent=_cutout_extent, size=0.25, p=1.0,
      doc="Zero a square of side round(size * side) at a random centre, clipped at the borders (DeVries & Taylor 2017).")
 def sample_cutout(shape, generator, device, *, size, p):
     spatial = shape[2:]
     mask = _mask(shape[0], p, generator, device)
-    side = tuple(int(round(size * s)) for s in spatial)
+    side = tuple(side_pixels(size, s) for s in spatial)
     return CutoutParams(mask, _randint(shape[0], [0] * len(spatial), spatial, generator, device), side)
 
 
@@ -454,15 +508,17 @@ def _check_args(name: str, args: dict[str, Any]) -> dict[str, Any]:
             hint = f" Did you mean '{guess}'?" if guess else ""
             raise ConfigError(f"augment op '{name}' has no argument '{key}'.{hint} Valid: {', '.join(defaults)}.")
         default = defaults[key]
+        if default is None and value is None:  # YAML null: left unset
+            continue
         if isinstance(default, str):
             choices = entry.meta.choices[key]
             if value not in choices:
                 raise ConfigError(f"augment op '{name}': {key} must be one of {', '.join(choices)}, got {value!r}.")
-        elif isinstance(default, int):
+        elif default is None or isinstance(default, int):
             whole = isinstance(value, int) or (isinstance(value, float) and value.is_integer())
             if isinstance(value, bool) or not whole:
                 raise ConfigError(f"augment op '{name}': {key} must be a whole number, got {value!r}; "
-                                  f"e.g. {name}:{key}={default}.")
+                                  f"e.g. {name}:{key}={4 if default is None else default}.")
             value = int(value)
         else:
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
@@ -562,10 +618,13 @@ def build_augmenter(spec: Sequence[Any] | str | None, input_shape: Sequence[int]
         if name not in fitting:
             raise ConfigError(f"augment op '{name}' does not fit {RANK_NAMES[rank]}; "
                               f"ops that do: {', '.join(fitting)}.")
-        if name == "crop" and args["mode"] == "reflect" and args["padding"] >= min(input_shape[1:]):
-            raise ConfigError(f"augment op 'crop': reflect padding must be < every side {tuple(input_shape[1:])}, "
-                              f"got {args['padding']}; lower it or use mode=zeros.")
+        spatial = tuple(input_shape[1:])
+        if name == "crop" and args["mode"] == "reflect" and any(
+                pad >= side for pad, side in zip(crop_padding(args, spatial), spatial)):
+            raise ConfigError(f"augment op 'crop': reflect padding must be < every side {spatial}, "
+                              f"got {crop_padding(args, spatial)}; lower it or use mode=zeros.")
     return Augmenter(ops, input_shape)
 
 
-__all__ = ["AUGMENTATIONS", "Augmenter", "build_augmenter", "ops_for_rank", "parse_augment"]
+__all__ = ["AUGMENTATIONS", "Augmenter", "build_augmenter", "crop_padding", "default_extent", "ops_for_rank",
+           "parse_augment", "side_pixels"]

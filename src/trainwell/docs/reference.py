@@ -8,7 +8,9 @@ from __future__ import annotations
 
 from trainwell.cli import registry_tables
 from trainwell.config import key_table
+from trainwell.data.augment import AUGMENTATIONS, default_extent
 from trainwell.docs.markdown import cell
+from trainwell.formatting import MISSING
 
 
 def render_reference() -> str:
@@ -23,7 +25,27 @@ def render_reference() -> str:
         lines += [f"## {kind}", "", "| name | description |", "|---|---|"]
         lines += [f"| `{name}` | {cell(doc)} |" for name, doc in rows]
         lines.append("")
+        if kind == "augment":
+            lines += augment_extent_table()
     lines += ["## Config keys", "", "| key | type | default | meaning |", "|---|---|---|---|"]
     for key, type_name, default, doc in key_table():
         lines.append(f"| `{key}` | {cell(type_name)} | `{cell(default)}` | {cell(doc)} |")
     return "\n".join(lines) + "\n"
+
+
+
+#: Input sizes the augment defaults are spelled out for: digits, MNIST and CIFAR images, an MNIST-1D signal.
+EXTENT_SIZES: tuple[tuple[int, ...], ...] = ((8, 8), (28, 28), (32, 32), (40,))
+
+
+def augment_extent_table() -> list[str]:
+    """What the size-relative augment defaults mean in pixels at each of :data:`EXTENT_SIZES` (– where an op does not fit)."""
+    heads = [f"{size[0]}x{size[1]} images" if len(size) == 2 else f"length-{size[0]} signals" for size in EXTENT_SIZES]
+    relative = [e for e in AUGMENTATIONS if e.meta.extent is not None]
+    fixed = [f"`{e.name}`" for e in AUGMENTATIONS if e.meta.extent is None]
+    lines = ["What the default arguments mean in pixels at common sizes (a fraction of the side becomes "
+             "round(fraction * side) pixels):", "", "| op | " + " | ".join(heads) + " |", "|---|" + "---|" * len(heads)]
+    for entry in relative:
+        cells = [default_extent(entry.name, size) if len(size) in entry.meta.ranks else MISSING for size in EXTENT_SIZES]
+        lines.append(f"| `{entry.name}` | " + " | ".join(cells) + " |")
+    return lines + ["", f"{', '.join(fixed)} have no size-relative argument: their defaults mean the same at every size.", ""]
