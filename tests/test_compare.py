@@ -10,7 +10,8 @@ import pytest
 
 from trainwell.errors import ConfigError, RunDirError
 from trainwell.experiments.compare import Cell, Plan, grid, jobs, parse_vary
-from trainwell.experiments.results import run_plan
+from trainwell.experiments.results import aggregate, cell_status, run_plan, write_outputs
+from trainwell.experiments.stats import MeanCI, PairedTest
 
 FAST = ["model.name=mlp", "model.width=32", "model.depth=1", "train.epochs=2", "data.limit=200"]
 
@@ -68,7 +69,7 @@ def test_aggregates_exactly_what_the_runs_wrote(finished):
     rows = list(csv.DictReader((out / "results.csv").open()))
     assert [r["model.activation"] for r in rows] == ["relu", "tanh"]
     assert float(rows[1]["mean"]) == pytest.approx(tanh["mean"])
-    for name in ("curves.png", "bars.png", "report.html", "compare.json"):
+    for name in ("curves.png", "intervals.png", "report.html", "compare.json"):
         assert (out / name).stat().st_size > 0
     html = (out / "report.html").read_text()
     assert html.count("data:image/png;base64,") == 2 and "tanh" in html and "model.activation" in html
@@ -79,6 +80,64 @@ def test_curves_are_the_per_epoch_mean_of_the_runs(finished):
     relu = result.cells[0]
     epoch2 = [h[1]["val_acc"] for h in relu.histories.values()]
     assert relu.curves["val_acc"]["mean"][1] == pytest.approx(np.mean(epoch2))
+
+
+def _diverge(out, cell_index, seed):
+    """Rewrite one finished run's summary as the trainer writes a diverged one (weights broken, chance accuracy)."""
+    path = sorted((out / "runs").iterdir())[cell_index] / f"seed-{seed}" / "summary.json"
+    summary = json.loads(path.read_text())
+    path.write_text(json.dumps({**summary, "diverged": True, "test_acc": 0.1, "stop_reason": "diverged"}))
+
+
+def test_a_diverged_run_is_counted_shown_and_never_averaged(finished, tmp_path):
+    import shutil
+
+    src, first = finished
+    out = tmp_path / "copy"
+    shutil.copytree(src, out)
+    _diverge(out, 1, 0)
+    result = aggregate(small_plan(), out)
+    tanh = result.cells[1]
+    assert tanh.diverged == [0] and list(tanh.values) == [1]
+    assert tanh.ci.n == 1 and tanh.ci.mean == first.cells[1].values[1]  # the other seed alone
+    assert tanh.test.n == 1  # paired only where both counted
+    assert list(tanh.values_of("test_acc")) == [1] and list(tanh.curve_of("val_acc")) == [1]
+    assert tanh.curves["val_acc"]["mean"] == pytest.approx([r["val_acc"] for r in tanh.histories[1]])
+    assert tanh.left_out == "1 diverged (seed 0)"
+    data = write_outputs(result)
+    row = data["cells"][1]
+    assert (row["diverged"], row["n"], data["runs"]["diverged"], data["runs"]["counted"]) == ([0], 1, 1, 3)
+    html = (out / "report.html").read_text()
+    assert "rests on 3 of 4 runs; left out of every mean, interval and test: " \
+           "model.activation=tanh: 1 diverged (seed 0)" in html
+    rows = list(csv.DictReader((out / "results.csv").open()))
+    assert (rows[0]["diverged"], rows[1]["diverged"]) == ("", "0")
+
+
+def test_a_metric_that_is_not_a_number_counts_as_diverged(finished, tmp_path):
+    import shutil
+
+    out = tmp_path / "copy"
+    shutil.copytree(finished[0], out)
+    path = sorted((out / "runs").iterdir())[0] / "seed-1" / "summary.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "test_acc": None}))
+    assert aggregate(small_plan(), out).cells[0].diverged == [1]
+
+
+def _cell_with(diff: float, p: float, diverged: list[int]):
+    from trainwell.experiments.results import CellResult
+
+    test = PairedTest(MeanCI(diff, diff - 0.01, diff + 0.01, 0.01, 3), p, 3, p < 0.05)
+    return CellResult(1, Cell("x", {}), {}, MeanCI(0.9, 0.89, 0.91, 0.01, 3), test, diverged=diverged)
+
+
+def test_a_cell_with_diverged_seeds_is_never_called_better():
+    assert cell_status(_cell_with(0.05, 0.001, [])) == "better"
+    assert cell_status(_cell_with(0.05, 0.001, [2])) == "diverged"
+    assert cell_status(_cell_with(-0.05, 0.001, [2])) == "worse"  # diverging does not excuse being worse
+    assert cell_status(_cell_with(0.05, 0.2, [])) == "same"
+    assert cell_status(_cell_with(0.05, 0.001, []), higher_is_better=False) == "worse"
+    assert cell_status(_cell_with(-0.05, 0.001, [2]), higher_is_better=False) == "diverged"
 
 
 def test_restart_skips_finished_runs_and_reruns_only_the_missing_one(finished, tmp_path):

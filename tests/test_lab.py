@@ -67,5 +67,5 @@ def test_labdocs_writes_the_page_from_the_labs_outcomes(tmp_path):
     page = (tmp_path / "docs" / "labs.md").read_text()
     summary = json.loads((tmp_path / "runs" / "activations" / "summary.json").read_text())
     assert summary["verdict"] in page and ("Verdict: held." in page) == summary["held"]
-    for image in ("activations-gradients_by_layer.png", "activations-bars.png"):
+    for image in ("activations-gradients_by_layer.png", "activations-intervals.png"):
         assert (tmp_path / "docs" / "labs" / image).stat().st_size > 0 and f"labs/{image}" in page

@@ -79,6 +79,21 @@ def test_curve_band_is_ragged_safe_and_first_reaching():
     assert first_reaching([], 0.5) is None
 
 
+def test_a_log_band_is_the_geometric_mean_with_a_t_interval_of_the_logs():
+    # Losses over seeds spread over a decade: a raw CI of [0.01, 1.0, 0.05] reaches below 0, which a
+    # log axis draws as a block from the floor. In log space the band stays > 0.
+    column = [0.01, 1.0, 0.05]
+    raw = curve_band([[v] for v in column])
+    assert raw["low"][0] < 0
+    band = curve_band([[v, w] for v, w in zip(column, (0.5, 0.4, 0.0))], log=True)
+    logs = np.log(column)
+    low, high = st.t.interval(0.95, 2, loc=logs.mean(), scale=st.sem(logs))
+    assert band["mean"][0] == pytest.approx(st.gmean(column))
+    assert (band["low"][0], band["high"][0]) == (pytest.approx(np.exp(low)), pytest.approx(np.exp(high)))
+    assert band["mean"][1] == pytest.approx(st.gmean([0.5, 0.4]))  # a loss of 0 has no logarithm: left out
+    assert all(v > 0 for v in band["low"])
+
+
 # ----------------------------------------------------------------------------- levels, edges, serialised forms
 
 

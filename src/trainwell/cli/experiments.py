@@ -23,7 +23,7 @@ COMPARE_DESCRIPTION = (
     "Run a grid of configs (the cartesian product of every --vary) over several seeds on a process pool, "
     "and report each cell's mean with a 95%% confidence interval and a paired t-test against the baseline "
     "(every --vary at its first value): a table (terminal, results.csv, summary.json), curves.png with bands, "
-    "bars.png and a self-contained report.html. Started again with the same arguments and --out, it skips "
+    "intervals.png and a self-contained report.html. Started again with the same arguments and --out, it skips "
     "the runs that finished."
 )
 

@@ -51,26 +51,26 @@ def _log_line(ax: Axes, layers: list[LayerStats], values: list[float | None], la
 
 def plot_std_by_depth(report: Report, path: Path) -> Path:
     """Std of each layer's output against depth (log scale): flat is healthy, a slope vanishes or explodes."""
-    fig, ax = plt.subplots(figsize=(6, 3.5))
+    fig, ax = plt.subplots(figsize=(8, 4))
     weights = [layer for layer in report.layers if layer.is_weight]
     acts = [layer for layer in report.layers if layer.kind == "activation"]
     _log_line(ax, weights, [layer.std for layer in weights], "pre-activation (Linear/Conv output)", "o")
     _log_line(ax, acts, [layer.std for layer in acts], "activation output", "s")
     if report.input is not None and math.isfinite(report.input.std) and report.input.std > 0:
         ax.axhline(report.input.std, color="gray", linestyle="--", linewidth=1, label="input std")
-    _finish(ax, "std of outputs by depth", "std")
+    _finish(ax, "std of outputs by depth", "std", weights + acts)
     fig.tight_layout()
     return save_figure(fig, path)
 
 
 def plot_grad_by_depth(report: Report, path: Path) -> Path:
     """Weight-gradient norm and back-propagated gradient std (dL/dz) per layer against depth (log scale)."""
-    fig, ax = plt.subplots(figsize=(6, 3.5))
+    fig, ax = plt.subplots(figsize=(8, 4))
     weights = [layer for layer in report.layers if layer.is_weight]
     _log_line(ax, weights, [layer.grad_norm for layer in weights], "||dL/dW||", "o")
     _log_line(ax, weights, [layer.grad_std for layer in weights], "std dL/dz (pre-activation)", "s")
     _log_line(ax, weights, [layer.update_ratio for layer in weights], "update ratio ||dW||/||W||", "^")
-    _finish(ax, "gradients by depth", "value")
+    _finish(ax, "gradients by depth", "value", weights)
     fig.tight_layout()
     return save_figure(fig, path)
 
@@ -95,13 +95,26 @@ def plot_fractions_over_training(reports: list[Report], path: Path) -> Path:
     return save_figure(fig, path)
 
 
-def _finish(ax: Axes, title: str, ylabel: str) -> None:
+#: At most this many layer names on an axis (every k-th beyond it), so that a 30-layer net stays readable.
+MAX_NAMED_TICKS = 24
+
+
+def _name_axis(ax: Axes, layers: list[LayerStats]) -> None:
+    """Label the depth axis with the layers' module names, as the doctor's findings name them."""
+    by_depth = sorted({layer.depth: layer.name for layer in layers}.items())
+    step = max(1, math.ceil(len(by_depth) / MAX_NAMED_TICKS))
+    shown = by_depth[::step]
+    ax.set_xticks([d for d, _ in shown], [name for _, name in shown], rotation=60, ha="right", fontsize=6)
+
+
+def _finish(ax: Axes, title: str, ylabel: str, layers: list[LayerStats]) -> None:
     ax.set_yscale("log")
-    ax.set_xlabel("depth (order of the forward pass)")
+    _name_axis(ax, layers)
+    ax.set_xlabel("layer, in the order of the forward pass")
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=10)
     if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))  # outside the data
     ax.grid(True, which="both", alpha=0.3)
 
 

@@ -56,10 +56,10 @@ def lab_section(name: str, out: Path, outcome: LabOutcome) -> tuple[str, str, di
         target = f"labs/{name}-{Path(path).stem}.png"
         figures[target] = Path(path).read_bytes()
         images.append(f"![{caption}]({target})\n*{caption}*")
-    bars = f"labs/{name}-bars.png"
-    figures[bars] = (out / "compare" / "bars.png").read_bytes()
-    images.append(f"![{summary['metric']} per configuration]({bars})\n*{summary['metric']} per "
-                  "configuration: mean, 95% CI and each seed*")
+    intervals = f"labs/{name}-intervals.png"
+    figures[intervals] = (out / "compare" / "intervals.png").read_bytes()
+    images.append(f"![{summary['metric']} per configuration]({intervals})\n*{summary['metric']} per "
+                  "configuration: mean, 95% CI and each seed; diverged seeds marked ×*")
     held = "held" if summary["held"] else "did not hold"
     # Resumed: the time of this call is not the lab's time.
     took = "–" if summary.get("runs_skipped") else f"{summary['seconds'] / 60:.1f} min"

@@ -26,7 +26,7 @@ from typing import Any
 from rich.console import Console
 
 from trainwell.experiments.compare import Cell, Plan, nan_to_none
-from trainwell.experiments.results import CompareResult, run_plan, table_rows
+from trainwell.experiments.results import CompareResult, run_plan, runs_sentence, table_rows
 from trainwell.registry import new_registry
 from trainwell.fileio import write_json
 
@@ -107,14 +107,16 @@ def run_lab(name: str, overrides: list[str] | None = None, *, out: str | Path, s
         console.print(f"lab {name}: {sum(len(c.values) for c in result.cells)} runs in "
                       f"{time.perf_counter() - t0:.0f} s; analysing", highlight=False)
     outcome = lab.analyse(result, out)
+    # Every verdict says what it rests on: how many runs, and which diverged or failed ones it leaves out.
+    outcome.verdict = f"{outcome.verdict.rstrip()} The verdict {runs_sentence(result)}."
     seconds = time.perf_counter() - t0
     failed = result.execution.failed if result.execution else []
     summary = nan_to_none({
         "lab": lab.name, "claim": lab.claim, "question": lab.question, "held": outcome.held,
         "verdict": outcome.verdict, "evidence": outcome.evidence,
         "seeds": plan.seeds, "overrides": plan.base, "metric": plan.metric,
-        "cells": [{"label": c.label, "n": c.ci.n, "mean": c.ci.mean, "ci_low": c.ci.low, "ci_high": c.ci.high}
-                  for c in result.cells],
+        "cells": [{"label": c.label, "n": c.ci.n, "mean": c.ci.mean, "ci_low": c.ci.low, "ci_high": c.ci.high,
+                   "diverged": c.diverged, "failed": c.failed} for c in result.cells],
         "runs": sum(len(c.values) for c in result.cells), "failed": failed,
         "runs_ran": result.execution.ran if result.execution else 0,
         "runs_skipped": result.execution.skipped if result.execution else 0,
@@ -130,8 +132,9 @@ def run_lab(name: str, overrides: list[str] | None = None, *, out: str | Path, s
         Section("Runs", [
             Table(headers, rows, caption=f"{plan.metric} per configuration (mean, 95% CI over seeds {plan.seeds}; "
                                          "Δ and p: paired t-test against the first row)"),
-            Image(compare_dir / "bars.png", caption=f"{plan.metric}: mean, 95% CI and each seed"),
-            Image(compare_dir / "curves.png", caption="per epoch, mean ± 95% CI over seeds"),
+            Image(compare_dir / "intervals.png",
+                  caption=f"{plan.metric}: mean, 95% CI and each seed; diverged seeds marked ×"),
+            Image(compare_dir / "curves.png", caption="per epoch, mean ± 95% CI over seeds (the loss: geometric mean, its CI in log space)"),
         ]),
         Section("Setup", [KeyValues({"overrides": " ".join(plan.base), "seeds": plan.seeds,
                                      "runs": summary["runs"], "seconds": round(seconds, 1),

@@ -2,13 +2,17 @@
 
 Outputs written into the compare folder:
 
-=============== ============================================================
-``summary.json`` every cell: per-seed values, mean, CI, paired test vs baseline
-``results.csv``  one row per cell (the same numbers, for a spreadsheet)
-``curves.png``   validation accuracy and training loss per epoch, mean ± 95% CI
-``bars.png``     the compared metric per cell with its CI and the seeds as dots
-``report.html``  all of the above in one self-contained page
-=============== ============================================================
+================= ============================================================
+``summary.json``  every cell: per-seed values, mean, CI, paired test vs baseline, diverged/failed seeds
+``results.csv``   one row per cell (the same numbers, for a spreadsheet)
+``curves.png``    validation accuracy and training loss per epoch, mean ± 95% CI (loss: in log space)
+``intervals.png`` the compared metric per cell: mean and CI, the seeds as dots, diverged seeds marked
+``report.html``   all of the above in one self-contained page
+================= ============================================================
+
+A run that diverged is counted and shown (the ``left out`` column, a × on intervals.png, the
+report's first sentence) and left out of every mean, interval, paired test and band; a cell with a
+diverged seed is never called better.
 """
 
 from __future__ import annotations
@@ -28,14 +32,25 @@ from trainwell.experiments.compare import Cell, Execution, Plan, execute, finish
 from trainwell.experiments.stats import MeanCI, PairedTest, curve_band, mean_ci, paired_test
 from trainwell.fileio import atomic_write_text, write_json
 
-#: Curves drawn with bands: (metrics.jsonl key, axis label, scale).
-CURVES = (("val_acc", "validation accuracy (%)", 100.0), ("train_loss", "training loss", 1.0))
+#: Curves drawn with bands: (metrics.jsonl key, axis label, scale, log axis: band computed in log space).
+CURVES = (("val_acc", "validation accuracy (%)", 100.0, False), ("train_loss", "training loss", 1.0, True))
 
 
 def seed_values(summaries: dict[int, dict[str, Any]], key: str) -> dict[int, float]:
     """seed -> the number under ``key`` in that seed's summary; seeds without one (or a bool) are left out."""
     return {s: float(v) for s, summ in summaries.items()
             if isinstance(v := summ.get(key), (int, float)) and not isinstance(v, bool)}
+
+
+def diverged_seeds(summaries: dict[int, dict[str, Any]], metric: str) -> list[int]:
+    """Seeds whose run diverged (the trainer stopped on a non-finite loss) or whose metric is not a finite number.
+
+    A diverged run's test accuracy is that of broken weights (often chance): averaging it in hides the
+    divergence inside a huge interval, so these seeds are counted and shown, never averaged.
+    """
+    values = seed_values(summaries, metric)
+    return sorted(s for s, summ in summaries.items()
+                  if summ.get("diverged") is True or not math.isfinite(values.get(s, math.nan)))
 
 
 def seed_curves(histories: dict[int, list[dict[str, Any]]], key: str) -> dict[int, list[float]]:
@@ -46,26 +61,36 @@ def seed_curves(histories: dict[int, list[dict[str, Any]]], key: str) -> dict[in
 
 @dataclass
 class CellResult:
+    """One cell's runs. ``values``, ``ci``, ``test``, ``curves`` and the ``*_of`` readers cover the
+    finished runs that did not diverge; ``diverged`` and ``failed`` list the seeds left out."""
+
     index: int
     cell: Cell
     values: dict[int, float]
     ci: MeanCI
     test: PairedTest | None  # None for the baseline
     curves: dict[str, dict[str, list[float]]] = field(default_factory=dict)
-    summaries: dict[int, dict[str, Any]] = field(default_factory=dict)
+    summaries: dict[int, dict[str, Any]] = field(default_factory=dict)  # every finished run, diverged included
     histories: dict[int, list[dict[str, Any]]] = field(default_factory=dict)
+    diverged: list[int] = field(default_factory=list)  # seeds that finished with a diverged loss
+    failed: list[int] = field(default_factory=list)  # seeds whose run raised (no summary)
 
     @property
     def label(self) -> str:
         return self.cell.label
 
+    @property
+    def left_out(self) -> str:
+        """``"1 diverged (seed 3)"``, ``"2 failed (seeds 0, 1)"``; empty when every run counts."""
+        return left_out_text(self.diverged, self.failed)
+
     def values_of(self, key: str) -> dict[int, float]:
-        """seed -> any numeric summary (or measure) key of that seed's run."""
-        return seed_values(self.summaries, key)
+        """seed -> any numeric summary (or measure) key of that seed's run (diverged runs left out)."""
+        return {s: v for s, v in seed_values(self.summaries, key).items() if s not in self.diverged}
 
     def curve_of(self, key: str) -> dict[int, list[float]]:
-        """seed -> that run's per-epoch curve of a metrics key (``val_acc``, ``train_loss``, ...)."""
-        return seed_curves(self.histories, key)
+        """seed -> that run's per-epoch curve of a metrics key (``val_acc``, ``train_loss``, ...), diverged left out."""
+        return {s: c for s, c in seed_curves(self.histories, key).items() if s not in self.diverged}
 
     def mean_of(self, key: str) -> MeanCI:
         """Mean and CI over seeds of any numeric summary (or measure) key."""
@@ -98,6 +123,7 @@ class CompareResult:
                 "label": c.label, "overrides": c.cell.overrides, "baseline": c.index == 0,
                 "values": {str(s): v for s, v in sorted(c.values.items())},
                 "mean": c.ci.mean, "ci_low": c.ci.low, "ci_high": c.ci.high, "std": c.ci.std, "n": c.ci.n,
+                "diverged": c.diverged, "failed": c.failed,
             }
             if c.test is not None:
                 row.update({"diff": c.test.diff.mean, "diff_low": c.test.diff.low, "diff_high": c.test.diff.high,
@@ -109,7 +135,9 @@ class CompareResult:
             "alpha": self.alpha, "test": "paired t-test over seeds against the baseline (first cell)",
             "base": self.plan.base, "cells": rows,
             "runs": {"total": len(self.plan.seeds) * len(self.plan.cells),
-                     "finished": sum(len(c.values) for c in self.cells),
+                     "finished": sum(len(c.summaries) for c in self.cells),
+                     "counted": sum(len(c.values) for c in self.cells),
+                     "diverged": sum(len(c.diverged) for c in self.cells),
                      "ran": ex.ran if ex else 0, "skipped": ex.skipped if ex else 0,
                      "failed": ex.failed if ex else [], "seconds": ex.seconds if ex else 0.0},
         })
@@ -125,18 +153,35 @@ def holm(pvalues: list[float]) -> list[float]:
     return out
 
 
+def left_out_text(diverged: list[int], failed: list[int]) -> str:
+    """What a cell's numbers leave out, in words: ``"1 diverged (seed 3); 2 failed (seeds 0, 1)"``."""
+    parts = [f"{len(seeds)} {what} (seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))})"
+             for what, seeds in (("diverged", diverged), ("failed", failed)) if seeds]
+    return "; ".join(parts)
+
+
 def aggregate(plan: Plan, out: str | Path, execution: Execution | None = None, alpha: float = 0.05) -> CompareResult:
-    """Read every finished run of the plan and summarise each cell (missing runs are just absent)."""
+    """Read every finished run of the plan and summarise each cell.
+
+    Diverged runs (:func:`diverged_seeds`) are left out of every mean, CI, paired test and band and
+    listed in ``CellResult.diverged``; runs that raised are listed in ``CellResult.failed``; runs not
+    yet run are just absent.
+    """
     out = Path(out)
     found = finished_runs(plan, out)
+    failures = execution.failed if execution else []
     cells: list[CellResult] = []
     for i, cell in enumerate(plan.cells):
         summaries = {s: found[(i, s)][0] for s in plan.seeds if (i, s) in found}
         histories = {s: found[(i, s)][1] for s in plan.seeds if (i, s) in found}
-        values = seed_values(summaries, plan.metric)
-        curves = {key: curve_band(list(seed_curves(histories, key).values())) for key, _, _ in CURVES}
-        test = None if i == 0 else paired_test(values, cells[0].values, alpha)
-        cells.append(CellResult(i, cell, values, mean_ci(list(values.values())), test, curves, summaries, histories))
+        diverged = diverged_seeds(summaries, plan.metric)
+        failed = sorted(f["seed"] for f in failures if f["cell"] == cell.label and f["seed"] not in summaries)
+        result = CellResult(i, cell, {}, mean_ci([]), None, {}, summaries, histories, diverged, failed)
+        result.values = result.values_of(plan.metric)
+        result.ci = mean_ci(list(result.values.values()))
+        result.curves = {key: curve_band(list(result.curve_of(key).values()), log=log) for key, _, _, log in CURVES}
+        result.test = None if i == 0 else paired_test(result.values, cells[0].values, alpha)
+        cells.append(result)
     return CompareResult(plan, out, cells, execution, alpha)
 
 
@@ -182,20 +227,47 @@ def table_rows(result: CompareResult) -> tuple[list[str], list[list[str]]]:
     scale, unit, dunit = metric_format(metric)
     digits = 4
     keys = axis_keys([c.cell for c in result.cells])
-    headers = [*(keys or ["cell"]), "n", f"{metric}{' %' if unit else ''} (95% CI)", f"Δ{dunit} (95% CI)",
-               "p", ""]
+    headers = [*(keys or ["cell"]), "n", "left out", f"{metric}{' %' if unit else ''} (95% CI)",
+               f"Δ{dunit} (95% CI)", "p", ""]
     rows = []
     for c in result.cells:
         name = [_format_value(c.cell.overrides[k]) for k in keys] if keys else [c.label]
-        row = [*name, str(c.ci.n), _pm(c.ci, scale, digits)]
+        row = [*name, str(c.ci.n), c.left_out, _pm(c.ci, scale, digits)]
+        mark = cell_status(c, result.plan.higher_is_better)
         if c.test is None:
-            row += ["", "", "baseline"]
+            row += ["", "", mark]
         else:
-            better = (c.test.diff.mean > 0) == result.plan.higher_is_better
-            mark = ("better" if better else "worse") if c.test.significant else ""
-            row += [_pm(c.test.diff, scale, 3, signed=True), _fmt(c.test.p, digits=2), mark]
+            row += [_pm(c.test.diff, scale, 3, signed=True), _fmt(c.test.p, digits=2),
+                    "" if mark == "same" else mark]
         rows.append(row)
     return headers, rows
+
+
+def cell_status(cell: CellResult, higher_is_better: bool = True) -> str:
+    """baseline | better | worse | same (no significant difference) | diverged.
+
+    A cell with a diverged seed is never "better": its mean rests on the seeds that survived, so the
+    comparison flatters it. A significantly worse one stays "worse" (diverging does not make it better).
+    """
+    if cell.test is None:
+        return "baseline"
+    worse = cell.test.significant and (cell.test.diff.mean > 0) != higher_is_better
+    if worse:
+        return "worse"
+    if cell.diverged:
+        return "diverged"
+    return "better" if cell.test.significant else "same"
+
+
+def runs_sentence(result: CompareResult) -> str:
+    """How many runs the numbers rest on, and what was left out: for reports and lab verdicts."""
+    total = len(result.plan.seeds) * len(result.plan.cells)
+    counted = sum(len(c.values) for c in result.cells)
+    text = f"rests on {counted} of {total} runs"
+    left = [f"{c.label}: {c.left_out}" for c in result.cells if c.left_out]
+    if left:
+        text += "; left out of every mean, interval and test: " + "; ".join(left)
+    return text
 
 
 def print_table(result: CompareResult, console: Console) -> None:
@@ -206,7 +278,7 @@ def print_table(result: CompareResult, console: Console) -> None:
         numeric = h in ("n", "p") or h.startswith((result.plan.metric, "Δ"))
         table.add_column(h, justify="right" if numeric else "left", overflow="fold", no_wrap=numeric or h == "")
     for row in rows:
-        style = {"better": "green", "worse": "red", "baseline": "dim"}.get(row[-1])
+        style = {"better": "green", "worse": "red", "diverged": "yellow", "baseline": "dim"}.get(row[-1])
         table.add_row(*row, style=style)
     console.print(table)
 
@@ -215,19 +287,23 @@ def write_csv(result: CompareResult, path: Path, data: dict[str, Any] | None = N
     """``data``: ``result.to_dict()`` when the caller already has it."""
     data = data if data is not None else result.to_dict()
     keys = sorted({k for c in result.plan.cells for k in c.overrides})
-    cols = ["label", *keys, "n", "mean", "ci_low", "ci_high", "std", "diff", "diff_low", "diff_high", "p", "p_holm",
-            "significant"]
+    cols = ["label", *keys, "n", "diverged", "failed", "mean", "ci_low", "ci_high", "std", "diff", "diff_low",
+            "diff_high", "p", "p_holm", "significant"]
     buf = io.StringIO()
     writer = csv.writer(buf)
     writer.writerow(cols)
+
+    def cell_text(value: Any) -> Any:  # seed lists as "1 4", missing numbers as ""
+        return " ".join(map(str, value)) if isinstance(value, list) else "" if value is None else value
+
     for row in data["cells"]:
         writer.writerow([row["label"], *[row["overrides"].get(k, "") for k in keys],
-                         *["" if row.get(c) is None else row.get(c) for c in cols[1 + len(keys):]]])
+                         *[cell_text(row.get(c)) for c in cols[1 + len(keys):]]])
     atomic_write_text(path, buf.getvalue())
 
 
 def write_outputs(result: CompareResult, console: Console | None = None, command: str | None = None) -> dict[str, Any]:
-    """summary.json, results.csv, curves.png, bars.png and report.html into the compare folder."""
+    """summary.json, results.csv, curves.png, intervals.png and report.html into the compare folder."""
     from trainwell.experiments import plots
     from trainwell.experiments.htmlreport import Code, Image, KeyValues, Section, Table as HTable, Text, write_report
 
@@ -236,20 +312,23 @@ def write_outputs(result: CompareResult, console: Console | None = None, command
     write_json(out / "summary.json", data)
     write_csv(result, out / "results.csv", data)
     curves = plots.plot_cell_curves(result.cells, CURVES, out / "curves.png", title=result.plan.title)
-    bars = plots.plot_cell_bars(result.cells, result.plan.metric, out / "bars.png", title=result.plan.title)
+    intervals = plots.plot_cell_intervals(result.cells, result.plan.metric, out / "intervals.png",
+                                          title=result.plan.title, higher_is_better=result.plan.higher_is_better)
     headers, rows = table_rows(result)
     significant = {i for i, c in enumerate(result.cells) if c.test is not None and c.test.significant}
     runs = data["runs"]
     sections = [
         Section("Result", [
             Text(f"{len(result.cells)} configurations × {len(result.plan.seeds)} seeds "
-                 f"({runs['finished']} of {runs['total']} runs finished). Each cell: mean of {result.plan.metric} "
+                 f"({runs['finished']} of {runs['total']} runs finished; the numbers {runs_sentence(result)}: "
+                 f"a diverged run's metric is that of broken weights and is never averaged). "
+                 f"Each cell: mean of {result.plan.metric} "
                  f"with a 95% Student-t confidence interval over seeds; Δ: the mean per-seed difference from the "
                  f"baseline (first cell) with its interval, and the p-value of a paired t-test over seeds "
                  f"(marked at p < {result.alpha}; Holm-adjusted p-values are in summary.json)."),
             HTable(headers, rows, caption=f"{result.plan.metric} per configuration", highlight=significant),
-            Image(bars, caption=f"{result.plan.metric}: mean, 95% CI and each seed"),
-            Image(curves, caption="per epoch, mean ± 95% CI over seeds"),
+            Image(intervals, caption=f"{result.plan.metric}: mean, 95% CI and each seed; diverged seeds marked ×"),
+            Image(curves, caption="per epoch, mean ± 95% CI over seeds (the loss: geometric mean, its CI in log space)"),
         ]),
         Section("Setup", [
             KeyValues({"base overrides": " ".join(result.plan.base) or "(defaults)",

@@ -95,15 +95,25 @@ def _finite(v: Any) -> bool:
     return v is not None and isinstance(v, (int, float)) and math.isfinite(v)
 
 
-def curve_band(curves: Sequence[Sequence[float]], level: float = 0.95) -> dict[str, list[float]]:
-    """Per-epoch mean and CI of several curves (ragged: an early-stopped run just stops counting)."""
+def curve_band(curves: Sequence[Sequence[float]], level: float = 0.95, log: bool = False) -> dict[str, list[float]]:
+    """Per-epoch mean and CI of several curves (ragged: an early-stopped run just stops counting).
+
+    ``log=True`` (for curves drawn on a log axis, such as losses): the mean and CI of ln(value),
+    mapped back with exp — the geometric mean with a band that is always > 0 and symmetric on the
+    log axis (a CI of raw values can reach <= 0, which a log axis draws as a floor-to-top block).
+    Values <= 0 have no logarithm and are left out, like non-finite ones.
+    """
     length = max((len(c) for c in curves), default=0)
     mean, low, high = [], [], []
     for i in range(length):
-        ci = mean_ci([c[i] for c in curves if i < len(c)], level)
-        mean.append(ci.mean)
-        low.append(ci.low)
-        high.append(ci.high)
+        column = [c[i] for c in curves if i < len(c)]
+        if log:
+            column = [math.log(v) for v in column if v is not None and math.isfinite(v) and v > 0]
+        ci = mean_ci(column, level)
+        back = math.exp if log else float
+        mean.append(back(ci.mean))
+        low.append(back(ci.low))
+        high.append(back(ci.high))
     return {"mean": mean, "low": low, "high": high}
 
 

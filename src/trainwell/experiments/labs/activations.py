@@ -25,6 +25,7 @@ from trainwell.experiments.labs.common import (
     rms_gradients,
     training_batch,
 )
+from trainwell.experiments.plots import line_style
 from trainwell.experiments.results import CompareResult
 
 ACTIVATIONS = ("relu", "sigmoid", "tanh", "leaky_relu", "elu", "selu")
@@ -61,7 +62,7 @@ def analyse(result: CompareResult, out: Path) -> LabOutcome:
     rows: list[list[str]] = []
     evidence: dict[str, Any] = {}
     fig, ax = plt.subplots(figsize=(7, 4), constrained_layout=True)
-    for c in result.cells:
+    for i, c in enumerate(result.cells):
         acc, grad, ratio = c.ci, c.mean_of("grad_rms_first"), c.mean_of("grad_first_over_last")
         evidence[c.label] = {"test_acc": acc.mean, "test_acc_ci": [acc.low, acc.high],
                              "grad_rms_first": grad.mean, "grad_first_over_last": ratio.mean,
@@ -70,11 +71,11 @@ def analyse(result: CompareResult, out: Path) -> LabOutcome:
                      "" if c.test is None else num(c.test.p, 2)])
         depth_profile = mean_lists(per_seed_lists(c, "grad_rms_by_layer"))
         if depth_profile:
-            ax.plot(range(1, len(depth_profile) + 1), depth_profile, marker="o", label=c.label)
+            ax.plot(range(1, len(depth_profile) + 1), depth_profile, label=c.label, **line_style(i))
     ax.set(yscale="log", xlabel="weight layer (1 = first)", ylabel="RMS dL/dW at initialisation",
            title="gradient reaching each layer (mean over seeds)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))  # outside the data
     figure = save_figure(fig, out / "gradients_by_layer.png")
 
     relu_better = sigmoid.test is not None and sigmoid.test.significant and sigmoid.test.diff.mean < 0

@@ -182,7 +182,7 @@ def analyse(result: CompareResult, out: Path) -> LabOutcome:
     if math.isfinite(target):
         ax_val.axhline(100 * target, color="grey", linestyle="--", linewidth=1, label=f"target {100 * target:.1f}%")
     ax_loss.set(yscale="log", xlabel="epoch", ylabel="training loss (mean over the epoch)",
-                title="training loss per epoch (mean ± 95% CI over seeds)")
+                title="training loss per epoch (geometric mean, 95% CI in log space)")
     ax_val.set(xlabel="epoch", ylabel="validation accuracy (%)", title="validation accuracy per epoch")
     for ax in (ax_loss, ax_val):
         ax.grid(alpha=0.3)
