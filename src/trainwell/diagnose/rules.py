@@ -366,7 +366,7 @@ def divergence(ctx: Context) -> list[Finding]:
 
 @rule("overfitting")
 def overfitting(ctx: Context) -> list[Finding]:
-    """Val loss > 5% above its minimum for 2+ epochs while train loss keeps falling (Prechelt 1998, GL criterion)."""
+    """Val loss > 10% above its minimum, reached 3+ epochs earlier, while train loss falls (Prechelt 1998, GL criterion)."""
     train, val = _series(ctx.history, "train_loss"), _series(ctx.history, "val_loss")
     if len(val) < T.OVERFIT_PATIENCE + 2 or len(train) != len(val) or not all(map(math.isfinite, train + val)):
         return []
