@@ -565,16 +565,16 @@ DIVERGENCE_FIX = ("lower optim.lr (10x, or trainwell lr-find), add warmup (sched
 def test_divergence_findings_word_for_word():
     assert found(Context(history=epochs([1.0, 0.5, math.inf, math.nan])), "divergence") == Finding(
         "divergence", "error", [], {"nonfinite_train_loss_epoch": 3}, DIVERGENCE_FIX,
-        "training diverged at epoch 3: non-finite values in nonfinite train loss epoch.")
+        "training diverged at epoch 3: non-finite values in the training loss.")
     layers = [LayerStats(f"h{i}", "linear", "Linear", i, nonfinite=bad) for i, bad in enumerate((True, False, True))]
     assert found(Context(layers, loss=math.inf), "divergence") == Finding(
         "divergence", "error", ["h0", "h2"], {"loss": "inf", "nonfinite_layers": ["h0", "h2"]}, DIVERGENCE_FIX,
-        "training diverged: non-finite values in loss, nonfinite layers.")
+        "training diverged: non-finite values in the loss, the outputs of h0, h2.")
     bad_input = InputStats(0.0, 1.0, 0.0, 1.0, 1.0, 4, 10, nonfinite=True)
     assert found(Context(input=bad_input, loss=math.nan), "divergence") == Finding(
         "divergence", "error", [], {"loss": "nan", "input_nonfinite": True},
         "the input holds NaN/inf: clean the data (the doctor saw them before the first layer)",
-        "training diverged: non-finite values in loss, input nonfinite.")
+        "training diverged: non-finite values in the loss, the input.")
 
 
 def test_divergence_names_the_epoch_the_history_gives_or_the_row_number():

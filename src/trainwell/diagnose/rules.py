@@ -359,9 +359,10 @@ def divergence(ctx: Context) -> list[Finding]:
         fix = ("lower optim.lr (10x, or trainwell lr-find), add warmup (sched.warmup_epochs=1) and gradient "
                "clipping (train.grad_clip=1.0); check for log(0) or division by zero in a custom loss")
     where = f" at epoch {bad_epochs[0]}" if bad_epochs else ""
+    sources = {"loss": "the loss", "nonfinite_train_loss_epoch": "the training loss",
+               "nonfinite_layers": "the outputs of " + ", ".join(layers), "input_nonfinite": "the input"}
     return [Finding("divergence", "error", layers, evidence, fix,
-                    f"training diverged{where}: non-finite values in " + ", ".join(
-                        k.replace("_", " ") for k in evidence) + ".")]
+                    f"training diverged{where}: non-finite values in " + ", ".join(sources[k] for k in evidence) + ".")]
 
 
 @rule("overfitting")
