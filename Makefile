@@ -36,7 +36,7 @@ docs: $(STAMP)
 
 # Run every lab with its defaults (runs/labs/) and regenerate docs/labs.md and its figures.
 labs: $(STAMP)
-	$(BIN)/python -m trainwell.docs labs --out docs
+	$(BIN)/python -m trainwell.docs labs --out docs --readme README.md
 
 bench: $(STAMP)
 	$(BIN)/python bench/bench_trainer.py

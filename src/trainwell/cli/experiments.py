@@ -111,7 +111,8 @@ LAB_DESCRIPTION = (
 def add_lab_parser(sub: Any) -> argparse.ArgumentParser:
     p = sub.add_parser("lab", help="reproduce a lecture claim over seeds and say whether it held (lab list: all)",
                        description=LAB_DESCRIPTION)
-    p.add_argument("name", metavar="NAME", help="a lab (trainwell lab list), or 'list'")
+    p.add_argument("name", metavar="NAME", help="a lab (trainwell lab list), 'all' (every lab and one lecture "
+                                                "report), or 'list'")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="override the lab's defaults")
     p.add_argument("--quick", action="store_true", help="a smoke run of a few seconds (few epochs, little data)")
     _add_pool_args(p, None)
@@ -134,6 +135,8 @@ def cmd_lab(args: argparse.Namespace) -> int:
             console.print(f"[bold]{lab.name:<15}[/] {escape(lab.claim)}  [dim]({escape(lab.question.split(':')[0])}; "
                           f"{len(lab.cells)} configs × {lab.seeds} seeds)[/]", highlight=False)
         return 0
+    if args.name == "all":
+        return _lab_all(args)
     lab = get_lab(args.name)
     out = _out(args, "lab", lab.name)
     try:
@@ -148,3 +151,25 @@ def cmd_lab(args: argparse.Namespace) -> int:
     console.print(escape(outcome.verdict), highlight=False)
     console.print(f"-> {escape(str(out / 'report.html'))}", highlight=False)
     return 0
+
+
+def _lab_all(args: argparse.Namespace) -> int:
+    """Every lab into --out/<lab>, then the lecture report; exit 1 when a lab could not run."""
+    from rich.console import Console
+    from rich.markup import escape
+
+    from trainwell.experiments.lecture import run_lecture
+
+    out = _out(args, "lab", "all")
+    seeds = _seeds(args, 1) if args.seeds is not None else None
+    try:
+        entries = run_lecture(None, list(args.overrides), out=out, seeds=seeds, workers=args.workers,
+                              overwrite=args.overwrite, quiet=args.quiet, quick=args.quick, command=_command_line())
+    except KeyboardInterrupt as exc:
+        return _interrupted(out, exc)
+    console = Console(soft_wrap=True)
+    for e in entries:
+        mark = {"held": "[green]HELD[/]", "did not hold": "[red]DID NOT HOLD[/]"}.get(e.status, "[yellow]NOT RUN[/]")
+        console.print(f"{mark:<28} {e.name:<15} {escape(e.claim if e.outcome else e.error)}", highlight=False)
+    console.print(f"-> {escape(str(out / 'report.html'))}", highlight=False)
+    return 0 if all(e.outcome is not None for e in entries) else 1

@@ -48,11 +48,12 @@ PAGES: dict[str, Page] = {p.name: p for p in [
          lambda args: {"doctor.md": doctor_page()}),
     Page("labs", "labs.md and labs/*.png: runs every lab (about 3 min on 2 cores; not checkable: it records times)",
          lambda args: labs_page(args.labs.split(",") if args.labs else lab_names(), Path(args.runs),
-                                workers=args.workers, quick=args.quick, resume=args.resume),
+                                workers=args.workers, quick=args.quick, resume=args.resume,
+                                readme=Path(args.readme) if args.readme else None),
          checkable=False),
 ]}
 DEFAULT_PAGES = [name for name, page in PAGES.items() if page.checkable]
-LAB_OPTIONS = ("labs", "workers", "quick", "resume")
+LAB_OPTIONS = ("labs", "workers", "quick", "resume", "readme")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -72,6 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
     labs.add_argument("--workers", type=int, default=None, help="parallel runs (default: one per free core)")
     labs.add_argument("--quick", action="store_true", help="smoke runs (tests): a page with meaningless numbers")
     labs.add_argument("--resume", action="store_true", help="keep runs that finished in an earlier call")
+    labs.add_argument("--readme", metavar="FILE", help="also rewrite the lab section of this README (between its "
+                                                        "labs:start/labs:end marker lines)")
     return parser
 
 
