@@ -47,6 +47,7 @@ def test_matched_init_follows_the_activation():
     (["model.norm=none", "init.scheme=xavier_normal", "model.activation=tanh"], ["vanishing-activations"],
      {"model.norm": "batch"}),
     (["model.norm=none", "init.scheme=kaiming_normal"], ["vanishing-activations"], {"model.norm": "batch"}),
+    (["model.norm=none", "init.scheme=lecun_normal"], ["vanishing-activations"], {"model.norm": "batch"}),
     ([], [], {}),
 ])
 def test_each_finding_maps_to_its_remedy(overrides, codes, expected):
