@@ -77,26 +77,33 @@ def batchnorm(ev: dict) -> bool:
 
 
 def init(ev: dict) -> bool:
-    th, cells, matched = ev["thresholds"], ev["cells"], ev["matched"]
+    th, cells, matched, deep = ev["thresholds"], ev["cells"], ev["matched"], ev["deep_net"]
 
-    def cell(net, scheme):
-        return next((c for c in cells.values() if c["net"] == net and c["scheme"] == scheme), {})
-
-    def value(c, key):
+    def value(net, scheme, key):
+        c = next((c for c in cells.values() if c["net"] == net and c["scheme"] == scheme), {})
         v = c.get(key)
         return v if v is not None else math.nan
 
+    def below(x, limit):
+        return finite(x) and x < limit
+
     nets = list(matched)
-    collapse = all(finite(value(cell(n, "normal(0.01)"), "act_std_ratio"))
-                   and value(cell(n, "normal(0.01)"), "act_std_ratio") < th["collapse_ratio"] for n in nets)
-    sat = value(cell("tanh", "normal(1.0)"), "saturated_deep")
-    saturates = finite(sat) and sat > th["saturated_deep"]
     lo, hi = th["healthy_band"]
-    healthy = all(finite(value(cell(n, matched[n]), "act_std_ratio"))
-                  and lo <= value(cell(n, matched[n]), "act_std_ratio") <= hi for n in nets)
-    better = all(finite(value(cell(n, matched[n]), "diff_vs_small")) and value(cell(n, matched[n]), "diff_vs_small") > 0
-                 and significant(value(cell(n, matched[n]), "p_vs_small")) for n in nets)
-    return collapse and saturates and healthy and better
+    collapse = all(below(value(n, "normal(0.01)", "act_std_ratio"), th["collapse_ratio"]) for n in nets)
+    saturates = finite(value("tanh", "normal(1.0)", "saturated_deep")) \
+        and value("tanh", "normal(1.0)", "saturated_deep") > th["saturated_deep"]
+    kaiming_keeps = all(finite(value(n, "kaiming", "act_std_ratio")) and lo <= value(n, "kaiming", "act_std_ratio") <= hi
+                        for n in ("relu", deep))
+    xavier_collapses_deep = below(value(deep, "xavier", "act_std_ratio"), th["collapse_ratio"])
+    tanh_ratio, tanh_sat = value("tanh", "xavier", "act_std_ratio"), value("tanh", "xavier", "saturated_deep")
+    xavier_keeps_tanh = finite(tanh_ratio) and tanh_ratio >= th["collapse_ratio"] and finite(tanh_sat) \
+        and tanh_sat <= th["saturated_deep"]
+    better = all(finite(value(n, matched[n], "diff_vs_small")) and value(n, matched[n], "diff_vs_small") > 0
+                 and significant(value(n, matched[n], "p_vs_small")) for n in nets)
+    deep_better = finite(value(deep, "kaiming", "diff_vs_xavier")) and value(deep, "kaiming", "diff_vs_xavier") > 0 \
+        and significant(value(deep, "kaiming", "p_vs_xavier"))
+    return collapse and saturates and kaiming_keeps and xavier_collapses_deep and xavier_keeps_tanh and better \
+        and deep_better
 
 
 def assert_consistent(lab: str, summary: dict) -> None:

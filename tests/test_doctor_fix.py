@@ -35,6 +35,19 @@ def test_matched_init_follows_the_activation():
     (["init.scheme=normal", "optim.lr=0.001"], ["vanishing-gradients", "update-ratio-low"],
      {"init.scheme": "kaiming_normal"}),
     (["model.dropout=0"], ["overfitting"], {"model.dropout": 0.3}),
+    # Xavier/orthogonal at their papers' gain 1 on ReLU: the init is the cause, not the missing norm.
+    (["model.norm=none", "init.scheme=xavier_normal"], ["vanishing-activations"], {"init.scheme": "kaiming_normal"}),
+    (["model.norm=none", "init.scheme=orthogonal", "model.activation=leaky_relu:0.2"], ["vanishing-gradients"],
+     {"init.scheme": "kaiming_normal"}),
+    # ... but with the activation's gain (auto, or a number of one's own), or on tanh, the norm is proposed.
+    (["model.norm=none", "init.scheme=xavier_normal", "init.gain=auto"], ["vanishing-activations"],
+     {"model.norm": "batch"}),
+    (["model.norm=none", "init.scheme=xavier_normal", "init.gain=1.4"], ["vanishing-activations"],
+     {"model.norm": "batch"}),
+    (["model.norm=none", "init.scheme=xavier_normal", "model.activation=tanh"], ["vanishing-activations"],
+     {"model.norm": "batch"}),
+    (["model.norm=none", "init.scheme=kaiming_normal"], ["vanishing-activations"], {"model.norm": "batch"}),
+    (["model.norm=none", "init.scheme=lecun_normal"], ["vanishing-activations"], {"model.norm": "batch"}),
     ([], [], {}),
 ])
 def test_each_finding_maps_to_its_remedy(overrides, codes, expected):
@@ -49,6 +62,18 @@ def test_fixed_config_no_longer_has_the_finding():
     before = diagnose_config(cfg, batch_size=128)
     assert "vanishing-activations" in before.codes()
     changes = propose_fix(cfg, before)
+    after = diagnose_config(resolve([f"{k}={v}" for k, v in changes.items()], base=cfg), batch_size=128)
+    assert "vanishing-activations" not in after.codes()
+
+
+def test_fix_of_xavier_on_a_deep_relu_net_removes_the_collapse():
+    # The lecture's demonstration (He et al. 2015): 30 ReLU layers, no norm, Xavier's gain 1.
+    cfg = resolve(["model.name=mlp", "model.norm=none", "model.depth=30", "model.width=128",
+                   "model.activation=relu", "init.scheme=xavier_normal"])
+    before = diagnose_config(cfg, batch_size=128)
+    assert "vanishing-activations" in before.codes()
+    changes = propose_fix(cfg, before)
+    assert changes["init.scheme"] == "kaiming_normal"
     after = diagnose_config(resolve([f"{k}={v}" for k, v in changes.items()], base=cfg), batch_size=128)
     assert "vanishing-activations" not in after.codes()
 

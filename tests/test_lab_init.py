@@ -20,12 +20,16 @@ from trainwell.experiments.labs.init import (
     saturated_fraction,
     std_ratio,
 )
+import labverdicts
 from labverdicts import assert_consistent
 
-# A clear success: collapse in both nets, tanh saturated, matched schemes healthy and much better.
+# A clear success: collapse in both nets, tanh saturated, Kaiming healthy at both depths, Xavier collapsing
+# the 30-layer ReLU net but keeping tanh alive, matched schemes and deep Kaiming much better.
 GOOD = dict(small_ratio={"relu": 1e-9, "tanh": 3e-8}, large_saturated_tanh=0.9,
-            matched_ratio={"relu": 0.95, "tanh": 1.01},
-            acc_diff={"relu": 0.85, "tanh": 0.87}, acc_p={"relu": 1e-4, "tanh": 1e-5})
+            kaiming_ratio={"relu": 0.95, "relu-30": 0.87}, deep_xavier_ratio=4e-5,
+            tanh_xavier_ratio=0.4, tanh_xavier_saturated=0.0,
+            acc_diff={"relu": 0.85, "tanh": 0.87}, acc_p={"relu": 1e-4, "tanh": 1e-5},
+            deep_acc_diff=0.68, deep_acc_p=2e-3)
 
 
 def _with(**changes):
@@ -44,20 +48,33 @@ def _with(**changes):
 def test_decide_holds_when_every_sub_claim_holds():
     held, text = decide(**GOOD)
     assert held is True
-    assert text.count("— held") == 4 and "did NOT hold" not in text
-    assert "1e-09" in text and "90%" in text and "kaiming on relu 0.95" in text and "+85.0 points" in text
+    assert text.count("— held") == 7 and "did NOT hold" not in text
+    assert "1e-09" in text and "90%" in text and "relu-30 0.87" in text and "+85.0 points" in text
+    assert "4e-05" in text and "0.4, 0%" in text and "+68.0 points (p = 0.002)" in text
+    assert f"(1/2)^(29/2) = {0.5 ** 14.5:.3g}" in text  # He et al.'s prediction, stated
 
 
 @pytest.mark.parametrize("changes, which", [
     ({"small_ratio": {"tanh": 0.5}}, "(1)"),                       # small init does not collapse the tanh net
     ({"small_ratio": {"relu": COLLAPSE_RATIO}}, "(1)"),             # the threshold itself is not below it
     ({"large_saturated_tanh": SATURATED_DEEP - 0.01}, "(2)"),       # tanh not saturated enough
+    ({"large_saturated_tanh": SATURATED_DEEP}, "(2)"),              # the threshold itself is not above it
     ({"large_saturated_tanh": None}, "(2)"),                        # not measured
-    ({"matched_ratio": {"relu": HEALTHY_BAND[0] / 2}}, "(3)"),      # kaiming lets the scale shrink
-    ({"matched_ratio": {"tanh": HEALTHY_BAND[1] * 2}}, "(3)"),      # xavier lets it grow
-    ({"acc_p": {"relu": 0.2}}, "(4)"),                              # not significant
-    ({"acc_diff": {"tanh": -0.1}}, "(4)"),                          # significant, but worse
-    ({"acc_p": {"tanh": math.nan}}, "(4)"),                         # no test possible (one seed)
+    ({"kaiming_ratio": {"relu": HEALTHY_BAND[0] / 2}}, "(3)"),      # kaiming lets the scale shrink
+    ({"kaiming_ratio": {"relu-30": HEALTHY_BAND[1] * 2}}, "(3)"),   # or grow, at depth 30
+    ({"kaiming_ratio": {"relu-30": math.nan}}, "(3)"),              # not measured
+    ({"deep_xavier_ratio": COLLAPSE_RATIO}, "(4)"),                 # xavier does not collapse the deep ReLU net
+    ({"deep_xavier_ratio": None}, "(4)"),
+    ({"tanh_xavier_ratio": COLLAPSE_RATIO * 0.99}, "(5)"),          # xavier lets the tanh net collapse
+    ({"tanh_xavier_ratio": math.nan}, "(5)"),
+    ({"tanh_xavier_saturated": SATURATED_DEEP + 0.01}, "(5)"),      # or saturates it
+    ({"tanh_xavier_saturated": None}, "(5)"),
+    ({"acc_p": {"relu": 0.2}}, "(6)"),                              # not significant
+    ({"acc_diff": {"tanh": -0.1}}, "(6)"),                          # significant, but worse
+    ({"acc_p": {"tanh": math.nan}}, "(6)"),                         # no test possible (one seed)
+    ({"deep_acc_p": 0.05}, "(7)"),                                  # p at alpha is not significant
+    ({"deep_acc_diff": -0.3}, "(7)"),                               # xavier better
+    ({"deep_acc_diff": None}, "(7)"),                               # not measured
 ])
 def test_decide_fails_when_one_sub_claim_fails_and_says_which(changes, which):
     held, text = decide(**_with(**changes))
@@ -67,9 +84,41 @@ def test_decide_fails_when_one_sub_claim_fails_and_says_which(changes, which):
     assert len(failed) == 1 and failed[0].startswith(which)
 
 
-def test_decide_band_edges_count_as_healthy():
-    held, _ = decide(**_with(matched_ratio={"relu": HEALTHY_BAND[0], "tanh": HEALTHY_BAND[1]}))
+def test_decide_without_kaiming_cells_does_not_hold():
+    held, text = decide(**{**GOOD, "kaiming_ratio": {}})
+    assert held is False and [p for p in text.split("; ") if "did NOT hold" in p][0].startswith("(3)")
+
+
+def test_decide_band_and_threshold_edges_count_as_holding():
+    held, _ = decide(**_with(kaiming_ratio={"relu": HEALTHY_BAND[0], "relu-30": HEALTHY_BAND[1]},
+                             tanh_xavier_ratio=COLLAPSE_RATIO, tanh_xavier_saturated=SATURATED_DEEP))
     assert held is True
+
+
+@pytest.mark.parametrize("changes", [{}, {"deep_xavier_ratio": 0.5}, {"tanh_xavier_saturated": 0.9},
+                                     {"kaiming_ratio": {"relu-30": 3.0}}, {"deep_acc_p": 0.3}])
+def test_decide_agrees_with_the_by_hand_rule_on_the_same_numbers(changes):
+    """``held`` recomputed by tests/labverdicts.py from evidence built out of the same numbers."""
+    args = _with(**changes)
+    cells = {}
+
+    def put(net, scheme, **values):
+        cells[f"{net} / {scheme}"] = {"net": net, "scheme": scheme, **values}
+
+    for net in ("relu", "tanh"):
+        put(net, "normal(0.01)", act_std_ratio=args["small_ratio"][net])
+        put(net, lab_init.MATCHED[net], diff_vs_small=args["acc_diff"][net], p_vs_small=args["acc_p"][net])
+    put("tanh", "normal(1.0)", saturated_deep=args["large_saturated_tanh"])
+    cells["relu / kaiming"]["act_std_ratio"] = args["kaiming_ratio"]["relu"]
+    put("tanh", "xavier", act_std_ratio=args["tanh_xavier_ratio"], saturated_deep=args["tanh_xavier_saturated"],
+        diff_vs_small=args["acc_diff"]["tanh"], p_vs_small=args["acc_p"]["tanh"])
+    put("relu-30", "xavier", act_std_ratio=args["deep_xavier_ratio"])
+    put("relu-30", "kaiming", act_std_ratio=args["kaiming_ratio"]["relu-30"], diff_vs_xavier=args["deep_acc_diff"],
+        p_vs_xavier=args["deep_acc_p"])
+    evidence = {"thresholds": {"collapse_ratio": COLLAPSE_RATIO, "healthy_band": list(HEALTHY_BAND),
+                               "saturated_deep": SATURATED_DEEP}, "matched": dict(lab_init.MATCHED),
+                "deep_net": lab_init.DEEP, "cells": cells}
+    assert decide(**args)[0] is labverdicts.init(evidence)
 
 
 # ----------------------------------------------------------------------------- measurements
@@ -180,14 +229,20 @@ def test_std_ratio_and_deep_mean():
     assert deep_mean([None, None]) is None and deep_mean([]) is None
 
 
-def test_cells_cover_both_nets_and_every_scheme():
+def test_cells_cover_both_nets_and_every_scheme_and_the_deep_relu_net():
     lab = lab_init.LAB
-    assert len(lab.cells) == 12 and lab.seeds >= 3
+    assert len(lab.cells) == 14 and lab.seeds >= 3
     labels = {c.label for c in lab.cells}
     assert {"relu / normal(0.01)", "tanh / xavier", "relu / kaiming", "tanh / lsuv"} <= labels
     small = next(c for c in lab.cells if c.label == "tanh / normal(0.01)")
     assert small.overrides == {"model.activation": "tanh", "init.scheme": "normal", "init.std": 0.01}
     assert "model.norm=none" in lab.base
+    deep = {c.label: c.overrides for c in lab.cells if c.label.startswith("relu-30")}
+    assert deep == {"relu-30 / xavier": {"model.activation": "relu", "model.depth": 30, "optim.lr": 0.005,
+                                         "init.scheme": "xavier_normal"},
+                    "relu-30 / kaiming": {"model.activation": "relu", "model.depth": 30, "optim.lr": 0.005,
+                                          "init.scheme": "kaiming_normal"}}
+    assert not any("init.gain" in c.overrides for c in lab.cells)  # the papers' gains: init.gain=default
 
 
 # ----------------------------------------------------------------------------- smoke run
@@ -202,14 +257,19 @@ def test_run_lab_init_quick(tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["lab"] == "init" and summary["claim"] and isinstance(summary["held"], bool)
     assert_consistent("init", summary)  # held follows from the stated statistics
-    assert summary["held"] == outcome.held and summary["verdict"] == outcome.verdict and summary["runs"] == 24
+    assert summary["held"] == outcome.held and summary["verdict"] == outcome.verdict and summary["runs"] == 28
     evidence = summary["evidence"]
     assert set(evidence) >= {"cells", "sub_claims", "thresholds", "matched"}
-    assert set(evidence["sub_claims"]) == {"small_collapses", "large_saturates_tanh", "matched_healthy",
-                                           "matched_beats_small"}
+    assert set(evidence["sub_claims"]) == {"small_collapses", "large_saturates_tanh", "kaiming_keeps_relu_scale",
+                                           "xavier_collapses_deep_relu", "xavier_keeps_tanh_alive",
+                                           "matched_beats_small", "kaiming_beats_xavier_deep"}
     cell = evidence["cells"]["tanh / normal(0.01)"]
     assert len(cell["act_std_by_layer"]) == 4 and cell["act_std_ratio"] < COLLAPSE_RATIO  # depth 4 in quick mode
     assert evidence["cells"]["tanh / normal(1.0)"]["saturated_deep"] > 0.5
+    deep = evidence["cells"]["relu-30 / xavier"]
+    assert len(deep["act_std_by_layer"]) == 30 and deep["act_std_ratio"] < COLLAPSE_RATIO  # He et al.'s collapse
+    assert HEALTHY_BAND[0] <= evidence["cells"]["relu-30 / kaiming"]["act_std_ratio"] <= HEALTHY_BAND[1]
+    assert all(math.isfinite(c["test_loss"]) for c in evidence["cells"].values())
     for name in ("act_std_by_depth.png", "act_hist_relu.png", "act_hist_tanh.png", "report.html"):
         assert (out / name).is_file()
     assert (out / "report.html").read_text().count("data:image/png;base64,") == 5  # 3 lab figures, bars, curves

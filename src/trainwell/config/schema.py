@@ -83,8 +83,8 @@ class InitConfig:
     """Standard deviation for scheme=normal and scheme=uniform (U(+-sqrt(3) std), the same variance)."""
     mode: str = "fan_in"
     """kaiming: fan_in preserves forward variance, fan_out backward variance."""
-    gain: float = 1.0
-    """orthogonal: multiplicative gain."""
+    gain: float | Literal["default", "auto"] = "default"
+    """Gain g of xavier_*, kaiming_* and orthogonal (the others ignore it): 'default' = each scheme's own, as in its paper and torch.nn.init (xavier, orthogonal: 1; kaiming: the gain of the activation after the layer, sqrt(2) for relu); 'auto' = the activation's gain (torch.nn.init.calculate_gain) for all three, so xavier on square layers equals kaiming; a number > 0 = that gain for all three (e.g. 1.0: the gain-1 formulas everywhere, kaiming then being LeCun's 1/sqrt(fan_in))."""
     bias: float = 0.0
     """Constant for the biases of hidden layers (0 = zeros); the output layer's bias stays 0."""
     lsuv_tol: float = 0.1
@@ -93,6 +93,14 @@ class InitConfig:
     """lsuv: at most this many rescalings per layer."""
     lsuv_head: bool = False
     """lsuv: also rescale the last layer (the logits) to unit variance, as the paper does; off = it keeps its orthonormal init."""
+
+    def __post_init__(self) -> None:
+        if self.gain not in ("default", "auto") and not (
+            isinstance(self.gain, (int, float)) and not isinstance(self.gain, bool)
+            and math.isfinite(self.gain) and self.gain > 0
+        ):
+            raise ConfigError(f"init.gain must be a number > 0, 'default' or 'auto', got {self.gain!r}; "
+                              "e.g. init.gain=auto (the activation's gain).")
 
 
 @dataclass

@@ -13,6 +13,7 @@ from typing import Any
 from trainwell.config import Config, Spec
 from trainwell.diagnose.report import Report
 from trainwell.nn.activations import ACTIVATIONS, parse_activation
+from trainwell.nn.init import INITS
 
 SCALE_CODES = {"vanishing-activations", "exploding-activations", "vanishing-gradients", "exploding-gradients"}
 LR_HIGH_CODES = {"update-ratio-high", "lr-too-high", "divergence"}
@@ -29,6 +30,14 @@ def matched_init(activation: str | Spec) -> str:
     return "kaiming_normal" if ACTIVATIONS.entry(name).meta.family == "relu" else "xavier_normal"
 
 
+def gain_one_on_a_rectifier(cfg: Config, activation: str | Spec) -> bool:
+    """Whether ``cfg.init`` gives a ReLU-family net the papers' gain 1 of xavier_*/orthogonal
+    (init.gain=default): each layer then halves the signal's second moment (He et al. 2015)."""
+    meta = INITS.entry(cfg.init.scheme).meta
+    family = ACTIVATIONS.entry(parse_activation(activation)[0]).meta.family
+    return meta.uses_gain and not meta.activation_gain_by_default and cfg.init.gain == "default" and family == "relu"
+
+
 def propose_fix(cfg: Config, report: Report) -> dict[str, Any]:
     """Dotted config changes that address the report's warnings and errors ({} when none apply)."""
     codes = set(report.codes("warning"))
@@ -42,7 +51,8 @@ def propose_fix(cfg: Config, report: Report) -> dict[str, Any]:
     if "dead-units" in codes and name == "relu":
         activation = changes["model.activation"] = "leaky_relu:0.1"
     if codes & SCALE_CODES or "saturation" in codes:
-        if cfg.init.scheme in GAINLESS_SCHEMES or "model.activation" in changes:
+        if cfg.init.scheme in GAINLESS_SCHEMES or "model.activation" in changes \
+                or gain_one_on_a_rectifier(cfg, activation):
             changes["init.scheme"] = matched_init(activation)
         elif cfg.model.norm == "none":
             changes["model.norm"] = "batch"

@@ -271,7 +271,7 @@ CASES: list[Case] = [
     _case("selu-lecun", "trainwell mlp, 8 SELU layers, lecun_normal (self-normalising)",
           lambda: at_init(trainwell_model(["model.name=mlp", "model.depth=8", "model.activation=selu",
                                            "init.scheme=lecun_normal"]), suite_data().raw255 / 255.0, lr=0.05)),
-    _case("tanh-xavier", "trainwell mlp, 4 tanh layers, xavier_normal with tanh's gain",
+    _case("tanh-xavier", "trainwell mlp, 4 tanh layers, xavier_normal (Glorot, gain 1)",
           lambda: at_init(trainwell_model(["model.name=mlp", "model.depth=4", "model.activation=tanh",
                                            "init.scheme=xavier_normal"]), suite_data().raw255 / 255.0, lr=0.05)),
     _case("bn-resnet", "trainwell resnet (width 8), batch norm",

@@ -7,7 +7,12 @@ and each initialisation's formula, as registered in ``trainwell.nn``; then a sho
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from trainwell.docs.markdown import cell as _cell
+
+if TYPE_CHECKING:
+    from trainwell.nn.init import InitMeta
 
 GUIDE = """## Which to pick when
 
@@ -15,8 +20,13 @@ GUIDE = """## Which to pick when
   `leaky_relu` or `elu`. Never `sigmoid` in hidden layers of a deep net: it saturates and is not
   zero-centred. `tanh` only where a bounded, zero-centred output is needed. For a deep MLP without
   normalisation, `selu` with `init.scheme=lecun_normal` keeps activations standardised.
-- **Initialisation**: match the activation that follows the layer — `kaiming_*` for the ReLU family,
-  `xavier_*` for tanh/sigmoid, `lecun_normal` for SELU; trainwell applies the right gain per layer.
+- **Initialisation**: match the activation that follows the layer — `kaiming_*` for the ReLU family
+  (its gain is the activation's: sqrt(2) for ReLU), `xavier_*` for tanh/sigmoid, `lecun_normal` for
+  SELU. The names mean what the papers and `torch.nn.init` mean: `xavier_*` and `orthogonal` use gain
+  1 (Glorot & Bengio 2010: Var(w) = 2 / (fan_in + fan_out)), so on a deep ReLU net without
+  normalisation `xavier_normal` lets the activations shrink by about 1/sqrt(2) per layer where
+  `kaiming_normal` keeps them (He et al. 2015). `init.gain=auto` gives every gain-using scheme the
+  activation's gain (`torch.nn.init.calculate_gain`), `init.gain=1.5` a gain of your own.
   `orthogonal` helps very deep or recurrent nets. `normal` with a fixed std (0.01) is the lecture's
   counter-example: activations vanish with depth. With batch norm the choice matters less.
 - **Preprocessing**: always `standardize` (zero mean, unit variance per feature or channel, fitted
@@ -26,6 +36,13 @@ GUIDE = """## Which to pick when
   dropout for wide MLPs and small data; batch norm for deep nets; augmentation and mixup when data
   is scarce.
 """
+
+
+def _default_gain_text(meta: InitMeta) -> str:
+    """What g an init scheme gets at init.gain=default, in words."""
+    if not meta.uses_gain:
+        return "no gain"
+    return "the activation's" if meta.activation_gain_by_default else "1"
 
 
 def render_foundations() -> str:
@@ -48,9 +65,11 @@ def render_foundations() -> str:
             f"{_cell(m.saturates or 'no')} | {activation_gain(e.name):.4g} | {_cell(m.advantages)} | "
             f"{_cell(m.drawbacks)} | {_cell(m.typical_use)} |"
         )
-    lines += ["", "## Initialisation", "", "| name | formula | uses the activation's gain | description |",
-              "|---|---|---|---|"]
+    lines += ["", "## Initialisation", "",
+              "The gain g of a scheme that uses one is set by `init.gain`: `default` (the column below), `auto` "
+              "(the gain of the activation after the layer, for every scheme) or a number.", "",
+              "| name | formula | g at init.gain=default | description |", "|---|---|---|---|"]
     for init in INITS:
-        lines.append(f"| `{init.name}` | {_cell(init.meta.formula)} | "
-                     f"{'yes' if init.meta.uses_gain else 'no'} | {_cell(init.doc)} |")
+        lines.append(f"| `{init.name}` | {_cell(init.meta.formula)} | {_default_gain_text(init.meta)} | "
+                     f"{_cell(init.doc)} |")
     return "\n".join(lines) + "\n\n" + GUIDE

@@ -2,10 +2,23 @@
 
 Every entry of :data:`INITS` is a factory ``(weight, gain, cfg, generator) -> None`` that fills
 ``weight`` in place, drawing from ``generator`` (a ``torch.Generator``; None = the global RNG).
-``gain`` is the gain of the activation that *follows* the layer (:func:`activation_gain`); fans
-come from :func:`fans`, so a Linear layer and a Conv layer of any kernel are treated alike.
-Metadata (:class:`InitMeta`): ``uses_gain`` (whether ``gain`` enters the formula), ``formula`` and
-``needs_batch`` (below).
+Fans come from :func:`fans`, so a Linear layer and a Conv layer of any kernel are treated alike.
+Metadata (:class:`InitMeta`): ``uses_gain`` (whether ``gain`` enters the formula),
+``activation_gain_by_default``, ``formula`` and ``needs_batch`` (below).
+
+The gain ``g`` (:func:`scheme_gain`) is chosen by ``init.gain``:
+
+``default``
+    each scheme's own, as its paper and ``torch.nn.init`` define it: 1 for Xavier (Glorot & Bengio
+    2010, Var(w) = 2 / (fan_in + fan_out), ``xavier_normal_(w)``) and orthogonal (Saxe et al. 2014,
+    ``orthogonal_(w)``); the rectifier's gain of the activation that *follows* the layer for Kaiming
+    (He et al. 2015, ``kaiming_normal_(w, nonlinearity=...)``: sqrt(2) for ReLU), whose formula is
+    activation-aware by definition (``activation_gain_by_default``).
+``auto``
+    the following activation's gain (:func:`layer_gain`, ``torch.nn.init.calculate_gain``) for every
+    gain-using scheme: Xavier then becomes Kaiming on square layers.
+a positive number
+    that gain for every gain-using scheme (1 with Kaiming is LeCun's 1/sqrt(fan_in)).
 
 Extension point for data-dependent schemes (LSUV, Mishkin & Matas 2016: rescale each layer until its
 output variance on a real batch is 1): they need a batch and a forward pass, so they cannot be a
@@ -38,12 +51,15 @@ from trainwell.registry import new_registry
 class InitMeta:
     """What every init scheme promises."""
 
-    uses_gain: bool  # the activation's gain enters the formula
+    uses_gain: bool  # a gain g enters the formula (init.gain chooses it, :func:`scheme_gain`)
     formula: str
     needs_batch: bool = False  # data-dependent: a second step on a batch follows (see the module docstring)
+    # init.gain=default gives the following activation's gain (Kaiming); False: gain 1 (Xavier, orthogonal).
+    activation_gain_by_default: bool = False
 
 
-INITS = new_registry("init", InitMeta, "Weight initialisation; gains follow the activation after each layer.")
+INITS = new_registry("init", InitMeta, "Weight initialisation; the gain g is set by init.gain (default: each "
+                                       "scheme's own: 1 for xavier and orthogonal, the activation's for kaiming).")
 
 
 def fans(weight: Tensor) -> tuple[int, int]:
@@ -74,47 +90,55 @@ def default(weight: Tensor, gain: float, cfg: InitConfig, generator: torch.Gener
     """Keep PyTorch's own init (Kaiming-uniform with a = sqrt(5): U(±1/sqrt(fan_in)))."""
 
 
-@INITS.register("xavier_uniform", uses_gain=True, formula="U(±a), a = gain * sqrt(6 / (fan_in + fan_out))")
+@INITS.register("xavier_uniform", uses_gain=True, formula="U(±a), a = g * sqrt(6 / (fan_in + fan_out))")
 def xavier_uniform(weight: Tensor, gain: float, cfg: InitConfig, generator: torch.Generator | None) -> None:
-    """U(±gain*sqrt(6/(fan_in+fan_out))) (Glorot & Bengio 2010, Understanding the difficulty...)."""
+    """U(±g*sqrt(6/(fan_in+fan_out))), Var = g²*2/(fan_in+fan_out); g = 1 by default (Glorot & Bengio 2010)."""
     nn.init.xavier_uniform_(weight, gain=gain, generator=generator)
 
 
-@INITS.register("xavier_normal", uses_gain=True, formula="N(0, std²), std = gain * sqrt(2 / (fan_in + fan_out))")
+@INITS.register("xavier_normal", uses_gain=True, formula="N(0, std²), std = g * sqrt(2 / (fan_in + fan_out))")
 def xavier_normal(weight: Tensor, gain: float, cfg: InitConfig, generator: torch.Generator | None) -> None:
-    """N(0, gain²*2/(fan_in+fan_out)) (Glorot & Bengio 2010, Understanding the difficulty...)."""
+    """N(0, g²*2/(fan_in+fan_out)); g = 1 by default (Glorot & Bengio 2010, Understanding the difficulty...)."""
     nn.init.xavier_normal_(weight, gain=gain, generator=generator)
 
 
-@INITS.register("kaiming_uniform", uses_gain=True, formula="U(±a), a = gain * sqrt(3 / fan), fan = init.mode")
+@INITS.register("kaiming_uniform", uses_gain=True, activation_gain_by_default=True,
+                formula="U(±a), a = g * sqrt(3 / fan), fan = init.mode")
 def kaiming_uniform(weight: Tensor, gain: float, cfg: InitConfig, generator: torch.Generator | None) -> None:
-    """U(±gain*sqrt(3/fan)), fan = fan_in or fan_out (He et al. 2015, Delving Deep into Rectifiers)."""
+    """U(±g*sqrt(3/fan)); g = the next activation's gain by default, sqrt(2) for ReLU (He et al. 2015).
+
+    fan = fan_in or fan_out (init.mode); Delving Deep into Rectifiers.
+    """
     # torch's kaiming_uniform_ takes a nonlinearity name, not a gain; the formula with our gain is
     # the same one and also covers activations torch has no name for (gelu, silu, elu).
     bound = gain * math.sqrt(3.0 / _fan(weight, cfg.mode))
     nn.init.uniform_(weight, -bound, bound, generator=generator)
 
 
-@INITS.register("kaiming_normal", uses_gain=True, formula="N(0, std²), std = gain / sqrt(fan), fan = init.mode")
+@INITS.register("kaiming_normal", uses_gain=True, activation_gain_by_default=True,
+                formula="N(0, std²), std = g / sqrt(fan), fan = init.mode")
 def kaiming_normal(weight: Tensor, gain: float, cfg: InitConfig, generator: torch.Generator | None) -> None:
-    """N(0, gain²/fan), fan = fan_in or fan_out (He et al. 2015, Delving Deep into Rectifiers)."""
+    """N(0, g²/fan); g = the next activation's gain by default, sqrt(2) for ReLU (He et al. 2015).
+
+    fan = fan_in or fan_out (init.mode); Delving Deep into Rectifiers.
+    """
     nn.init.normal_(weight, 0.0, gain / math.sqrt(_fan(weight, cfg.mode)), generator=generator)
 
 
-@INITS.register("orthogonal", uses_gain=True, formula="W = init.gain * gain * Q, Q (semi-)orthogonal")
+@INITS.register("orthogonal", uses_gain=True, formula="W = g * Q, Q (semi-)orthogonal")
 def orthogonal(weight: Tensor, gain: float, cfg: InitConfig, generator: torch.Generator | None) -> None:
-    """init.gain * gain * a random (semi-)orthogonal matrix, W Wᵀ = g² I when rows <= cols (Saxe et al. 2014).
+    """g * a random (semi-)orthogonal matrix, W Wᵀ = g² I when rows <= cols; g = 1 by default (Saxe et al. 2014).
 
     A conv weight (out, in, *kernel) is treated as the (out, in * prod(kernel)) matrix it applies.
     """
-    nn.init.orthogonal_(weight, gain=cfg.gain * gain, generator=generator)
+    nn.init.orthogonal_(weight, gain=gain, generator=generator)
 
 
 @INITS.register("lecun_normal", uses_gain=False, formula="N(0, std²), std = 1 / sqrt(fan_in)")
 def lecun_normal(weight: Tensor, gain: float, cfg: InitConfig, generator: torch.Generator | None) -> None:
     """N(0, 1/fan_in) (LeCun et al. 1998, Efficient BackProp); with selu, self-normalising (Klambauer 2017).
 
-    The activation gain is ignored on purpose: SELU's fixed point (mean 0, variance 1) needs
+    ``init.gain`` is ignored on purpose: SELU's fixed point (mean 0, variance 1) needs
     Var(w) = 1/fan_in exactly; PyTorch's selu gain of 3/4 trades that away for gradient flow.
     """
     nn.init.normal_(weight, 0.0, 1.0 / math.sqrt(fans(weight)[0]), generator=generator)
@@ -159,12 +183,27 @@ def layer_gain(layer: nn.Module) -> float:
     return activation_gain(getattr(layer, "follows", "identity"))
 
 
+def scheme_gain(meta: InitMeta, layer: nn.Module, gain: float | str) -> float:
+    """The gain g that a scheme with ``meta`` gets for ``layer``'s weight under ``init.gain = gain``.
+
+    ``"default"``: the scheme's own (the following activation's, :func:`layer_gain`, when
+    ``meta.activation_gain_by_default``, as Kaiming's formula has it; else 1, as Glorot's and
+    Saxe's have it); ``"auto"``: the following activation's for every scheme; a number: itself.
+    Schemes that do not use a gain ignore the result.
+    """
+    if gain == "auto" or (gain == "default" and meta.activation_gain_by_default):
+        return layer_gain(layer)
+    if gain == "default":
+        return 1.0
+    return float(gain)
+
+
 @torch.no_grad()
 def init_model(model: nn.Module, cfg: InitConfig, generator: torch.Generator | None = None) -> nn.Module:
     """Initialise ``model`` in place with ``cfg.scheme`` and return it.
 
-    Every Linear/Conv weight gets the scheme with the gain of the activation that follows it
-    (:func:`layer_gain`), every hidden bias ``cfg.bias`` (0 by default; e.g. 0.01 keeps ReLUs alive
+    Every Linear/Conv weight gets the scheme with the gain ``cfg.gain`` chooses for it
+    (:func:`scheme_gain`), every hidden bias ``cfg.bias`` (0 by default; e.g. 0.01 keeps ReLUs alive
     at the start, as some recommend) and the head's bias 0; norm layers get scale 1 and shift 0. Draws come from
     ``generator`` in module order. ``default`` leaves the model exactly as PyTorch built it.
     Schemes registered with ``needs_batch=True`` get their data-free start only: for ``lsuv`` call
@@ -177,7 +216,7 @@ def init_model(model: nn.Module, cfg: InitConfig, generator: torch.Generator | N
         return model
     for module in model.modules():
         if isinstance(module, WEIGHT_LAYERS):
-            entry.factory(module.weight, layer_gain(module), cfg, generator)
+            entry.factory(module.weight, scheme_gain(entry.meta, module, cfg.gain), cfg, generator)
             if isinstance(module.bias, Tensor):  # a Parameter, or None for bias=False
                 # The head keeps 0: a constant added to every logit changes nothing but the loss scale.
                 module.bias.fill_(cfg.bias if getattr(module, "follows", "identity") != "identity" else 0.0)

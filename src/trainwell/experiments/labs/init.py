@@ -4,23 +4,24 @@ The lecture (review Q3): with small random weights (N(0, 0.01²)) every layer mu
 signal by roughly 0.01·sqrt(width) < 1, so the activations shrink geometrically towards zero
 layer by layer (and so do the gradients: the net does not learn); with large ones (N(0, 1)) tanh
 units are driven into saturation at ±1, where their gradient is ~0. Xavier initialisation
-(Var(w) = 2 / (fan_in + fan_out), for tanh) and Kaiming initialisation (Var(w) = 2 / fan_in, for
-ReLU, which zeroes half its inputs) keep the activations' scale the same at every depth, and the
-net trains.
+(Glorot & Bengio 2010: Var(w) = 2 / (fan_in + fan_out), for tanh) keeps a tanh net's signal alive
+and unsaturated; on a ReLU net, which zeroes half its inputs, it halves the second moment at every
+layer, so a deep ReLU net's activations collapse by ~(1/2)^(depth/2) and it does not train, while
+Kaiming initialisation (He et al. 2015: Var(w) = 2 / fan_in) keeps their scale at any depth and the
+net trains (He et al., Fig. 3: a 30-layer ReLU net learns with Kaiming's init and stalls with Xavier's).
 
 The grid: ``init.scheme`` normal(0.01), normal(1.0), xavier (xavier_normal), kaiming
-(kaiming_normal), orthogonal and lsuv, on a deep plain MLP (no normalisation layers, which would
-hide the effect by re-standardising every layer) with ReLU and with tanh: 12 cells.
-
-Note: trainwell's xavier, kaiming and orthogonal schemes all multiply by the gain of the activation
-that follows each layer (torch's ``calculate_gain``: sqrt(2) for ReLU, 5/3 for tanh), so "xavier"
-on the ReLU net is not the gain-1 Xavier that the lecture shows failing there: on square layers it
-equals Kaiming. The matched schemes tested are the lecture's: Kaiming for ReLU, Xavier for tanh.
+(kaiming_normal), orthogonal and lsuv, on a 10-layer plain MLP (no normalisation layers, which would
+hide the effect by re-standardising every layer) with ReLU and with tanh: 12 cells; and xavier
+against kaiming on a 30-layer ReLU MLP (``relu-30``, He et al.'s depth; lr 0.005, at which the
+Kaiming net trains in every seed): 2 more. The schemes are the papers' (``init.gain=default``):
+xavier and orthogonal at gain 1, kaiming at the gain of the activation that follows the layer
+(ReLU sqrt(2), tanh 5/3 as ``torch.nn.init.calculate_gain`` gives, its recommendation for tanh).
 
 Measured per run, at initialisation (the same weights the run started from, rebuilt from its config
 and seed) on one training batch: the std of every hidden activation layer's output, the fraction
 of saturated units of bounded activations, and a histogram of each layer's outputs. After training:
-the test accuracy.
+the test accuracy and the test loss.
 """
 
 from __future__ import annotations
@@ -49,6 +50,10 @@ from trainwell.experiments.results import CellResult, CompareResult
 from trainwell.experiments.stats import paired_test
 
 NETS = ("relu", "tanh")
+#: The deep ReLU net of He et al. 2015 (Fig. 3), with its config overrides, and the schemes it compares.
+DEEP = "relu-30"
+DEEP_OVERRIDES: dict[str, Any] = {"model.activation": "relu", "model.depth": 30, "optim.lr": 0.005}
+DEEP_SCHEMES = ("xavier", "kaiming")
 #: Cell name of each scheme -> its config overrides.
 SCHEMES: dict[str, dict[str, Any]] = {
     "normal(0.01)": {"init.scheme": "normal", "init.std": 0.01},
@@ -63,7 +68,10 @@ SMALL, LARGE = "normal(0.01)", "normal(1.0)"
 MATCHED = {"relu": "kaiming", "tanh": "xavier"}
 #: The activations collapse when the last hidden layer's std is below this fraction of the first's.
 COLLAPSE_RATIO = 0.1
-#: The scale is healthy when the last/first hidden layer std ratio lies in this band (a factor of 2 either way).
+#: The scale is kept when the last/first hidden layer std ratio lies in this band (a factor of 2 either way):
+#: Kaiming on ReLU. Xavier on tanh is held to "alive and unsaturated" instead (ratio >= COLLAPSE_RATIO):
+#: at gain 1 the tanh net's std shrinks slowly with depth (tanh compresses; ~0.4 over 10 layers), not
+#: geometrically as under normal(0.01).
 HEALTHY_BAND = (0.5, 2.0)
 #: The tanh net saturates when the mean saturated fraction of its deep half's layers exceeds this: the
 #: doctor's error level (trainwell.diagnose.thresholds.SATURATED_ERROR).
@@ -198,47 +206,70 @@ def _ok(value: float | None) -> TypeGuard[float]:
     return value is not None and math.isfinite(value)
 
 
-def decide(small_ratio: dict[str, float], large_saturated_tanh: float | None, matched_ratio: dict[str, float],
-           acc_diff: dict[str, float], acc_p: dict[str, float], alpha: float = 0.05) -> tuple[bool, str]:
-    """Held when all four sub-claims hold, each judged on its own:
+def decide(small_ratio: dict[str, float], large_saturated_tanh: float | None, kaiming_ratio: dict[str, float],
+           deep_xavier_ratio: float | None, tanh_xavier_ratio: float | None, tanh_xavier_saturated: float | None,
+           acc_diff: dict[str, float], acc_p: dict[str, float], deep_acc_diff: float | None,
+           deep_acc_p: float | None, alpha: float = 0.05) -> tuple[bool, str]:
+    """Held when all seven sub-claims hold, each judged on its own:
 
     1. normal(0.01) collapses: the last/first hidden layer activation std ratio is below
        :data:`COLLAPSE_RATIO` in every net (``small_ratio``: net -> ratio);
     2. normal(1.0) saturates the tanh net: the mean saturated fraction of its deep layers is above
        :data:`SATURATED_DEEP`;
-    3. the matched scheme (:data:`MATCHED`) keeps the ratio within :data:`HEALTHY_BAND` in its net
-       (``matched_ratio``: net -> ratio);
-    4. the matched scheme's test accuracy is significantly above normal(0.01)'s in each net
-       (``acc_diff``: mean paired difference, matched − normal(0.01); ``acc_p``: its paired p-value).
+    3. Kaiming keeps the ReLU nets' scale: the ratio lies within :data:`HEALTHY_BAND` at every
+       depth (``kaiming_ratio``: net -> ratio; relu and relu-30);
+    4. Xavier collapses the 30-layer ReLU net: its ratio is below :data:`COLLAPSE_RATIO`
+       (He et al. 2015: each ReLU layer halves the second moment at Var(w) = 1/n);
+    5. Xavier keeps the tanh net alive and unsaturated: its ratio is at least :data:`COLLAPSE_RATIO`
+       and its deep layers' saturated fraction at most :data:`SATURATED_DEEP`;
+    6. the matched scheme's (:data:`MATCHED`) test accuracy is significantly above normal(0.01)'s in
+       each 10-layer net (``acc_diff``: mean paired difference, matched − normal(0.01); ``acc_p``:
+       its paired p-value);
+    7. on the 30-layer ReLU net Kaiming's test accuracy is significantly above Xavier's
+       (``deep_acc_diff``: kaiming − xavier, paired over seeds; ``deep_acc_p``).
     """
     lo, hi = HEALTHY_BAND
-    nets = list(matched_ratio)
+    nets = list(acc_diff)
 
     collapse = bool(small_ratio) and all(_ok(r) and r < COLLAPSE_RATIO for r in small_ratio.values())
     saturates = _ok(large_saturated_tanh) and large_saturated_tanh > SATURATED_DEEP
-    healthy = bool(nets) and all(_ok(matched_ratio[n]) and lo <= matched_ratio[n] <= hi for n in nets)
+    kaiming_keeps = bool(kaiming_ratio) and all(_ok(r) and lo <= r <= hi for r in kaiming_ratio.values())
+    xavier_collapses_deep = _ok(deep_xavier_ratio) and deep_xavier_ratio < COLLAPSE_RATIO
+    xavier_keeps_tanh = (_ok(tanh_xavier_ratio) and tanh_xavier_ratio >= COLLAPSE_RATIO
+                         and _ok(tanh_xavier_saturated) and tanh_xavier_saturated <= SATURATED_DEEP)
     better = bool(nets) and all(_ok(acc_diff.get(n)) and _ok(acc_p.get(n)) and acc_diff[n] > 0 and acc_p[n] < alpha
                                 for n in nets)
+    deep_better = _ok(deep_acc_diff) and _ok(deep_acc_p) and deep_acc_diff > 0 and deep_acc_p < alpha
 
     def verdict(ok: bool) -> str:
         return "held" if ok else "did NOT hold"
 
-    sat_text = "–" if not _ok(large_saturated_tanh) else f"{100 * large_saturated_tanh:.0f}%"
     parts = [
         (f"(1) {SMALL} collapses the activations with depth (last/first hidden layer std ratio < {COLLAPSE_RATIO:g}): "
          + ", ".join(f"{n} {num(r)}" for n, r in small_ratio.items()) + f" — {verdict(collapse)}"),
         (f"(2) {LARGE} saturates the tanh net (mean saturated fraction of the deep layers > "
-         f"{100 * SATURATED_DEEP:.0f}%): {sat_text} — {verdict(saturates)}"),
-        (f"(3) the matched scheme keeps the std ratio within [{lo:g}, {hi:g}]: "
-         + ", ".join(f"{MATCHED.get(n, '?')} on {n} {num(matched_ratio[n])}" for n in nets)
-         + f" — {verdict(healthy)}"),
-        (f"(4) the matched scheme's test accuracy is significantly above {SMALL}'s (paired t-test, α = {alpha:g}): "
+         f"{100 * SATURATED_DEEP:.0f}%): {_percent(large_saturated_tanh)} — {verdict(saturates)}"),
+        (f"(3) kaiming keeps the ReLU nets' std ratio within [{lo:g}, {hi:g}]: "
+         + ", ".join(f"{n} {num(r)}" for n, r in kaiming_ratio.items()) + f" — {verdict(kaiming_keeps)}"),
+        (f"(4) xavier (gain 1) collapses the 30-layer ReLU net (ratio < {COLLAPSE_RATIO:g}, where He et al. "
+         f"predict (1/2)^(29/2) = {num(0.5 ** 14.5)}): {num(deep_xavier_ratio)} — {verdict(xavier_collapses_deep)}"),
+        (f"(5) xavier keeps the tanh net alive and unsaturated (ratio >= {COLLAPSE_RATIO:g}, deep saturated fraction "
+         f"<= {100 * SATURATED_DEEP:.0f}%): {num(tanh_xavier_ratio)}, {_percent(tanh_xavier_saturated)} — "
+         f"{verdict(xavier_keeps_tanh)}"),
+        (f"(6) the matched scheme's test accuracy is significantly above {SMALL}'s (paired t-test, α = {alpha:g}): "
          + ", ".join(f"{MATCHED.get(n, '?')} on {n} {_points(acc_diff.get(n))} (p = {num(acc_p.get(n), 2)})"
                      for n in nets)
          + f" — {verdict(better)}"),
+        (f"(7) on the 30-layer ReLU net kaiming's test accuracy is significantly above xavier's (paired t-test, "
+         f"α = {alpha:g}): {_points(deep_acc_diff)} (p = {num(deep_acc_p, 2)}) — {verdict(deep_better)}"),
     ]
-    held = collapse and saturates and healthy and better
+    held = collapse and saturates and kaiming_keeps and xavier_collapses_deep and xavier_keeps_tanh and better \
+        and deep_better
     return held, "; ".join(parts) + "."
+
+
+def _percent(fraction: float | None) -> str:
+    return "–" if not _ok(fraction) else f"{100 * fraction:.0f}%"
 
 
 def _points(diff: float | None) -> str:
@@ -297,23 +328,30 @@ def _histogram_figure(cells: dict[str, CellResult], net: str, path: Path) -> tup
     return save_figure(fig, path), seed
 
 
+#: The schemes of each net, in the order of the table and the figure.
+NET_SCHEMES: dict[str, tuple[str, ...]] = {**{net: tuple(SCHEMES) for net in NETS}, DEEP: DEEP_SCHEMES}
+
+
 def _std_figure(cells: dict[str, CellResult], path: Path) -> Path:
     from matplotlib.ticker import MaxNLocator
 
     from trainwell.train.plots import plt, save_figure
 
-    fig, axes = plt.subplots(1, len(NETS), figsize=(5.5 * len(NETS), 4), constrained_layout=True, squeeze=False)
-    for ax, net in zip(axes[0], NETS):
-        for i, scheme in enumerate(SCHEMES):
+    nets = list(NET_SCHEMES)
+    fig, axes = plt.subplots(1, len(nets), figsize=(5.5 * len(nets), 4), constrained_layout=True, squeeze=False)
+    for ax, net in zip(axes[0], nets):
+        matched = MATCHED.get(net, "kaiming")
+        for scheme in NET_SCHEMES[net]:
             cell = cells.get(cell_label(net, scheme))
             profile = mean_lists(per_seed_lists(cell, "act_std_by_layer")) if cell else []
             profile = [v if v > 0 else math.nan for v in profile]
             if profile:
-                style = "-" if scheme in (SMALL, LARGE, MATCHED[net]) else "--"
-                ax.plot(range(1, len(profile) + 1), profile, style, marker="o", ms=3, color=f"C{i}", label=scheme,
-                        lw=2.2 if scheme == MATCHED[net] else 1.3)
-        ax.set(yscale="log", xlabel="hidden layer (1 = first)", ylabel="std of the activations at init",
-               title=f"{net} net (matched: {MATCHED[net]})")
+                style = "-" if scheme in (SMALL, LARGE, matched) or net == DEEP else "--"
+                ax.plot(range(1, len(profile) + 1), profile, style, marker="o", ms=3,
+                        color=f"C{list(SCHEMES).index(scheme)}", label=scheme, lw=2.2 if scheme == matched else 1.3)
+        title = (f"{net} net (matched: {matched})" if net != DEEP
+                 else "ReLU net, 30 layers (He et al. 2015, Fig. 3)")
+        ax.set(yscale="log", xlabel="hidden layer (1 = first)", ylabel="std of the activations at init", title=title)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=8)
@@ -332,6 +370,36 @@ def _mean(cell: CellResult | None, key: str) -> float:
     return cell.mean_of(key).mean if cell is not None else math.nan
 
 
+def _cell_evidence(net: str, scheme: str, c: CellResult, cells: dict[str, CellResult]) -> dict[str, Any]:
+    """One cell's measures: accuracy, loss, the activation statistics, and paired differences in test
+    accuracy against normal(0.01) and (for kaiming) xavier of the same net."""
+    profile = mean_lists(per_seed_lists(c, "act_std_by_layer"))
+    diff, p, sig = _paired(c, cells.get(cell_label(net, SMALL)))
+    vs_xavier = _paired(c, cells.get(cell_label(net, "xavier"))) if scheme == "kaiming" else (math.nan,) * 3
+    return {
+        "net": net, "scheme": scheme,
+        "overrides": {**(DEEP_OVERRIDES if net == DEEP else {"model.activation": net}), **SCHEMES[scheme]},
+        "test_acc": c.ci.mean, "test_acc_ci": [c.ci.low, c.ci.high], "n": c.ci.n,
+        "test_loss": _mean(c, "test_loss"),
+        "act_std_by_layer": profile, "act_std_ratio": _mean(c, "act_std_ratio"),
+        "saturated_deep": _mean(c, "saturated_deep"),
+        "diverged_seeds": sum(bool(s.get("diverged")) for s in c.summaries.values()),
+        "diff_vs_small": diff, "p_vs_small": p, "significant_vs_small": sig,
+        "diff_vs_xavier": vs_xavier[0], "p_vs_xavier": vs_xavier[1], "significant_vs_xavier": vs_xavier[2],
+    }
+
+
+def _row(e: dict[str, Any], c: CellResult) -> list[str]:
+    profile, sat, net, scheme = e["act_std_by_layer"], e["saturated_deep"], e["net"], e["scheme"]
+    return [net, scheme + (" (matched)" if scheme == MATCHED.get(net) else ""), pct(c.ci), num(e["test_loss"]),
+            num(profile[0]) if profile else "–", num(profile[-1]) if profile else "–", num(e["act_std_ratio"]),
+            _percent(sat),
+            "" if scheme == SMALL or not math.isfinite(e["diff_vs_small"]) else
+            f"{_points(e['diff_vs_small'])}, p = {num(e['p_vs_small'], 2)}",
+            "" if scheme != "kaiming" else f"{_points(e['diff_vs_xavier'])}, p = {num(e['p_vs_xavier'], 2)}",
+            str(e["diverged_seeds"]) if e["diverged_seeds"] else ""]
+
+
 def analyse(result: CompareResult, out: Path) -> LabOutcome:
     from trainwell.experiments.htmlreport import Table
 
@@ -339,55 +407,56 @@ def analyse(result: CompareResult, out: Path) -> LabOutcome:
     evidence: dict[str, Any] = {"thresholds": {"collapse_ratio": COLLAPSE_RATIO, "healthy_band": list(HEALTHY_BAND),
                                                "saturated_deep": SATURATED_DEEP,
                                                "saturation_eps": SATURATION_EPS},
-                                "matched": dict(MATCHED), "cells": {}}
+                                "matched": dict(MATCHED), "deep_net": DEEP, "cells": {}}
     rows = []
-    for net in NETS:
-        small = cells.get(cell_label(net, SMALL))
-        for scheme in SCHEMES:
-            label = cell_label(net, scheme)
-            c = cells.get(label)
-            if c is None:
-                continue
-            profile = mean_lists(per_seed_lists(c, "act_std_by_layer"))
-            diff, p, sig = _paired(c, small)
-            sat = _mean(c, "saturated_deep")
-            diverged = sum(bool(s.get("diverged")) for s in c.summaries.values())
-            evidence["cells"][label] = {
-                "net": net, "scheme": scheme, "overrides": dict(SCHEMES[scheme]),
-                "test_acc": c.ci.mean, "test_acc_ci": [c.ci.low, c.ci.high], "n": c.ci.n,
-                "act_std_by_layer": profile, "act_std_ratio": _mean(c, "act_std_ratio"),
-                "saturated_deep": sat, "diverged_seeds": diverged,
-                "diff_vs_small": diff, "p_vs_small": p, "significant_vs_small": sig,
-            }
-            rows.append([net, scheme + (" (matched)" if scheme == MATCHED[net] else ""), pct(c.ci),
-                         num(profile[0]) if profile else "–", num(profile[-1]) if profile else "–",
-                         num(_mean(c, "act_std_ratio")),
-                         "–" if not math.isfinite(sat) else f"{100 * sat:.0f}%",
-                         "" if scheme == SMALL else f"{_points(diff)}, p = {num(p, 2)}",
-                         str(diverged) if diverged else ""])
+    for net, schemes in NET_SCHEMES.items():
+        for scheme in schemes:
+            c = cells.get(cell_label(net, scheme))
+            if c is not None:
+                evidence["cells"][c.label] = _cell_evidence(net, scheme, c, cells)
+                rows.append(_row(evidence["cells"][c.label], c))
 
     def ev(net: str, scheme: str, key: str) -> float:
         value = evidence["cells"].get(cell_label(net, scheme), {}).get(key)
         return value if value is not None else math.nan
 
     small_ratio = {net: ev(net, SMALL, "act_std_ratio") for net in NETS}
-    matched_ratio = {net: ev(net, MATCHED[net], "act_std_ratio") for net in NETS}
+    kaiming_ratio = {net: ev(net, "kaiming", "act_std_ratio") for net in ("relu", DEEP)}
+    deep_xavier_ratio = ev(DEEP, "xavier", "act_std_ratio")
+    tanh_xavier_ratio, tanh_xavier_sat = ev("tanh", "xavier", "act_std_ratio"), ev("tanh", "xavier", "saturated_deep")
     acc_diff = {net: ev(net, MATCHED[net], "diff_vs_small") for net in NETS}
     acc_p = {net: ev(net, MATCHED[net], "p_vs_small") for net in NETS}
+    deep_diff, deep_p = ev(DEEP, "kaiming", "diff_vs_xavier"), ev(DEEP, "kaiming", "p_vs_xavier")
     large_sat = ev("tanh", LARGE, "saturated_deep")
-    held, verdict = decide(small_ratio, large_sat, matched_ratio, acc_diff, acc_p)
+    held, verdict = decide(small_ratio, large_sat, kaiming_ratio, deep_xavier_ratio, tanh_xavier_ratio,
+                           tanh_xavier_sat, acc_diff, acc_p, deep_diff, deep_p)
+    lo, hi = HEALTHY_BAND
     evidence["sub_claims"] = {
         "small_collapses": {"ratio": small_ratio,
                             "held": all(math.isfinite(r) and r < COLLAPSE_RATIO for r in small_ratio.values())},
         "large_saturates_tanh": {"saturated_deep": large_sat,
                                  "held": math.isfinite(large_sat) and large_sat > SATURATED_DEEP},
-        "matched_healthy": {"ratio": matched_ratio,
-                            "held": all(math.isfinite(r) and HEALTHY_BAND[0] <= r <= HEALTHY_BAND[1]
-                                        for r in matched_ratio.values())},
+        "kaiming_keeps_relu_scale": {"ratio": kaiming_ratio,
+                                     "held": all(math.isfinite(r) and lo <= r <= hi for r in kaiming_ratio.values())},
+        "xavier_collapses_deep_relu": {"ratio": deep_xavier_ratio,
+                                       "held": math.isfinite(deep_xavier_ratio) and deep_xavier_ratio < COLLAPSE_RATIO},
+        "xavier_keeps_tanh_alive": {"ratio": tanh_xavier_ratio, "saturated_deep": tanh_xavier_sat,
+                                    "held": math.isfinite(tanh_xavier_ratio) and tanh_xavier_ratio >= COLLAPSE_RATIO
+                                    and math.isfinite(tanh_xavier_sat) and tanh_xavier_sat <= SATURATED_DEEP},
         "matched_beats_small": {"diff": acc_diff, "p": acc_p,
                                 "held": all(math.isfinite(acc_diff[n]) and math.isfinite(acc_p[n]) and acc_diff[n] > 0
                                             and acc_p[n] < 0.05 for n in NETS)},
+        "kaiming_beats_xavier_deep": {"diff": deep_diff, "p": deep_p,
+                                      "held": math.isfinite(deep_diff) and math.isfinite(deep_p) and deep_diff > 0
+                                      and deep_p < 0.05},
     }
+    tanh_k = evidence["cells"].get(cell_label("tanh", "kaiming"))
+    if tanh_k is not None:
+        verdict += (f" On tanh, kaiming (tanh's gain 5/3, as torch.nn.init.calculate_gain recommends) against xavier "
+                    f"(gain 1): std ratio {num(tanh_k['act_std_ratio'])} vs {num(tanh_xavier_ratio)}, deep saturated "
+                    f"fraction {_percent(tanh_k['saturated_deep'])} vs {_percent(tanh_xavier_sat)}, test accuracy "
+                    f"{_points(tanh_k['diff_vs_xavier'])} (p = {num(tanh_k['p_vs_xavier'], 2)}; not part of the "
+                    "verdict: both keep a tanh net trainable, the factor 2 matters on ReLU).")
     relu_large = ev("relu", LARGE, "act_std_ratio")
     if math.isfinite(relu_large):
         verdict += (f" Also: {LARGE} makes the ReLU net's activations grow {num(relu_large)}× from the first to the "
@@ -398,31 +467,36 @@ def analyse(result: CompareResult, out: Path) -> LabOutcome:
     verdict += f" Best by test accuracy: {', '.join(f'{c.label} {pct(c.ci)}' for c in ranking[:4])}."
 
     figures = [(_std_figure(cells, out / "act_std_by_depth.png"),
-                "std of each hidden layer's activations at initialisation, by depth (log scale, mean over seeds)")]
+                "std of each hidden layer's activations at initialisation, by depth (log scale, mean over seeds); "
+                "right: xavier against kaiming on the 30-layer ReLU net")]
     for net in NETS:
         made = _histogram_figure(cells, net, out / f"act_hist_{net}.png")
         if made is not None:
             path, seed = made
             figures.append((path, f"{net} net: histogram of each hidden layer's activations at initialisation "
                                   f"(rows: schemes, columns: layers; seed {seed}); σ: the layer's std"))
-    table = Table(["net", "init", "test acc (95% CI)", "act std, layer 1", "act std, last layer", "last / first",
-                   "saturated (deep half)", f"Δ acc vs {SMALL} (same net)", "diverged seeds"],
+    table = Table(["net", "init", "test acc (95% CI)", "test loss", "act std, layer 1", "act std, last layer",
+                   "last / first", "saturated (deep half)", f"Δ acc vs {SMALL} (same net)",
+                   "Δ acc vs xavier (same net)", "diverged seeds"],
                   rows, caption="activation statistics at initialisation on one training batch (mean over seeds); "
-                                "test accuracy after training; Δ: paired over seeds. xavier/kaiming/orthogonal use "
-                                "the activation's gain (ReLU √2, tanh 5/3)")
+                                "test accuracy and loss after training; Δ: paired over seeds. relu, tanh: 10 layers; "
+                                "relu-30: 30 layers at lr 0.005. The papers' gains (init.gain=default): xavier and "
+                                "orthogonal 1, kaiming the activation's (ReLU √2, tanh 5/3)")
     return LabOutcome(held, verdict, evidence, [table], figures)
 
 
 LAB = register(Lab(
     name="init",
     claim=("Weight initialisation must match the depth and the activation: too-small weights make the activations "
-           "collapse towards zero layer by layer, too-large ones saturate tanh, while Xavier (tanh) and Kaiming (ReLU) "
-           "keep the activations' scale across depth and the deep net trains."),
+           "collapse towards zero layer by layer, too-large ones saturate tanh; Xavier keeps a tanh net's signal "
+           "alive but lets a deep ReLU net's collapse, while Kaiming keeps the ReLU net's scale at any depth and the "
+           "deep net trains."),
     question="Q3: why does weight initialisation matter in a deep network, and how should the weights be initialised?",
     base=["data.name=digits", "model.name=mlp", "model.depth=10", "model.width=128", "model.norm=none",
           "train.epochs=6", "optim.lr=0.02"],
-    cells=[Cell(cell_label(net, scheme), {"model.activation": net, **overrides})
-           for net in NETS for scheme, overrides in SCHEMES.items()],
+    cells=[*(Cell(cell_label(net, scheme), {"model.activation": net, **overrides})
+             for net in NETS for scheme, overrides in SCHEMES.items()),
+           *(Cell(cell_label(DEEP, scheme), {**DEEP_OVERRIDES, **SCHEMES[scheme]}) for scheme in DEEP_SCHEMES)],
     analyse=analyse,
     seeds=3,
     measure="trainwell.experiments.labs.init:measure",
