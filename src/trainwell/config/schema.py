@@ -98,7 +98,7 @@ class InitConfig:
     bias: float = 0.0
     """Constant for the biases of hidden layers (0 = zeros); the output layer's bias stays 0."""
     recurrent: str = "orthogonal"
-    """rnn/gru/lstm: scheme for each hidden-to-hidden gate matrix (H x H), with no activation gain (``trainwell list init``); orthogonal keeps the norm of a state through the recurrence (Saxe et al. 2014); 'default' keeps PyTorch's U(+-1/sqrt(H)). The input-to-hidden blocks follow init.scheme."""
+    """rnn/gru/lstm: scheme for each hidden-to-hidden gate matrix (H x H), with no activation gain (``trainwell list init``); orthogonal keeps the norm of a state through the recurrence (Saxe et al. 2014); 'default' keeps PyTorch's U(+-1/sqrt(H)). Applies under init.scheme=default too; the input-to-hidden blocks follow init.scheme."""
     forget_bias: float = 1.0
     """lstm: the forget gate's bias, where the other gates get init.bias (1: Jozefowicz et al. 2015, as Keras' unit_forget_bias: the cell keeps its memory from the start); init.scheme=default keeps PyTorch's biases instead."""
     lsuv_tol: float = 0.1

@@ -166,7 +166,8 @@ def init_model(model: nn.Module, cfg: InitConfig, generator: torch.Generator | N
     Every Linear/Conv weight gets the scheme with the gain of the activation that follows it
     (:func:`layer_gain`), every hidden bias ``cfg.bias`` (0 by default; e.g. 0.01 keeps ReLUs alive
     at the start, as some recommend) and the head's bias 0; norm layers get scale 1 and shift 0. Draws come from
-    ``generator`` in module order. ``default`` leaves the model exactly as PyTorch built it.
+    ``generator`` in module order. ``default`` leaves the model exactly as PyTorch built it, but for
+    the hidden-to-hidden matrices of recurrent layers (``cfg.recurrent``, orthogonal unless it too is default).
     Schemes registered with ``needs_batch=True`` get their data-free start only: for ``lsuv`` call
     :func:`lsuv_init` with a batch afterwards. Recurrent layers (nn.RNN/GRU/LSTM) get
     :func:`init_recurrent`, whose hidden-to-hidden matrices follow ``cfg.recurrent`` whatever the scheme.
@@ -235,6 +236,8 @@ def init_recurrent(module: nn.RNNBase, cfg: InitConfig, generator: torch.Generat
     ``cfg.bias`` in every gate and ``bias_hh`` zeros, so their sum, the bias the gate sees, is
     ``cfg.bias``; an LSTM's forget gate gets ``cfg.forget_bias`` (1: Jozefowicz et al. 2015).
     Draws come from ``generator`` in torch's parameter order (per layer and direction: ih, hh).
+    Under ``init.scheme=lsuv`` the input blocks get its orthonormal start, and :func:`lsuv_init`
+    leaves them there: its data step rescales Linear/Conv layers only.
     """
     scheme, recurrent = INITS.entry(cfg.scheme), recurrent_entry(cfg)
     gates = GATES[module.mode]
