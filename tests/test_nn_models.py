@@ -102,7 +102,11 @@ def test_layers_record_the_activation_that_follows_and_the_head_identity(name):
     layers = [m for m in model.modules() if isinstance(m, (nn.Linear, nn.modules.conv._ConvNd))]
     *hidden, head = layers
     assert isinstance(head, nn.Linear) and head.out_features == NUM_CLASSES and head.follows == "identity"
-    assert hidden and all(layer.follows == "leaky_relu:0.2" for layer in hidden)
+    recurrent = [m for m in model.modules() if isinstance(m, nn.RNNBase)]
+    if recurrent:  # rnn/gru/lstm: the stack keeps its cell's own nonlinearity, the head is the only Linear
+        assert not hidden and all(getattr(m, "nonlinearity", "tanh") == "tanh" for m in recurrent)
+    else:
+        assert hidden and all(layer.follows == "leaky_relu:0.2" for layer in hidden)
 
 
 @pytest.mark.parametrize("name", MODELS.names())
@@ -273,7 +277,7 @@ def test_bad_values_are_config_errors_with_the_fix(name, overrides, shape, says)
 def test_bad_num_classes_and_unknown_model_are_config_errors():
     with pytest.raises(ConfigError, match="num_classes must be an integer >= 1"):
         build_model(_cfg("mlp"), (4,), 0)
-    with pytest.raises(ConfigError, match="unknown model 'vgg'.*Valid: cnn, mlp, resnet"):
+    with pytest.raises(ConfigError, match="unknown model 'vgg'.*Valid: cnn, gru, lstm, mlp, resnet, rnn"):
         build_model(_cfg("vgg"), (4,), NUM_CLASSES)
 
 

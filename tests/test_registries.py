@@ -233,7 +233,7 @@ _MODEL_SHAPES = {1: (6,), 2: (2, 9), 3: (2, 8, 8)}
 
 
 def _model_cfg(name: str, **model: Any) -> Config:
-    small = {"width": 4, "depth": 1, "channels": [3, 4], **model}
+    small = {"width": 4, "depth": 1, "channels": [3, 4], "hidden": 4, **model}
     return dataclasses.replace(Config(), model=dataclasses.replace(ModelConfig(), name=name, **small))
 
 
@@ -262,7 +262,8 @@ def _model_gradcheck(name: str, ctx: Context) -> None:
     """d logits / d input by gradcheck (float64, a smooth activation), and every parameter gets a gradient."""
     rank = MODELS.entry(name).meta.input_ranks[-1]
     shape = {1: (5,), 2: (1, 6), 3: (1, 4, 4)}[rank]
-    net = build_model(_model_cfg(name, activation="silu", width=2, channels=[2]), shape, 2, generator=_gen()).double()
+    net = build_model(_model_cfg(name, activation="silu", width=2, channels=[2], hidden=2), shape, 2,
+                      generator=_gen()).double()
     x = torch.randn(3, *shape, generator=_gen(), dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(net, (x,))
     net(x).square().sum().backward()

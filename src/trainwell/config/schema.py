@@ -66,13 +66,23 @@ class ModelConfig:
     kernel_size: int = 3
     """cnn: convolution kernel size."""
     activation: Spec = Spec("relu")
-    """Nonlinearity after each hidden layer (``trainwell list activation``), with arguments as name:value, e.g. leaky_relu:0.2 (docs/values.md)."""
+    """Nonlinearity after each hidden layer of mlp/cnn/resnet (``trainwell list activation``), with arguments as name:value, e.g. leaky_relu:0.2 (docs/values.md); rnn/gru/lstm keep their cell's own (tanh, and sigmoid gates)."""
     norm: str = "batch"
-    """Normalisation after each hidden linear/conv layer: none, batch, layer, group (batch: no dead filters at lr 0.05)."""
+    """Normalisation after each hidden linear/conv layer of mlp/cnn/resnet: none, batch, layer, group (batch: no dead filters at lr 0.05); rnn/gru/lstm use none."""
     dropout: float = 0.0
-    """Dropout probability: after every hidden layer (mlp), before the final linear layer (cnn, resnet)."""
+    """Dropout probability: after every hidden layer (mlp), before the final linear layer (cnn, resnet), between stacked layers and before the head (rnn/gru/lstm)."""
     head: str = "avg"
     """cnn: 'avg' global-average-pools the last feature map (shift-invariant); 'flatten' keeps positions."""
+    hidden: int = 128
+    """rnn/gru/lstm: hidden units per layer and direction (torch's hidden_size); the head sees 2x this when bidirectional."""
+    layers: int = 1
+    """rnn/gru/lstm: stacked recurrent layers (>= 1); model.dropout applies between them and before the head."""
+    bidirectional: bool = False
+    """rnn/gru/lstm: also read the sequence backwards (Schuster & Paliwal 1997) and concatenate both directions' states."""
+    readout: str = "last"
+    """rnn/gru/lstm: what the head sees: 'last' = the top layer's final state (both directions' when bidirectional), 'mean' = its output averaged over time steps."""
+    layout: str = "channels_first"
+    """rnn/gru/lstm: how an example of shape (A, B) is read: channels_first = (C, T), C features per step and T steps on the last axis (how trainwell gives signals, e.g. MNIST-1D's (1, 40), and how the cnn reads them); channels_last = (T, F). A 1-D example (T,) is T steps of one feature."""
 
 
 @dataclass
@@ -84,9 +94,13 @@ class InitConfig:
     mode: str = "fan_in"
     """kaiming: fan_in preserves forward variance, fan_out backward variance."""
     gain: float | Literal["default", "auto"] = "default"
-    """Gain g of xavier_*, kaiming_* and orthogonal (the others ignore it): 'default' = each scheme's own, as in its paper and torch.nn.init (xavier, orthogonal: 1; kaiming: the gain of the activation after the layer, sqrt(2) for relu); 'auto' = the activation's gain (torch.nn.init.calculate_gain) for all three, so xavier on square layers equals kaiming; a number > 0 = that gain for all three (e.g. 1.0: the gain-1 formulas everywhere, kaiming then being LeCun's 1/sqrt(fan_in))."""
+    """Gain g of xavier_*, kaiming_* and orthogonal (the others ignore it): 'default' = each scheme's own, as in its paper and torch.nn.init (xavier, orthogonal: 1; kaiming: the gain of the activation after the layer, sqrt(2) for relu); 'auto' = the activation's gain (torch.nn.init.calculate_gain) for all three, so xavier on square layers equals kaiming; a number > 0 = that gain for all three (e.g. 1.0: the gain-1 formulas everywhere, kaiming then being LeCun's 1/sqrt(fan_in)). Linear/Conv layers only: the gate blocks of rnn/gru/lstm keep gain 1 (init.recurrent)."""
     bias: float = 0.0
     """Constant for the biases of hidden layers (0 = zeros); the output layer's bias stays 0."""
+    recurrent: str = "orthogonal"
+    """rnn/gru/lstm: scheme for each hidden-to-hidden gate matrix (H x H), with no activation gain (``trainwell list init``); orthogonal keeps the norm of a state through the recurrence (Saxe et al. 2014); 'default' keeps PyTorch's U(+-1/sqrt(H)). Applies under init.scheme=default too; the input-to-hidden blocks follow init.scheme."""
+    forget_bias: float = 1.0
+    """lstm: the forget gate's bias, where the other gates get init.bias (1: Jozefowicz et al. 2015, as Keras' unit_forget_bias: the cell keeps its memory from the start); init.scheme=default keeps PyTorch's biases instead."""
     lsuv_tol: float = 0.1
     """lsuv: rescale each layer until |Var(its output on the batch) - 1| < lsuv_tol."""
     lsuv_max_iter: int = 10

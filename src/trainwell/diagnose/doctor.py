@@ -128,7 +128,8 @@ def build_report(recorder: Recorder | None, history: list[dict[str, Any]] | None
     elif previous is not None:
         layers, inputs = previous
     ctx = Context(layers, inputs, list(history or []), loss, context, peak_lr=peak_lr)
-    return Report(run_rules(ctx), layers, inputs, loss, context)
+    unseen = recorder.unseen if recorder is not None else []
+    return Report(run_rules(ctx), layers, inputs, loss, context, unseen)
 
 
 # ----------------------------------------------------------------------------- (a) at initialisation
@@ -414,4 +415,4 @@ def merge_reports(init: Report, doctor: DoctorCallback) -> Report:
     last = doctor.report
     return Report(found, last.layers if last is not None else init.layers,
                   last.input if last is not None else init.input, init.loss,
-                  f"init + {len(doctor.reports)} epochs")
+                  f"init + {len(doctor.reports)} epochs", init.unseen)

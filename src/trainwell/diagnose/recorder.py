@@ -129,6 +129,15 @@ def _sites(model: nn.Module) -> list[Site]:
     return sites
 
 
+def unseen_modules(model: nn.Module) -> list[str]:
+    """Modules with weights of their own that the recorder cannot look into, as ``"name (Type)"``:
+    torch's recurrent layers (nn.RNN/GRU/LSTM), whose gates and nonlinearities run inside one fused
+    kernel, so neither their pre-activations nor their units are seen (their output is, as the
+    input of the layer after them)."""
+    return [f"{name or type(m).__name__} ({type(m).__name__})" for name, m in model.named_modules()
+            if isinstance(m, nn.RNNBase)]
+
+
 @dataclass
 class LayerRecord:
     """One tracked call site after :meth:`Recorder.read`: identity and the host-side statistics."""
@@ -171,6 +180,7 @@ class Recorder:
         self.flush_on_forward = flush_on_forward
         self.bins = bins
         self.sites = _sites(model)
+        self.unseen = unseen_modules(model)
         self.input_site = input_module(model)
         self.accs: dict[str, LayerAccumulator] = {}
         self.meta: dict[str, tuple[Site, int]] = {}  # key -> (site, first-call order)

@@ -60,6 +60,9 @@ def render_report(report: Report, console: Any = None) -> None:
         console.print(f"input: mean {_num(x.mean)}, std {_num(x.std)}, max |feature mean| "
                       f"{_num(x.feature_mean_abs_max)}, feature std {_num(x.feature_std_min)}.."
                       f"{_num(x.feature_std_max)} ({x.features} features, {x.examples} examples)", highlight=False)
+    if report.unseen:
+        console.print(f"[dim]not inspected: {escape(_layers(report.unseen))} - a recurrent layer's gates run inside "
+                      "torch's fused kernel; its output is seen as the next layer's input.[/]", highlight=False)
     if not report.layers:
         return
     table = Table(title="layers (forward order)", title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False,

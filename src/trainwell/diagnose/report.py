@@ -98,7 +98,9 @@ class InputStats:
 class Report:
     """The doctor's verdict: ``findings`` (worst first) and the per-layer statistics ``layers`` (in depth order).
 
-    ``context`` says when the statistics were taken ("init", "epoch 3", "run DIR").
+    ``context`` says when the statistics were taken ("init", "epoch 3", "run DIR"). ``unseen``: the
+    modules with weights that no statistic covers (recurrent layers: ``"net.rnn (GRU)"``), so that
+    "no findings" is not read as a clean bill for them.
     """
 
     findings: list[Finding] = field(default_factory=list)
@@ -106,6 +108,7 @@ class Report:
     input: InputStats | None = None
     loss: float | None = None
     context: str = ""
+    unseen: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.findings.sort(key=lambda f: -_RANK[f.severity])
@@ -136,6 +139,7 @@ class Report:
             "input": self.input.to_dict() if self.input is not None else None,
             "loss": _jsonable(self.loss),
             "context": self.context,
+            "unseen": list(self.unseen),
         }
 
     def render(self, console: Any = None) -> None:

@@ -1,4 +1,4 @@
-"""The neural-network layer: activations, norms, init schemes and models, each a registry.
+"""The neural-network layer: activations, norms, init schemes and models (recurrent ones included), each a registry.
 
 Example::
 
@@ -12,6 +12,7 @@ Example::
 from trainwell.nn.activations import ACTIVATIONS, activation_gain, build_activation, parse_activation
 from trainwell.nn.init import INITS, fans, init_model, layer_gain
 from trainwell.nn.models import MODELS, build_model
+from trainwell.nn import recurrent  # noqa: F401  (registers rnn, gru, lstm in MODELS)
 from trainwell.nn.norms import NORMS, build_norm, num_groups
 
 __all__ = [

@@ -41,10 +41,10 @@ from torch import Tensor, nn
 from torch.nn.init import _calculate_fan_in_and_fan_out
 
 from trainwell.config import InitConfig
-from trainwell.errors import ConfigError, DataError
+from trainwell.errors import ConfigError, DataError, unknown_name_message
 from trainwell.nn.activations import activation_gain
 from trainwell.nn.layers import NORM_LAYERS, WEIGHT_LAYERS
-from trainwell.registry import new_registry
+from trainwell.registry import Entry, new_registry
 
 
 @dataclass(frozen=True)
@@ -205,17 +205,21 @@ def init_model(model: nn.Module, cfg: InitConfig, generator: torch.Generator | N
     Every Linear/Conv weight gets the scheme with the gain ``cfg.gain`` chooses for it
     (:func:`scheme_gain`), every hidden bias ``cfg.bias`` (0 by default; e.g. 0.01 keeps ReLUs alive
     at the start, as some recommend) and the head's bias 0; norm layers get scale 1 and shift 0. Draws come from
-    ``generator`` in module order. ``default`` leaves the model exactly as PyTorch built it.
+    ``generator`` in module order. ``default`` leaves the model exactly as PyTorch built it, but for
+    the hidden-to-hidden matrices of recurrent layers (``cfg.recurrent``, orthogonal unless it too is default).
     Schemes registered with ``needs_batch=True`` get their data-free start only: for ``lsuv`` call
-    :func:`lsuv_init` with a batch afterwards.
+    :func:`lsuv_init` with a batch afterwards. Recurrent layers (nn.RNN/GRU/LSTM) get
+    :func:`init_recurrent`, whose hidden-to-hidden matrices follow ``cfg.recurrent`` whatever the scheme.
     """
     entry = INITS.entry(cfg.scheme)
     # A needs_batch scheme's factory is its data-free start (lsuv: orthonormal weights); its data
     # step (lsuv_init) runs afterwards on a batch.
-    if cfg.scheme == "default":
-        return model
     for module in model.modules():
-        if isinstance(module, WEIGHT_LAYERS):
+        if isinstance(module, nn.RNNBase):
+            init_recurrent(module, cfg, generator)  # its own keys (init.recurrent), under scheme=default too
+        elif cfg.scheme == "default":
+            continue
+        elif isinstance(module, WEIGHT_LAYERS):
             entry.factory(module.weight, scheme_gain(entry.meta, module, cfg.gain), cfg, generator)
             if isinstance(module.bias, Tensor):  # a Parameter, or None for bias=False
                 # The head keeps 0: a constant added to every logit changes nothing but the loss scale.
@@ -227,6 +231,69 @@ def init_model(model: nn.Module, cfg: InitConfig, generator: torch.Generator | N
             if bias is not None:
                 bias.zero_()
     return model
+
+
+# ----------------------------------------------------------------------------- recurrent layers
+
+#: The gate blocks stacked (in this order) in each weight and bias of torch's recurrent layers, by ``module.mode``.
+GATES: dict[str, tuple[str, ...]] = {
+    "RNN_TANH": ("hidden",),
+    "RNN_RELU": ("hidden",),
+    "GRU": ("reset", "update", "new"),
+    "LSTM": ("input", "forget", "cell", "output"),
+}
+
+
+def recurrent_entry(cfg: InitConfig) -> Entry[InitMeta]:
+    """The INITS entry ``cfg.recurrent`` names, or a ConfigError: a scheme with a data step is refused,
+    since LSUV's step rescales Linear/Conv outputs and never the recurrent matrices."""
+    if cfg.recurrent not in INITS:
+        raise ConfigError(f"init.recurrent: {unknown_name_message('init', str(cfg.recurrent), INITS.names())}")
+    entry = INITS.entry(cfg.recurrent)
+    if entry.meta.needs_batch:
+        raise ConfigError(f"init.recurrent={cfg.recurrent} needs a batch and has no recurrent step; "
+                          "use orthogonal (or default for PyTorch's).")
+    return entry
+
+
+@torch.no_grad()
+def init_recurrent(module: nn.RNNBase, cfg: InitConfig, generator: torch.Generator | None = None) -> None:
+    """Initialise an nn.RNN/GRU/LSTM in place, gate block by gate block.
+
+    torch stacks the gates of layer k (direction d) in ``weight_ih_l{k}`` (G*H x F: input to hidden)
+    and ``weight_hh_l{k}`` (G*H x H: hidden to hidden), G = 1 (rnn), 3 (gru: reset, update, new) or
+    4 (lstm: input, forget, cell, output). Each H x F block gets ``cfg.scheme`` and each H x H block
+    ``cfg.recurrent``, with their own fans and gain 1: the gates' sigmoids and tanh work around 0,
+    where their slope is at most 1, and a gain > 1 on the recurrent matrix would grow the state at
+    every step. So ``orthogonal`` makes every recurrent gate matrix orthogonal (W Wᵀ = I; Saxe et al.
+    2014), keeping a state's norm through the linear part of the recurrence. Keras' ``Orthogonal``
+    recurrent_kernel instead draws the whole H x G*H matrix at once (orthonormal rows, not each
+    block); PyTorch's own init is U(±1/sqrt(H)) for every weight and bias (``default``). An LSTM's
+    projection ``weight_hr_l{k}`` (proj_size > 0) is one block with ``cfg.scheme``.
+
+    Biases: unless ``cfg.scheme`` is ``default`` (PyTorch's biases stay), ``bias_ih`` holds
+    ``cfg.bias`` in every gate and ``bias_hh`` zeros, so their sum, the bias the gate sees, is
+    ``cfg.bias``; an LSTM's forget gate gets ``cfg.forget_bias`` (1: Jozefowicz et al. 2015).
+    Draws come from ``generator`` in torch's parameter order (per layer and direction: ih, hh).
+    Under ``init.scheme=lsuv`` the input blocks get its orthonormal start, and :func:`lsuv_init`
+    leaves them there: its data step rescales Linear/Conv layers only.
+    """
+    scheme, recurrent = INITS.entry(cfg.scheme), recurrent_entry(cfg)
+    gates = GATES[module.mode]
+    hidden = module.hidden_size
+    for name, param in module.named_parameters(recurse=False):
+        kind = name.split("_l")[0]  # weight_ih, weight_hh, weight_hr, bias_ih, bias_hh
+        if kind in ("weight_ih", "weight_hh"):
+            entry = recurrent if kind == "weight_hh" else scheme
+            for block in param.split(hidden):  # row-slices: contiguous views that the factories fill in place
+                entry.factory(block, 1.0, cfg, generator)
+        elif kind == "weight_hr":
+            scheme.factory(param, 1.0, cfg, generator)
+        elif cfg.scheme != "default":
+            param.fill_(cfg.bias if kind == "bias_ih" else 0.0)
+            if kind == "bias_ih" and "forget" in gates:
+                forget = gates.index("forget")
+                param[forget * hidden:(forget + 1) * hidden].fill_(cfg.forget_bias)
 
 
 # ----------------------------------------------------------------------------- LSUV

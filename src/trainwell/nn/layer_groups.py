@@ -3,7 +3,8 @@
 Fine-tuning freezes, unfreezes and scales the learning rate of whole groups (ULMFiT, Howard & Ruder
 2018). mlp: one group per hidden block (Linear, norm, activation, dropout); cnn: one per conv block
 (conv, norm, activation, pool; the last one also holds the global pooling); resnet: the stem conv,
-then one per stage of residual blocks (the last stage also holds the final norm).
+then one per stage of residual blocks (the last stage also holds the final norm); rnn/gru/lstm: the
+recurrent stack (one torch module holding every layer), then the head.
 """
 
 from __future__ import annotations

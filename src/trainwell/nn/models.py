@@ -1,4 +1,5 @@
-"""Architectures: an MLP, a CNN for 1-D signals and 2-D images, and a small pre-activation ResNet.
+"""Architectures: an MLP, a CNN for 1-D signals and 2-D images, and a small pre-activation ResNet
+(the recurrent rnn/gru/lstm register here from :mod:`trainwell.nn.recurrent`).
 
 Every entry of :data:`MODELS` is a factory ``(cfg: ModelConfig, input_shape, num_classes) -> nn.Module``
 whose output has Shape (N, num_classes) for input of Shape (N, *input_shape). Metadata
@@ -46,14 +47,16 @@ _SUGGEST = {1: "mlp", 2: "cnn", 3: "cnn"}
 # ----------------------------------------------------------------------------- checks
 
 
-def _check(cfg: ModelConfig, input_shape: tuple[int, ...], num_classes: int, ranks: Sequence[int]) -> None:
-    """Reject bad values shared by every model with one line saying how to fix them."""
+def check_model(cfg: ModelConfig, input_shape: tuple[int, ...], num_classes: int, ranks: Sequence[int],
+                shape_names: dict[int, str] = _RANK_NAMES) -> None:
+    """Reject bad values shared by every model with one line saying how to fix them; ``shape_names``
+    names each accepted rank in the message."""
     if not (isinstance(num_classes, int) and num_classes >= 1):
         raise ConfigError(f"num_classes must be an integer >= 1, got {num_classes!r}.")
     if not all(isinstance(s, int) and s >= 1 for s in input_shape):
         raise ConfigError(f"input_shape must be positive integers (batch axis excluded), got {input_shape}.")
     if len(input_shape) not in ranks:
-        wanted = " or ".join(_RANK_NAMES[r] for r in ranks)
+        wanted = " or ".join(shape_names[r] for r in ranks)
         other = _SUGGEST.get(len(input_shape))
         fix = f"; use model.name={other}" if other else "; reshape the input"
         raise ConfigError(f"model.name={cfg.name} needs input of shape {wanted}, got {tuple(input_shape)}{fix}.")
@@ -115,7 +118,7 @@ def _dropout(p: float, activation: str | Spec = "relu") -> list[nn.Module]:
 @MODELS.register("mlp", input_ranks=(1, 2, 3))
 def mlp(cfg: ModelConfig, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
     """flatten -> [Linear(width) -> norm -> act -> dropout] x depth -> Linear; depth 0 = logistic regression."""
-    _check(cfg, input_shape, num_classes, ranks=(1, 2, 3))
+    check_model(cfg, input_shape, num_classes, ranks=(1, 2, 3))
     _check_depth_width(cfg, min_depth=0)
     layers: list[nn.Module] = [nn.Flatten()]
     fan = math.prod(input_shape)
@@ -152,7 +155,7 @@ def cnn(cfg: ModelConfig, input_shape: tuple[int, ...], num_classes: int) -> nn.
     ``flatten`` keeps positions. On MNIST-1D, channels 32,64,128, kernel 5, norm batch, dropout 0.3
     and head avg reach ~98% test accuracy (flatten ~97%), against ~94% for the paper's CNN.
     """
-    _check(cfg, input_shape, num_classes, ranks=(2, 3))
+    check_model(cfg, input_shape, num_classes, ranks=(2, 3))
     if not cfg.channels or any(c < 1 for c in cfg.channels):
         raise ConfigError(
             f"model.channels must be a non-empty list of sizes >= 1, got {cfg.channels}; e.g. model.channels=32,64."
@@ -221,7 +224,7 @@ def resnet(cfg: ModelConfig, input_shape: tuple[int, ...], num_classes: int) -> 
     Sized for 32x32 images and fine on any 2-D size (28x28, 8x8); set model.width small (e.g. 16):
     parameters grow as width².
     """
-    _check(cfg, input_shape, num_classes, ranks=(3,))
+    check_model(cfg, input_shape, num_classes, ranks=(3,))
     _check_depth_width(cfg, min_depth=1)
     w = cfg.width
     layers: list[nn.Module] = [conv(2, input_shape[0], w, 3, cfg.activation, bias=_bias(cfg))]

@@ -145,6 +145,7 @@ def _check_net_shapes(cfg: Config, shape: tuple[int, ...], num_classes: int, sta
     # Every layer or block of the built-in models holds a tensor: more of them than saved tensors
     # cannot match (and model.depth=10**7 would take minutes to build even without memory).
     key, layers = ("model.channels", len(cfg.model.channels)) if cfg.model.name == "cnn" else \
+        ("model.layers", cfg.model.layers) if cfg.model.name in ("rnn", "gru", "lstm") else \
         ("model.depth", cfg.model.depth if cfg.model.name in ("mlp", "resnet") else 0)
     if layers > len(saved):
         raise _mismatch(run_dir, f"config.yaml's {key} gives {layers} layers, the file holds {len(saved)} network "
