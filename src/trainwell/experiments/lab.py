@@ -104,7 +104,7 @@ def run_lab(name: str, overrides: list[str] | None = None, *, out: str | Path, s
     result = run_plan(plan, out / "compare", workers=workers, overwrite=overwrite, quiet=True, console=console,
                       command=command)
     if not quiet:
-        console.print(f"lab {name}: {sum(len(c.values) for c in result.cells)} runs in "
+        console.print(f"lab {name}: {sum(len(c.summaries) for c in result.cells)} runs in "
                       f"{time.perf_counter() - t0:.0f} s; analysing", highlight=False)
     outcome = lab.analyse(result, out)
     # Every verdict says what it rests on: how many runs, and which diverged or failed ones it leaves out.
@@ -117,7 +117,8 @@ def run_lab(name: str, overrides: list[str] | None = None, *, out: str | Path, s
         "seeds": plan.seeds, "overrides": plan.base, "metric": plan.metric,
         "cells": [{"label": c.label, "n": c.ci.n, "mean": c.ci.mean, "ci_low": c.ci.low, "ci_high": c.ci.high,
                    "diverged": c.diverged, "failed": c.failed} for c in result.cells],
-        "runs": sum(len(c.values) for c in result.cells), "failed": failed,
+        "runs": sum(len(c.summaries) for c in result.cells), "failed": failed,
+        "runs_counted": sum(len(c.values) for c in result.cells),  # finished and not diverged
         "runs_ran": result.execution.ran if result.execution else 0,
         "runs_skipped": result.execution.skipped if result.execution else 0,
         "seconds": seconds, "command": command,
