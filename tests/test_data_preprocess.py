@@ -509,3 +509,226 @@ def test_pca_components_counts_and_fractions_at_their_edges():
         _n_components(2.5, eig, 10, 3)
     with pytest.raises(ConfigError, match=r"; lower it or use a variance fraction such as 0\.99\.$"):
         _n_components(4, eig, 10, 3)
+
+
+# ----------------------------------------------------------------------------- edges the second mutation run found
+
+
+def test_constructors_refuse_buffers_that_do_not_fit_word_for_word():
+    with pytest.raises(ValueError, match=r"^mean \(3,\) and std \(2,\) shapes differ$"):
+        Standardize(torch.zeros(3), torch.ones(2))
+    basis = torch.eye(6)
+    for components in (torch.zeros(3, 5), torch.zeros(2, 6, 1), torch.zeros(0, 6)):
+        shape = str(tuple(components.shape)).replace("(", r"\(").replace(")", r"\)")
+        with pytest.raises(ValueError, match=rf"^components {shape} do not match mean \(6,\)$"):
+            PCA(torch.zeros(6), components)
+    with pytest.raises(ValueError, match=r"^scale \(3,\) does not fit pca$"):
+        PCA(torch.zeros(6), basis[:3], torch.ones(3))
+    with pytest.raises(ValueError, match=r"^scale None does not fit pca_whiten$"):
+        PCAWhiten(torch.zeros(6), basis[:3])
+    with pytest.raises(ValueError, match=r"^scale \(2,\) does not fit pca_whiten$"):
+        PCAWhiten(torch.zeros(6), basis[:3], torch.ones(2))
+    with pytest.raises(ValueError, match=r"^zca needs a full \(d, d\) basis, got components \(3, 6\)$"):
+        ZCA(torch.zeros(6), basis[:3], torch.ones(3))
+
+
+def test_one_component_is_a_valid_pca_and_reloads():
+    x = correlated(200, 6, seed=19)
+    for name, whiten in (("pca", False), ("pca_whiten", True)):
+        pre = fit_preprocess(name, x, cfg(pca_components=1, whiten_eps=0.0))
+        sk = SkPCA(n_components=1, whiten=whiten, svd_solver="full").fit(x.numpy())
+        assert pre.n_components == 1 and pre.output_shape((6,)) == (1,)
+        np.testing.assert_allclose(pre(x).double().numpy(), sk.transform(x.numpy()), atol=1e-5)
+        again = load_preprocess(name, {k: v.clone() for k, v in pre.state_dict().items()})
+        assert again.n_components == 1 and torch.equal(again(x), pre(x))
+
+
+def test_from_state_refuses_inconsistent_projection_buffers_word_for_word():
+    good = fit_preprocess("pca_whiten", correlated(30, 6), cfg(pca_components=3)).state_dict()
+    damaged = [
+        ("pca", {"mean": torch.zeros(6), "components": torch.zeros(3, 7)}),
+        ("pca", {"mean": torch.zeros(6), "components": torch.zeros(2, 6, 1)}),
+        ("pca", {"mean": torch.zeros(6), "components": torch.zeros(0, 6)}),
+        ("pca_whiten", {**good, "scale": torch.tensor([1.0, 0.0, 2.0])}),  # a scale of 0 is not 1/sqrt(λ + eps)
+    ]
+    for name, state in damaged:
+        shapes = str([tuple(t.shape) for t in state.values()]).replace("(", r"\(").replace(")", r"\)")
+        shapes = shapes.replace("[", r"\[").replace("]", r"\]")
+        with pytest.raises(RunDirError, match=rf"^saved preprocess '{name}' state is inconsistent \(buffer shapes {shapes}\); "
+                                              r"the run directory is damaged: retrain\.$"):
+            load_preprocess(name, state)
+
+
+def test_a_tensor_of_neither_an_example_nor_a_batch_is_refused_word_for_word():
+    pre = fit_preprocess("pca", correlated(30, 6), cfg(pca_components=2))
+    for bad in (torch.zeros(2, 3, 6), torch.zeros(3, 7)):
+        shape = str(tuple(bad.shape)).replace("(", r"\(").replace(")", r"\)")
+        with pytest.raises(DataError, match=rf"^preprocess 'pca' was fitted on examples of shape \(6,\); got a tensor of "
+                                            rf"shape {shape}\.$"):
+            pre(bad)
+
+
+def test_the_base_class_has_no_inverse_and_says_whose():
+    from trainwell.data.preprocess import Preprocess
+
+    class Custom(Preprocess):
+        name = "custom"
+
+    with pytest.raises(NotImplementedError, match=r"^preprocess 'custom' has no inverse$"):
+        Custom().inverse(torch.zeros(3))
+
+
+def test_modules_print_their_shapes():
+    assert repr(Standardize.fit(data((20, 3, 4, 4)))) == "Standardize(shape=(3, 1, 1))"
+    x = correlated(50, 2 * 5 * 5, seed=20).reshape(50, 2, 5, 5)
+    assert repr(fit_preprocess("pca", x, cfg(pca_components=4))) == "PCA(input_shape=(2, 5, 5), components=4)"
+    assert repr(fit_preprocess("zca", correlated(50, 4))) == "ZCA(input_shape=(4,), components=4)"
+
+
+def test_standardize_std_is_the_float64_std_of_data_far_from_its_origin():
+    # Two adjacent float32 values: the mean is halfway between them, which float32 cannot hold, so a float32
+    # mean would be off by half the spacing and the std by a factor sqrt(2).
+    a = torch.tensor(1e4, dtype=torch.float32)
+    x = torch.stack([a, torch.nextafter(a, torch.tensor(2e4))] * 50).reshape(100, 1)
+    scaler = StandardScaler().fit(x.double().numpy())
+    np.testing.assert_allclose(Standardize.fit(x).std.double().numpy(), scaler.scale_, rtol=1e-6)
+
+
+@pytest.mark.parametrize("shape, chunk_bytes", [((40, 1), 40), ((40, 3), 96), ((40, 3), 100), ((40, 2, 3), 336),
+                                                ((40, 2, 3), 8)])
+def test_standardize_reads_the_largest_chunks_within_chunk_bytes_in_order(shape, chunk_bytes, monkeypatch):
+    import trainwell.data.preprocess as pp
+
+    x = data(shape, dtype=torch.float32)
+    seen: list[torch.Tensor] = []
+    real = pp.to_float
+    monkeypatch.setattr(pp, "to_float", lambda t: seen.append(t) or real(t))
+    monkeypatch.setattr(Standardize, "_CHUNK_BYTES", chunk_bytes)
+    fitted = Standardize.fit(x)
+    row_bytes = 8 * math.prod(shape[1:])  # one example in float64
+    rows = [len(t) for t in seen]
+    assert torch.equal(torch.cat(seen), x)  # every example once, in order
+    assert all(r * row_bytes <= chunk_bytes or r == 1 for r in rows)  # within the budget (or one row)
+    assert all((r + 1) * row_bytes > chunk_bytes for r in rows[:-1])  # and no smaller than it allows
+    per_channel = x.double().movedim(1, -1).reshape(-1, shape[1])
+    torch.testing.assert_close(fitted.mean.flatten().double(), per_channel.mean(dim=0), rtol=1e-6, atol=1e-6)
+
+
+def test_exact_whitening_refuses_eigenvalues_at_numpys_rank_tolerance():
+    from trainwell.data.preprocess import _whitening_scale
+
+    # numpy.linalg.matrix_rank's default: singular values <= S.max() * max(M, N) * eps count as zero.
+    tol = 2.0 * 3 * np.finfo(np.float64).eps
+    for small, deficient in ((tol, True), (np.nextafter(tol, 1.0), False), (tol / 2, True), (2 * tol, False)):
+        eig = torch.tensor([2.0, 0.5, small], dtype=torch.float64)
+        if small != tol and small != np.nextafter(tol, 1.0):
+            assert (np.linalg.matrix_rank(np.diag(eig.numpy())) < 3) == deficient
+        if deficient:
+            with pytest.raises(DataError, match="rank-deficient"):
+                _whitening_scale("zca", eig, 0.0)
+        else:
+            torch.testing.assert_close(_whitening_scale("zca", eig, 0.0), 1 / eig.sqrt(), rtol=0, atol=0)
+    torch.testing.assert_close(_whitening_scale("zca", torch.tensor([2.0, tol / 2], dtype=torch.float64), 0.25),
+                               1 / torch.tensor([2.25, tol / 2 + 0.25], dtype=torch.float64).sqrt())
+
+
+@pytest.mark.parametrize("name, k", [("zca", 0.99), ("pca_whiten", 5)])
+def test_whitening_errors_word_for_word(name, k):
+    x = correlated(50, 8, rank=3, noise=0.0)
+    with pytest.raises(DataError, match=rf"^preprocess '{name}': the training inputs are rank-deficient \(a direction has "
+                                        r"zero variance\), so exact whitening divides by zero; set data\.whiten_eps > 0 "
+                                        r"\(e\.g\. 1e-2\) or keep fewer PCA components\.$"):
+        fit_preprocess(name, x, cfg(pca_components=k, whiten_eps=0.0))
+    with pytest.raises(DataError, match=r"^preprocess: the training inputs are constant \(zero variance\); there is "
+                                        r"nothing to whiten\.$"):
+        fit_preprocess(name, torch.ones(20, 4), cfg(pca_components=2))
+
+
+def test_variance_fraction_is_compared_in_float64():
+    from trainwell.data.preprocess import _n_components
+
+    # The first component explains 0.9499999999 < 0.95 (float32 would read 0.95 as 0.949999988): two are kept.
+    eig = torch.tensor([0.9499999999, 0.0500000001], dtype=torch.float64)
+    assert _n_components(0.95, eig, 10, 2) == 2
+    assert _n_components(0.9499999998, eig, 10, 2) == 1
+
+
+def test_pca_on_fewer_examples_than_features_is_as_accurate_as_the_svd():
+    # Singular values from 1 to 1e-6: squaring them into a covariance (eigh) loses the small directions to
+    # rounding (errors ~1e-5), the SVD of the centred data keeps them to float32's precision.
+    g = torch.Generator().manual_seed(0)
+    n, d = 12, 30
+    left, _ = torch.linalg.qr(torch.randn(n, n, generator=g, dtype=torch.float64))
+    right, _ = torch.linalg.qr(torch.randn(d, n, generator=g, dtype=torch.float64))
+    x = (left * torch.logspace(0, -6, n, dtype=torch.float64)) @ right.T + 3.0
+    pre = fit_preprocess("pca_whiten", x, cfg(pca_components=n - 1, whiten_eps=0.0))
+    sk = SkPCA(n_components=n - 1, whiten=True, svd_solver="full").fit(x.numpy())
+    np.testing.assert_allclose(pre.components.double().numpy(), sk.components_, atol=5e-7, rtol=0)
+    np.testing.assert_allclose(1 / pre.scale.double().numpy() ** 2, sk.explained_variance_, rtol=5e-7)
+
+
+@pytest.mark.parametrize("numpy_path", [True, False])
+def test_covariance_is_accurate_for_features_at_different_offsets(numpy_path, monkeypatch):
+    import trainwell.data.preprocess as pp
+
+    monkeypatch.setattr(pp, "_NUMPY_SYRK", numpy_path)
+    monkeypatch.setattr(PCAWhiten, "_CHUNK_BYTES", 8 * 6 * 50)  # 50 rows per chunk
+    offsets = 1e5 * torch.tensor([1.0, -2.0, 3.0, -1.0, 2.0, -3.0], dtype=torch.float64)  # no one shift fits all
+    x = correlated(1000, 6, seed=21) + offsets
+    pre = fit_preprocess("pca_whiten", x, cfg(pca_components=6, whiten_eps=0.0))
+    lam = np.linalg.eigvalsh(np.cov(x.numpy(), rowvar=False))[::-1]
+    np.testing.assert_allclose(1 / pre.scale.double().numpy() ** 2, lam, rtol=1e-5)
+
+
+@pytest.mark.parametrize("numpy_path", [True, False])
+def test_chunked_moments_of_float64_data_are_float64_accurate(numpy_path, monkeypatch):
+    import trainwell.data.preprocess as pp
+
+    monkeypatch.setattr(pp, "_NUMPY_SYRK", numpy_path)
+    x = correlated(37, 5, seed=22)
+    centred = x - x.mean(dim=0)
+    for step in (1, 4, 37):
+        mean, scatter = pp._moments("pca", x, step, scatter=True)
+        torch.testing.assert_close(mean, x.mean(dim=0), rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(scatter, centred.T @ centred, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("name", ["pca", "zca"])
+def test_half_precision_inputs_fit_like_their_float64_values(name, dtype):
+    x = correlated(200, 6, seed=23).to(dtype)
+    a = fit_preprocess(name, x, cfg(pca_components=3))
+    b = fit_preprocess(name, x.to(torch.float64), cfg(pca_components=3))
+    torch.testing.assert_close(a.mean, b.mean, rtol=0, atol=1e-6)
+    torch.testing.assert_close(a.components, b.components, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("numpy_path", [True, False])
+@pytest.mark.parametrize("name", ["pca", "zca"])
+def test_fitting_float64_data_leaves_it_alone_on_both_paths(name, numpy_path, monkeypatch):
+    import trainwell.data.preprocess as pp
+
+    monkeypatch.setattr(pp, "_NUMPY_SYRK", numpy_path)
+    monkeypatch.setattr(PCA if name == "pca" else ZCA, "_CHUNK_BYTES", 8 * 6 * 7)  # several chunks
+    x = correlated(100, 6, seed=24)
+    before = x.clone()
+    fit_preprocess(name, x, cfg(pca_components=3))
+    assert torch.equal(x, before)
+
+
+@pytest.mark.parametrize("numpy_path", [True, False])
+def test_non_finite_inputs_give_the_data_error_and_no_numpy_warning(numpy_path, monkeypatch):
+    import warnings
+
+    import trainwell.data.preprocess as pp
+
+    monkeypatch.setattr(pp, "_NUMPY_SYRK", numpy_path)
+    x = correlated(100, 6, seed=25)
+    x[7, 2] = float("inf")
+    x[9, 4] = float("nan")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for name in ("pca", "pca_whiten", "zca"):
+            with pytest.raises(DataError, match=rf"^preprocess '{name}': the training inputs hold NaN/inf values; clean the "
+                                                r"data first\.$"):
+                fit_preprocess(name, x, cfg(pca_components=3))
