@@ -137,7 +137,7 @@ def analyse(result: CompareResult, out: Path) -> LabOutcome:
         per_seed: dict[int, int | None] = (epochs_to_target(c, target) if math.isfinite(target)
                                            else {s: None for s in c.histories})
         reach = reach_summary(per_seed)
-        n_div = sum(bool(s.get("diverged")) for s in c.summaries.values())
+        n_div = len(c.diverged)  # finished runs that diverged (left out of the mean)
         acc.setdefault(norm, {})[lr] = c.ci.mean
         diverged.setdefault(norm, {})[lr] = n_div
         epochs.setdefault(norm, {})[lr] = (reach["mean"], reach["reached"], reach["n"])
@@ -171,9 +171,14 @@ def analyse(result: CompareResult, out: Path) -> LabOutcome:
         line = ax_acc.errorbar(xs, means, yerr=err, marker="o", capsize=3, label=name)
         colour = line[0].get_color()
         for lr, c, _ in points:
-            if cells_ev[c.label]["diverged_seeds"]:
-                ax_acc.annotate("diverged", (lr, 100 * c.ci.mean), textcoords="offset points", xytext=(0, -14),
-                                ha="center", fontsize=7, color=colour)
+            if n_div := cells_ev[c.label]["diverged_seeds"]:
+                # Diverged seeds are not in the mean; when every seed diverged there is no mean to draw, so
+                # the cell is marked at the bottom of the axis: a failure is shown, never dropped.
+                y = 100 * c.ci.mean if math.isfinite(c.ci.mean) else 0.0
+                if not math.isfinite(c.ci.mean):
+                    ax_acc.plot(lr, y, "x", color=colour, ms=8, mew=2)
+                ax_acc.annotate(f"{n_div}/{len(c.summaries)} diverged", (lr, y), textcoords="offset points",
+                                xytext=(0, 8 if y == 0.0 else -14), ha="center", fontsize=7, color=colour)
         ax_ep.plot(xs, [p[2]["mean"] for p in points], marker="o", color=colour, label=name)
         for lr, _, reach in points:
             if reach["n"] and math.isfinite(reach["mean"]):
