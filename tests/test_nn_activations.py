@@ -181,3 +181,34 @@ def test_bad_arguments_raise_config_error_saying_what(spec, says):
 def test_non_string_spec_is_a_config_error():
     with pytest.raises(ConfigError, match="must be a string"):
         parse_activation(None)  # type: ignore[arg-type]
+
+
+# ----------------------------------------------------------------------------- messages and keywords, word for word
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("leaky_relu:slop=0.2",
+     "activation 'leaky_relu:slop=0.2': leaky_relu takes slope, each once; write e.g. 'leaky_relu:0.01'."),
+    ("leaky_relu:0.1:slope=0.2",
+     "activation 'leaky_relu:0.1:slope=0.2': leaky_relu takes slope, each once; write e.g. 'leaky_relu:0.01'."),
+    ("leaky_relu:0.1:0.2", "activation 'leaky_relu:0.1:0.2': leaky_relu takes slope; write e.g. 'leaky_relu:0.01'."),
+    ("relu:0.1", "activation 'relu:0.1': relu takes no arguments; write e.g. 'relu'."),
+    ("relu:slope=0.1", "activation 'relu:slope=0.1': relu takes no arguments, each once; write e.g. 'relu'."),
+    ("elu:inf", "activation 'elu:inf': alpha must be a number > 0, got inf; e.g. 'elu:1.0'."),
+    ("elu:-1", "activation 'elu:-1': alpha must be a number > 0, got -1; e.g. 'elu:1.0'."),
+    ("leaky_relu:[1", "config key 'model.activation': unexpected '[' at position 12 of 'leaky_relu:[1'; "
+                      "separate items with ',' and close each '[' with ']'."),
+])
+def test_bad_activation_specs_say_exactly_what_and_how_to_fix(spec, message):
+    with pytest.raises(ConfigError) as info:
+        parse_activation(spec)
+    assert str(info.value) == message
+
+
+def test_keyword_arguments_reach_the_module_and_omitted_ones_keep_the_documented_defaults():
+    assert parse_activation("elu:alpha=0.5") == ("elu", {"alpha": 0.5})
+    assert parse_activation("leaky_relu:slope=0.2") == ("leaky_relu", {"slope": 0.2})
+    assert build_activation("elu:alpha=0.5").alpha == 0.5
+    # The documented defaults are torch's: LeakyReLU(0.01), ELU(1.0).
+    assert parse_activation("leaky_relu") == ("leaky_relu", {"slope": torch.nn.LeakyReLU().negative_slope})
+    assert parse_activation("elu") == ("elu", {"alpha": torch.nn.ELU().alpha})
