@@ -503,3 +503,254 @@ def test_cuda_augmentation_never_syncs_with_the_host():
         aug(x, g)
     finally:
         torch.cuda.set_sync_debug_mode("default")
+
+
+# ----------------------------------------------------------------------------- edges the mutation run found
+
+#: The documented arguments of every op with their defaults (docs/reference.md's augment table).
+DOCUMENTED_DEFAULTS = {
+    "hflip": {"p": 0.5}, "vflip": {"p": 0.5},
+    "translation": {"fraction": 0.1, "p": 1.0},
+    "crop": {"fraction": 0.125, "padding": None, "mode": "zeros", "p": 1.0},
+    "rotation": {"degrees": 15.0, "p": 1.0}, "scale": {"min": 0.9, "max": 1.1, "p": 1.0},
+    "brightness": {"delta": 0.2, "p": 1.0}, "contrast": {"low": 0.8, "high": 1.2, "p": 1.0},
+    "noise": {"std": 0.05, "p": 1.0}, "cutout": {"size": 0.25, "p": 1.0},
+}
+DOCUMENTED_RANKS = {"hflip": {1, 2}, "vflip": {2}, "translation": {1, 2}, "crop": {1, 2}, "rotation": {2},
+                    "scale": {2}, "brightness": {1, 2}, "contrast": {1, 2}, "noise": {0, 1, 2}, "cutout": {1, 2}}
+POINTWISE = {"brightness", "contrast", "noise", "cutout"}  # the ops that may write into x (inplace=True)
+
+
+@pytest.mark.parametrize("name", sorted(DOCUMENTED_DEFAULTS))
+def test_registered_metadata_states_the_documented_arguments_ranks_and_choices(name):
+    """What `_op` registers (at import, out of the mutation run's reach): pinned here."""
+    entry = AUGMENTATIONS.entry(name)
+    assert entry.name == name
+    assert entry.meta.defaults == DOCUMENTED_DEFAULTS[name]
+    assert entry.meta.ranks == frozenset(DOCUMENTED_RANKS[name])
+    assert entry.meta.choices == ({"mode": ("zeros", "reflect")} if name == "crop" else {})
+    assert (entry.meta.extent is not None) == (name in {"translation", "crop", "cutout"})
+    assert (entry.meta.check is not None) == (name not in {"hflip", "vflip"})
+    assert callable(entry.meta.apply) and callable(entry.factory)
+    args = ", ".join(f"{k}={'unset' if v is None else v}" for k, v in DOCUMENTED_DEFAULTS[name].items())
+    fits = "/".join({0: "tabular", 1: "signals", 2: "images"}[r] for r in sorted(DOCUMENTED_RANKS[name]))
+    assert entry.doc.endswith(f". Args: {args}. Fits: {fits}.")
+    assert entry.doc.count("Args:") == 1 and not entry.doc.startswith(" Args")
+
+
+def test_registered_docs_spell_unset_and_the_rank_lists():
+    assert AUGMENTATIONS.entry("crop").doc.endswith("Args: fraction=0.125, padding=unset, mode=zeros, p=1.0. "
+                                                    "Fits: signals/images.")
+    assert AUGMENTATIONS.entry("noise").doc.endswith("Args: std=0.05, p=1.0. Fits: tabular/signals/images.")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("name,rank", SUPPORTED)
+def test_apply_never_writes_to_x_by_default_and_inplace_gives_the_same_values(name, rank, dtype):
+    """Out of place unless told; with inplace=True the pointwise ops write into x, the same values either way."""
+    x = batch(rank, dtype=dtype)
+    before = x.clone()
+    aug = single(name, rank, p=0.5)
+    (params,) = aug.sample(x.shape, gen(31), CPU)
+    apply = AUGMENTATIONS.entry(name).meta.apply
+    out = apply(x, params)
+    assert torch.equal(x, before) and out.data_ptr() != x.data_ptr()
+    assert torch.equal(apply(x, params, inplace=False), out) and torch.equal(x, before)
+    y = x.clone()
+    out_inplace = apply(y, params, inplace=True)
+    assert torch.equal(out_inplace, out)
+    assert out_inplace.dtype == dtype
+    if name in POINTWISE:
+        assert out_inplace.data_ptr() == y.data_ptr() and torch.equal(y, out)
+
+
+def test_the_pipeline_lets_only_tensors_it_allocated_be_overwritten():
+    aug = build_augmenter(["brightness", "noise", "hflip", "contrast", "cutout"], SHAPES[2])
+    x = batch(2, n=8)
+    seen = []
+
+    def spy(apply):
+        def wrapped(y, p, **kwargs):
+            seen.append((y is x, kwargs))
+            return apply(y, p, **kwargs)
+        return wrapped
+
+    from types import SimpleNamespace
+    aug._entries = [SimpleNamespace(factory=e.factory, meta=SimpleNamespace(apply=spy(e.meta.apply)))
+                    for e in aug._entries]
+    aug.apply(x, aug.sample(x.shape, gen(32), CPU))
+    assert seen == [(True, {"inplace": False})] + [(False, {"inplace": True})] * 4
+
+
+@pytest.mark.parametrize("dtype,atol", [(torch.float16, 3e-2), (torch.bfloat16, 1.5e-1)])
+@pytest.mark.parametrize("name,rank", SUPPORTED)
+def test_half_precision_batches_keep_their_dtype_and_match_a_float64_reference(name, rank, dtype, atol):
+    x64 = batch(rank, n=16).double()
+    x = x64.to(dtype)
+    aug = single(name, rank, p=0.5)
+    params = aug.sample(x.shape, gen(33), CPU)
+    out = aug.apply(x, params)
+    assert out.dtype == dtype
+    expected = aug.apply(x.double(), params)  # the same (rounded) inputs, computed in float64
+    torch.testing.assert_close(out.double(), expected, rtol=0, atol=atol)
+
+
+@pytest.mark.parametrize("name", ["rotation", "scale"])
+def test_float64_affine_ops_match_affine_grid_in_float64(name):
+    """The grid is built in x's dtype: in float64 it agrees with F.affine_grid to rounding."""
+    h, w = 10, 14  # pixel centres (2k + 1) / side - 1 that float32 cannot hold exactly on either axis
+    x = torch.rand(8, 2, h, w, generator=gen(40), dtype=torch.float64) + 0.5
+    aug = build_augmenter([{name: {"p": 0.5}}], (2, h, w))
+    (params,) = aug.sample(x.shape, gen(34), CPU)
+    # float64 angles/factors too, so that only the grid's precision is left to compare
+    params = type(params)(*(v.double() if v.is_floating_point() else v for v in vars(params).values()))
+    zero = torch.zeros(len(x), dtype=torch.float64)
+    if name == "rotation":
+        cos, sin = params.angle.cos(), params.angle.sin()
+        theta = torch.stack([cos, -sin * h / w, zero, sin * w / h, cos, zero], 1)
+    else:
+        inv = 1 / params.factor
+        theta = torch.stack([inv, zero, zero, zero, inv, zero], 1)
+    grid = torch.nn.functional.affine_grid(theta.view(-1, 2, 3), list(x.shape), align_corners=False)
+    warped = torch.nn.functional.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    expected = torch.where(params.mask.view(-1, 1, 1, 1), warped, x)
+    out = aug.apply(x, [params])
+    assert out.dtype == torch.float64
+    torch.testing.assert_close(out, expected, rtol=0, atol=1e-12)  # float32 coordinates would be ~1e-7 off
+
+
+def test_generator_none_draws_from_the_global_rng_repeatably():
+    aug = build_augmenter(OPS, SHAPES[2])  # every op that fits images: every draw helper
+    x = batch(2, n=8)
+    torch.manual_seed(7)
+    out = aug(x)
+    torch.manual_seed(7)
+    assert torch.equal(aug(x), out)
+    torch.manual_seed(7)
+    assert torch.equal(aug.apply(x, aug.sample(x.shape, None, "cpu")), out)
+    assert not torch.equal(aug(x), out)  # the global stream moved on
+
+
+TALL = (1, 16, 8)  # H > W: round(0.25 * H) = 4 rows of padding, 2 columns
+
+
+def test_translation_of_a_tall_image_matches_roll_with_zero_fill():
+    x = torch.rand(16, *TALL, generator=gen(35)) + 0.5
+    aug = build_augmenter([{"translation": {"fraction": 0.25}}], TALL)
+    (params,) = aug.sample(x.shape, gen(36), CPU)
+    assert params.max_shift == (4, 2)
+    out = aug.apply(x, [params])
+    for i in range(len(x)):
+        assert torch.equal(out[i], roll_with_zero_fill(x[i], params.shift[i].tolist()))
+
+
+@pytest.mark.parametrize("mode", ["zeros", "reflect"])
+def test_crop_of_a_tall_image_matches_pad_then_slice(mode):
+    x = torch.rand(16, *TALL, generator=gen(37)) + 0.5
+    aug = build_augmenter([{"crop": {"fraction": 0.25, "mode": mode}}], TALL)
+    (params,) = aug.sample(x.shape, gen(38), CPU)
+    assert params.padding == (4, 2)
+    out = aug.apply(x, [params])
+    padded = torch.nn.functional.pad(x, (2, 2, 4, 4), mode="constant" if mode == "zeros" else "reflect")
+    for i in range(len(x)):
+        r, c = params.offset[i].tolist()
+        assert torch.equal(out[i], padded[i, :, r : r + 16, c : c + 8])
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_cutout_centres_cover_every_position(size):
+    low, high = drawn_extremes("cutout", size, "centre")
+    assert low == [0] * len(size) and high == [s - 1 for s in size]
+
+
+@pytest.mark.parametrize("spec", [
+    {"translation": {"fraction": 0.0}}, {"translation": {"fraction": 0.99}},
+    {"crop": {"fraction": 0.0}}, {"crop": {"padding": 0}},
+    {"rotation": {"degrees": 0.0}}, {"rotation": {"degrees": 180.0}},
+    {"scale": {"min": 1.0, "max": 1.0}}, {"scale": {"min": 1e-6, "max": 1e-6}},
+    {"contrast": {"low": 0.0, "high": 0.0}}, {"contrast": {"low": 1.5, "high": 1.5}},
+    {"brightness": {"delta": 0.0}}, {"brightness": {"delta": 0.5}}, {"noise": {"std": 0.0}}, {"noise": {"std": 0.5}},
+    {"cutout": {"size": 0.0}}, {"cutout": {"size": 1.0}}, {"hflip": {"p": 0.0}}, {"hflip": {"p": 1.0}},
+])
+def test_the_boundary_values_of_every_argument_are_accepted(spec):
+    ((name, args),) = spec.items()
+    ((parsed_name, parsed),) = parse_augment([spec])
+    assert parsed_name == name and all(parsed[k] == v for k, v in args.items())
+    x = batch(2, n=4)
+    assert build_augmenter([spec], SHAPES[2])(x, gen(39)).shape == x.shape
+
+
+@pytest.mark.parametrize("spec,message", [
+    ({"translation": {"fraction": 1.0}},
+     "augment op 'translation': fraction must be in [0, 1), got 1.0; e.g. translation:fraction=0.1."),
+    ({"translation": {"fraction": -0.01}},
+     "augment op 'translation': fraction must be in [0, 1), got -0.01; e.g. translation:fraction=0.1."),
+    ({"crop": {"fraction": 1.0}},
+     "augment op 'crop': fraction must be in [0, 1), got 1.0; e.g. crop:fraction=0.125 (or padding in pixels: "
+     "crop:padding=4)."),
+    ({"crop": {"padding": -1}}, "augment op 'crop': padding must be >= 0, got -1; e.g. crop:padding=4."),
+    ({"crop": {"padding": 2.5}}, "augment op 'crop': padding must be a whole number, got 2.5; e.g. crop:padding=4."),
+    ({"rotation": {"degrees": 180.5}},
+     "augment op 'rotation': degrees must be in [0, 180], got 180.5; e.g. rotation:degrees=15."),
+    ({"rotation": {"degrees": -0.5}},
+     "augment op 'rotation': degrees must be in [0, 180], got -0.5; e.g. rotation:degrees=15."),
+    ({"scale": {"min": 0.0, "max": 1.0}},
+     "augment op 'scale': need 0 < min <= max, got min=0.0, max=1.0; e.g. {scale: {min: 0.9, max: 1.1}}."),
+    ({"scale": {"min": 1.2, "max": 1.1}},
+     "augment op 'scale': need 0 < min <= max, got min=1.2, max=1.1; e.g. {scale: {min: 0.9, max: 1.1}}."),
+    ({"contrast": {"low": -0.1, "high": 1.0}},
+     "augment op 'contrast': need 0 <= low <= high, got low=-0.1, high=1.0; e.g. {contrast: {low: 0.8, high: 1.2}}."),
+    ({"contrast": {"low": 1.3, "high": 1.2}},
+     "augment op 'contrast': need 0 <= low <= high, got low=1.3, high=1.2; e.g. {contrast: {low: 0.8, high: 1.2}}."),
+    ({"brightness": {"delta": -0.1}}, "augment op 'brightness': delta must be >= 0, got -0.1; e.g. brightness:delta=0.1."),
+    ({"noise": {"std": -1.0}}, "augment op 'noise': std must be >= 0, got -1.0; e.g. noise:std=0.1."),
+    ({"cutout": {"size": 1.01}},
+     "augment op 'cutout': size is a fraction of the side in [0, 1], got 1.01; e.g. cutout:size=0.25."),
+    ({"cutout": {"size": -0.01}},
+     "augment op 'cutout': size is a fraction of the side in [0, 1], got -0.01; e.g. cutout:size=0.25."),
+    ({"hflip": {"p": 1.01}}, "augment op 'hflip': p is a probability in [0, 1], got 1.01; e.g. hflip:p=0.5."),
+    ({"noise": {"zzzz": 1}}, "augment op 'noise' has no argument 'zzzz'. Valid: std, p."),
+    ({"noise": {"sd": 1}}, "augment op 'noise' has no argument 'sd'. Did you mean 'std'? Valid: std, p."),
+    ({"noise": {"std": "big"}}, "augment op 'noise': std must be a finite number, got 'big'; e.g. noise:std=0.05."),
+    ({"crop": {"mode": "wrap"}}, "augment op 'crop': mode must be one of zeros, reflect, got 'wrap'."),
+])
+def test_argument_errors_word_for_word(spec, message):
+    with pytest.raises(ConfigError) as info:
+        parse_augment([spec])
+    assert str(info.value) == message
+
+
+def test_an_unset_padding_does_not_stop_the_arguments_after_it():
+    assert parse_augment([{"crop": {"padding": None, "mode": "reflect", "p": 0.5}}]) == [
+        ("crop", {"fraction": 0.125, "padding": None, "mode": "reflect", "p": 0.5})]
+
+
+def test_shape_and_batch_errors_word_for_word():
+    with pytest.raises(ConfigError) as info:
+        build_augmenter(["noise"], (1, 2, 3, 4))
+    assert str(info.value) == ("augmentation supports tabular (F,), signal (C, L) and image (C, H, W) inputs, "
+                               "got shape (1, 2, 3, 4).")
+    with pytest.raises(ConfigError) as info:
+        build_augmenter(["rotation"], (2, 24))
+    fitting = [name for name, ranks in DOCUMENTED_RANKS.items() if 1 in ranks]
+    assert set(ops_for_rank(1)) == set(fitting)
+    assert str(info.value) == ("augment op 'rotation' does not fit signals (N, C, L); ops that do: "
+                               + ", ".join(ops_for_rank(1)) + ".")
+    aug = build_augmenter(["hflip"], (3, 8, 8))
+    with pytest.raises(ValueError) as info:
+        aug(torch.zeros(2, 3, 8), gen(0))
+    assert str(info.value) == "augmenter built for (N, 3, 8, 8) batches, got (2, 3, 8)"
+    with pytest.raises(TypeError) as info:
+        aug(torch.zeros(2, 3, 8, 8, dtype=torch.uint8), gen(0))
+    assert str(info.value) == ("augmentation needs a float batch, got torch.uint8; "
+                               "convert with trainwell.data.to_float first.")
+    x = torch.zeros(2, 3, 8, 8)
+    params = aug.sample(x.shape, gen(0), CPU)
+    with pytest.raises(ValueError) as info:
+        aug.apply(x, params * 2)
+    assert str(info.value) == "expected params for 1 ops, got 2"
+
+
+def test_repr_lists_the_ops_with_their_complete_arguments():
+    aug = build_augmenter(["rotation:degrees=10", "hflip"], (1, 8, 8))
+    assert repr(aug) == "Augmenter([rotation(degrees=10.0, p=1.0), hflip(p=0.5)], input_shape=(1, 8, 8))"
