@@ -46,6 +46,7 @@ from trainwell.experiments.labs.common import (
     per_seed_lists,
     training_batch,
 )
+from trainwell.experiments.plots import line_style
 from trainwell.experiments.results import CellResult, CompareResult
 from trainwell.experiments.stats import paired_test
 
@@ -346,9 +347,11 @@ def _std_figure(cells: dict[str, CellResult], path: Path) -> Path:
             profile = mean_lists(per_seed_lists(cell, "act_std_by_layer")) if cell else []
             profile = [v if v > 0 else math.nan for v in profile]
             if profile:
-                style = "-" if scheme in (SMALL, LARGE, matched) or net == DEEP else "--"
-                ax.plot(range(1, len(profile) + 1), profile, style, marker="o", ms=3,
-                        color=f"C{list(SCHEMES).index(scheme)}", label=scheme, lw=2.2 if scheme == matched else 1.3)
+                # A dash pattern and a hollow marker per scheme: xavier and orthogonal (both gain 1) lie on
+                # top of each other on the ReLU net, and each must stay visible.
+                index = list(SCHEMES).index(scheme)
+                ax.plot(range(1, len(profile) + 1), profile, ms=4, color=f"C{index}", label=scheme,
+                        lw=2.2 if scheme == matched else 1.3, **line_style(index))
         title = (f"{net} net (matched: {matched})" if net != DEEP
                  else "ReLU net, 30 layers (He et al. 2015, Fig. 3)")
         ax.set(yscale="log", xlabel="hidden layer (1 = first)", ylabel="std of the activations at init", title=title)
