@@ -198,9 +198,10 @@ def _op(name: str, *, ranks: Sequence[int], apply: Callable, doc: str, check: Ca
     return decorate
 
 
-def side_pixels(fraction: float, side: int) -> int:
-    """round(fraction * side): how the size-relative arguments become whole pixels (8x8 digits, 28x28, 32x32 alike)."""
-    return int(round(fraction * side))
+def side_pixels(fraction: float, spatial: Sequence[int]) -> tuple[int, ...]:
+    """round(fraction * side) per spatial dim: how the size-relative arguments become whole pixels (8x8
+    digits, 28x28, 32x32 alike)."""
+    return tuple(int(round(fraction * side)) for side in spatial)
 
 
 def _shift_text(pixels: tuple[int, ...]) -> str:
@@ -286,7 +287,7 @@ def _check_translation(args: dict[str, Any]) -> None:
 
 
 def _translation_extent(args: dict[str, Any], spatial: tuple[int, ...]) -> str:
-    return _shift_text(tuple(side_pixels(args["fraction"], s) for s in spatial))
+    return _shift_text(side_pixels(args["fraction"], spatial))
 
 
 @_op("translation", ranks=(1, 2), apply=_apply_translation, check=_check_translation, extent=_translation_extent,
@@ -294,7 +295,7 @@ def _translation_extent(args: dict[str, Any], spatial: tuple[int, ...]) -> str:
      doc="Shift by a random whole number of pixels, up to round(fraction * side) per axis, filling with 0.")
 def sample_translation(shape, generator, device, *, fraction, p):
     spatial = shape[2:]
-    max_shift = tuple(side_pixels(fraction, s) for s in spatial)
+    max_shift = side_pixels(fraction, spatial)
     mask = _mask(shape[0], p, generator, device)
     shift = _randint(shape[0], [-m for m in max_shift], [m + 1 for m in max_shift], generator, device)
     return ShiftParams(mask, shift, max_shift)
@@ -320,7 +321,7 @@ def crop_padding(args: dict[str, Any], spatial: Sequence[int]) -> tuple[int, ...
     """Padding per spatial dim: ``padding`` pixels when given, else round(fraction * side) (4 px at 32, 1 px at 8)."""
     if args["padding"] is not None:
         return (args["padding"],) * len(spatial)
-    return tuple(side_pixels(args["fraction"], s) for s in spatial)
+    return side_pixels(args["fraction"], spatial)
 
 
 def _crop_extent(args: dict[str, Any], spatial: tuple[int, ...]) -> str:
@@ -483,7 +484,7 @@ def _check_cutout(args: dict[str, Any]) -> None:
 
 
 def _cutout_extent(args: dict[str, Any], spatial: tuple[int, ...]) -> str:
-    return "box of " + "x".join(str(side_pixels(args["size"], s)) for s in spatial) + " px"
+    return "box of " + "x".join(map(str, side_pixels(args["size"], spatial))) + " px"
 
 
 @_op("cutout", ranks=(1, 2), apply=_apply_cutout, check=_check_cutout, extent=_cutout_extent, size=0.25, p=1.0,
@@ -491,7 +492,7 @@ def _cutout_extent(args: dict[str, Any], spatial: tuple[int, ...]) -> str:
 def sample_cutout(shape, generator, device, *, size, p):
     spatial = shape[2:]
     mask = _mask(shape[0], p, generator, device)
-    side = tuple(side_pixels(size, s) for s in spatial)
+    side = side_pixels(size, spatial)
     return CutoutParams(mask, _randint(shape[0], [0] * len(spatial), spatial, generator, device), side)
 
 
@@ -619,10 +620,11 @@ def build_augmenter(spec: Sequence[Any] | str | None, input_shape: Sequence[int]
             raise ConfigError(f"augment op '{name}' does not fit {RANK_NAMES[rank]}; "
                               f"ops that do: {', '.join(fitting)}.")
         spatial = tuple(input_shape[1:])
-        if name == "crop" and args["mode"] == "reflect" and any(
-                pad >= side for pad, side in zip(crop_padding(args, spatial), spatial)):
-            raise ConfigError(f"augment op 'crop': reflect padding must be < every side {spatial}, "
-                              f"got {crop_padding(args, spatial)}; lower it or use mode=zeros.")
+        if name == "crop" and args["mode"] == "reflect":
+            pads = crop_padding(args, spatial)
+            if any(pad >= side for pad, side in zip(pads, spatial)):
+                raise ConfigError(f"augment op 'crop': reflect padding must be < every side {spatial}, "
+                                  f"got {pads}; lower it or use mode=zeros.")
     return Augmenter(ops, input_shape)
 
 

@@ -21,6 +21,7 @@ import torch
 from trainwell.docs.markdown import markdown_table
 from trainwell.experiments.compare import available_cores
 from trainwell.experiments.lab import LabOutcome, get_lab
+from trainwell.experiments.results import intervals_caption
 from trainwell.experiments.lecture import LectureEntry, lab_names, review_answers, run_lecture
 from trainwell.train.rundir import read_json
 
@@ -54,8 +55,7 @@ def lab_section(name: str, out: Path, outcome: LabOutcome) -> tuple[str, str, di
         images.append(f"![{caption}]({target})\n*{caption}*")
     intervals = f"labs/{name}-intervals.png"
     figures[intervals] = (out / "compare" / "intervals.png").read_bytes()
-    images.append(f"![{summary['metric']} per configuration]({intervals})\n*{summary['metric']} per "
-                  "configuration: mean, 95% CI and each seed; diverged seeds marked ×*")
+    images.append(f"![{summary['metric']} per configuration]({intervals})\n*{intervals_caption(summary['metric'])}*")
     held = "held" if summary["held"] else "did not hold"
     # Resumed: the time of this call is not the lab's time.
     took = "–" if summary.get("runs_skipped") else f"{summary['seconds'] / 60:.1f} min"

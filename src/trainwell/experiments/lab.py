@@ -26,7 +26,7 @@ from typing import Any
 from rich.console import Console
 
 from trainwell.experiments.compare import Cell, Plan, nan_to_none
-from trainwell.experiments.results import CompareResult, run_plan, runs_sentence, table_rows
+from trainwell.experiments.results import CompareResult, intervals_caption, run_plan, runs_sentence, table_rows
 from trainwell.registry import new_registry
 from trainwell.fileio import write_json
 
@@ -133,8 +133,7 @@ def run_lab(name: str, overrides: list[str] | None = None, *, out: str | Path, s
         Section("Runs", [
             Table(headers, rows, caption=f"{plan.metric} per configuration (mean, 95% CI over seeds {plan.seeds}; "
                                          "Δ and p: paired t-test against the first row)"),
-            Image(compare_dir / "intervals.png",
-                  caption=f"{plan.metric}: mean, 95% CI and each seed; diverged seeds marked ×"),
+            Image(compare_dir / "intervals.png", caption=intervals_caption(plan.metric)),
             Image(compare_dir / "curves.png", caption="per epoch, mean ± 95% CI over seeds (the loss: geometric mean, its CI in log space)"),
         ]),
         Section("Setup", [KeyValues({"overrides": " ".join(plan.base), "seeds": plan.seeds,

@@ -28,6 +28,7 @@ from rich.console import Console
 
 from trainwell.errors import ConfigError, DataError
 from trainwell.experiments.lab import LABS, LabOutcome, get_lab, run_lab
+from trainwell.experiments.results import intervals_caption
 from trainwell.fileio import write_json
 
 
@@ -164,8 +165,7 @@ def write_lecture(entries: list[LectureEntry], out: Path, command: str | None = 
         sections.append(Section(f"lab {e.name}", [
             Verdict(e.outcome.held, e.claim, e.outcome.verdict), Text(f"Lecture: {e.question}"),
             *e.outcome.tables, *[Image(p, caption=c) for p, c in e.outcome.figures],
-            Image(compare / "intervals.png", caption=f"{e.summary.get('metric', 'test_acc')} per configuration: "
-                                                     "mean, 95% CI and each seed; diverged seeds marked ×"),
+            Image(compare / "intervals.png", caption=intervals_caption(e.summary.get("metric", "test_acc"))),
         ]))
     if command:
         sections.append(Section("Setup", [Code(command)]))

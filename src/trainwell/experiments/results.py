@@ -153,6 +153,11 @@ def holm(pvalues: list[float]) -> list[float]:
     return out
 
 
+def intervals_caption(metric: str) -> str:
+    """The caption of intervals.png wherever it is shown (compare report, lab report, lecture, docs)."""
+    return f"{metric} per configuration: mean, 95% CI and each seed; diverged seeds marked ×"
+
+
 def left_out_text(diverged: list[int], failed: list[int]) -> str:
     """What a cell's numbers leave out, in words: ``"1 diverged (seed 3); 2 failed (seeds 0, 1)"``."""
     parts = [f"{len(seeds)} {what} (seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))})"
@@ -327,7 +332,7 @@ def write_outputs(result: CompareResult, console: Console | None = None, command
                  f"baseline (first cell) with its interval, and the p-value of a paired t-test over seeds "
                  f"(marked at p < {result.alpha}; Holm-adjusted p-values are in summary.json)."),
             HTable(headers, rows, caption=f"{result.plan.metric} per configuration", highlight=significant),
-            Image(intervals, caption=f"{result.plan.metric}: mean, 95% CI and each seed; diverged seeds marked ×"),
+            Image(intervals, caption=intervals_caption(result.plan.metric)),
             Image(curves, caption="per epoch, mean ± 95% CI over seeds (the loss: geometric mean, its CI in log space)"),
         ]),
         Section("Setup", [
