@@ -106,6 +106,41 @@ def init(ev: dict) -> bool:
         and deep_better
 
 
+def dying_relu(ev: dict) -> bool:
+    th, tests = ev["thresholds"], ev["tests"]
+
+    def cell(activation):
+        return next(c for c in ev["cells"].values() if c["activation"] == activation and c["lr"] == ev["high_lr"])
+
+    def up(key):
+        return finite(tests[key]["diff"]) and tests[key]["diff"] > 0 and significant(tests[key]["p"])
+
+    relu_dead = cell("relu")["dead"]
+    dies = finite(relu_dead) and relu_dead >= th["dead_warn"] and up("relu_dead_high_minus_normal")
+    return dies and up("relu_dead_minus_leaky_never_positive_high") and up("acc_leaky_minus_relu_high") \
+        and cell("leaky_relu")["diverged_seeds"] == 0
+
+
+def selu(ev: dict) -> bool:
+    th, cells = ev["thresholds"], ev["cells"]
+    lo, hi = th["var_band"]
+
+    def inside(label):
+        c = cells.get(label, {})
+        means, variances = c.get("act_mean_by_layer_init") or [], c.get("act_var_by_layer_init") or []
+        return bool(means) and len(means) == len(variances) and all(
+            finite(m) and finite(v) and abs(m) <= th["mean_max"] and lo <= v <= hi for m, v in zip(means, variances))
+
+    def measured(label):
+        return bool(cells.get(label, {}).get("act_mean_by_layer_init"))
+
+    accs = [c["test_acc"] for c in cells.values() if finite(c["test_acc"])]
+    snn = cells.get(ev["snn"], {})
+    trains = bool(accs) and finite(snn.get("test_acc")) and snn["test_acc"] >= th["trains_fraction"] * max(accs) \
+        and snn["diverged_seeds"] == 0
+    return inside(ev["snn"]) and all(measured(o) and not inside(o) for o in ev["others"]) and trains
+
+
 def assert_consistent(lab: str, summary: dict) -> None:
     """summary.json's ``held`` is what its evidence implies (see the module doc)."""
     expected = globals()[lab](summary["evidence"])

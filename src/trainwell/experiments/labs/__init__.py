@@ -4,8 +4,10 @@ from trainwell.experiments.labs import (  # noqa: F401
     activations,
     batchnorm,
     dropout,
+    dying_relu,
     init,
     mixup,
     preprocessing,
     regularization,
+    selu,
 )

@@ -105,3 +105,29 @@ def paired_measure(cell: CellResult, other: CellResult, key: str, alpha: float =
     from trainwell.experiments.stats import paired_test
 
     return paired_test(cell.values_of(key), other.values_of(key), alpha)
+
+
+def recorded_activations(model: nn.Module, x: torch.Tensor, batch_size: int) -> list[Any]:
+    """The doctor's records (:class:`~trainwell.diagnose.recorder.LayerRecord`) of every activation
+    site, in depth order, after one eval-mode pass of all of ``x`` (in batches of ``batch_size``).
+
+    The :class:`~trainwell.diagnose.recorder.Recorder` samples every batch (``sample_eval``), so its
+    statistics cover every example: moments over all outputs (``values["mean"]``, ``values["var"]``)
+    and, for units that can die (ReLU), ``values["dead_fraction"]``: the fraction of units never > 0
+    on any example. The model's mode is restored and the hooks removed.
+    """
+    from trainwell.diagnose.recorder import Recorder
+
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    recorder = Recorder(model, every=1, sample_eval=True)
+    try:
+        with torch.no_grad():
+            for start in range(0, len(x), batch_size):
+                model(x[start:start + batch_size].to(device))
+        records, _ = recorder.read()
+    finally:
+        recorder.close()
+        model.train(was_training)
+    return [r for r in records if r.kind == "activation"]
