@@ -107,9 +107,23 @@ def paired_measure(cell: CellResult, other: CellResult, key: str, alpha: float =
     return paired_test(cell.values_of(key), other.values_of(key), alpha)
 
 
+def eval_pass(model: nn.Module, x: torch.Tensor, batch_size: int) -> None:
+    """Forward all of ``x`` through ``model`` in eval mode without gradients, in batches of ``batch_size``
+    (for the hooks that record what the layers output); the model's mode is restored."""
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            for start in range(0, len(x), batch_size):
+                model(x[start:start + batch_size].to(device))
+    finally:
+        model.train(was_training)
+
+
 def recorded_activations(model: nn.Module, x: torch.Tensor, batch_size: int) -> list[Any]:
     """The doctor's records (:class:`~trainwell.diagnose.recorder.LayerRecord`) of every activation
-    site, in depth order, after one eval-mode pass of all of ``x`` (in batches of ``batch_size``).
+    site, in depth order, after one eval-mode pass of all of ``x`` (:func:`eval_pass`).
 
     The :class:`~trainwell.diagnose.recorder.Recorder` samples every batch (``sample_eval``), so its
     statistics cover every example: moments over all outputs (``values["mean"]``, ``values["var"]``)
@@ -118,16 +132,10 @@ def recorded_activations(model: nn.Module, x: torch.Tensor, batch_size: int) -> 
     """
     from trainwell.diagnose.recorder import Recorder
 
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
     recorder = Recorder(model, every=1, sample_eval=True)
     try:
-        with torch.no_grad():
-            for start in range(0, len(x), batch_size):
-                model(x[start:start + batch_size].to(device))
+        eval_pass(model, x, batch_size)
         records, _ = recorder.read()
     finally:
         recorder.close()
-        model.train(was_training)
     return [r for r in records if r.kind == "activation"]

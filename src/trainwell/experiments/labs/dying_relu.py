@@ -54,13 +54,20 @@ import math
 from pathlib import Path
 from typing import Any, TypeGuard
 
-import torch
 from torch import Tensor, nn
 
 from trainwell.diagnose.thresholds import DEAD_WARN
 from trainwell.experiments.compare import Cell
 from trainwell.experiments.lab import Lab, LabOutcome, register
-from trainwell.experiments.labs.common import by_label, model_at_init, num, paired_measure, pct, recorded_activations
+from trainwell.experiments.labs.common import (
+    by_label,
+    eval_pass,
+    model_at_init,
+    num,
+    paired_measure,
+    pct,
+    recorded_activations,
+)
 from trainwell.experiments.plots import line_style
 from trainwell.experiments.results import CellResult, CompareResult
 from trainwell.experiments.stats import paired_test
@@ -94,17 +101,11 @@ def never_positive_fractions(model: nn.Module, x: Tensor, batch_size: int) -> li
         return record
 
     handles = [m.register_forward_hook(hook(i)) for i, m in enumerate(sites)]
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
     try:
-        with torch.no_grad():
-            for start in range(0, len(x), batch_size):
-                model(x[start:start + batch_size].to(device))
+        eval_pass(model, x, batch_size)
     finally:
         for h in handles:
             h.remove()
-        model.train(was_training)
     return [float(dead_fraction(alive[i])) for i in sorted(alive)]
 
 
