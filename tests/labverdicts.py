@@ -145,3 +145,16 @@ def assert_consistent(lab: str, summary: dict) -> None:
     """summary.json's ``held`` is what its evidence implies (see the module doc)."""
     expected = globals()[lab](summary["evidence"])
     assert summary["held"] is expected, f"{lab}: held={summary['held']} but its evidence implies {expected}"
+
+
+def transfer(ev: dict) -> bool:
+    low, high = ev["cells"][str(ev["lowest"])], ev["cells"][str(ev["highest"])]
+    cost, scratch = low["fine_tune_cost"], low["scratch_cost"]
+    beats = finite(low["gain"]) and low["gain"] > 0 and significant(low["gain_p"]) and low["fine_tune"]["diverged"] == 0
+    # the gain shrinks: per-seed gains at the lowest vs the highest label count, paired by hand
+    seeds = [s for s in low["gain_seeds"] if s in high["gain_seeds"]]
+    diffs = [low["gain_seeds"][s] - high["gain_seeds"][s] for s in seeds]
+    shrinks = len(diffs) >= 2 and sum(diffs) > 0 and significant(ev["shrink"]["p"]) \
+        and math.isclose(ev["shrink"]["diff"], sum(diffs) / len(diffs), abs_tol=1e-12)
+    faster = cost["n"] > 0 and cost["reached"] == cost["n"] and cost["epochs"] < scratch["epochs"]
+    return beats and shrinks and faster

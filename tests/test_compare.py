@@ -238,3 +238,22 @@ def test_a_resumed_compare_is_keyed_by_the_config_files_content_not_its_path(tmp
     with pytest.raises(RunDirError, match="different compare"):
         prepare_compare_dir(out, plan, overwrite=False)
     assert (out / "runs" / "x").is_dir()  # nothing removed
+
+
+def test_finetune_source_pairs_each_seed_with_its_own_pretrained_run(tmp_path):
+    """A compare cell with finetune.source=.../seed-{seed} fine-tunes, at seed s, the pretrained run of seed s;
+    a missing source of any seed fails before anything runs, in one line naming the cell."""
+    pre = run_plan(Plan(base=[*FAST, "data.classes=0,1,2,3,4"], seeds=[0, 1]), tmp_path / "pre", workers=1, quiet=True)
+    source = str(tmp_path / "pre" / "runs" / "c00-baseline" / "seed-{seed}")
+    new = [*FAST, "data.classes=5,6,7,8,9", "data.per_class=10"]
+    plan = Plan(base=new, cells=[Cell("scratch", {}), Cell("fine-tuned", {"finetune.source": source})], seeds=[0, 1])
+    result = run_plan(plan, tmp_path / "ft", workers=1, quiet=True)
+    for seed in (0, 1):
+        assert result.cells[1].summaries[seed]["pretrained"] == source.replace("{seed}", str(seed))
+        assert "pretrained" not in result.cells[0].summaries[seed]
+    assert pre.cells[0].summaries[0]["test_acc"] != result.cells[1].summaries[0]["test_acc"]
+    again = run_plan(plan, tmp_path / "ft", workers=1, quiet=True)  # resumes: nothing runs again
+    assert again.execution.ran == 0 and again.execution.skipped == 4
+    with pytest.raises(ConfigError, match="cell 'fine-tuned': pretrained '.*seed-2' is neither"):
+        run_plan(Plan(base=new, cells=plan.cells, seeds=[0, 2]), tmp_path / "bad", workers=1, quiet=True)
+    assert not (tmp_path / "bad").exists()

@@ -274,3 +274,46 @@ def test_a_pretrained_path_that_is_nothing_is_one_config_error(tmp_path):
         load_pretrained(tmp_path / "no-such-run")
     with pytest.raises(RunDirError, match="do not exist"):
         load_pretrained(tmp_path / "missing.safetensors")
+
+
+# ----------------------------------------------------------------------------- finetune.source: a train run that fine-tunes
+
+
+def test_source_of_fills_in_the_seed_and_is_none_without_a_source():
+    assert ft.source_of(resolve(["finetune.source=runs/pre/seed-{seed}", "train.seed=7"])) == "runs/pre/seed-7"
+    assert ft.source_of(resolve(["finetune.source=runs/pre", "train.seed=7"])) == "runs/pre"
+    assert ft.source_of(resolve([])) is None
+
+
+def test_a_train_run_with_finetune_source_is_that_fine_tuning_bit_for_bit(pretrained, tmp_path):
+    import shutil
+
+    shutil.copytree(pretrained, tmp_path / "pre" / "seed-3")
+    config = {**QUICK, **NEW, "data.per_class": 10, "train.seed": 3}
+    run = trainwell.train({**config, "finetune.source": str(tmp_path / "pre" / "seed-{seed}")}, out=tmp_path / "a",
+                          quiet=True)
+    assert run.summary["pretrained"] == str(tmp_path / "pre" / "seed-3")  # the run of its own seed
+    assert run.summary["transferred_tensors"] > 0 and run.summary["strategy"] == "discriminative"
+    by_hand = finetune(tmp_path / "pre" / "seed-3", config, out=tmp_path / "b", quiet=True)
+    assert run.summary["test_acc"] == by_hand.summary["test_acc"]
+    a, b = _weights(tmp_path / "a"), _weights(tmp_path / "b")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    scratch = trainwell.train(config, out=tmp_path / "c", quiet=True)  # the same config without the source
+    assert "pretrained" not in scratch.summary
+    c = _weights(tmp_path / "c")
+    assert c.keys() == a.keys() and not all(torch.equal(c[k], a[k]) for k in a)
+    assert "finetune:\n  source: " + str(tmp_path / "pre" / "seed-{seed}") in (tmp_path / "a" / "config.yaml").read_text()
+
+
+def test_finetune_source_errors_are_one_line(pretrained, tmp_path):
+    from trainwell.runs.train import train as train_from_scratch
+
+    with pytest.raises(ConfigError, match="does not do"):  # never a silent training from scratch
+        train_from_scratch({**QUICK, "finetune.source": str(pretrained)}, out=tmp_path / "a", quiet=True)
+    with pytest.raises(ConfigError, match="name the pretrained model once"):
+        finetune(pretrained, {**NEW, "finetune.source": str(tmp_path / "other")}, out=tmp_path / "b", quiet=True)
+    with pytest.raises(ConfigError, match="drop model="):
+        trainwell.train({**QUICK, "finetune.source": str(pretrained)}, model=nn.Linear(64, 10), quiet=True)
+    with pytest.raises(ConfigError, match="neither a run directory"):
+        trainwell.train({**QUICK, "finetune.source": str(tmp_path / "missing")}, out=tmp_path / "c", quiet=True)
+    assert not (tmp_path / "a").exists() and not (tmp_path / "c").exists()

@@ -2,7 +2,8 @@
 
 ``trainwell.train`` trains one run (:func:`trainwell.runs.train.train`) or, with
 ``train.ensemble=K``, K runs combined into an ensemble (:func:`trainwell.experiments.ensembles.train_ensemble`);
-``resume=RUN_DIR`` continues either kind.
+``resume=RUN_DIR`` continues either kind; with ``finetune.source=PRETRAINED`` the one run is fine-tuned
+from that model (:func:`trainwell.runs.finetune.train_run`).
 
     import trainwell
     run = trainwell.train({"model.name": "cnn", "train.epochs": 5}, out="runs/cnn")
@@ -42,5 +43,12 @@ def train(config: ConfigLike = None, *, overrides: list[str] | dict[str, Any] | 
 
         return train_ensemble(cfg, resume if resume is not None else out, overwrite=overwrite, quiet=quiet,
                               console=console, resume=resume is not None)
+    if cfg.finetune.source and resume is None:
+        if single:
+            raise ConfigError(f"finetune.source fine-tunes from a pretrained model built from the config; drop "
+                              f"{', '.join(sorted(single))}= (or leave finetune.source unset).")
+        from trainwell.runs.finetune import train_run
+
+        return train_run(cfg, out=out, overwrite=overwrite, quiet=quiet, console=console)
     return train_one(config, overrides=overrides, config_file=config_file, out=out, overwrite=overwrite,
                      resume=resume, quiet=quiet, console=console, **single)

@@ -272,6 +272,8 @@ class LossConfig:
 
 @dataclass
 class FinetuneConfig:
+    source: str | None = None
+    """A pretrained run folder (or a trainwell .safetensors, torchvision:NAME, timm:NAME) that a train run fine-tunes from, as trainwell finetune SOURCE does but with this config as given (model.* must be the source's architecture); {seed} in it is replaced by train.seed, so each seed of a compare fine-tunes the pretrained run of its own seed. Unset: train from scratch."""
     strategy: str = "discriminative"
     """trainwell finetune: full (every layer trains), linear_probe (only the new head), gradual (ULMFiT: head first, one more layer group from the top every finetune.unfreeze_every epochs), discriminative (all train, group g from the top at optim.lr * finetune.lr_decay**g; the default: the only strategy that gained at 10 labels/class in every measured setting and never diverged, docs/after-training.md)."""
     bn: str = "frozen"

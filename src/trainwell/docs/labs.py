@@ -69,7 +69,10 @@ def lab_section(name: str, out: Path, outcome: LabOutcome) -> tuple[str, str, di
         f"**Verdict: {held}.** {summary['verdict']}\n\n"
         f"{tables}\n\n" + "\n\n".join(images) + "\n\n"
         f"Reproduce: `trainwell lab {name}` ({len(summary['seeds'])} seeds, {summary['runs']} runs, "
-        f"{took} here). Settings: `{' '.join(summary['overrides'])}`.\n\n"
+        f"{took} here). Settings: `{' '.join(summary['overrides'])}`"
+        + (f"; first, {summary['pretrain']['runs']} pretraining runs (one per seed): "
+           f"`{' '.join(summary['pretrain']['overrides'])}`"
+           if summary.get("pretrain") else "") + ".\n\n"
     )
     return row, section, figures
 

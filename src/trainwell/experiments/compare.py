@@ -187,10 +187,22 @@ def validate(plan: Plan, deep: bool = True) -> list[Config]:
                 if key not in data_cache:
                     data_cache[key] = load_splits(cfg.data)
                 check_run(cfg, data_cache[key])
+            if deep and cfg.finetune.source:
+                check_sources(cfg, plan.seeds)
         except TrainwellError as exc:
             raise type(exc)(f"cell '{cell.label}': {exc}") from None
         configs.append(cfg)
     return configs
+
+
+def check_sources(cfg: Config, seeds: Sequence[int]) -> None:
+    """Each seed's pretrained model (finetune.source, ``{seed}`` filled in) can be read: a run folder
+    must have finished (one line otherwise, before any run starts)."""
+    from trainwell.runs.finetune import source_of
+    from trainwell.train.pretrained import load_pretrained
+
+    for seed in seeds:
+        load_pretrained(str(source_of(job_config(cfg, seed))))
 
 
 def is_finished(job: Job, plan: Plan) -> bool:
@@ -240,15 +252,17 @@ def execute_job(cfg: Config, run_dir: str, measure: str | None) -> dict[str, Any
     it was); a folder without one starts again. Top-level so a process pool can call it; ``cfg`` is
     the typed Config (pickled to the worker, never re-parsed from text)."""
     from trainwell.train.checkpoint import CHECKPOINT_DIR
+    from trainwell.runs.finetune import train_run
     from trainwell.runs.train import train
     from trainwell.train.load import load_run
 
     run_dir_path = Path(run_dir)
     if not (run_dir_path / "summary.json").is_file():
+        # A fine-tuned run (finetune.source) is written whole or not at all, so it never has checkpoints here.
         if any((run_dir_path / CHECKPOINT_DIR).glob("step-*.safetensors")):
             train(resume=run_dir_path, quiet=True)
         else:
-            train(cfg, out=run_dir_path, overwrite=True, quiet=True)
+            train_run(cfg, out=run_dir_path, overwrite=True, quiet=True)
     summary = read_json(run_dir_path / "summary.json", "summary")
     if measure is not None:
         from trainwell.data import load_splits

@@ -8,6 +8,12 @@ Python API::
                                 "finetune.strategy": "linear_probe"}, out="runs/ft", compare_scratch=True)
     run.summary["test_acc"], run.summary["scratch_test_acc"], run.summary["gain"]
 
+A train run with ``finetune.source=PRETRAINED`` is the same fine-tuning with its config as given
+(``trainwell train finetune.source=runs/pre preset=... data.classes=5,6,7,8,9``, :func:`train_run`):
+so a compare cell, or a lab's, can be a fine-tuned run. ``{seed}`` in the source stands for
+train.seed, so that each seed fine-tunes the pretrained run of its own seed
+(``finetune.source=runs/pre/seed-{seed}``).
+
 What is transferred: every tensor of the pretrained model except the head (the final Linear):
 the preprocessing statistics included, since the features were learned on inputs scaled that way.
 The head is re-initialised for the new number of classes (seeded by train.seed). The fine-tuned run
@@ -170,24 +176,49 @@ def apply_strategy(classifier: Classifier, cfg: Config) -> AppliedStrategy:
 # ----------------------------------------------------------------------------- config and weight transfer
 
 
-def finetune_config(pretrained: Pretrained, overrides: list[str] | dict[str, Any] | None = None,
+def source_of(cfg: Config) -> str | None:
+    """``finetune.source`` with ``{seed}`` replaced by train.seed; None when the run trains from scratch."""
+    source = cfg.finetune.source
+    return source.replace("{seed}", str(cfg.train.seed)) if source else None
+
+
+def finetune_config(pretrained: Pretrained, overrides: Config | list[str] | dict[str, Any] | None = None,
                     config_file: str | Path | None = None) -> Config:
     """The fine-tuning config: for a run directory, its model.* keys and data.preprocess are the
-    starting point; the user's file and overrides (new data, optim, finetune.*) go on top."""
-    if pretrained.kind != "run":
+    starting point; the user's file and overrides (new data, optim, finetune.*) go on top.
+
+    A :class:`Config` is taken as it is (a train run with finetune.source, a compare cell): its
+    model.* must then be the pretrained architecture, which :func:`transfer_weights` checks.
+    """
+    given = isinstance(overrides, Config)
+    if isinstance(overrides, Config):
+        if config_file is not None:
+            raise ConfigError("finetune() takes a Config or a config file with overrides, not both.")
+        cfg = overrides
+    elif pretrained.kind != "run":
         cfg = resolve(overrides, config_file)
     else:
         assert pretrained.config is not None
         base = Config(model=pretrained.config.model,
                       data=dataclasses.replace(Config().data, preprocess=pretrained.config.data.preprocess))
         cfg = resolve(overrides, config_file, base=base)
-        if cfg.data.preprocess != pretrained.preprocess:
-            raise ConfigError(
-                f"data.preprocess={cfg.data.preprocess} but the pretrained run '{pretrained.source}' used "
-                f"{pretrained.preprocess}, whose statistics are transferred with the weights; drop data.preprocess."
-            )
+    if pretrained.kind == "run" and cfg.data.preprocess != pretrained.preprocess:
+        fix = f"set data.preprocess={pretrained.preprocess}" if given else "drop data.preprocess"
+        raise ConfigError(
+            f"data.preprocess={cfg.data.preprocess} but the pretrained run '{pretrained.source}' used "
+            f"{pretrained.preprocess}, whose statistics are transferred with the weights; {fix}."
+        )
+    source = source_of(cfg)
+    if source is not None and source != pretrained.source and Path(source).resolve() != Path(pretrained.source).resolve():
+        raise ConfigError(f"finetune.source={source} but the pretrained model given is '{pretrained.source}'; "
+                          "name the pretrained model once (drop finetune.source).")
     check_finetune_config(cfg)
     return cfg
+
+
+def without_source(cfg: Config) -> Config:
+    """The same config trained from scratch (finetune.source unset): ``--compare-scratch``'s baseline."""
+    return dataclasses.replace(cfg, finetune=dataclasses.replace(cfg.finetune, source=None))
 
 
 def _shape(t: torch.Tensor) -> tuple[int, ...]:
@@ -283,7 +314,7 @@ def _same_module(key: str, head: set[str]) -> bool:
 
 def finetune(
     pretrained: str | Path,
-    overrides: list[str] | dict[str, Any] | None = None,
+    overrides: Config | list[str] | dict[str, Any] | None = None,
     *,
     config_file: str | Path | None = None,
     out: str | Path | None = None,
@@ -294,6 +325,7 @@ def finetune(
 ) -> Run:
     """Fine-tune PRETRAINED on the data of ``overrides`` and write an ordinary run directory to ``out``.
 
+    ``overrides`` may be a whole :class:`Config`, used as it is (:func:`finetune_config`).
     PRETRAINED: a trainwell run directory (its model.* keys and preprocessing are used), a
     ``.safetensors`` file of a trainwell model (the architecture comes from ``overrides``), or
     ``torchvision:NAME`` / ``timm:NAME`` with the package installed and the weights already cached.
@@ -352,8 +384,8 @@ def finetune(
                 scratch_model = None
                 if source.hub is not None:  # kind "hub"
                     scratch_model = hub_model(*source.hub, splits.num_classes, pretrained=False)
-                scratch = train(cfg, out=out_dir / "scratch", splits=splits, quiet=quiet, console=console,
-                                model=scratch_model)
+                scratch = train(without_source(cfg), out=out_dir / "scratch", splits=splits, quiet=quiet,
+                                console=console, model=scratch_model)
                 summary["scratch_test_acc"] = scratch.summary["test_acc"]
                 summary["gain"] = summary["test_acc"] - scratch.summary["test_acc"]
                 summary["scratch_dir"] = str(staged.path / "scratch")
@@ -363,6 +395,16 @@ def finetune(
                           f"('{staged.path}' is as it was before)") from None
     run.dir, run.summary = staged.path, summary
     return run
+
+
+def train_run(cfg: Config, *, out: str | Path | None = None, overwrite: bool = False, quiet: bool = False,
+              console: Console | None = None) -> Run:
+    """One run of ``cfg`` into ``out``: fine-tuned from finetune.source when it is set (:func:`finetune`
+    with the config as given), else trained from scratch (:func:`~trainwell.runs.train.train`)."""
+    source = source_of(cfg)
+    if source is None:
+        return train(cfg, out=out, overwrite=overwrite, quiet=quiet, console=console)
+    return finetune(source, cfg, out=out, overwrite=overwrite, quiet=quiet, console=console)
 
 
 def _staged_output(out: str | Path | None, tag: str, overwrite: bool, source: Pretrained) -> StagedDir:

@@ -157,6 +157,9 @@ def train(
     cfg = resume_config(Path(resume), config, overrides, config_file) if resume is not None \
         else as_config(config, overrides, config_file)
     check_names(cfg)
+    if cfg.finetune.source and prepare is None:
+        raise ConfigError(f"finetune.source={cfg.finetune.source} is a fine-tuning, which this function does not do "
+                          "(it trains from scratch); use trainwell.train or trainwell.runs.finetune.train_run.")
     check_ensemble_keys(cfg, custom_model=model is not None, custom_data=splits is not None or prepare is not None)
     if cfg.train.ensemble > 1:
         raise ConfigError(f"train.ensemble={cfg.train.ensemble} trains {cfg.train.ensemble} runs: use trainwell.train "

@@ -10,4 +10,5 @@ from trainwell.experiments.labs import (  # noqa: F401
     preprocessing,
     regularization,
     selu,
+    transfer,
 )
