@@ -368,3 +368,13 @@ def test_the_too_few_rescalings_warning_points_at_the_code_that_called_lsuv_init
     with pytest.warns(UserWarning, match="raise init.lsuv_max_iter") as record:
         lsuv_init(model, batch, InitConfig(lsuv_max_iter=1, lsuv_head=True), _gen(0))
     assert [w.filename for w in record] == [__file__]
+
+
+def test_the_warning_names_a_caller_whose_globals_have_no_module_name():
+    # Code run by exec() with a bare globals dict has no __name__: it is the caller, and no error is raised.
+    model, batch = nn.Sequential(_Column(), _Standardised(1, 1)), torch.tensor([-0.5, 0.5])
+    scope = {"lsuv_init": lsuv_init, "model": model, "batch": batch, "gen": _gen(0),
+             "cfg": InitConfig(lsuv_max_iter=1, lsuv_head=True)}
+    with pytest.warns(UserWarning, match="raise init.lsuv_max_iter") as record:
+        exec(compile("lsuv_init(model, batch, cfg, gen)", "<lsuv caller>", "exec"), scope)
+    assert "__name__" not in scope and [w.filename for w in record] == ["<lsuv caller>"]
