@@ -298,3 +298,83 @@ def test_with_no_rescaling_allowed_nothing_warns_and_with_too_few_it_warns_namin
 def test_std_schemes_name_themselves_when_std_is_not_positive(scheme):
     with pytest.raises(ConfigError, match=rf"^init\.scheme={scheme} needs init\.std > 0, got 0\.0; e\.g\. init\.std=0\.01\.$"):
         init_model(nn.Linear(3, 2), InitConfig(scheme=scheme, std=0.0), _gen(0))
+
+
+def test_the_returned_variances_are_the_float64_variances_of_each_layers_output():
+    # The docstring's float64: measured in float32 the variance would differ from ours by ~1e-7.
+    for kind in sorted(MODELS):
+        model, batch, cfg = MODELS[kind]()
+        returned = lsuv_init(model, batch, cfg, _gen(2))
+        after = measured_variances(model, batch)
+        assert returned and all(returned[name] == pytest.approx(after[name], rel=1e-13, abs=0) for name in returned)
+
+
+class _FirstPassOnly(nn.Module):
+    """Uses its middle layer on the first forward pass only: a forward that changes from pass to pass."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b, self.c = nn.Linear(6, 6), nn.Linear(6, 6), nn.Linear(6, 2)
+        self.passes = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.passes += 1
+        h = torch.tanh(self.a(x))
+        return self.c(torch.tanh(self.b(h)) if self.passes == 1 else h)
+
+
+def test_a_layer_that_stops_running_on_the_batch_is_one_config_error_line_and_modes_are_restored():
+    model, batch = _FirstPassOnly().train(), torch.randn(32, 6, generator=_gen(1))
+    with pytest.raises(ConfigError) as info:
+        lsuv_init(model, batch, InitConfig(scheme="lsuv"), _gen(0))
+    assert str(info.value) == "lsuv: a Linear/Conv layer of the model did not run on the batch."
+    assert all(m.training for m in model.modules())
+
+
+def test_a_layer_exactly_at_the_tolerance_is_rescaled_and_just_inside_it_is_not():
+    """|Var - 1| < lsuv_tol is strict. A 1 x 1 layer starts at weight ±1 (orthonormal) and sees ±0.5:
+    Var = 0.25 exactly, |Var - 1| = 0.75; at lsuv_tol = 0.75 one rescaling (w /= 0.5) gives Var = 1."""
+    model, batch = nn.Sequential(_Column(), nn.Linear(1, 1)), torch.tensor([-0.5, 0.5])
+    at = lsuv_init(model, batch, InitConfig(scheme="lsuv", lsuv_tol=0.75, lsuv_head=True), _gen(0))
+    assert at == {"1": 1.0} and abs(float(model[1].weight.detach())) == 2.0
+    inside = lsuv_init(model, batch, InitConfig(scheme="lsuv", lsuv_tol=0.75 + 1e-9, lsuv_head=True), _gen(0))
+    assert inside == {"1": 0.25} and abs(float(model[1].weight.detach())) == 1.0
+
+
+class _Standardised(nn.Linear):
+    """A weight-standardised layer (its weight divided by its norm before use): rescaling W changes nothing."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.linear(x, self.weight / self.weight.norm(), self.bias)
+
+
+def test_a_scale_invariant_layer_warns_after_max_iter_rescalings_even_exactly_at_the_tolerance():
+    """The layer's Var stays 0.25 (|Var - 1| = 0.75) whatever LSUV divides W by: not within lsuv_tol = 0.75
+    (strict), so it warns; within 0.75 + 1e-9 it does not."""
+    import warnings
+    model, batch = nn.Sequential(_Column(), _Standardised(1, 1)), torch.tensor([-0.5, 0.5])
+    cfg = InitConfig(lsuv_tol=0.75, lsuv_max_iter=3, lsuv_head=True)
+    with pytest.warns(UserWarning, match=r"^lsuv: layer '1' output variance 0\.25 after 3 rescalings \(tolerance 0\.75\)"):
+        assert lsuv_init(model, batch, cfg, _gen(0)) == {"1": 0.25}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert lsuv_init(model, batch, InitConfig(lsuv_tol=0.75 + 1e-9, lsuv_max_iter=3, lsuv_head=True),
+                         _gen(0)) == {"1": 0.25}
+
+
+def test_the_too_few_rescalings_warning_points_at_the_code_that_called_lsuv_init():
+    # Not at torch's no_grad wrapper (what stacklevel=2 named) nor inside trainwell.
+    model, batch = nn.Sequential(_Column(), _Standardised(1, 1)), torch.tensor([-0.5, 0.5])
+    with pytest.warns(UserWarning, match="raise init.lsuv_max_iter") as record:
+        lsuv_init(model, batch, InitConfig(lsuv_max_iter=1, lsuv_head=True), _gen(0))
+    assert [w.filename for w in record] == [__file__]
+
+
+def test_the_warning_names_a_caller_whose_globals_have_no_module_name():
+    # Code run by exec() with a bare globals dict has no __name__: it is the caller, and no error is raised.
+    model, batch = nn.Sequential(_Column(), _Standardised(1, 1)), torch.tensor([-0.5, 0.5])
+    scope = {"lsuv_init": lsuv_init, "model": model, "batch": batch, "gen": _gen(0),
+             "cfg": InitConfig(lsuv_max_iter=1, lsuv_head=True)}
+    with pytest.warns(UserWarning, match="raise init.lsuv_max_iter") as record:
+        exec(compile("lsuv_init(model, batch, cfg, gen)", "<lsuv caller>", "exec"), scope)
+    assert "__name__" not in scope and [w.filename for w in record] == ["<lsuv caller>"]

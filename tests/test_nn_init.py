@@ -266,6 +266,21 @@ def test_biases_zero_and_norms_identity_after_init(scheme):
             assert torch.all(module.weight == 1) and torch.all(module.bias == 0)
 
 
+@pytest.mark.parametrize("norm", [nn.LocalResponseNorm(2), nn.LayerNorm(4, elementwise_affine=False),
+                                  nn.BatchNorm2d(4, affine=False)], ids=["lrn", "layer_no_affine", "batch_no_affine"])
+def test_norm_layers_without_a_scale_or_shift_are_left_alone(norm):
+    # LocalResponseNorm has no weight/bias attribute at all, the non-affine norms hold None: nothing to set.
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), norm, nn.ReLU(), nn.Conv2d(4, 4, 3))
+    before = {k: v.clone() for k, v in norm.state_dict().items()}
+    init_model(model, InitConfig(scheme="xavier_normal"), _gen())
+    after = norm.state_dict()
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+    g = _gen()  # and both convs got torch's xavier_normal_, in module order, from the one generator
+    for conv in (model[0], model[3]):
+        theirs = nn.init.xavier_normal_(torch.empty_like(conv.weight), generator=g)
+        torch.testing.assert_close(conv.weight.detach(), theirs, rtol=1e-6, atol=0)
+
+
 def test_default_scheme_leaves_every_parameter_as_pytorch_made_it():
     model = _mixed_model()
     before = {k: v.clone() for k, v in model.state_dict().items()}
@@ -276,6 +291,19 @@ def test_default_scheme_leaves_every_parameter_as_pytorch_made_it():
 
 def test_layer_without_a_record_gets_gain_one():
     assert layer_gain(nn.Linear(3, 3)) == 1.0 == calculate_gain("linear")
+
+
+@pytest.mark.parametrize("follows, bias, g", [(None, 0.0, 1.0), ("identity", 0.0, 1.0), ("relu", 0.25, math.sqrt(2))])
+def test_a_layer_without_a_record_is_treated_as_followed_by_identity_for_its_gain_and_its_bias(follows, bias, g):
+    # No `follows` record reads as identity (calculate_gain('linear') = 1), like a head: gain 1 and bias 0,
+    # where a layer recorded as followed by a ReLU gets init.bias and kaiming's sqrt(2).
+    layer = nn.Linear(600, 300)
+    if follows is not None:
+        layer.follows = follows
+    init_model(layer, InitConfig(scheme="kaiming_normal", bias=0.25), _gen())
+    assert torch.all(layer.bias == bias)
+    w = layer.weight.detach().double().flatten().numpy()
+    assert stats.kstest(w, _normal(g / math.sqrt(600)).cdf).pvalue > 1e-3
 
 
 def test_head_gets_gain_one_and_hidden_layers_the_activation_gain():

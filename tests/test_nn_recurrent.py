@@ -15,7 +15,7 @@ from torch import nn
 
 from trainwell.config import Config, InitConfig, ModelConfig, resolve
 from trainwell.errors import ConfigError
-from trainwell.nn import build_model, init_model
+from trainwell.nn import INITS, build_model, init_model
 from trainwell.nn.init import GATES, init_recurrent
 from trainwell.nn.layer_groups import layer_groups
 from trainwell.nn.recurrent import RecurrentClassifier
@@ -274,6 +274,49 @@ def test_init_model_reaches_recurrent_layers_inside_any_module():
         torch.testing.assert_close(block @ block.T, torch.eye(8), rtol=0, atol=1e-5)
 
 
+def test_an_lstm_projection_is_one_block_of_the_scheme_at_gain_one_drawn_in_torchs_parameter_order():
+    """proj_size > 0: per layer and direction torch holds weight_ih (4H x F), weight_hh (4H x P), the
+    biases, then weight_hr (P x H). The H x F and H x P gate blocks get kaiming_normal / orthogonal
+    block by block, the P x H projection kaiming_normal whole, all at gain 1 and with init.mode's fan
+    (fan_out: H for a gate block, P for the projection): torch.nn.init's draws from the same generator."""
+    features, hidden, proj = 5, 6, 3
+    cell = nn.LSTM(features, hidden, num_layers=2, proj_size=proj, bidirectional=True)
+    init_recurrent(cell, InitConfig(scheme="kaiming_normal", mode="fan_out", bias=0.5), _gen(5))
+
+    def kaiming(rows: int, cols: int) -> torch.Tensor:
+        return nn.init.kaiming_normal_(torch.empty(rows, cols), mode="fan_out", nonlinearity="linear", generator=g)
+
+    g = _gen(5)
+    expected: dict[str, torch.Tensor] = {}
+    for layer in range(2):
+        for suffix in ("", "_reverse"):
+            inputs = features if layer == 0 else 2 * proj  # the layer below's two directions, projected
+            expected[f"weight_ih_l{layer}{suffix}"] = torch.cat([kaiming(hidden, inputs) for _ in range(4)])
+            expected[f"weight_hh_l{layer}{suffix}"] = torch.cat(
+                [nn.init.orthogonal_(torch.empty(hidden, proj), generator=g) for _ in range(4)])
+            expected[f"weight_hr_l{layer}{suffix}"] = kaiming(proj, hidden)
+    weights = {n: p.detach() for n, p in cell.named_parameters() if n.startswith("weight")}
+    assert set(weights) == set(expected)
+    for name, weight in weights.items():
+        torch.testing.assert_close(weight, expected[name], rtol=1e-6, atol=0, msg=name)
+
+
+def test_scheme_default_keeps_pytorchs_weights_but_makes_every_recurrent_matrix_orthogonal():
+    """init.scheme=default leaves the model as PyTorch built it except the hidden-to-hidden gate blocks,
+    which follow init.recurrent (orthogonal) wherever the recurrent layer sits in the model."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(8)
+        model = nn.Sequential(nn.Linear(3, 3), nn.Sequential(nn.LSTM(3, 5), nn.Linear(5, 2)))
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    init_model(model, InitConfig(scheme="default"), _gen(1))
+    for name, param in model.named_parameters():
+        recurrent = "weight_hh" in name
+        assert torch.equal(param, before[name]) != recurrent, name
+        if recurrent:
+            for block in param.detach().split(5):
+                torch.testing.assert_close(block @ block.T, torch.eye(5), rtol=0, atol=1e-5)
+
+
 @pytest.mark.parametrize(("value", "says"), [
     ("banana", "init.recurrent: unknown init 'banana'."),
     ("lsuv", "init.recurrent=lsuv needs a batch and has no recurrent step"),
@@ -282,6 +325,18 @@ def test_a_bad_recurrent_scheme_is_one_config_error_line(value, says):
     with pytest.raises(ConfigError) as info:
         build_model(resolve(["model.name=rnn", f"init.recurrent={value}"]), (1, 10), 3)
     assert says in str(info.value) and "\n" not in str(info.value)
+
+
+def test_a_bad_recurrent_scheme_says_what_it_got_and_how_to_fix_it_word_for_word():
+    valid = ", ".join(sorted(INITS.names()))
+    for value, says in [
+        ("orthogonl", f"init.recurrent: unknown init 'orthogonl'. Did you mean 'orthogonal'? Valid: {valid}."),
+        ("lsuv", "init.recurrent=lsuv needs a batch and has no recurrent step; "
+                 "use orthogonal (or default for PyTorch's)."),
+    ]:
+        with pytest.raises(ConfigError) as info:
+            build_model(resolve(["model.name=lstm", f"init.recurrent={value}"]), (1, 10), 3)
+        assert str(info.value) == says
 
 
 # ----------------------------------------------------------------------------- the doctor and the CLI

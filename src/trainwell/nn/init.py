@@ -33,7 +33,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import sys
 from dataclasses import dataclass
+from types import FrameType
 import warnings
 
 import torch
@@ -307,6 +309,25 @@ class _Captured(Exception):
         self.output = output
 
 
+#: Packages whose frames a warning skips to name the code that called in: trainwell itself, torch (the
+#: wrapper ``@torch.no_grad()`` puts around a function) and mutmut (the trampoline mutation testing,
+#: ``tools/mutation.py``, puts around every function).
+_INNER_PACKAGES = ("trainwell", "torch", "mutmut")
+
+
+def _caller_stacklevel(frame: FrameType | None) -> int:
+    """``warnings.warn``'s stacklevel naming the first frame outside :data:`_INNER_PACKAGES`: the caller's code.
+
+    ``frame`` is the warning function's own (``sys._getframe()``), stacklevel 1. A fixed
+    ``stacklevel=2`` names torch's ``no_grad`` wrapper, the frame a decorator adds between a caller and
+    the decorated function.
+    """
+    level = 1
+    while frame is not None and frame.f_globals.get("__name__", "").partition(".")[0] in _INNER_PACKAGES:
+        level, frame = level + 1, frame.f_back
+    return level
+
+
 def _check_lsuv_cfg(cfg: InitConfig) -> None:
     if not (isinstance(cfg.lsuv_tol, (int, float)) and math.isfinite(cfg.lsuv_tol) and 0 < cfg.lsuv_tol < 1):
         raise ConfigError(f"init.lsuv_tol must be in (0, 1), got {cfg.lsuv_tol}; e.g. init.lsuv_tol=0.1.")
@@ -327,7 +348,7 @@ def _output_variance(model: nn.Module, batch: Tensor, layer: nn.Module) -> float
         return float(captured.output.detach().to(torch.float64).var(unbiased=False))
     finally:
         handle.remove()
-    raise ConfigError("lsuv: a Linear/Conv layer of the model did not run on the batch.")  # pragma: no cover
+    raise ConfigError("lsuv: a Linear/Conv layer of the model did not run on the batch.")
 
 
 def _forward_order(model: nn.Module, batch: Tensor) -> list[tuple[str, nn.Module]]:
@@ -415,7 +436,7 @@ def lsuv_init(
                 warnings.warn(
                     f"lsuv: layer '{name}' output variance {var:.3g} after {cfg.lsuv_max_iter} rescalings "
                     f"(tolerance {cfg.lsuv_tol}); raise init.lsuv_max_iter.",
-                    stacklevel=2,
+                    stacklevel=_caller_stacklevel(sys._getframe()),
                 )
             variances[name] = var
     finally:
