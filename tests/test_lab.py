@@ -9,7 +9,8 @@ from trainwell.experiments.lab import LABS, get_lab, lab_plan, run_lab
 from trainwell.docs.markdown import markdown_table
 from labverdicts import assert_consistent
 
-EXPECTED = {"activations", "batchnorm", "init", "dropout", "mixup", "preprocessing", "regularization"}
+EXPECTED = {"activations", "batchnorm", "init", "dropout", "mixup", "preprocessing", "regularization",
+            "dying_relu", "selu", "orthogonal", "augmentation", "ensembles", "transfer", "schedules"}
 
 
 def test_every_lecture_lab_is_registered_with_a_claim_and_a_quick_mode():
