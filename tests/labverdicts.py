@@ -110,3 +110,17 @@ def assert_consistent(lab: str, summary: dict) -> None:
     """summary.json's ``held`` is what its evidence implies (see the module doc)."""
     expected = globals()[lab](summary["evidence"])
     assert summary["held"] is expected, f"{lab}: held={summary['held']} but its evidence implies {expected}"
+
+
+def orthogonal(ev: dict) -> bool:
+    lo, hi = ev["band"]
+    cells, decided = ev["cells"], ev["decided"]
+
+    def inside(r):
+        return finite(r) and lo <= r <= hi
+
+    adjusted = holm_by_hand([cells[k]["p"] if finite(cells[k]["p"]) else math.nan for k in decided])
+    better = [finite(cells[k]["acc_diff_orthogonal_minus"]) and cells[k]["acc_diff_orthogonal_minus"] > 0
+              and p < ALPHA for k, p in zip(decided, adjusted)]
+    return bool(decided) and inside(cells["orthogonal"]["grad_ratio"]) \
+        and all(finite(cells[k]["grad_ratio"]) and not inside(cells[k]["grad_ratio"]) for k in decided) and all(better)

@@ -8,4 +8,5 @@ from trainwell.experiments.labs import (  # noqa: F401
     mixup,
     preprocessing,
     regularization,
+    orthogonal,
 )
