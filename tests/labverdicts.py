@@ -124,3 +124,18 @@ def orthogonal(ev: dict) -> bool:
               and p < ALPHA for k, p in zip(decided, adjusted)]
     return bool(decided) and inside(cells["orthogonal"]["grad_ratio"]) \
         and all(finite(cells[k]["grad_ratio"]) and not inside(cells[k]["grad_ratio"]) for k in decided) and all(better)
+
+
+def schedules(ev: dict) -> bool:
+    t = ev["tests"]
+
+    def beats(loss_diff, loss_p, acc_diff, acc_p):
+        worse_test = finite(acc_diff) and acc_diff < 0 and significant(acc_p)
+        return finite(loss_diff) and loss_diff < 0 and finite(loss_p) and loss_p < ALPHA and not worse_test
+
+    m = t["momentum_minus_sgd"]
+    decaying = [v for k, v in t.items() if k.startswith("momentum-")]
+    adjusted = holm_by_hand([v["loss_p_raw"] if finite(v["loss_p_raw"]) else math.nan for v in decaying])
+    return beats(m["loss_diff"], m["loss_p"], m["acc_diff"], m["acc_p"]) \
+        and any(beats(v["loss_diff"], p, v["acc_diff"], v["acc_p"]) for v, p in zip(decaying, adjusted))
+

@@ -9,4 +9,5 @@ from trainwell.experiments.labs import (  # noqa: F401
     preprocessing,
     regularization,
     orthogonal,
+    schedules,
 )
