@@ -141,12 +141,6 @@ def selu(ev: dict) -> bool:
     return inside(ev["snn"]) and all(measured(o) and not inside(o) for o in ev["others"]) and trains
 
 
-def assert_consistent(lab: str, summary: dict) -> None:
-    """summary.json's ``held`` is what its evidence implies (see the module doc)."""
-    expected = globals()[lab](summary["evidence"])
-    assert summary["held"] is expected, f"{lab}: held={summary['held']} but its evidence implies {expected}"
-
-
 def transfer(ev: dict) -> bool:
     low, high = ev["cells"][str(ev["lowest"])], ev["cells"][str(ev["highest"])]
     cost, scratch = low["fine_tune_cost"], low["scratch_cost"]
@@ -158,3 +152,37 @@ def transfer(ev: dict) -> bool:
         and math.isclose(ev["shrink"]["diff"], sum(diffs) / len(diffs), abs_tol=1e-12)
     faster = cost["n"] > 0 and cost["reached"] == cost["n"] and cost["epochs"] < scratch["epochs"]
     return beats and shrinks and faster
+
+
+def orthogonal(ev: dict) -> bool:
+    lo, hi = ev["band"]
+    cells, decided = ev["cells"], ev["decided"]
+
+    def inside(r):
+        return finite(r) and lo <= r <= hi
+
+    adjusted = holm_by_hand([cells[k]["p"] if finite(cells[k]["p"]) else math.nan for k in decided])
+    better = [finite(cells[k]["acc_diff_orthogonal_minus"]) and cells[k]["acc_diff_orthogonal_minus"] > 0
+              and p < ALPHA for k, p in zip(decided, adjusted)]
+    return bool(decided) and inside(cells["orthogonal"]["grad_ratio"]) \
+        and all(finite(cells[k]["grad_ratio"]) and not inside(cells[k]["grad_ratio"]) for k in decided) and all(better)
+
+
+def schedules(ev: dict) -> bool:
+    t = ev["tests"]
+
+    def beats(loss_diff, loss_p, acc_diff, acc_p):
+        worse_test = finite(acc_diff) and acc_diff < 0 and significant(acc_p)
+        return finite(loss_diff) and loss_diff < 0 and finite(loss_p) and loss_p < ALPHA and not worse_test
+
+    m = t["momentum_minus_sgd"]
+    decaying = [v for k, v in t.items() if k.startswith("momentum-")]
+    adjusted = holm_by_hand([v["loss_p_raw"] if finite(v["loss_p_raw"]) else math.nan for v in decaying])
+    return beats(m["loss_diff"], m["loss_p"], m["acc_diff"], m["acc_p"]) \
+        and any(beats(v["loss_diff"], p, v["acc_diff"], v["acc_p"]) for v, p in zip(decaying, adjusted))
+
+
+def assert_consistent(lab: str, summary: dict) -> None:
+    """summary.json's ``held`` is what its evidence implies (see the module doc)."""
+    expected = globals()[lab](summary["evidence"])
+    assert summary["held"] is expected, f"{lab}: held={summary['held']} but its evidence implies {expected}"

@@ -7,8 +7,10 @@ from trainwell.experiments.labs import (  # noqa: F401
     dying_relu,
     init,
     mixup,
+    orthogonal,
     preprocessing,
     regularization,
+    schedules,
     selu,
     transfer,
 )
