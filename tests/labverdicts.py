@@ -110,3 +110,13 @@ def assert_consistent(lab: str, summary: dict) -> None:
     """summary.json's ``held`` is what its evidence implies (see the module doc)."""
     expected = globals()[lab](summary["evidence"])
     assert summary["held"] is expected, f"{lab}: held={summary['held']} but its evidence implies {expected}"
+
+
+def augmentation(ev: dict) -> bool:
+    rows = [v for k, v in ev.items() if isinstance(v, dict) and k != ev["baseline"]
+            and v.get("gap_p") is not None and v.get("acc_p") is not None]
+    gap_adj = holm_by_hand([r["gap_p"] for r in rows])
+    acc_adj = holm_by_hand([r["acc_p"] for r in rows])
+    return any(r["gap_diff"] < 0 and g < ALPHA and r["acc_diff"] > 0 and a < ALPHA
+               for r, g, a in zip(rows, gap_adj, acc_adj))
+

@@ -2,6 +2,7 @@
 
 from trainwell.experiments.labs import (  # noqa: F401
     activations,
+    augmentation,
     batchnorm,
     dropout,
     init,
