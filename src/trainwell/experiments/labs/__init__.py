@@ -5,6 +5,7 @@ from trainwell.experiments.labs import (  # noqa: F401
     augmentation,
     batchnorm,
     dropout,
+    ensembles,
     init,
     mixup,
     preprocessing,
