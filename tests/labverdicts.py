@@ -182,6 +182,32 @@ def schedules(ev: dict) -> bool:
         and any(beats(v["loss_diff"], p, v["acc_diff"], v["acc_p"]) for v, p in zip(decaying, adjusted))
 
 
+def augmentation(ev: dict) -> bool:
+    rows = [v for k, v in ev.items() if isinstance(v, dict) and k != ev["baseline"]
+            and v.get("gap_p") is not None and v.get("acc_p") is not None]
+    gap_adj = holm_by_hand([r["gap_p"] for r in rows])
+    acc_adj = holm_by_hand([r["acc_p"] for r in rows])
+    return any(r["gap_diff"] < 0 and g < ALPHA and r["acc_diff"] > 0 and a < ALPHA
+               for r, g, a in zip(rows, gap_adj, acc_adj))
+
+
+def ensembles(ev: dict) -> bool:
+    from scipy import stats
+
+    if "by_k" not in ev:
+        return False
+    top = ev["by_k"][str(ev["largest_k"])]
+    gains = [e - m for e, m in zip(top["group_accs"], top["group_member_means"])]
+    mean_gain = sum(gains) / len(gains)
+    if len(gains) < 2:
+        return False
+    if max(gains) - min(gains) < 1e-12:  # no spread: a constant non-zero gain is certain
+        p = 0.0 if abs(mean_gain) > 1e-12 else 1.0
+    else:
+        p = stats.ttest_rel(top["group_accs"], top["group_member_means"]).pvalue
+    return mean_gain > 0 and p < ALPHA and finite(top["std_acc"]) and top["std_acc"] < ev["member_std"]
+
+
 def assert_consistent(lab: str, summary: dict) -> None:
     """summary.json's ``held`` is what its evidence implies (see the module doc)."""
     expected = globals()[lab](summary["evidence"])

@@ -133,7 +133,7 @@ def cmd_lab(args: argparse.Namespace) -> int:
         for entry in LABS:
             lab = entry.factory()
             console.print(f"[bold]{lab.name:<15}[/] {escape(lab.claim)}  [dim]({escape(lab.question.split(':')[0])}; "
-                          f"{len(lab.cells)} configs × {lab.seeds} seeds)[/]", highlight=False)
+                          f"{len(lab.cells)} config{'s' * (len(lab.cells) != 1)} × {lab.seeds} seeds)[/]", highlight=False)
         return 0
     if args.name == "all":
         return _lab_all(args)

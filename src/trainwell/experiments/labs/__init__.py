@@ -2,9 +2,11 @@
 
 from trainwell.experiments.labs import (  # noqa: F401
     activations,
+    augmentation,
     batchnorm,
     dropout,
     dying_relu,
+    ensembles,
     init,
     mixup,
     orthogonal,

@@ -100,6 +100,27 @@ def reach_summary(epochs: dict[int, int | None]) -> dict[str, Any]:
     return {"mean": mean_ci(reached).mean, "reached": len(reached), "n": len(epochs)}
 
 
+def train_test_gap(run: Any, splits: Any) -> dict[str, Any]:
+    """Train and test accuracy/loss in eval mode and the train − test gaps (a lab measure).
+
+    Eval mode for both splits (dropout off, batch norm on its running statistics) and the training
+    split as stored (no augmentation): the fit to the training set itself, which the last epoch's
+    running accuracy (dropout on, augmented batches) understates.
+    """
+    from trainwell.train.trainer import evaluate_split
+
+    device = next(run.model.parameters()).device
+    batch = run.config.train.eval_batch_size
+    train = evaluate_split(run.model, splits.train, device, batch)
+    test = evaluate_split(run.model, splits.test, device, batch)
+    return {
+        "train_acc_eval": train["acc"], "train_loss_eval": train["loss"],
+        "test_acc_eval": test["acc"], "test_loss_eval": test["loss"],
+        "gap_acc": train["acc"] - test["acc"],  # train − test accuracy: > 0 when the net overfits
+        "gap_loss": test["loss"] - train["loss"],  # test − train loss, same sign convention
+    }
+
+
 def paired_measure(cell: CellResult, other: CellResult, key: str, alpha: float = 0.05) -> PairedTest:
     """Paired t-test over seeds of any measured key, ``cell`` against ``other`` (diff = cell − other)."""
     from trainwell.experiments.stats import paired_test

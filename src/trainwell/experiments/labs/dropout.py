@@ -25,7 +25,7 @@ from typing import Any
 
 from trainwell.experiments.compare import Cell
 from trainwell.experiments.lab import Lab, LabOutcome, register
-from trainwell.experiments.labs.common import num, paired_measure, pct
+from trainwell.experiments.labs.common import num, paired_measure, pct, train_test_gap
 from trainwell.experiments.results import CompareResult
 from trainwell.experiments.stats import mean_ci
 
@@ -36,20 +36,7 @@ def p_label(p: float) -> str:
     return f"p={p:g}"
 
 
-def measure(run: Any, splits: Any) -> dict[str, Any]:
-    """Train and test accuracy/loss in eval mode (dropout off) and the train − test gaps."""
-    from trainwell.train.trainer import evaluate_split
-
-    device = next(run.model.parameters()).device
-    batch = run.config.train.eval_batch_size
-    train = evaluate_split(run.model, splits.train, device, batch)
-    test = evaluate_split(run.model, splits.test, device, batch)
-    return {
-        "train_acc_eval": train["acc"], "train_loss_eval": train["loss"],
-        "test_acc_eval": test["acc"], "test_loss_eval": test["loss"],
-        "gap_acc": train["acc"] - test["acc"],  # train − test accuracy: > 0 when the net overfits
-        "gap_loss": test["loss"] - train["loss"],  # test − train loss, same sign convention
-    }
+measure = train_test_gap  # train and test accuracy/loss in eval mode (dropout off) and their gaps
 
 
 def decide(gap_diff: float, gap_p: float, acc_diff: float, acc_p: float, alpha: float = 0.05,
