@@ -20,7 +20,7 @@ def test_every_lecture_lab_is_registered_with_a_claim_and_a_quick_mode():
         lab = get_lab(name)
         assert lab.claim.endswith(".") and len(lab.question) > 10
         assert (len(lab.cells) >= 2 or lab.seeds >= 4) and lab.seeds >= 3 and lab.quick  # one cell: seeds compared
-        assert any(o.startswith("data.name=") for o in lab.base)  # real data by default
+        assert any(o.startswith(("data.name=", "preset=")) for o in lab.base)  # real data by default
         assert len({c.label for c in lab.cells}) == len(lab.cells)
 
 
