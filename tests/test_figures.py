@@ -121,3 +121,28 @@ def test_compare_figures_keep_their_legends_outside_the_data(monkeypatch, tmp_pa
     assert curves.axes[0].get_yscale() == "log"
     lines = curves.axes[0].get_lines()
     assert len({(line.get_linestyle(), line.get_marker()) for line in lines}) == len(lines) == 3
+
+
+def test_bench_run_curves_draws_the_runs_it_is_given(tmp_path: Path):
+    """bench/run_curves.py (docs/presets.md's recurrent figure) reads each folder's metrics.jsonl; a bad
+    argument is one usage line."""
+    import json
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    runs = []
+    for k in range(2):
+        folder = tmp_path / f"r{k}"
+        folder.mkdir()
+        rows = [{"epoch": e + 1, "train_loss": 2.3 * 0.5 ** (e + k), "val_acc": 0.1 + 0.02 * e} for e in range(8)]
+        (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        runs.append(f"run {k}={folder}")
+    out = tmp_path / "f.png"
+    proc = subprocess.run([sys.executable, str(root / "bench" / "run_curves.py"), "--out", str(out), *runs],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    bad = subprocess.run([sys.executable, str(root / "bench" / "run_curves.py"), "--out", str(out), "no-label"],
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "is not LABEL=RUN_DIR" in bad.stderr
