@@ -114,9 +114,16 @@ def test_compare_figures_keep_their_legends_outside_the_data(monkeypatch, tmp_pa
     cells = [_cell(0, "a", base, None), _cell(1, "b", {0: 0.97, 1: 0.99, 2: 0.999}, base),
              _cell(2, "c", {0: 0.5, 1: 0.9}, base, diverged=[2])]
     plots.plot_cell_intervals(cells, "test_acc", tmp_path / "i.png")
+    every_seed_diverged = _cell(3, "d", {}, base, diverged=[0, 1, 2])
+    plots.plot_cell_intervals([cells[0], every_seed_diverged], "test_acc", tmp_path / "j.png")
+    labels = [t.get_text() for t in drawn.pop().legends[0].get_texts()]
+    assert labels == ["baseline", "diverged seed (left out of the mean)"]  # no colour that no dot has
     plots.plot_cell_curves(cells, [("train_loss", "loss", 1.0, True), ("val_acc", "acc", 100.0, False)],
                            tmp_path / "c.png")
     intervals, curves = drawn
+    assert [t.get_text() for t in intervals.legends[0].get_texts()] == \
+        ["baseline", "significantly better", "has diverged seeds (never called better)",
+         "diverged seed (left out of the mean)"]
     assert legends_clear_of_every_axes(intervals) and legends_clear_of_every_axes(curves)
     assert curves.axes[0].get_yscale() == "log"
     lines = curves.axes[0].get_lines()

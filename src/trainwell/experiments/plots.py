@@ -112,7 +112,9 @@ def plot_cell_intervals(cells: Sequence[Any], metric: str, path: Path, title: st
     ax.set_yticks(ys, [c.label for c in cells], fontsize=8)
     ax.set_xlabel(f"{metric} (dot: mean; line: 95% CI; small dots: seeds)")
     ax.grid(axis="x", alpha=0.3)
-    used = sorted({cell_status(c, higher_is_better) for c in cells}, key=list(COLOURS).index)
+    # a legend entry only for a colour drawn: a cell whose every seed diverged has no mean dot, only its ×
+    used = sorted({cell_status(c, higher_is_better) for c in cells if math.isfinite(c.ci.mean)},
+                  key=list(COLOURS).index)
     handles = [Line2D([], [], marker="o", ls="-", color=COLOURS[k], label=STATUS_LABELS[k]) for k in used]
     if any(c.diverged for c in cells):
         handles.append(Line2D([], [], marker="x", ls="", color=COLOURS["worse"], mew=2,
