@@ -6,9 +6,10 @@ import math
 from pathlib import Path
 
 from matplotlib.axes import Axes
+from matplotlib.figure import Figure
 
 from trainwell.diagnose.report import LayerStats, Report
-from trainwell.train.plots import plt, save_figure  # pyplot on the Agg backend
+from trainwell.train.plots import figure_legend, line_style, plt, save_figure  # pyplot on the Agg backend
 
 
 def _hist_layers(report: Report) -> list[LayerStats]:
@@ -38,6 +39,10 @@ def plot_histograms(report: Report, path: Path) -> Path:
         ax.set_xlim(lo, hi)
         ax.set_title(f"{layer.name} {layer.activation or ''}\nmean {layer.mean:.2g} std {layer.std:.2g}", fontsize=8)
         ax.tick_params(labelsize=7)
+    for ax in axes[-1]:
+        ax.set_xlabel("output value", fontsize=7)
+    for ax in axes[:, 0]:
+        ax.set_ylabel("fraction of values", fontsize=7)
     fig.suptitle(f"activation histograms ({report.context})" if report.context else "activation histograms", fontsize=9)
     fig.tight_layout()
     return save_figure(fig, path)
@@ -75,24 +80,31 @@ def plot_grad_by_depth(report: Report, path: Path) -> Path:
     return save_figure(fig, path)
 
 
-def plot_fractions_over_training(reports: list[Report], path: Path) -> Path:
-    """Dead (ReLU family) and saturated (sigmoid/tanh) fraction of each activation layer per epoch."""
-    fig, (ax_dead, ax_sat) = plt.subplots(1, 2, figsize=(10, 3.5))
+def fractions_figure(reports: list[Report]) -> Figure:
+    """Dead (ReLU family) and saturated (sigmoid/tanh) fraction of each activation layer per epoch: one
+    line per layer, named, with its own colour, dash pattern and marker (layers at the same fraction, often
+    all at 0%, stay distinguishable), the legend right of the panels."""
+    fig, (ax_dead, ax_sat) = plt.subplots(1, 2, figsize=(11, 3.5), constrained_layout=True)
     epochs = list(range(1, len(reports) + 1))
     names = [layer.name for layer in reports[-1].layers if layer.kind == "activation"]
-    for name in names:
+    cmap = plt.get_cmap("tab10" if len(names) <= 10 else "tab20")
+    for i, name in enumerate(names):
         for ax, attr in ((ax_dead, "dead_fraction"), (ax_sat, "saturated_fraction")):
             values = [next((getattr(layer, attr) for layer in r.layers if layer.name == name), None) for r in reports]
             pts = [(e, 100 * v) for e, v in zip(epochs, values) if v is not None]
             if pts:
-                ax.plot([e for e, _ in pts], [v for _, v in pts], marker="o", label=name)
+                ax.plot([e for e, _ in pts], [v for _, v in pts], color=cmap(i % cmap.N), label=name, ms=5,
+                        **line_style(i))
     for ax, title in ((ax_dead, "dead units over training"), (ax_sat, "saturated units over training")):
         ax.set(xlabel="epoch", ylabel="% of units", title=title, ylim=(-2, 102))
         ax.grid(alpha=0.3)
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=7)
-    fig.tight_layout()
-    return save_figure(fig, path)
+    figure_legend(fig, loc="outside right upper", ncols=1, fontsize=7, title="layer")
+    return fig
+
+
+def plot_fractions_over_training(reports: list[Report], path: Path) -> Path:
+    """Write :func:`fractions_figure` to ``path``."""
+    return save_figure(fractions_figure(reports), path)
 
 
 #: At most this many layer names on an axis (every k-th beyond it), so that a 30-layer net stays readable.

@@ -17,21 +17,14 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
 from trainwell.experiments.results import cell_status
-from trainwell.train.plots import plt, save_figure
+from trainwell.train.plots import LINESTYLES, MARKERS, figure_legend, line_style, plt, save_figure
 
 #: Baseline grey; significantly better green, worse red; a cell with diverged seeds orange; the rest blue.
 COLOURS = {"baseline": "#7f7f7f", "better": "#2ca02c", "worse": "#d62728", "diverged": "#ff7f0e", "same": "#1f77b4"}
 STATUS_LABELS = {"baseline": "baseline", "same": "no significant difference", "better": "significantly better",
                  "worse": "significantly worse", "diverged": "has diverged seeds (never called better)"}
-#: Line styles and markers cycled with the colours, so that curves lying on top of each other stay distinguishable.
-LINESTYLES = ("-", "--", "-.", ":")
-MARKERS = ("o", "s", "^", "D", "v", "P")
-
-
-def line_style(i: int) -> dict[str, Any]:
-    """Matplotlib keywords for the i-th line: a dash pattern and a hollow marker of its own (relu exactly under
-    leaky_relu still shows both)."""
-    return {"ls": LINESTYLES[i % len(LINESTYLES)], "marker": MARKERS[i % len(MARKERS)], "mfc": "none"}
+__all__ = ["COLOURS", "LINESTYLES", "MARKERS", "STATUS_LABELS", "line_style", "plot_cell_curves",
+           "plot_cell_intervals"]
 
 
 def _finite(values: Sequence[float]) -> list[float]:
@@ -71,9 +64,7 @@ def plot_cell_curves(cells: Sequence[Any], curves: Sequence[tuple[str, str, floa
         if log:
             ax.set_yscale("log")
         ax.grid(alpha=0.3)
-    handles, labels = axes[0][0].get_legend_handles_labels()
-    if handles:
-        fig.legend(handles, labels, fontsize=8, loc="outside lower center", ncols=min(len(handles), 3))
+    figure_legend(fig)
     if title:
         fig.suptitle(title)
     return save_figure(fig, path)
@@ -121,7 +112,9 @@ def plot_cell_intervals(cells: Sequence[Any], metric: str, path: Path, title: st
     ax.set_yticks(ys, [c.label for c in cells], fontsize=8)
     ax.set_xlabel(f"{metric} (dot: mean; line: 95% CI; small dots: seeds)")
     ax.grid(axis="x", alpha=0.3)
-    used = sorted({cell_status(c, higher_is_better) for c in cells}, key=list(COLOURS).index)
+    # a legend entry only for a colour drawn: a cell whose every seed diverged has no mean dot, only its ×
+    used = sorted({cell_status(c, higher_is_better) for c in cells if math.isfinite(c.ci.mean)},
+                  key=list(COLOURS).index)
     handles = [Line2D([], [], marker="o", ls="-", color=COLOURS[k], label=STATUS_LABELS[k]) for k in used]
     if any(c.diverged for c in cells):
         handles.append(Line2D([], [], marker="x", ls="", color=COLOURS["worse"], mew=2,

@@ -1,9 +1,11 @@
-"""Training curves as PNG (matplotlib, Agg backend: no display needed)."""
+"""Training curves as PNG (matplotlib, Agg backend: no display needed), and the conventions every
+figure of the package shares: a line style per series, legends outside the data, atomic saving."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import matplotlib
 
@@ -11,23 +13,68 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
+#: Line styles and markers cycled with the colours, so that curves lying on top of each other stay distinguishable.
+LINESTYLES = ("-", "--", "-.", ":")
+MARKERS = ("o", "s", "^", "D", "v", "P")
 
-def plot_curves(history: list[dict[str, Any]], path: Path, title: str = "") -> Path:
-    """Loss and accuracy per epoch, train and val side by side."""
+
+def line_style(i: int) -> dict[str, Any]:
+    """Matplotlib keywords for the i-th line: a dash pattern and a hollow marker of its own (relu exactly under
+    leaky_relu still shows both)."""
+    return {"ls": LINESTYLES[i % len(LINESTYLES)], "marker": MARKERS[i % len(MARKERS)], "mfc": "none"}
+
+
+#: Where a figure legend may go: only matplotlib's places outside every axes.
+OutsidePlace = Literal["outside lower center", "outside upper center", "outside right upper", "outside right center"]
+
+
+def figure_legend(fig: Figure, loc: OutsidePlace = "outside lower center", ncols: int = 3, fontsize: float = 8,
+                  title: str | None = None) -> None:
+    """One legend for the whole figure, outside the axes (constrained layout makes room for it), so never
+    over the data; each label once, whichever axes drew it."""
+    seen: dict[str, Any] = {}
+    for ax in fig.axes:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            seen.setdefault(label, handle)
+    if seen:
+        fig.legend(list(seen.values()), list(seen), fontsize=fontsize, loc=loc, ncols=max(1, min(len(seen), ncols)),
+                   title=title, title_fontsize=fontsize)
+
+
+def spans_decades(values: list[float], decades: float = 1.0) -> bool:
+    """True when the finite positive values span more than ``decades`` powers of ten (a log axis shows them)."""
+    positive = [v for v in values if math.isfinite(v) and v > 0]
+    return len(positive) >= 2 and math.log10(max(positive) / min(positive)) > decades
+
+
+def curves_figure(history: list[dict[str, Any]], title: str = "") -> Figure:
+    """Loss and accuracy per epoch, train and val side by side; the loss on a log axis when it spans more
+    than a decade (it usually falls from ln K to near 0), the legend under the panels."""
     epochs = [r["epoch"] for r in history]
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 3.8), constrained_layout=True)
+    losses: list[float] = []
     for split, style in (("train", "-"), ("val", "--")):
         if history and f"{split}_loss" in history[0]:
-            ax_loss.plot(epochs, [r[f"{split}_loss"] for r in history], style, label=split)
+            loss = [float(r[f"{split}_loss"]) for r in history]
+            losses += loss
+            ax_loss.plot(epochs, loss, style, label=split)
             ax_acc.plot(epochs, [100 * r[f"{split}_acc"] for r in history], style, label=split)
-    ax_loss.set(xlabel="epoch", ylabel="cross-entropy", title="loss")
+    log = spans_decades(losses)
+    ax_loss.set(xlabel="epoch", ylabel="cross-entropy" + (" (log scale)" if log else ""), title="loss")
+    if log:
+        ax_loss.set_yscale("log")
     ax_acc.set(xlabel="epoch", ylabel="accuracy (%)", title="accuracy")
     for ax in (ax_loss, ax_acc):
         ax.grid(alpha=0.3)
-        ax.legend()
+    figure_legend(fig)
     if title:
         fig.suptitle(title)
-    return save_figure(fig, path)
+    return fig
+
+
+def plot_curves(history: list[dict[str, Any]], path: Path, title: str = "") -> Path:
+    """Write :func:`curves_figure` to ``path``."""
+    return save_figure(curves_figure(history, title), path)
 
 
 def save_figure(fig: Figure, path: Path, dpi: int = 100) -> Path:
