@@ -120,7 +120,7 @@ def _norm_lr(cell: CellResult) -> tuple[str, float]:
 
 def analyse(result: CompareResult, out: Path) -> LabOutcome:
     from trainwell.experiments.htmlreport import Table
-    from trainwell.train.plots import plt, save_figure
+    from trainwell.train.plots import figure_legend, plt, save_figure
 
     best_val = max((c.mean_of("final_val_acc").mean for c in result.cells
                     if math.isfinite(c.mean_of("final_val_acc").mean)), default=math.nan)
@@ -193,7 +193,7 @@ def analyse(result: CompareResult, out: Path) -> LabOutcome:
               title=f"epochs to {100 * target:.1f}% val acc (seeds reached / seeds)")
     for ax in (ax_acc, ax_ep):
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+    figure_legend(fig)  # under the panels, each label once
     figure = save_figure(fig, out / "accuracy_vs_lr.png")
     table = Table(["norm", "lr", "test acc (95% CI)", "diverged seeds", "trains", "epochs to target",
                    "seeds reached"], rows,

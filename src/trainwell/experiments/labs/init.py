@@ -300,8 +300,8 @@ def _histogram_figure(cells: dict[str, CellResult], net: str, path: Path) -> tup
     # No constrained layout and one stairs artist per panel: a 6 x 10 grid otherwise takes seconds.
     fig, axes = plt.subplots(len(rows), n_layers, figsize=(1.35 * n_layers + 1.2, 1.2 * len(rows) + 0.9),
                              squeeze=False)
-    fig.subplots_adjust(left=0.9 / (1.35 * n_layers + 1.2), right=0.99, bottom=0.02,
-                        top=1 - 0.85 / (1.2 * len(rows) + 0.9), wspace=0.08, hspace=0.12)
+    fig.subplots_adjust(left=0.9 / (1.35 * n_layers + 1.2), right=0.99, bottom=0.05,
+                        top=1 - 0.85 / (1.2 * len(rows) + 0.9), wspace=0.08, hspace=0.3)
     for r, (scheme, m) in enumerate(rows):
         lo, hi = m["act_hist_range"]
         for c in range(n_layers):
@@ -317,7 +317,7 @@ def _histogram_figure(cells: dict[str, CellResult], net: str, path: Path) -> tup
             ax.set_ylim(0, 1.08 * max(max(hist), 1e-12))
             ax.set_xlim(lo, hi)
             std = m["act_std_by_layer"][c]
-            ax.text(0.97, 0.95, f"σ={std:.2g}", transform=ax.transAxes, ha="right", va="top", fontsize=7)
+            ax.set_xlabel(f"σ={std:.2g}", fontsize=7, labelpad=1)  # under the panel: never over the end bins
             if r == 0:
                 ax.set_title(f"layer {c + 1}", fontsize=9)
             if c == 0:
@@ -336,7 +336,7 @@ NET_SCHEMES: dict[str, tuple[str, ...]] = {**{net: tuple(SCHEMES) for net in NET
 def _std_figure(cells: dict[str, CellResult], path: Path) -> Path:
     from matplotlib.ticker import MaxNLocator
 
-    from trainwell.train.plots import plt, save_figure
+    from trainwell.train.plots import figure_legend, plt, save_figure
 
     nets = list(NET_SCHEMES)
     fig, axes = plt.subplots(1, len(nets), figsize=(5.5 * len(nets), 4), constrained_layout=True, squeeze=False)
@@ -357,7 +357,7 @@ def _std_figure(cells: dict[str, CellResult], path: Path) -> Path:
         ax.set(yscale="log", xlabel="hidden layer (1 = first)", ylabel="std of the activations at init", title=title)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3, which="both")
-        ax.legend(fontsize=8)
+    figure_legend(fig, ncols=len(SCHEMES))  # under the panels, each scheme once
     fig.suptitle("activation std by depth at initialisation (mean over seeds)", fontsize=10)
     return save_figure(fig, path)
 

@@ -115,7 +115,7 @@ def decide(area_mean: dict[str, float], area_test: dict[str, tuple[float, float]
 
 def analyse(result: CompareResult, out: Path) -> LabOutcome:
     from trainwell.experiments.htmlreport import Table
-    from trainwell.train.plots import plt, save_figure
+    from trainwell.train.plots import figure_legend, plt, save_figure
 
     cells = by_label(result)
     base = cells.get(BASELINE, result.cells[0])
@@ -186,7 +186,7 @@ def analyse(result: CompareResult, out: Path) -> LabOutcome:
     ax_val.set(xlabel="epoch", ylabel="validation accuracy (%)", title="validation accuracy per epoch")
     for ax in (ax_loss, ax_val):
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+    figure_legend(fig)  # under the panels, each label once
     figure = save_figure(fig, out / "training_loss.png")
     table = Table(["preprocess", "area under train-loss curve", "p vs none", "train loss, epoch 1", "p vs none",
                    f"epochs to {100 * target:.1f}% val acc (seeds reached)", "test acc (95% CI)"], rows,
