@@ -153,3 +153,15 @@ def test_bench_run_curves_draws_the_runs_it_is_given(tmp_path: Path):
     bad = subprocess.run([sys.executable, str(root / "bench" / "run_curves.py"), "--out", str(out), "no-label"],
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "is not LABEL=RUN_DIR" in bad.stderr
+
+
+def test_dodge_spreads_series_evenly_and_symmetrically_within_the_width():
+    from trainwell.train.plots import dodge
+
+    assert dodge(0, 1) == 0.0
+    for n in (2, 3, 6):
+        offsets = [dodge(i, n, width=0.3) for i in range(n)]
+        assert offsets == sorted(offsets) and len(set(offsets)) == n  # distinct, in order
+        assert offsets[0] == pytest.approx(-0.15) and offsets[-1] == pytest.approx(0.15)
+        gaps = [b - a for a, b in zip(offsets, offsets[1:])]
+        assert gaps == pytest.approx([0.3 / (n - 1)] * (n - 1))  # even spacing

@@ -24,6 +24,13 @@ def line_style(i: int) -> dict[str, Any]:
     return {"ls": LINESTYLES[i % len(LINESTYLES)], "marker": MARKERS[i % len(MARKERS)], "mfc": "none"}
 
 
+def dodge(i: int, n: int, width: float = 0.3) -> float:
+    """The x offset of the i-th of n series drawn at the same categorical x positions (layer 1, 2, ...): spread
+    evenly over ``width`` around 0, so series with equal values (relu and leaky_relu at init) sit side by side
+    instead of on top of each other. 0 for a single series."""
+    return 0.0 if n <= 1 else width * (i / (n - 1) - 0.5)
+
+
 #: Where a figure legend may go: only matplotlib's places outside every axes.
 OutsidePlace = Literal["outside lower center", "outside upper center", "outside right upper", "outside right center"]
 

@@ -55,7 +55,7 @@ def decide(relu_better: bool, relu_p: float, grad_ratio_sigmoid: float, grad_rat
 
 def analyse(result: CompareResult, out: Path) -> LabOutcome:
     from trainwell.experiments.htmlreport import Table
-    from trainwell.train.plots import plt, save_figure
+    from trainwell.train.plots import dodge, plt, save_figure
 
     cells = by_label(result)
     relu, sigmoid = cells["relu"], cells["sigmoid"]
@@ -71,8 +71,10 @@ def analyse(result: CompareResult, out: Path) -> LabOutcome:
                      "" if c.test is None else num(c.test.p, 2)])
         depth_profile = mean_lists(per_seed_lists(c, "grad_rms_by_layer"))
         if depth_profile:
-            ax.plot(range(1, len(depth_profile) + 1), depth_profile, label=c.label, **line_style(i))
-    ax.set(yscale="log", xlabel="weight layer (1 = first)", ylabel="RMS dL/dW at initialisation",
+            # Dodged: relu and leaky_relu(0.01) have all but equal gradients at init, and one line would hide the other.
+            xs = [layer + dodge(i, len(result.cells)) for layer in range(1, len(depth_profile) + 1)]
+            ax.plot(xs, depth_profile, label=c.label, **line_style(i))
+    ax.set(yscale="log", xlabel="weight layer (1 = first; the lines side by side around each layer)", ylabel="RMS dL/dW at initialisation",
            title="gradient reaching each layer (mean over seeds)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))  # outside the data
