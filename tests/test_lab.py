@@ -70,3 +70,11 @@ def test_labdocs_writes_the_page_from_the_labs_outcomes(tmp_path):
     assert summary["verdict"] in page and ("Verdict: held." in page) == summary["held"]
     for image in ("activations-gradients_by_layer.png", "activations-intervals.png"):
         assert (tmp_path / "docs" / "labs" / image).stat().st_size > 0 and f"labs/{image}" in page
+
+
+def test_the_labs_shared_number_words():
+    from trainwell.experiments.labs.common import finite, held_word, points
+
+    assert [finite(v) for v in (0.0, -2.5, None, float("nan"), float("inf"))] == [True, True, False, False, False]
+    assert points(0.402) == "+40.2 points" and points(-0.0057) == "-0.6 points" and points(None) == "–"
+    assert held_word(True) == "held" and held_word(False) == "did NOT hold"

@@ -133,7 +133,7 @@ def analyse(result: CompareResult, out: Path) -> LabOutcome:
                                         "acc_diff > 0 and acc_p_holm < alpha (Holm over the augmentations)"}
     rows, decide_rows = [], []
     for c in result.cells:
-        train, test, gap = c.mean_of("train_acc_eval"), c.mean_of("test_acc_eval"), c.mean_of("gap_acc")
+        train, gap = c.mean_of("train_acc_eval"), c.mean_of("gap_acc")
         gap_test = gap_tests.get(c.label)
         evidence[c.label] = {
             "augment": c.cell.overrides.get("augment"), "train_acc_eval": train.mean,

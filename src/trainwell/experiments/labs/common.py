@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeGuard
 
 import torch
 import torch.nn.functional as F
@@ -25,6 +25,21 @@ def pct(ci: MeanCI) -> str:
         return MISSING
     half = f" ± {100 * ci.half_width:.2f}" if math.isfinite(ci.half_width) else ""
     return percent(ci.mean) + half
+
+
+def finite(value: float | None) -> TypeGuard[float]:
+    """A measured number: not None, not NaN, not infinite (a verdict's clause needs one to hold)."""
+    return value is not None and math.isfinite(value)
+
+
+def points(diff: float | None) -> str:
+    """A difference of fractions in percentage points, signed: ``+40.2 points``; :data:`MISSING` without one."""
+    return MISSING if not finite(diff) else f"{100 * diff:+.1f} points"
+
+
+def held_word(ok: bool) -> str:
+    """How a verdict's clause reads: ``held`` or ``did NOT hold``."""
+    return "held" if ok else "did NOT hold"
 
 
 def num(value: float | None, digits: int = 3) -> str:

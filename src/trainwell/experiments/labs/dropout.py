@@ -21,7 +21,6 @@ moved neither the gap nor the test accuracy there.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 from trainwell.experiments.compare import Cell
 from trainwell.experiments.lab import Lab, LabOutcome, register

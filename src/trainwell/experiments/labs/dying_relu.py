@@ -52,7 +52,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any, TypeGuard
+from typing import Any
 
 from torch import Tensor, nn
 
@@ -62,13 +62,17 @@ from trainwell.experiments.lab import Lab, LabOutcome, register
 from trainwell.experiments.labs.common import (
     by_label,
     eval_pass,
+    finite,
+    held_word,
     model_at_init,
     num,
     paired_measure,
     pct,
+    points,
     recorded_activations,
 )
 from trainwell.experiments.plots import line_style
+from trainwell.formatting import percent
 from trainwell.experiments.results import CellResult, CompareResult
 from trainwell.experiments.stats import paired_test
 
@@ -137,10 +141,6 @@ def measure(run: Any, splits: Any) -> dict[str, Any]:
 # ----------------------------------------------------------------------------- verdict
 
 
-def _ok(value: float | None) -> TypeGuard[float]:
-    return value is not None and math.isfinite(value)
-
-
 def decide(relu_dead_high: float | None, rise_diff: float | None, rise_p: float | None,
            leaky_never_high: float | None, alive_diff: float | None, alive_p: float | None,
            acc_diff: float | None, acc_p: float | None, leaky_diverged_high: int,
@@ -154,34 +154,25 @@ def decide(relu_dead_high: float | None, rise_diff: float | None, rise_p: float 
     at the high LR; ``leaky_diverged_high``: Leaky ReLU's diverged seeds there (any: not better).
     """
     def sig(diff: float | None, p: float | None) -> bool:
-        return _ok(diff) and _ok(p) and diff > 0 and p < alpha
+        return finite(diff) and finite(p) and diff > 0 and p < alpha
 
-    dies = _ok(relu_dead_high) and relu_dead_high >= DEAD_WARN and sig(rise_diff, rise_p)
+    dies = finite(relu_dead_high) and relu_dead_high >= DEAD_WARN and sig(rise_diff, rise_p)
     alive = sig(alive_diff, alive_p)
     better = sig(acc_diff, acc_p) and leaky_diverged_high == 0
 
-    def verdict(ok: bool) -> str:
-        return "held" if ok else "did NOT hold"
-
-    def share(value: float | None) -> str:
-        return "–" if not _ok(value) else f"{100 * value:.0f}%"
-
-    def points(diff: float | None) -> str:
-        return "–" if not _ok(diff) else f"{100 * diff:+.1f} points"
-
     parts = [
-        (f"(1) ReLU units die at lr {high:g}: {share(relu_dead_high)} of its hidden units are dead after training "
+        (f"(1) ReLU units die at lr {high:g}: {percent(relu_dead_high, 0)} of its hidden units are dead after training "
          f"(the doctor's recorder: never > 0 on any training example, threshold: the doctor's warning level "
          f"{100 * DEAD_WARN:.0f}%), {points(rise_diff)} against lr {normal:g} (paired p = {num(rise_p, 2)}) — "
-         f"{verdict(dies)}"),
+         f"{held_word(dies)}"),
         (f"(2) Leaky ReLU keeps them alive: the recorder counts no Leaky ReLU unit as dead (its slope is never 0), but "
-         f"on the same rule applied to Leaky ReLU, {share(leaky_never_high)} of its units are never > 0 at lr "
+         f"on the same rule applied to Leaky ReLU, {percent(leaky_never_high, 0)} of its units are never > 0 at lr "
          f"{high:g}, ReLU's dead fraction is {points(alive_diff)} higher (paired p = {num(alive_p, 2)}) — "
-         f"{verdict(alive)}"),
+         f"{held_word(alive)}"),
         (f"(3) it shows in accuracy: at lr {high:g} Leaky ReLU's test accuracy is {points(acc_diff)} against ReLU's "
          f"(paired p = {num(acc_p, 2)}"
          + (f", {leaky_diverged_high} Leaky ReLU seed(s) diverged" if leaky_diverged_high else "")
-         + f") — {verdict(better)}"),
+         + f") — {held_word(better)}"),
     ]
     return dies and alive and better, "; ".join(parts) + "."
 
@@ -256,10 +247,8 @@ def analyse(result: CompareResult, out: Path) -> LabOutcome:
             if c is None:
                 continue
             e = evidence["cells"][c.label] = _cell_evidence(activation, lr, c)
-            rows.append([activation, f"{lr:g}", pct(c.ci), "–" if e["dead"] is None or not math.isfinite(e["dead"])
-                         else f"{100 * e['dead']:.1f}%", f"{100 * e['never_positive']:.1f}%"
-                         if math.isfinite(e["never_positive"]) else "–",
-                         f"{100 * e['never_positive_init']:.1f}%" if math.isfinite(e["never_positive_init"]) else "–",
+            rows.append([activation, f"{lr:g}", pct(c.ci), percent(e["dead"], 1), percent(e["never_positive"], 1),
+                         percent(e["never_positive_init"], 1),
                          str(e["diverged_seeds"]) if e["diverged_seeds"] else ""])
     relu_high, relu_normal = cells[cell_label("relu", high)], cells[cell_label("relu", normal)]
     leaky_high = cells[cell_label("leaky_relu", high)]
@@ -294,8 +283,7 @@ def analyse(result: CompareResult, out: Path) -> LabOutcome:
 
 
 def _share(evidence: dict[str, Any], activation: str, lr: float, key: str) -> str:
-    value = evidence["cells"].get(cell_label(activation, lr), {}).get(key)
-    return "–" if value is None or not math.isfinite(value) else f"{100 * value:.0f}%"
+    return percent(evidence["cells"].get(cell_label(activation, lr), {}).get(key), 0)
 
 
 LAB = register(Lab(

@@ -29,7 +29,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, TypeGuard
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -39,14 +39,18 @@ from trainwell.experiments.compare import Cell
 from trainwell.experiments.lab import Lab, LabOutcome, register
 from trainwell.experiments.labs.common import (
     by_label,
+    finite,
+    held_word,
     mean_lists,
     model_at_init,
     num,
     pct,
     per_seed_lists,
+    points,
     training_batch,
 )
 from trainwell.experiments.plots import line_style
+from trainwell.formatting import percent
 from trainwell.experiments.results import CellResult, CompareResult
 from trainwell.experiments.stats import paired_test
 
@@ -176,10 +180,10 @@ def std_ratio(stds: Sequence[float]) -> float:
 def deep_mean(values: Sequence[float | None]) -> float | None:
     """Mean over the deep half of the layers (the last ceil(n/2)); None when a value is missing."""
     deep = list(values)[len(values) // 2:]
-    finite = [v for v in deep if _ok(v)]
-    if not deep or len(finite) < len(deep):
+    measured = [v for v in deep if finite(v)]
+    if not deep or len(measured) < len(deep):
         return None
-    return sum(finite) / len(finite)
+    return sum(measured) / len(measured)
 
 
 def measure(run: Any, splits: Any) -> dict[str, Any]:
@@ -201,10 +205,6 @@ def measure(run: Any, splits: Any) -> dict[str, Any]:
 
 
 # ----------------------------------------------------------------------------- verdict
-
-
-def _ok(value: float | None) -> TypeGuard[float]:
-    return value is not None and math.isfinite(value)
 
 
 def decide(small_ratio: dict[str, float], large_saturated_tanh: float | None, kaiming_ratio: dict[str, float],
@@ -232,49 +232,38 @@ def decide(small_ratio: dict[str, float], large_saturated_tanh: float | None, ka
     lo, hi = HEALTHY_BAND
     nets = list(acc_diff)
 
-    collapse = bool(small_ratio) and all(_ok(r) and r < COLLAPSE_RATIO for r in small_ratio.values())
-    saturates = _ok(large_saturated_tanh) and large_saturated_tanh > SATURATED_DEEP
-    kaiming_keeps = bool(kaiming_ratio) and all(_ok(r) and lo <= r <= hi for r in kaiming_ratio.values())
-    xavier_collapses_deep = _ok(deep_xavier_ratio) and deep_xavier_ratio < COLLAPSE_RATIO
-    xavier_keeps_tanh = (_ok(tanh_xavier_ratio) and tanh_xavier_ratio >= COLLAPSE_RATIO
-                         and _ok(tanh_xavier_saturated) and tanh_xavier_saturated <= SATURATED_DEEP)
-    better = bool(nets) and all(_ok(acc_diff.get(n)) and _ok(acc_p.get(n)) and acc_diff[n] > 0 and acc_p[n] < alpha
+    collapse = bool(small_ratio) and all(finite(r) and r < COLLAPSE_RATIO for r in small_ratio.values())
+    saturates = finite(large_saturated_tanh) and large_saturated_tanh > SATURATED_DEEP
+    kaiming_keeps = bool(kaiming_ratio) and all(finite(r) and lo <= r <= hi for r in kaiming_ratio.values())
+    xavier_collapses_deep = finite(deep_xavier_ratio) and deep_xavier_ratio < COLLAPSE_RATIO
+    xavier_keeps_tanh = (finite(tanh_xavier_ratio) and tanh_xavier_ratio >= COLLAPSE_RATIO
+                         and finite(tanh_xavier_saturated) and tanh_xavier_saturated <= SATURATED_DEEP)
+    better = bool(nets) and all(finite(acc_diff.get(n)) and finite(acc_p.get(n)) and acc_diff[n] > 0 and acc_p[n] < alpha
                                 for n in nets)
-    deep_better = _ok(deep_acc_diff) and _ok(deep_acc_p) and deep_acc_diff > 0 and deep_acc_p < alpha
-
-    def verdict(ok: bool) -> str:
-        return "held" if ok else "did NOT hold"
+    deep_better = finite(deep_acc_diff) and finite(deep_acc_p) and deep_acc_diff > 0 and deep_acc_p < alpha
 
     parts = [
         (f"(1) {SMALL} collapses the activations with depth (last/first hidden layer std ratio < {COLLAPSE_RATIO:g}): "
-         + ", ".join(f"{n} {num(r)}" for n, r in small_ratio.items()) + f" — {verdict(collapse)}"),
+         + ", ".join(f"{n} {num(r)}" for n, r in small_ratio.items()) + f" — {held_word(collapse)}"),
         (f"(2) {LARGE} saturates the tanh net (mean saturated fraction of the deep layers > "
-         f"{100 * SATURATED_DEEP:.0f}%): {_percent(large_saturated_tanh)} — {verdict(saturates)}"),
+         f"{100 * SATURATED_DEEP:.0f}%): {percent(large_saturated_tanh, 0)} — {held_word(saturates)}"),
         (f"(3) kaiming keeps the ReLU nets' std ratio within [{lo:g}, {hi:g}]: "
-         + ", ".join(f"{n} {num(r)}" for n, r in kaiming_ratio.items()) + f" — {verdict(kaiming_keeps)}"),
+         + ", ".join(f"{n} {num(r)}" for n, r in kaiming_ratio.items()) + f" — {held_word(kaiming_keeps)}"),
         (f"(4) xavier (gain 1) collapses the 30-layer ReLU net (ratio < {COLLAPSE_RATIO:g}, where He et al. "
-         f"predict (1/2)^(29/2) = {num(0.5 ** 14.5)}): {num(deep_xavier_ratio)} — {verdict(xavier_collapses_deep)}"),
+         f"predict (1/2)^(29/2) = {num(0.5 ** 14.5)}): {num(deep_xavier_ratio)} — {held_word(xavier_collapses_deep)}"),
         (f"(5) xavier keeps the tanh net alive and unsaturated (ratio >= {COLLAPSE_RATIO:g}, deep saturated fraction "
-         f"<= {100 * SATURATED_DEEP:.0f}%): {num(tanh_xavier_ratio)}, {_percent(tanh_xavier_saturated)} — "
-         f"{verdict(xavier_keeps_tanh)}"),
+         f"<= {100 * SATURATED_DEEP:.0f}%): {num(tanh_xavier_ratio)}, {percent(tanh_xavier_saturated, 0)} — "
+         f"{held_word(xavier_keeps_tanh)}"),
         (f"(6) the matched scheme's test accuracy is significantly above {SMALL}'s (paired t-test, α = {alpha:g}): "
-         + ", ".join(f"{MATCHED.get(n, '?')} on {n} {_points(acc_diff.get(n))} (p = {num(acc_p.get(n), 2)})"
+         + ", ".join(f"{MATCHED.get(n, '?')} on {n} {points(acc_diff.get(n))} (p = {num(acc_p.get(n), 2)})"
                      for n in nets)
-         + f" — {verdict(better)}"),
+         + f" — {held_word(better)}"),
         (f"(7) on the 30-layer ReLU net kaiming's test accuracy is significantly above xavier's (paired t-test, "
-         f"α = {alpha:g}): {_points(deep_acc_diff)} (p = {num(deep_acc_p, 2)}) — {verdict(deep_better)}"),
+         f"α = {alpha:g}): {points(deep_acc_diff)} (p = {num(deep_acc_p, 2)}) — {held_word(deep_better)}"),
     ]
     held = collapse and saturates and kaiming_keeps and xavier_collapses_deep and xavier_keeps_tanh and better \
         and deep_better
     return held, "; ".join(parts) + "."
-
-
-def _percent(fraction: float | None) -> str:
-    return "–" if not _ok(fraction) else f"{100 * fraction:.0f}%"
-
-
-def _points(diff: float | None) -> str:
-    return "–" if not _ok(diff) else f"{100 * diff:+.1f} points"
 
 
 # ----------------------------------------------------------------------------- analysis
@@ -396,10 +385,10 @@ def _row(e: dict[str, Any], c: CellResult) -> list[str]:
     profile, sat, net, scheme = e["act_std_by_layer"], e["saturated_deep"], e["net"], e["scheme"]
     return [net, scheme + (" (matched)" if scheme == MATCHED.get(net) else ""), pct(c.ci), num(e["test_loss"]),
             num(profile[0]) if profile else "–", num(profile[-1]) if profile else "–", num(e["act_std_ratio"]),
-            _percent(sat),
+            percent(sat, 0),
             "" if scheme == SMALL or not math.isfinite(e["diff_vs_small"]) else
-            f"{_points(e['diff_vs_small'])}, p = {num(e['p_vs_small'], 2)}",
-            "" if scheme != "kaiming" else f"{_points(e['diff_vs_xavier'])}, p = {num(e['p_vs_xavier'], 2)}",
+            f"{points(e['diff_vs_small'])}, p = {num(e['p_vs_small'], 2)}",
+            "" if scheme != "kaiming" else f"{points(e['diff_vs_xavier'])}, p = {num(e['p_vs_xavier'], 2)}",
             str(e["diverged_seeds"]) if e["diverged_seeds"] else ""]
 
 
@@ -457,8 +446,8 @@ def analyse(result: CompareResult, out: Path) -> LabOutcome:
     if tanh_k is not None:
         verdict += (f" On tanh, kaiming (tanh's gain 5/3, as torch.nn.init.calculate_gain recommends) against xavier "
                     f"(gain 1): std ratio {num(tanh_k['act_std_ratio'])} vs {num(tanh_xavier_ratio)}, deep saturated "
-                    f"fraction {_percent(tanh_k['saturated_deep'])} vs {_percent(tanh_xavier_sat)}, test accuracy "
-                    f"{_points(tanh_k['diff_vs_xavier'])} (p = {num(tanh_k['p_vs_xavier'], 2)}; not part of the "
+                    f"fraction {percent(tanh_k['saturated_deep'], 0)} vs {percent(tanh_xavier_sat, 0)}, test accuracy "
+                    f"{points(tanh_k['diff_vs_xavier'])} (p = {num(tanh_k['p_vs_xavier'], 2)}; not part of the "
                     "verdict: both keep a tanh net trainable, the factor 2 matters on ReLU).")
     relu_large = ev("relu", LARGE, "act_std_ratio")
     if math.isfinite(relu_large):

@@ -190,7 +190,6 @@ def analyse(result: CompareResult, out: Path) -> LabOutcome:
     from trainwell.train.plots import plt, save_figure
 
     cells = by_label(result)
-    ortho = cells[ORTHOGONAL]
     decided = [k for k in DECIDED if k in cells]
     # c.test is the paired test against the first cell (orthogonal): diff = cell − orthogonal.
     raw = [t.p if (t := cells[k].test) is not None else math.nan for k in decided]

@@ -56,15 +56,15 @@ from trainwell.experiments.compare import Cell
 from trainwell.experiments.lab import Lab, LabOutcome, register
 from trainwell.experiments.labs.batchnorm import TRAINS_FRACTION
 from trainwell.experiments.labs.common import (
-    by_label,
+    held_word,
     mean_lists,
     model_at_init,
     num,
     pct,
-    per_seed_lists,
     recorded_activations,
 )
 from trainwell.experiments.plots import line_style
+from trainwell.formatting import percent
 from trainwell.experiments.results import CellResult, CompareResult
 
 #: Cell label -> overrides. The first is the paper's setting; the others must not keep the moments.
@@ -142,9 +142,6 @@ def decide(profiles: dict[str, tuple[list[float], list[float]]], acc: dict[str, 
         text += f", outside at layer(s) {_layers(out)}" if out else ", every layer inside"
         return keeps(means, variances), text
 
-    def verdict(ok: bool) -> str:
-        return "held" if ok else "did NOT hold"
-
     snn_keeps, snn_text = state(SNN)
     other_keeps, other_text = state(SELU_OTHER)
     relu_keeps, relu_text = state(RELU)
@@ -158,12 +155,12 @@ def decide(profiles: dict[str, tuple[list[float], list[float]]], acc: dict[str, 
               and snn_acc >= fraction * best and diverged.get(SNN, 0) == 0)
     rule = f"|mean| <= {MEAN_MAX:g} and variance in [{lo:g}, {hi:g}] at every hidden layer, at initialisation"
     parts = [
-        f"(1) SELU + LeCun normal keeps the moments ({rule}): {snn_text} — {verdict(snn_keeps)}",
-        f"(2) SELU + Kaiming (gain 3/4) does not: {other_text} — {verdict(other_drifts)}",
-        f"(3) ReLU + Kaiming without normalisation does not: {relu_text} — {verdict(relu_drifts)}",
+        f"(1) SELU + LeCun normal keeps the moments ({rule}): {snn_text} — {held_word(snn_keeps)}",
+        f"(2) SELU + Kaiming (gain 3/4) does not: {other_text} — {held_word(other_drifts)}",
+        f"(3) ReLU + Kaiming without normalisation does not: {relu_text} — {held_word(relu_drifts)}",
         (f"(4) SELU + LeCun normal trains (no diverged seed, mean test accuracy >= {fraction:g} × the best cell's "
-         f"{pct_or_dash(best)}): {pct_or_dash(snn_acc)}"
-         + (f", {diverged[SNN]} seed(s) diverged" if diverged.get(SNN, 0) else "") + f" — {verdict(trains)}"),
+         f"{percent(best)}): {percent(snn_acc)}"
+         + (f", {diverged[SNN]} seed(s) diverged" if diverged.get(SNN, 0) else "") + f" — {held_word(trains)}"),
     ]
     held = snn_keeps and other_drifts and relu_drifts and trains
     return held, "; ".join(parts) + "."
@@ -171,10 +168,6 @@ def decide(profiles: dict[str, tuple[list[float], list[float]]], acc: dict[str, 
 
 def _layers(layers: list[int]) -> str:
     return ", ".join(map(str, layers[:6])) + (f" … ({len(layers)} of them)" if len(layers) > 6 else "")
-
-
-def pct_or_dash(value: float | None) -> str:
-    return "–" if value is None or not math.isfinite(value) else f"{100 * value:.2f}%"
 
 
 # ----------------------------------------------------------------------------- analysis
@@ -228,7 +221,6 @@ def _figure(result: CompareResult, path: Path) -> Path:
 def analyse(result: CompareResult, out: Path) -> LabOutcome:
     from trainwell.experiments.htmlreport import Table
 
-    cells = by_label(result)
     evidence: dict[str, Any] = {"thresholds": {"mean_max": MEAN_MAX, "var_band": list(VAR_BAND),
                                                "theorem_mean": THEOREM_MEAN, "theorem_var": list(THEOREM_VAR),
                                                "trains_fraction": TRAINS_FRACTION},
