@@ -292,3 +292,54 @@ def test_selu_mlp_uses_alpha_dropout_and_relu_plain_dropout():
     assert any(isinstance(m, nn.AlphaDropout) for m in selu.modules())
     assert not any(isinstance(m, nn.AlphaDropout) for m in relu.modules())
     assert any(type(m) is nn.Dropout for m in relu.modules())
+
+
+@pytest.mark.parametrize("kernel_size", [3, 4, 5])
+@pytest.mark.parametrize("shape", [(1, 28, 28), (2, 9, 13), (1, 40), (1, 7)])
+def test_cnn_stem_stride_2_replaces_the_first_pool_by_a_strided_conv(shape, kernel_size):
+    plain = build_model(_cfg("cnn", "batch", channels=[4, 8], kernel_size=kernel_size, head="flatten"), shape,
+                        NUM_CLASSES, _gen())
+    stem = build_model(_cfg("cnn", "batch", channels=[4, 8], kernel_size=kernel_size, head="flatten", stem_stride=2),
+                       shape, NUM_CLASSES, _gen())
+    first = [m for m in stem.modules() if isinstance(m, (nn.Conv1d, nn.Conv2d))][0]
+    assert first.stride == (2,) * (len(shape) - 1)
+    # The first block is conv -> norm -> act with no max-pool; the plain one pools there.
+    assert [type(m).__name__ for m in stem][:4] == [type(first).__name__, type(stem[1]).__name__, "ReLU",
+                                                    type(first).__name__]
+    assert "MaxPool" in type(plain[3]).__name__
+    # The flatten head's width is the last map's true size: the forward pass fits the Linear layer.
+    recorded: list[torch.Size] = []
+    first.register_forward_hook(lambda mod, inp, out: recorded.append(out.shape))
+    assert stem.eval()(_x(shape)).shape == (BATCH, NUM_CLASSES)
+    expected = [(s + 2 * (kernel_size // 2) - kernel_size) // 2 + 1 for s in shape[1:]]  # torch's conv size formula
+    assert list(recorded[0][2:]) == expected
+
+
+def test_cnn_stem_stride_must_be_1_or_2():
+    for bad in (0, 3):
+        with pytest.raises(ConfigError, match="model.stem_stride"):
+            build_model(_cfg("cnn", stem_stride=bad), (1, 8, 8), NUM_CLASSES)
+
+
+@pytest.mark.parametrize("convs", [1, 2, 3])
+@pytest.mark.parametrize("shape", [(1, 12, 12), (2, 40)])
+def test_cnn_convs_per_block_add_same_size_convolutions_before_each_pool(shape, convs):
+    channels, k, norm = [4, 8], 3, "batch"
+    model = build_model(_cfg("cnn", norm, channels=channels, kernel_size=k, head="avg", convs=convs), shape,
+                        NUM_CLASSES, _gen())
+    kinds = [type(m).__name__ for m in model]
+    per_block = ["Conv", "BatchNorm", "ReLU"] * convs + ["MaxPool"]
+    assert [k_[:len(p)] for k_, p in zip(kinds, per_block * 2)] == per_block * 2
+    # Parameters by hand: the first conv of a block maps c_in -> c, the others c -> c; no bias before batch norm.
+    c_in, expected = shape[0], 0
+    for c in channels:
+        expected += (c_in * c + (convs - 1) * c * c) * k ** (len(shape) - 1) + convs * _norm_params(norm, c)
+        c_in = c
+    expected += c_in * NUM_CLASSES + NUM_CLASSES
+    assert _count(model) == expected
+    assert model.eval()(_x(shape)).shape == (BATCH, NUM_CLASSES)
+
+
+def test_cnn_convs_must_be_positive():
+    with pytest.raises(ConfigError, match="model.convs"):
+        build_model(_cfg("cnn", convs=0), (1, 8, 8), NUM_CLASSES)

@@ -65,6 +65,10 @@ class ModelConfig:
     """cnn: output channels of each conv block."""
     kernel_size: int = 3
     """cnn: convolution kernel size."""
+    convs: int = 1
+    """cnn: convolutions (each with its norm and activation) per entry of model.channels; each block ends in one max-pool, as VGG's stages (Simonyan & Zisserman 2015)."""
+    stem_stride: int = 1
+    """cnn: stride of the first convolution: 1, or 2 = early down-sampling (that block halves each axis by its stride instead of its max-pool; a quarter of the positions in the largest feature map)."""
     activation: Spec = Spec("relu")
     """Nonlinearity after each hidden layer of mlp/cnn/resnet (``trainwell list activation``), with arguments as name:value, e.g. leaky_relu:0.2 (docs/values.md); rnn/gru/lstm keep their cell's own (tanh, and sigmoid gates)."""
     norm: str = "batch"
