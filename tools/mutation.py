@@ -29,7 +29,7 @@ MODULES: dict[str, list[str]] = {
     "train/calibration.py": ["tests/test_calibration.py"],
     "nn/activations.py": ["tests/test_nn_activations.py"],
     "nn/init.py": ["tests/test_nn_init.py", "tests/test_lsuv.py", "tests/test_nn_recurrent.py", "tests/test_registries.py"],
-    "train/optim.py": ["tests/test_optim.py", "tests/test_registries.py"],
+    "train/optim.py": ["tests/test_optim.py", "tests/test_momentum_cycle.py", "tests/test_registries.py"],
     "diagnose/rules.py": ["tests/test_doctor_rules.py"] + [f"tests/test_doctor.py::{t}" for t in (
         "test_every_rule_code_has_a_doc_and_the_issue_codes_exist", "test_update_ratio_rules_use_the_median_over_layers",
         "test_low_updates_are_expected_once_the_schedule_has_decayed_the_lr",

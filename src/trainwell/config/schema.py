@@ -142,7 +142,7 @@ class OptimConfig:
     lr: float | Literal["auto"] = 0.05
     """Peak learning rate; 'auto' runs the LR range test first and uses its suggestion."""
     momentum: float = 0.9
-    """sgd: momentum."""
+    """sgd: momentum (sched.momentum, when set, replaces it at every step)."""
     nesterov: bool = True
     """sgd: Nesterov momentum."""
     weight_decay: float = 5e-4
@@ -179,6 +179,8 @@ class SchedConfig:
     """cosine: final learning rate; cosine_restarts: the learning rate at the end of each cycle."""
     cycles: int = 0
     """cosine_restarts: number of equal cycles, the lr restarting at optim.lr at each (0 = train.snapshots)."""
+    momentum: list[float] = field(default_factory=list)
+    """Cyclical momentum [min, max], e.g. 0.85,0.95 (Smith 2018; with onecycle Smith & Topin 2019's 0.95 -> 0.85 -> 0.95); empty = off. Any schedule: at every step the momentum (sgd's, in place of optim.momentum; adam/adamw's beta1, in place of optim.betas[0], beta2 kept) moves against the learning rate, m = max - (max - min) * (mult - mult_lo) / (mult_hi - mult_lo), mult being the step's lr multiplier (warmup included) and mult_lo, mult_hi its smallest and largest over the run: min at the lr's peak, max at its lowest; a flat lr (constant without warmup) keeps max (Smith 2018: a constant lr goes with a large constant momentum). A divergence rollback scales only the lr."""
 
     def __post_init__(self) -> None:
         if self.warmup_epochs < 0:
@@ -189,6 +191,17 @@ class SchedConfig:
             raise ConfigError(f"sched.step_epochs must be >= 1, got {self.step_epochs}.")
         if not self.gamma > 0 or self.min_lr < 0:
             raise ConfigError(f"sched.gamma must be > 0 and sched.min_lr >= 0, got {self.gamma} and {self.min_lr}.")
+        if self.momentum:
+            if len(self.momentum) != 2:
+                raise ConfigError(f"sched.momentum must be two numbers [min, max] (or empty = off), got "
+                                  f"{self.momentum}; e.g. sched.momentum=0.85,0.95.")
+            low, high = self.momentum
+            if not (0 <= low < 1 and 0 <= high < 1):
+                raise ConfigError(f"sched.momentum values must be in [0, 1), got {self.momentum}; "
+                                  "e.g. sched.momentum=0.85,0.95.")
+            if low > high:
+                raise ConfigError(f"sched.momentum is [min, max] but min {low:g} > max {high:g}; "
+                                  f"swap them: sched.momentum={high:g},{low:g}.")
 
 
 @dataclass

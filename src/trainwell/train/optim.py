@@ -1,4 +1,4 @@
-"""Optimisers, parameter groups, penalties and learning-rate schedules.
+"""Optimisers, parameter groups, penalties, learning-rate schedules and cyclical momentum.
 
 Weight decay and the L1/L2 penalties touch weights only (tensors with ``dim() >= 2`` outside norm
 layers), never biases or norm scales/shifts: decaying those only hurts (a BN scale pulled to zero
@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import nn
@@ -25,6 +26,8 @@ class OptimizerMeta:
     """What every optimiser promises."""
 
     decoupled: bool  # weight decay decoupled from the gradient (AdamW), not L2 added to it
+    momentum_key: Literal["momentum", "betas"]  # the param-group key sched.momentum writes: SGD's "momentum",
+    # or Adam's "betas" (its first entry, beta1, the decay of the first-moment average; beta2 is kept)
 
 
 @dataclass(frozen=True)
@@ -88,7 +91,7 @@ def _groups(groups: ParamGroups, weight_decay: float) -> list[dict]:
     return out
 
 
-@OPTIMIZERS.register("sgd", decoupled=False)
+@OPTIMIZERS.register("sgd", decoupled=False, momentum_key="momentum")
 def sgd(groups: ParamGroups, cfg: OptimConfig) -> torch.optim.Optimizer:
     """SGD with momentum (Polyak 1964) or Nesterov momentum (Sutskever et al. 2013); L2-coupled decay."""
     return torch.optim.SGD(
@@ -97,13 +100,13 @@ def sgd(groups: ParamGroups, cfg: OptimConfig) -> torch.optim.Optimizer:
     )
 
 
-@OPTIMIZERS.register("adam", decoupled=False)
+@OPTIMIZERS.register("adam", decoupled=False, momentum_key="betas")
 def adam(groups: ParamGroups, cfg: OptimConfig) -> torch.optim.Optimizer:
     """Adam (Kingma & Ba 2015): per-parameter steps from first and second moment estimates."""
     return torch.optim.Adam(_groups(groups, cfg.weight_decay), lr=_peak_lr(cfg), betas=_betas(cfg), eps=cfg.eps)
 
 
-@OPTIMIZERS.register("adamw", decoupled=True)
+@OPTIMIZERS.register("adamw", decoupled=True, momentum_key="betas")
 def adamw(groups: ParamGroups, cfg: OptimConfig) -> torch.optim.Optimizer:
     """AdamW (Loshchilov & Hutter 2019): Adam with weight decay decoupled from the gradient."""
     return torch.optim.AdamW(_groups(groups, cfg.weight_decay), lr=_peak_lr(cfg), betas=_betas(cfg), eps=cfg.eps)
@@ -171,7 +174,7 @@ def cosine(t: float, cfg: SchedConfig, lr: float, epoch: float) -> float:
 
 @SCHEDULES.register("onecycle", default_warmup_fraction=0.3)
 def onecycle(t: float, cfg: SchedConfig, lr: float, epoch: float) -> float:
-    """One cycle (Smith & Topin 2019): warmup (30% of training unless set), then linear decay to ~0."""
+    """One cycle (Smith & Topin 2019): warmup (30% of training unless set), then linear decay to ~0; sched.momentum=0.85,0.95 cycles the momentum too."""
     floor = cfg.min_lr / lr
     return floor + (1 - floor) * (1 - t)
 
@@ -274,27 +277,68 @@ def lr_multiplier(step_index: int, steps_per_epoch: int, total_steps: int, cfg: 
     return SCHEDULES.get(cfg.name)(min(t, 1.0), cfg, lr, step_index / steps_per_epoch)
 
 
+def cycled_momentum(multipliers: list[float], low: float, high: float) -> list[float]:
+    """The momentum at each step, moving against the learning rate (sched.momentum = [low, high]).
+
+    m = high - (high - low) * (mult - mult_lo) / (mult_hi - mult_lo), with mult_lo and mult_hi the
+    smallest and largest multiplier of the run: ``low`` where the lr peaks, ``high`` where it is lowest,
+    linear in the lr in between (Smith 2018, "A disciplined approach to neural network hyper-parameters:
+    Part 1", sec. 4.3; with one-cycle's linear lr this is Smith & Topin 2019's momentum cycle, torch's
+    ``OneCycleLR(cycle_momentum=True)``). A flat lr (mult_hi == mult_lo) keeps ``high``: Smith's
+    advice for a constant lr is a large constant momentum.
+    """
+    lo, hi = min(multipliers), max(multipliers)
+    if hi == lo:
+        return [high] * len(multipliers)
+    return [high - (high - low) * (m - lo) / (hi - lo) for m in multipliers]
+
+
+def set_momentum(group: dict, key: str, value: float) -> None:
+    """Write a momentum into a param group: ``group[key]``, or the first entry of ``betas`` (beta2 kept)."""
+    if key == "betas":
+        group["betas"] = (value, group["betas"][1])
+    else:
+        group[key] = value
+
+
+def get_momentum(group: dict, key: str) -> float:
+    """A param group's momentum: ``group[key]``, or the first entry of ``betas``."""
+    return float(group["betas"][0] if key == "betas" else group[key])
+
+
 class ScheduleTable:
-    """Per-step learning rates computed once; ``step()`` writes the next one into the optimiser.
+    """Per-step learning rates (and momenta) computed once; ``step()`` writes the next ones into the optimiser.
 
     Replaces ``torch.optim.lr_scheduler.LambdaLR``, which cost ~0.27 ms per step on 2 CPU cores
     (11% of a small MLP's step; bench/bench_trainer.py): here a step is one list lookup.
-    ``factor`` scales every rate (a divergence rollback halves it). ``state_dict``/``load_state_dict``
-    hold the step index and the factor, all that resuming needs.
+    ``factor`` scales every rate (a divergence rollback halves it), never the momentum.
+    ``momenta`` (None: the optimiser's own momentum stays) are written to each group's ``momentum_key``
+    (:func:`set_momentum`). ``state_dict``/``load_state_dict`` hold the step index and the factor,
+    all that resuming needs: the index determines both the rate and the momentum.
     """
 
-    def __init__(self, optimizer: torch.optim.Optimizer, multipliers: list[float]) -> None:
+    def __init__(self, optimizer: torch.optim.Optimizer, multipliers: list[float],
+                 momenta: list[float] | None = None, momentum_key: str = "momentum") -> None:
+        if momenta is not None and len(momenta) != len(multipliers):
+            raise ValueError(f"{len(momenta)} momenta for {len(multipliers)} steps")
         self.optimizer = optimizer
         self.base_lrs = [group["lr"] for group in optimizer.param_groups]
         self.multipliers = multipliers
+        self.momenta = momenta
+        self.momentum_key = momentum_key
         self.index = 0
         self.factor = 1.0
         self._apply()
 
     def _apply(self) -> None:
-        m = self.multipliers[min(self.index, len(self.multipliers) - 1)] * self.factor
+        i = min(self.index, len(self.multipliers) - 1)
+        m = self.multipliers[i] * self.factor
         for group, base in zip(self.optimizer.param_groups, self.base_lrs):
             group["lr"] = base * m
+        if self.momenta is not None:
+            momentum = self.momenta[i]
+            for group in self.optimizer.param_groups:
+                set_momentum(group, self.momentum_key, momentum)
 
     def step(self) -> None:
         self.index += 1
@@ -302,6 +346,10 @@ class ScheduleTable:
 
     def get_last_lr(self) -> list[float]:
         return [group["lr"] for group in self.optimizer.param_groups]
+
+    def get_last_momentum(self) -> list[float]:
+        """Each group's momentum now (SGD's momentum, Adam's beta1), cycled or not."""
+        return [get_momentum(group, self.momentum_key) for group in self.optimizer.param_groups]
 
     def state_dict(self) -> dict:
         return {"index": self.index, "factor": self.factor}
@@ -322,7 +370,22 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg: Config, steps_per_epo
     check_cycles(cfg, steps_per_epoch)
     if sched.name == "cosine_restarts":
         sched = dataclasses.replace(sched, cycles=restart_cycles(cfg))
+    key = OPTIMIZERS.entry(cfg.optim.name).meta.momentum_key
+    check_momentum_cycle(cfg, key)
     total = steps_per_epoch * cfg.train.epochs
     lr = _peak_lr(cfg.optim)
     warmup = warmup_steps_for(sched, steps_per_epoch, total)
-    return ScheduleTable(optimizer, [lr_multiplier(i, steps_per_epoch, total, sched, lr, warmup) for i in range(total)])
+    multipliers = [lr_multiplier(i, steps_per_epoch, total, sched, lr, warmup) for i in range(total)]
+    momenta = cycled_momentum(multipliers, *sched.momentum) if sched.momentum else None
+    return ScheduleTable(optimizer, multipliers, momenta, key)
+
+
+def check_momentum_cycle(cfg: Config, momentum_key: str) -> None:
+    """sched.momentum with SGD needs SGD built with momentum: at optim.momentum=0 it is plain SGD (no Nesterov)."""
+    if cfg.sched.momentum and momentum_key == "momentum" and cfg.optim.momentum == 0:
+        low, high = cfg.sched.momentum
+        raise ConfigError(
+            f"sched.momentum={low:g},{high:g} cycles the momentum of {cfg.optim.name}, but optim.momentum=0 builds "
+            "it without momentum (and without Nesterov); set optim.momentum (e.g. optim.momentum=0.9) or drop "
+            "sched.momentum."
+        )
