@@ -220,3 +220,15 @@ def test_a_run_resumed_mid_epoch_equals_the_uninterrupted_one(tmp_path, optim):
 
     assert untimed((resumed.dir / "metrics.jsonl").read_text().splitlines()) == untimed(rows)
     assert resumed.summary["test_loss"] == run.summary["test_loss"]
+
+
+def test_the_metrics_row_shows_the_momentum_at_each_epochs_first_step(tmp_path):
+    cfg = {"data.limit": 200, "train.epochs": 3, "train.progress": False, "train.plots": False, "model.name": "mlp",
+           "model.width": 16, "sched.name": "onecycle", "sched.momentum": [LOW, HIGH]}
+    run = trainwell.train(cfg, out=tmp_path / "r", quiet=True)
+    rows = [json.loads(line) for line in (run.dir / "metrics.jsonl").read_text().splitlines()]
+    steps_per_epoch = run.summary["steps"] // 3
+    _, _, table = _table([f"{k}={json.dumps(v) if isinstance(v, list) else v}" for k, v in cfg.items()],
+                         steps_per_epoch)
+    assert [r["momentum"] for r in rows] == [table.momenta[e * steps_per_epoch] for e in range(3)]
+    assert rows[0]["momentum"] > rows[1]["momentum"] < rows[2]["momentum"]  # the peak lr's epoch has the lowest

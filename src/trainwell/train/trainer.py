@@ -149,6 +149,8 @@ class TrainState:
     epoch_seconds: float = 0.0
     epoch_lr: float = math.nan
     """The learning rate at the first step of the current epoch (the metrics row's ``lr``)."""
+    epoch_momentum: float = math.nan
+    """The momentum (SGD's, Adam's beta1) at the first step of the current epoch (the metrics row's ``momentum``)."""
     history: list[dict[str, Any]] = field(default_factory=list)
     best_val: float = -math.inf
     best_epoch: int = 0
@@ -179,7 +181,8 @@ class TrainState:
             "ema": self.ema.state_dict() if self.ema is not None else None,
             "epoch": self.epoch, "step": self.step, "batch": self.batch, "perm": self.perm,
             "loss_sum": self.loss_sum, "correct": self.correct, "seen": self.seen,
-            "epoch_seconds": self.epoch_seconds, "epoch_lr": self.epoch_lr, "history": self.history,
+            "epoch_seconds": self.epoch_seconds, "epoch_lr": self.epoch_lr,
+            "epoch_momentum": self.epoch_momentum, "history": self.history,
             "best_val": self.best_val, "best_epoch": self.best_epoch,
             "train_seconds": self.train_seconds, "examples_seen": self.examples_seen,
             "rollbacks": self.rollbacks, "divergence": self.divergence, "stop_reason": self.stop_reason,
@@ -199,6 +202,7 @@ class TrainState:
             setattr(self, key, int(state[key]))
         for key in ("epoch_seconds", "epoch_lr", "best_val", "train_seconds"):
             setattr(self, key, float(state[key]))
+        self.epoch_momentum = float(state.get("epoch_momentum", math.nan))  # checkpoints from before it: unknown
         self.perm = state["perm"]
         self.loss_sum = state["loss_sum"].to(device)
         self.correct = state["correct"].to(device)
@@ -496,6 +500,7 @@ def fit(
                 state.perm = order.permutation(state.rng.shuffle)
                 state.batch, state.seen, state.epoch_seconds = 0, 0, 0.0
                 state.epoch_lr = state.schedule.get_last_lr()[0]
+                state.epoch_momentum = state.schedule.get_last_momentum()[0]
                 state.loss_sum.zero_()
                 state.correct.zero_()
                 step_losses.clear()
@@ -537,6 +542,7 @@ def fit(
             "train_loss": train_loss,
             "train_acc": state.correct.item() / seen,
             "lr": state.epoch_lr,
+            "momentum": state.epoch_momentum,
             "seconds": seconds,
             "examples_per_second": seen / seconds if seconds > 0 else float("nan"),
         }
