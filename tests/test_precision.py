@@ -107,6 +107,17 @@ def test_autocast_is_active_in_the_training_forward_and_in_evaluation_and_logits
     assert {dtype for _, dtype in seen} == {torch.float32}
 
 
+def test_a_run_is_tested_and_later_evaluated_under_its_own_precision(tmp_path):
+    run = trainwell.train(dict(QUICK, **{"train.precision": "bf16", "train.epochs": 1, "train.plots": False}),
+                          out=tmp_path / "r", quiet=True)
+    assert run.summary["precision"] == "bf16"
+    again = trainwell.evaluate(run.dir)  # the run's train.precision: the same arithmetic as its test
+    assert again["test_loss"] == run.summary["test_loss"]
+    fp32 = trainwell.evaluate(run.dir, ["train.precision=fp32"])
+    assert fp32["test_loss"] != again["test_loss"]
+    assert fp32["test_loss"] == pytest.approx(again["test_loss"], rel=3 * 3 * UNIT_ROUNDOFF["bf16"])
+
+
 def test_auto_is_fp32_on_the_cpu_and_a_cpu_run_still_repeats_bit_for_bit():
     assert precision.resolve_precision("auto", CPU) == torch.float32
     a, result_a = fitted({"model.dropout": 0.2, "augment": ["translation"]})
