@@ -243,6 +243,12 @@ class TrainConfig:
     """Exponential moving average of the weights with this decay, e.g. 0.999 (0 = off): validation, test and the saved model use the averaged weights (batch-norm statistics copied from the live model)."""
     accumulate: int = 1
     """Gradient accumulation: one optimiser step per this many batches of train.batch_size (effective batch = batch_size x accumulate); every step count means optimiser steps."""
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    """Mixed precision (Micikevicius et al. 2018): the forward and the loss of training and evaluation run under torch.autocast in bf16 or fp16 (weights, gradients and optimiser stay fp32); fp16 also scales the loss (torch.amp.GradScaler: a step whose gradients overflow is skipped and the scale halved, not a divergence; it reads one overflow flag per step). auto = bf16 on a CUDA GPU that supports it, fp16 on an older one, fp32 on the CPU and MPS: a CPU without AMX/AVX-512-BF16 emulates bf16 matrix products, slower than fp32 (measured in bench/bench_levers.py). A precision the device cannot autocast to is refused before training."""
+    channels_last: bool = False
+    """Lay 4-D image batches and the conv weights out channels_last (N,H,W,C) in memory, the layout GPU tensor cores and oneDNN prefer; values are unchanged. A no-op for other input ranks (tabular, 1-D signals, sequences). Measured in bench/bench_levers.py."""
+    compile: bool = False
+    """torch.compile the forward of training and evaluation (the saved model and checkpoints keep the original module's layout); the first epoch pays the compilation. Off by default everywhere; whether it pays on a CPU is measured in bench/bench_levers.py. On the CPU it needs a C++ compiler."""
 
     def __post_init__(self) -> None:
         for key in ("epochs", "batch_size", "eval_batch_size", "keep_checkpoints", "accumulate", "ensemble"):

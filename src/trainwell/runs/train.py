@@ -41,6 +41,7 @@ from trainwell.train.build import (
 from trainwell.train.callbacks import EarlyStopping, KeepBest, MetricsFile, ProgressDisplay, TensorBoardLog
 from trainwell.train.checkpoint import CHECKPOINT_DIR, Checkpoints
 from trainwell.train.events import Callback
+from trainwell.train.precision import forward_format
 from trainwell.train.snapshots import snapshot_callback
 from trainwell.train.load import Run, read_card, read_config
 from trainwell.train.lr_find import lr_range_test, plot_lr_find
@@ -234,7 +235,8 @@ def train(
 
     if state.ema is not None:  # validation used the averaged weights: so do the test and the saved model
         classifier.load_state_dict(state.ema.module.state_dict())
-    test = evaluate_split(classifier, splits.test, device, cfg.train.eval_batch_size)
+    fmt = forward_format(cfg.train.precision, cfg.train.channels_last, device)  # tested as validated
+    test = evaluate_split(classifier, splits.test, device, cfg.train.eval_batch_size, fmt)
     summary = _summary(result, test, cfg, splits, device, params, out_dir, keep_best)
     if result.divergence is not None:
         summary["divergence"] = {**result.divergence, "diagnosis": _diagnosis(classifier, splits, cfg, device)}
@@ -378,6 +380,7 @@ def _summary(result: Any, test: dict[str, Any], cfg: Config, splits: Splits, dev
         "n_test": len(splits.test),
         "data": splits.description,
         "device": str(device),
+        "precision": forward_format(cfg.train.precision, False, device).name,
         "seed": cfg.train.seed,
         "param_groups": {k: len(v) for k, v in result.param_groups.items()},
         "lr": cfg.optim.lr,

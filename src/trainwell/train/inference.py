@@ -21,6 +21,7 @@ from trainwell.errors import ConfigError, DataError
 from trainwell.train.load import Run, load_run
 from trainwell.fileio import write_json
 from trainwell.train.rundir import staged_out_dir
+from trainwell.train.precision import forward_format
 from trainwell.train.trainer import evaluate_split, predict_logits, resolve_device
 
 
@@ -66,11 +67,12 @@ def evaluate(
         where = f"data.path '{cfg.data.path}'" if cfg.data.path else f"data.name={cfg.data.name}"
         warn_inputs(read_contract(run_dir), part.x, where, run=run_dir)
     device = _run_device(run, cfg)
-    metrics = evaluate_split(run.model, part, device, cfg.train.eval_batch_size)
+    fmt = forward_format(cfg.train.precision, False, device)  # the run's train.precision, resolved for this device
+    metrics = evaluate_split(run.model, part, device, cfg.train.eval_batch_size, fmt)
     k = len(run.classes)
     confusion = np.zeros((k, k), dtype=np.int64)
     if len(part):
-        pred = predict_logits(run.model, part.x, device, cfg.train.eval_batch_size).argmax(1).cpu().numpy()
+        pred = predict_logits(run.model, part.x, device, cfg.train.eval_batch_size, fmt).argmax(1).cpu().numpy()
         np.add.at(confusion, (part.y.numpy(), pred), 1)
     with np.errstate(invalid="ignore"):
         per_class = confusion.diagonal() / confusion.sum(1)
@@ -107,7 +109,9 @@ def predict(run_dir: str | Path, inputs: list[str | Path], *, device: str = "aut
     for path, array in zip(inputs, arrays):
         warn_inputs(contract, array, f"input file '{path}'", run=run_dir)
     run.model.to(dev)
-    probs = F.softmax(predict_logits(run.model, torch.from_numpy(np.ascontiguousarray(x)), dev, batch_size), dim=1).cpu()
+    fmt = forward_format(run.config.train.precision, False, dev)
+    probs = F.softmax(predict_logits(run.model, torch.from_numpy(np.ascontiguousarray(x)), dev, batch_size, fmt),
+                      dim=1).cpu()
     rows = []
     for i, (p, src) in enumerate(zip(probs, sources)):
         k = int(p.argmax())

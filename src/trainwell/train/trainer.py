@@ -18,7 +18,8 @@ checkpoint ends with the same weights and metrics as one never interrupted
 Why it is fast: the data lives in device tensors (uint8 images converted once when they fit); a
 batch is one index operation; loss, accuracy and the divergence flag accumulate on the device and
 the host reads them only a few times a second (progress, divergence), at checkpoints and at epoch
-ends — never once per step.
+ends — never once per step. How the forward computes (train.precision's autocast and fp16 loss
+scaling, train.channels_last, train.compile) is :mod:`trainwell.train.precision`; the loop calls it.
 """
 
 from __future__ import annotations
@@ -54,6 +55,18 @@ from trainwell.train.events import (
 )
 from trainwell.train.mix import apply_mix, mixing_enabled, sample_mix, smooth_targets
 from trainwell.train.optim import ParamGroups, ScheduleTable, build_optimizer, build_scheduler, penalty
+from trainwell.train.precision import (
+    FP32,
+    ForwardFormat,
+    backward,
+    check_forward_options,
+    compiled,
+    forward_format,
+    grad_scaler,
+    optimizer_step,
+    to_channels_last,
+    unscale,
+)
 
 __all__ = ["Callback", "EpochEnd", "FitResult", "LoopSettings", "RandomState", "TrainState", "build_state", "fit"]
 
@@ -135,6 +148,8 @@ class TrainState:
     rng: RandomState
     groups: ParamGroups
     ema: torch.optim.swa_utils.AveragedModel | None = None
+    scaler: torch.amp.GradScaler | None = None
+    """fp16's loss scaler (train.precision=fp16): its scale and growth counter are part of the state."""
     epoch: int = 0
     """Epochs finished."""
     step: int = 0
@@ -179,6 +194,7 @@ class TrainState:
             "schedule": self.schedule.state_dict(),
             "rng": self.rng.state_dict(),
             "ema": self.ema.state_dict() if self.ema is not None else None,
+            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
             "epoch": self.epoch, "step": self.step, "batch": self.batch, "perm": self.perm,
             "loss_sum": self.loss_sum, "correct": self.correct, "seen": self.seen,
             "epoch_seconds": self.epoch_seconds, "epoch_lr": self.epoch_lr,
@@ -198,6 +214,11 @@ class TrainState:
             raise ConfigError("the checkpoint and the config disagree on train.ema; resume with the run's config.")
         if self.ema is not None:
             self.ema.load_state_dict(state["ema"])
+        if (state.get("scaler") is None) != (self.scaler is None):
+            raise ConfigError("the checkpoint and the config disagree on train.precision (fp16 scales the loss); "
+                              "resume with the run's config.")
+        if self.scaler is not None:
+            self.scaler.load_state_dict(state["scaler"])
         for key in ("epoch", "step", "batch", "seen", "best_epoch", "examples_seen", "rollbacks"):
             setattr(self, key, int(state[key]))
         for key in ("epoch_seconds", "epoch_lr", "best_val", "train_seconds"):
@@ -229,6 +250,10 @@ class LoopSettings:
     on_divergence: str = "stop"
     rollback_lr_factor: float = 0.5
     max_rollbacks: int = 3
+    precision: str = "auto"
+    """train.precision as configured; :func:`fit` resolves it for the state's device."""
+    channels_last: bool = False
+    compile: bool = False
 
     @classmethod
     def from_config(cls, cfg: Config, num_classes: int) -> LoopSettings:
@@ -237,7 +262,8 @@ class LoopSettings:
                    grad_clip=t.grad_clip, label_smoothing=cfg.loss.label_smoothing, l1=cfg.reg.l1, l2=cfg.reg.l2,
                    mix=cfg.mix, eval_batch_size=t.eval_batch_size, checkpoint_every=t.checkpoint_every,
                    on_divergence=t.on_divergence, rollback_lr_factor=t.rollback_lr_factor,
-                   max_rollbacks=t.max_rollbacks)
+                   max_rollbacks=t.max_rollbacks, precision=t.precision, channels_last=t.channels_last,
+                   compile=t.compile)
 
 
 @dataclass
@@ -284,9 +310,13 @@ def steps_per_epoch(n: int, batch_size: int, accumulate: int = 1) -> int:
 
 def build_state(model: nn.Module, cfg: Config, n_train: int, device: torch.device,
                 rng: RandomState | None = None) -> TrainState:
-    """The optimiser, schedule, EMA and generators for ``model`` from the config, as the loop's state."""
+    """The optimiser, schedule, EMA, loss scaler and generators for ``model`` from the config, as the loop's state."""
     check_train_config(cfg, n_train)
+    t = cfg.train
+    fmt = check_forward_options(t.precision, t.channels_last, t.compile, device)
     model.to(device)
+    if t.channels_last:
+        to_channels_last(model)
     optimizer, groups = build_optimizer(model, cfg.optim, cfg.reg.exempt_bias_and_norm)
     schedule = build_scheduler(optimizer, cfg, steps_per_epoch(n_train, cfg.train.batch_size, cfg.train.accumulate))
     ema = None
@@ -295,7 +325,7 @@ def build_state(model: nn.Module, cfg: Config, n_train: int, device: torch.devic
 
         ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.train.ema), use_buffers=False)
     rng = rng or RandomState.from_seed(cfg.train.seed, device)
-    return TrainState(model, optimizer, schedule, rng, groups, ema).to(device)
+    return TrainState(model, optimizer, schedule, rng, groups, ema, grad_scaler(fmt, device)).to(device)
 
 
 def check_train_config(cfg: Config, n_train: int) -> None:
@@ -309,6 +339,8 @@ def preflight(model: nn.Module, cfg: Config, n_train: int) -> None:
     import dataclasses
 
     check_train_config(cfg, n_train)
+    t = cfg.train
+    check_forward_options(t.precision, t.channels_last, t.compile, resolve_device(t.device))
     optim = cfg.optim if cfg.optim.lr != "auto" else dataclasses.replace(cfg.optim, lr=1.0)  # the range test sets it
     optimizer, _ = build_optimizer(model, optim, cfg.reg.exempt_bias_and_norm)
     build_scheduler(optimizer, dataclasses.replace(cfg, optim=optim),
@@ -319,25 +351,30 @@ def preflight(model: nn.Module, cfg: Config, n_train: int) -> None:
 
 
 @torch.no_grad()
-def predict_logits(model: nn.Module, x: torch.Tensor, device: torch.device, batch_size: int = 1024) -> torch.Tensor:
-    """Logits for a stored-dtype input tensor, in eval mode, in batches.
+def predict_logits(model: nn.Module, x: torch.Tensor, device: torch.device, batch_size: int = 1024,
+                   fmt: ForwardFormat = FP32) -> torch.Tensor:
+    """Logits for a stored-dtype input tensor, in eval mode, in batches, the forward in ``fmt``
+    (autocast dtype, memory format: :mod:`trainwell.train.precision`).
 
     Shape: x (N, *input_shape) uint8 or float -> (N, num_classes) float32 on the device.
     """
     was_training = model.training
     model.eval()
-    outs = [model(to_float(x[i : i + batch_size].to(device, non_blocking=True))) for i in range(0, len(x), batch_size)]
+    with fmt.autocast(device):
+        outs = [model(fmt.batch(to_float(x[i : i + batch_size].to(device, non_blocking=True))))
+                for i in range(0, len(x), batch_size)]
     model.train(was_training)
     if not outs:
         return torch.empty(0, 0, device=device)
     return torch.cat(outs).float()
 
 
-def evaluate_split(model: nn.Module, split: TensorSplit, device: torch.device, batch_size: int) -> dict[str, float]:
-    """Mean cross-entropy (no smoothing) and accuracy on a split."""
+def evaluate_split(model: nn.Module, split: TensorSplit, device: torch.device, batch_size: int,
+                   fmt: ForwardFormat = FP32) -> dict[str, float]:
+    """Mean cross-entropy (no smoothing) and accuracy on a split (float32 logits of a forward in ``fmt``)."""
     if len(split) == 0:
         return {"loss": float("nan"), "acc": float("nan"), "n": 0}
-    logits = predict_logits(model, split.x, device, batch_size)
+    logits = predict_logits(model, split.x, device, batch_size, fmt)
     y = split.y.to(device)
     loss = F.cross_entropy(logits, y).item()
     acc = (logits.argmax(1) == y).float().mean().item()
@@ -414,6 +451,13 @@ def fit(
     from it at a lower LR); ``stop`` (SIGINT/SIGTERM) checkpoints and raises :class:`Interrupted`.
     """
     device = state.loss_sum.device
+    fmt = forward_format(settings.precision, settings.channels_last, device)
+    if fmt.scaled != (state.scaler is not None):
+        raise ConfigError(f"train.precision={fmt.name} {'needs' if fmt.scaled else 'has no'} a loss scaler, but the "
+                          "loop's state was built with another precision; build the state and the settings from one config.")
+    # The forward of training and evaluation (compiled: a wrapper over the same parameters; the state keeps the module).
+    forward = compiled(state.model, settings.compile)
+    eval_forward = forward if state.ema is None else compiled(state.ema.module, settings.compile)
     callbacks = check_callbacks(callbacks)
     checkpoints = checkpoints or Checkpoints(None)
     per_step = [cb for cb in callbacks if overrides(cb, "on_step_end")]
@@ -422,9 +466,10 @@ def fit(
     mixing = mixing_enabled(settings.mix)
     epoch_steps = steps_per_epoch(len(train), settings.batch_size, settings.accumulate)
     total_steps = epoch_steps * settings.epochs
-    # The objectives (+ 0 x the clipped gradient norm: NaN/inf there too) of the steps not checked
-    # yet, device scalars kept as they are (no op per step); a non-finite one is a divergence, found
-    # when the host reads them: a few times a second, at checkpoints and at epoch ends.
+    # The objectives (+ 0 x the clipped gradient norm: NaN/inf there too, unless fp16's scaler skips
+    # such steps) of the steps not checked yet, device scalars kept as they are (no op per step); a
+    # non-finite one is a divergence, found when the host reads them: a few times a second, at
+    # checkpoints and at epoch ends.
     step_losses: list[torch.Tensor] = []
 
     def first_bad_step() -> int | None:
@@ -467,26 +512,30 @@ def fit(
             yb = y_train[idx]  # (B,)
             if augment is not None:
                 xb = augment(xb, state.rng.augment)
-            if mixing and (params := sample_mix(xb.shape, settings.mix, state.rng.mix, device)) is not None:
-                xb, target = apply_mix(xb, smooth_targets(yb, settings.num_classes, settings.label_smoothing), params)
-                logits = state.model(xb)
-                loss = F.cross_entropy(logits, target)
-            else:
-                logits = state.model(xb)
-                loss = F.cross_entropy(logits, yb, label_smoothing=settings.label_smoothing)
+            with fmt.autocast(device):  # the forward and the loss in fmt.dtype (fp32: no autocast)
+                if mixing and (params := sample_mix(xb.shape, settings.mix, state.rng.mix, device)) is not None:
+                    xb, target = apply_mix(xb, smooth_targets(yb, settings.num_classes, settings.label_smoothing),
+                                           params)
+                    logits = forward(fmt.batch(xb))
+                    loss = F.cross_entropy(logits, target)
+                else:
+                    logits = forward(fmt.batch(xb))
+                    loss = F.cross_entropy(logits, yb, label_smoothing=settings.label_smoothing)
             extra = penalty(state.groups, settings.l1, settings.l2)
             objective = loss if extra is None else loss + extra
-            (objective / len(indices) if len(indices) > 1 else objective).backward()
+            backward(objective / len(indices) if len(indices) > 1 else objective, state.scaler)
             state.loss_sum.add_(loss.detach(), alpha=len(idx))  # on the device: no host sync
             state.correct.add_((logits.detach().argmax(1) == yb).sum())
             state.seen += len(idx)
             total = objective.detach() if total is None else total + objective.detach()
         assert total is not None  # indices holds at least one micro-batch
         if settings.grad_clip > 0:
+            unscale(state.optimizer, state.scaler)  # clip the true gradient, not the scaled one
             norm = nn.utils.clip_grad_norm_(state.model.parameters(), settings.grad_clip)
-            total = torch.add(total, norm, alpha=0)  # NaN when the norm is NaN or inf
+            if state.scaler is None:  # (fp16: an overflowed norm is a step the scaler skips, not a divergence)
+                total = torch.add(total, norm, alpha=0)  # NaN when the norm is NaN or inf
         step_losses.append(total)
-        state.optimizer.step()
+        optimizer_step(state.optimizer, state.scaler)
         state.schedule.step()
         if state.ema is not None:
             state.ema.update_parameters(state.model)
@@ -553,7 +602,7 @@ def fit(
             if state.ema is not None:  # BN statistics are the live model's: EMA averages weights only
                 for ema_buffer, buffer in zip(model.buffers(), state.model.buffers()):
                     ema_buffer.copy_(buffer)
-            metrics = evaluate_split(model, val, device, settings.eval_batch_size)
+            metrics = evaluate_split(eval_forward, val, device, settings.eval_batch_size, fmt)
             row["val_loss"], row["val_acc"] = metrics["loss"], metrics["acc"]
             if metrics["acc"] > state.best_val:
                 state.best_val, state.best_epoch = metrics["acc"], state.epoch
