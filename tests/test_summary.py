@@ -250,3 +250,78 @@ def test_to_dict_is_json_and_names_what_is_not_counted():
     assert d["params"] == s.params and d["forward_flops_per_example"] == s.forward_flops
     assert d["complete"] is True and d["not_counted"] == []
     assert [layer["name"] for layer in d["layers"]] == [r.name for r in s.rows]
+
+
+# ----------------------------------------------------------------------------- the command and summary.json
+
+MLP = ["model.name=mlp", "model.width=16", "model.depth=1", "data.limit=400"]
+
+
+def digits_mlp_flops() -> tuple[int, int]:
+    """Forward and training FLOPs per example of MLP on 8x8 digits (standardize: elementwise, uncounted)."""
+    first, head = linear_flops(64, 16), linear_flops(16, 10)
+    return first + head, 2 * first + 3 * head
+
+
+def test_summary_command_prints_json_totals_and_one_epoch(capsys):
+    from trainwell.cli import main
+    from trainwell.data import load_splits
+
+    assert main(["summary", *MLP, "train.batch_size=32", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    forward, train = digits_mlp_flops()
+    assert (out["forward_flops_per_example"], out["train_flops_per_example"]) == (forward, train)
+    n = len(load_splits(resolve(MLP).data).train)
+    assert out["epoch_examples"] == n - (n % 32 == 1) and out["epoch_train_flops"] == train * out["epoch_examples"]
+    assert out["model"] == "mlp" and out["complete"] is True
+    assert [layer["kind"] for layer in out["layers"]][1:] == ["Flatten", "Linear", "BatchNorm1d", "ReLU", "Linear"]
+
+
+def test_summary_command_prints_the_table_and_totals(capsys):
+    from trainwell.cli import main
+
+    assert main(["summary", *MLP]) == 0
+    out = capsys.readouterr().out
+    forward, train = digits_mlp_flops()
+    assert "net.1" in out and "Linear" in out and "(16,)" in out
+    assert f"forward {forward / 1e6:.5f} MFLOP/example" in out and f"{train / 1e6:.5f} MFLOP/example" in out
+    assert "one epoch:" in out and "GFLOP" in out
+
+
+def test_summary_command_with_a_bad_config_is_one_line_and_exit_2():
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "trainwell", "summary", "model.depht=3"],
+                          capture_output=True, text=True, timeout=120)
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == 2 and len(lines) == 1 and lines[0].startswith("trainwell: error:"), proc.stderr
+    assert "model.depht" in lines[0] and "Traceback" not in proc.stderr
+
+
+def test_a_run_records_its_params_and_flops_in_summary_json(tmp_path):
+    import trainwell
+
+    net = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
+    run = trainwell.train({"data.limit": 200, "train.epochs": 1, "train.progress": False}, model=net,
+                          out=tmp_path / "r", quiet=True)
+    saved = json.loads((run.dir / "summary.json").read_text())
+    assert saved["params"] == 64 * 10 + 10
+    # its input needs no gradient: forward + the weight gradient
+    assert (saved["forward_flops_per_example"], saved["train_flops_per_example"]) == (1280, 2560)
+    assert saved["flops_not_counted"] == []
+
+
+def test_summary_json_leaves_flops_out_where_a_layer_is_not_counted():
+    from trainwell.runs.train import flop_fields
+
+    class Pair(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.b = nn.Bilinear(4, 4, 2)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.b(x, x)
+
+    assert flop_fields(summarize(Pair(), (4,))) == {"forward_flops_per_example": None,
+                                                    "train_flops_per_example": None, "flops_not_counted": ["b"]}

@@ -112,8 +112,8 @@ class ModelSummary:
         """The totals as lines of text; the FLOP lines say what they leave out."""
         partial = "" if self.complete else f" (at least: not counted in {', '.join(self.not_counted)})"
         return [f"params {self.params:,} ({self.trainable_params:,} trainable, {self.frozen_params:,} frozen)",
-                f"forward {_mflop(self.forward_flops)} MFLOP/example{partial}",
-                f"train (forward + backward) {_mflop(self.train_flops)} MFLOP/example{partial}",
+                f"forward {in_units(self.forward_flops)} MFLOP/example{partial}",
+                f"train (forward + backward) {in_units(self.train_flops)} MFLOP/example{partial}",
                 f"FLOPs: matrix products and convolutions, 2 per multiply-add ({MISSING}: none); elementwise ops, "
                 "activations, norms and pooling are not counted."]
 
@@ -294,12 +294,13 @@ def _flops_text(flops: float | None) -> str:
 _PREFIXES = ("", "k", "M", "G", "T", "P")
 
 
-def _mflop(flops: float) -> str:
-    """A total in MFLOP: 3 significant figures, at least to the unit."""
-    m = flops / 1e6
+def in_units(flops: float, unit: float = 1e6) -> str:
+    """FLOPs in units of ``unit`` (1e6: MFLOP) to 3 significant figures, at least to the unit:
+    ``in_units(7_234_567) == "7.23"``, ``in_units(4.3e12, 1e12) == "4.30"``, ``in_units(1.5e9) == "1,500"``."""
+    m = flops / unit
     if m == 0:
         return "0"
     return f"{m:,.{max(0, 2 - int(math.floor(math.log10(abs(m)))))}f}"
 
 
-__all__ = ["LayerRow", "ModelSummary", "forward_flops", "summarize", "train_flops"]
+__all__ = ["LayerRow", "ModelSummary", "forward_flops", "in_units", "summarize", "train_flops"]
