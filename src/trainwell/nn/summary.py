@@ -11,8 +11,9 @@ What is counted is what :class:`torch.utils.flop_counter.FlopCounterMode` counts
 and convolutions (``mm``, ``addmm``, ``bmm``, ``baddbmm``, ``convolution`` and their backward
 kernels, attention kernels), each at 2 FLOPs per multiply-add. Not counted: elementwise ops
 (bias additions, residual sums, dropout), activations, normalisation layers, pooling, the loss, and
-the optimiser's update. For the small networks here those are a few percent of the total; they cost
-memory traffic more than arithmetic.
+the optimiser's update. They are few next to a convolution over many channels (a 3x3 one over C
+input channels does 18C FLOPs per output value, a batch norm and a ReLU a handful), but they cost
+memory traffic, and in a network's first layers (C = 1 or 3) they are not few.
 
 *Training* FLOPs are measured, not assumed to be 3x the forward: one forward and one backward pass
 are counted. The backward of a weight layer costs a weight-gradient product (as many FLOPs as its
@@ -22,7 +23,8 @@ cost only what the layers below them need.
 
 A layer whose weights (parameters of 2 or more dimensions) are read by a kernel FlopCounterMode has
 no formula for is listed as *not counted*, never shown as 0: torch's fused LSTM on the CPU
-(``mkldnn_rnn_layer``) and cuDNN's RNN/GRU/LSTM (``_cudnn_rnn``) are such kernels. (On the CPU, torch's
+(``mkldnn_rnn_layer``) is one, and so is cuDNN's RNN/GRU/LSTM kernel on a GPU (``_cudnn_rnn``, absent
+from FlopCounterMode's formulas). (On the CPU, torch's
 RNN and GRU run as matrix products and are counted.) The totals then count the other layers only,
 and :attr:`ModelSummary.complete` is False.
 
@@ -77,6 +79,8 @@ class ModelSummary:
     forward_flops: float  #: counted forward FLOPs per example (all layers, and any product outside a leaf)
     train_flops: float  #: counted forward + backward FLOPs per example
     not_counted: tuple[str, ...]  #: layers whose products FlopCounterMode cannot count
+    #: forward FLOPs of products in a container's own forward (e.g. a ``torch.bmm`` call), in no leaf
+    outside_layers_flops: float = 0.0
 
     @property
     def frozen_params(self) -> int:
@@ -87,15 +91,11 @@ class ModelSummary:
         """Whether every layer's products were counted (else the FLOP totals leave ``not_counted`` out)."""
         return not self.not_counted
 
-    @property
-    def outside_layers_flops(self) -> float:
-        """Forward FLOPs of products in a container's own forward (e.g. a ``torch.bmm`` call), in no leaf."""
-        return self.forward_flops - sum(r.forward_flops or 0.0 for r in self.rows)
-
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready values: the totals, ``complete``, and one dict per layer."""
         return {"input_shape": list(self.input_shape), "params": self.params, "trainable_params": self.trainable_params,
                 "forward_flops_per_example": self.forward_flops, "train_flops_per_example": self.train_flops,
+                "outside_layers_flops_per_example": self.outside_layers_flops,
                 "complete": self.complete, "not_counted": list(self.not_counted),
                 "layers": [{**asdict(r), "output_shape": None if r.output_shape is None else list(r.output_shape)}
                            for r in self.rows]}
@@ -167,6 +167,7 @@ def summarize(model: nn.Module, input_shape: Sequence[int], batch_size: int = 2)
         trainable_params=sum(p.numel() for p in params if p.requires_grad),
         forward_flops=forward / batch_size, train_flops=total / batch_size,
         not_counted=tuple(name for name, _ in tally.ordered() if name in weights.uncounted),
+        outside_layers_flops=(forward - sum(tally.flops.values())) / batch_size,
     )
 
 
