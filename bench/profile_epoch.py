@@ -186,9 +186,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("overrides", nargs="*", metavar="key=value")
     parser.add_argument("--limit", type=int, default=0, help="train on at most this many examples (data.limit)")
-    parser.add_argument("--warmup", type=int, default=1, help="unprofiled epochs before the profiled one")
+    parser.add_argument("--warmup", type=int, default=1, help="unprofiled epochs before the profiled one (>= 1)")
     parser.add_argument("--top", type=int, default=10, help="also list the ops with the most self time")
     args = parser.parse_args()
+    if args.warmup < 1:
+        parser.error("--warmup must be >= 1: the profile starts when an epoch ends")
     with tempfile.TemporaryDirectory() as tmp:
         overrides = args.overrides or default_overrides(Path(tmp))
         extra = [f"train.epochs={args.warmup + 1}", "train.progress=false"] + \
