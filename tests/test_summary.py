@@ -65,10 +65,18 @@ def test_conv1d_is_2_cin_cout_k_lout(stride, padding, k):
 def test_a_preset_cnn_is_the_sum_of_its_layers_by_hand(preset, shape):
     cfg = resolve([f"preset={preset}", "model.name=cnn"]).model
     net = model("cnn", shape, f"preset={preset}", classes=10)
+    # Per block: model.convs 'same' convolutions (the first strided by model.stem_stride in block 0:
+    # padding k//2), then a max-pool by 2 along axes >= 4 long unless that stride down-sampled.
+    convs, stem_stride, k = getattr(cfg, "convs", 1), getattr(cfg, "stem_stride", 1), cfg.kernel_size
     c_in, size, expected = shape[0], list(shape[1:]), 0
-    for c_out in cfg.channels:  # 'same' conv, then max-pool by 2 along axes >= 4 long
-        expected += 2 * c_in * c_out * cfg.kernel_size ** len(size) * math.prod(size)
-        size = [s // 2 if s >= 4 else s for s in size]
+    for block, c_out in enumerate(cfg.channels):
+        stride = stem_stride if block == 0 else 1
+        for j in range(convs):
+            if j == 0 and stride > 1:
+                size = [(s + 2 * (k // 2) - k) // stride + 1 for s in size]
+            expected += 2 * (c_in if j == 0 else c_out) * c_out * k ** len(size) * math.prod(size)
+        if stride == 1:
+            size = [s // 2 if s >= 4 else s for s in size]
         c_in = c_out
     features = c_in if cfg.head == "avg" else c_in * math.prod(size)
     expected += linear_flops(features, 10)
