@@ -30,6 +30,7 @@ EXAMPLES = """examples:
   trainwell evaluate runs/lr0.1
   trainwell predict runs/lr0.1 image.png batch.npz
   trainwell lr-find preset=mnist1d
+  trainwell summary preset=mnist1d                  # layers, output shapes, parameters, FLOPs
   trainwell doctor model.name=mlp model.depth=6 init.scheme=normal   # diagnose a config at init
   trainwell doctor runs/lr0.1 --strict                                # diagnose a finished run
   trainwell train doctor=true                                         # diagnose while training
@@ -110,9 +111,11 @@ def build_parser() -> argparse.ArgumentParser:
     add_ensemble_parser(sub)
 
     from trainwell.cli.experiments import add_compare_parser, add_lab_parser
+    from trainwell.cli.summary import add_summary_parser
 
     add_compare_parser(sub)
     add_lab_parser(sub)
+    add_summary_parser(sub)
 
     p = sub.add_parser("list", help="list registered names (data, model, activation, ...) with one-line docs")
     p.add_argument("kind", nargs="?", help="one registry, e.g. model; omit for all")

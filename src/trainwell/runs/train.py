@@ -29,6 +29,7 @@ from trainwell.data import Splits, load_splits, to_float
 from trainwell.errors import ConfigError, Interrupted, RunDirError, exception_line
 from trainwell.formatting import percent
 from trainwell.nn.pipeline import Classifier, count_parameters
+from trainwell.nn.summary import ModelSummary, summarize
 from trainwell.seeds import seed_global, torch_generator
 from trainwell.train.build import (
     build_augmenter,
@@ -50,6 +51,7 @@ from trainwell.train.progress import print_warning
 from trainwell.fileio import atomic_write_text, write_json
 from trainwell.train.rundir import check_out_dir, is_inside, prepare_out_dir, read_summary, save_weights, staged_out_dir
 from trainwell.train.trainer import (
+    BatchOrder,
     LoopSettings,
     build_state,
     catch_signals,
@@ -184,6 +186,7 @@ def train(
     # build_state checks the training settings as it builds them (what preflight checks elsewhere);
     # no folder exists yet. Before the doctor hooks the model.
     state = build_state(classifier, cfg, len(splits.train), device)
+    flops = summarize(classifier, splits.input_shape)  # FLOPs per example, for summary.json
     card = {**model_card(splits, cfg, model is not None), "prepared": prepare is not None}
     if resume is not None:
         out_dir, checkpoints, loaded = _reopen_run_dir(Path(resume), cfg, warn)
@@ -238,6 +241,7 @@ def train(
     fmt = forward_format(cfg.train.precision, cfg.train.channels_last, device)  # tested as validated
     test = evaluate_split(classifier, splits.test, device, cfg.train.eval_batch_size, fmt)
     summary = _summary(result, test, cfg, splits, device, params, out_dir, keep_best)
+    summary.update(flop_fields(flops))
     if result.divergence is not None:
         summary["divergence"] = {**result.divergence, "diagnosis": _diagnosis(classifier, splits, cfg, device)}
     if doctor is not None:
@@ -388,6 +392,29 @@ def _summary(result: Any, test: dict[str, Any], cfg: Config, splits: Splits, dev
         "torch": torch.__version__,
         "python": platform.python_version(),
     }
+
+
+def flop_fields(s: ModelSummary) -> dict[str, Any]:
+    """summary.json's FLOPs per example (trainwell.nn.summary): None where a layer's products are not
+    counted (listed in ``flops_not_counted``), so no partial figure passes for the whole."""
+    return {"forward_flops_per_example": s.forward_flops if s.complete else None,
+            "train_flops_per_example": s.train_flops if s.complete else None,
+            "flops_not_counted": list(s.not_counted)}
+
+
+def epoch_examples(n_train: int, batch_size: int) -> int:
+    """Examples one training epoch visits (the loop drops a trailing batch of 1)."""
+    return sum(len(b) for b in BatchOrder(n_train, batch_size).batches(torch.arange(n_train)))
+
+
+def summarize_config(config: ConfigLike = None) -> tuple[ModelSummary, Splits, int]:
+    """The model a config would train, built as ``train`` builds it (on its data, with its fitted
+    preprocessing), summarized for the data's input shape; with the splits and one epoch's examples."""
+    cfg = as_config(config)
+    check_names(cfg)
+    splits = load_splits(cfg.data)
+    classifier = build_classifier(cfg, splits)
+    return summarize(classifier, splits.input_shape), splits, epoch_examples(len(splits.train), cfg.train.batch_size)
 
 
 def _report(console: Console, summary: dict[str, Any], result: Any, cfg: Config, out_dir: Path) -> None:
