@@ -13,6 +13,11 @@ Each entry of :data:`PREPROCESSORS` is an ``nn.Module`` subclass with:
   the network must be built for. Every entry keeps the shape except ``pca`` and ``pca_whiten``,
   which output flat vectors ``(k,)``.
 
+A streamed training split (:class:`~trainwell.data.splits.TensorSplit` rows of a memory-mapped
+file) is given to :func:`fit_preprocess` as the split itself: ``none`` and ``standardize`` read
+it in chunks; the PCA entries (``pca``, ``pca_whiten``, ``zca``) need the examples in memory and
+refuse it with a ConfigError.
+
 ``fit`` also takes the data config (``fit(x, cfg)``): ``data.pca_components`` and ``data.whiten_eps``
 set the PCA/whitening entries; ``None`` means the defaults.
 
@@ -24,6 +29,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from collections.abc import Iterator
 from typing import Any, cast
 
 import numpy as np
@@ -31,7 +37,7 @@ import torch
 from torch import nn
 
 from trainwell.config import DataConfig
-from trainwell.data.splits import to_float
+from trainwell.data.splits import TensorSplit, to_float
 from trainwell.errors import ConfigError, DataError, RunDirError
 from trainwell.registry import new_registry
 
@@ -47,6 +53,25 @@ class PreprocessMeta:
 PREPROCESSORS = new_registry(
     "preprocess", PreprocessMeta, "Input preprocessing fitted on the training split (data.preprocess)."
 )
+
+
+def _chunks(x: torch.Tensor | TensorSplit, step: int) -> Iterator[torch.Tensor]:
+    """Consecutive ``step``-example pieces of a tensor or of a (streamed) split."""
+    if isinstance(x, TensorSplit):
+        yield from x.chunks(step)
+    else:
+        for start in range(0, len(x), step):
+            yield x[start : start + step]
+
+
+def _check_split_input(name: str, x: TensorSplit) -> TensorSplit:
+    """:func:`_check_fit_input` for a split, read in chunks of about 32 MiB."""
+    if len(x) == 0 or len(x.example_shape) < 1:
+        raise DataError(f"preprocess '{name}' is fitted on a non-empty split (N, *input_shape); got {len(x)} examples.")
+    step = max(1, (32 << 20) // (x.nbytes // len(x) or 1))
+    if x.dtype.is_floating_point and not all(bool(torch.isfinite(c).all()) for c in x.chunks(step)):
+        raise DataError(f"preprocess '{name}': the training inputs hold NaN/inf values; clean the data first.")
+    return x
 
 
 def _check_fit_input(name: str, x: Any) -> torch.Tensor:
@@ -100,8 +125,8 @@ class Identity(Preprocess):
     name = "none"
 
     @classmethod
-    def fit(cls, x: torch.Tensor, cfg: DataConfig | None = None) -> Identity:
-        _check_fit_input(cls.name, x)
+    def fit(cls, x: torch.Tensor | TensorSplit, cfg: DataConfig | None = None) -> Identity:
+        _check_split_input(cls.name, x) if isinstance(x, TensorSplit) else _check_fit_input(cls.name, x)
         return cls()
 
     @classmethod
@@ -143,18 +168,18 @@ class Standardize(Preprocess):
         self.register_buffer("std", std.detach().to(torch.float32).clone())
 
     @classmethod
-    def fit(cls, x: torch.Tensor, cfg: DataConfig | None = None) -> Standardize:
-        x = _check_fit_input(cls.name, x)
-        dims = [0] if x.ndim == 2 else [0] + list(range(2, x.ndim))
-        per_example = max(1, math.prod(x.shape[1:]))
-        step = max(1, cls._CHUNK_BYTES // (8 * per_example))
+    def fit(cls, x: torch.Tensor | TensorSplit, cfg: DataConfig | None = None) -> Standardize:
+        x = _check_split_input(cls.name, x) if isinstance(x, TensorSplit) else _check_fit_input(cls.name, x)
+        shape = x.example_shape if isinstance(x, TensorSplit) else tuple(x.shape[1:])
+        step = max(1, cls._CHUNK_BYTES // (8 * max(1, math.prod(shape))))
+        dims = [0] if len(shape) == 1 else [0] + list(range(2, len(shape) + 1))
         # Chan et al.'s pairwise update merges chunk means and squared deviations exactly, so a
         # large uint8 dataset is never converted to float64 all at once.
         count = 0
         mean: torch.Tensor | None = None
         m2: torch.Tensor | None = None
-        for start in range(0, len(x), step):
-            chunk = to_float(x[start : start + step]).to(torch.float64)
+        for piece in _chunks(x, step):
+            chunk = to_float(piece).to(torch.float64)
             n_c = chunk.numel() // chunk.shape[1]  # values per feature/channel in this chunk
             m_c = chunk.mean(dim=dims, keepdim=True)
             m2_c = ((chunk - m_c) ** 2).sum(dim=dims, keepdim=True)
@@ -553,12 +578,25 @@ class ZCA(_Projection):
         return x[0] if single else x
 
 
-def fit_preprocess(name: str, x: torch.Tensor, cfg: DataConfig | None = None) -> Preprocess:
+#: The entries that can be fitted on a streamed split (read in chunks).
+STREAMABLE = ("none", "standardize")
+
+
+def fit_preprocess(name: str, x: torch.Tensor | TensorSplit, cfg: DataConfig | None = None) -> Preprocess:
     """Fit preprocessor ``name`` on training inputs ``x`` (N, *input_shape); ConfigError if unknown.
 
-    ``cfg`` (the data config) supplies ``pca_components`` and ``whiten_eps``; None = their defaults.
+    ``x`` may be a streamed split (read in chunks) for the :data:`STREAMABLE` entries; the others
+    refuse it with a ConfigError. ``cfg`` (the data config) supplies ``pca_components`` and
+    ``whiten_eps``; None = their defaults.
     """
-    return _preprocessor(name).fit(x, cfg)
+    preprocessor = _preprocessor(name)
+    if isinstance(x, TensorSplit) and name not in STREAMABLE:
+        raise ConfigError(
+            f"data.preprocess={name} needs the training split in memory, but its {len(x):,} examples "
+            f"({x.nbytes / 2**30:.1f} GiB) are streamed from a memory-mapped file; use data.preprocess="
+            f"{' or '.join(STREAMABLE)}, or fewer examples (data.limit, data.per_class)."
+        )
+    return preprocessor.fit(x, cfg)  # type: ignore[arg-type]  # the other entries take tensors: refused above
 
 
 def load_preprocess(name: str, state: dict[str, torch.Tensor]) -> Preprocess:

@@ -16,7 +16,8 @@ checkpoint ends with the same weights and metrics as one never interrupted
 (tests/test_resume_kill.py kills real processes to prove it).
 
 Why it is fast: the data lives in device tensors (uint8 images converted once when they fit); a
-batch is one index operation; loss, accuracy and the divergence flag accumulate on the device and
+batch is one index operation (or, with ``train.data_on_device=false`` or a split too large for the
+device, one gather on the host and one asynchronous copy: :mod:`trainwell.train.placement`); loss, accuracy and the divergence flag accumulate on the device and
 the host reads them only a few times a second (progress, divergence), at checkpoints and at epoch
 ends — never once per step.
 """
@@ -28,7 +29,7 @@ import math
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -54,6 +55,7 @@ from trainwell.train.events import (
 )
 from trainwell.train.mix import apply_mix, mixing_enabled, sample_mix, smooth_targets
 from trainwell.train.optim import ParamGroups, ScheduleTable, build_optimizer, build_scheduler, penalty
+from trainwell.train.placement import BatchFeed, DataOnDevice, device_budget, device_bytes, resolve_data_on_device, to_device
 
 __all__ = ["Callback", "EpochEnd", "FitResult", "LoopSettings", "RandomState", "TrainState", "build_state", "fit"]
 
@@ -225,6 +227,7 @@ class LoopSettings:
     on_divergence: str = "stop"
     rollback_lr_factor: float = 0.5
     max_rollbacks: int = 3
+    data_on_device: DataOnDevice = "auto"
 
     @classmethod
     def from_config(cls, cfg: Config, num_classes: int) -> LoopSettings:
@@ -233,7 +236,7 @@ class LoopSettings:
                    grad_clip=t.grad_clip, label_smoothing=cfg.loss.label_smoothing, l1=cfg.reg.l1, l2=cfg.reg.l2,
                    mix=cfg.mix, eval_batch_size=t.eval_batch_size, checkpoint_every=t.checkpoint_every,
                    on_divergence=t.on_divergence, rollback_lr_factor=t.rollback_lr_factor,
-                   max_rollbacks=t.max_rollbacks)
+                   max_rollbacks=t.max_rollbacks, data_on_device=t.data_on_device)
 
 
 @dataclass
@@ -249,6 +252,8 @@ class FitResult:
     """{step, epoch, action, rollbacks}: where the loss first became non-finite and what was done."""
     stop_reason: str | None = None
     param_groups: dict[str, list[str]] = field(default_factory=dict)
+    data_on_device: bool | None = None
+    """Where train.data_on_device put the training split: True on the device, False on the host."""
 
 
 # ----------------------------------------------------------------------------- construction
@@ -320,9 +325,14 @@ def predict_logits(model: nn.Module, x: torch.Tensor, device: torch.device, batc
 
     Shape: x (N, *input_shape) uint8 or float -> (N, num_classes) float32 on the device.
     """
+    return _batch_logits(model, (x[i : i + batch_size] for i in range(0, len(x), batch_size)), device)
+
+
+def _batch_logits(model: nn.Module, batches: Iterable[torch.Tensor], device: torch.device) -> torch.Tensor:
+    # Each batch moves in its stored dtype (uint8: 4x less to copy) and is converted on the device.
     was_training = model.training
     model.eval()
-    outs = [model(to_float(x[i : i + batch_size].to(device, non_blocking=True))) for i in range(0, len(x), batch_size)]
+    outs = [model(to_float(to_device(xb, device))) for xb in batches]
     model.train(was_training)
     if not outs:
         return torch.empty(0, 0, device=device)
@@ -330,25 +340,21 @@ def predict_logits(model: nn.Module, x: torch.Tensor, device: torch.device, batc
 
 
 def evaluate_split(model: nn.Module, split: TensorSplit, device: torch.device, batch_size: int) -> dict[str, float]:
-    """Mean cross-entropy (no smoothing) and accuracy on a split."""
+    """Mean cross-entropy (no smoothing) and accuracy on a split (a streamed one read batch by batch)."""
     if len(split) == 0:
         return {"loss": float("nan"), "acc": float("nan"), "n": 0}
-    logits = predict_logits(model, split.x, device, batch_size)
+    with torch.no_grad():
+        logits = _batch_logits(model, split.chunks(batch_size), device)
     y = split.y.to(device)
     loss = F.cross_entropy(logits, y).item()
     acc = (logits.argmax(1) == y).float().mean().item()
     return {"loss": loss, "acc": acc, "n": len(split)}
 
 
-#: Convert uint8 data to float once, up front, when the float copy stays under this size: one
-#: conversion instead of one per batch (bench/bench_trainer.py), at 4x the memory of uint8.
-FLOAT_CACHE_BYTES = 1 << 30
-
-
-def _on_device(x: torch.Tensor, device: torch.device) -> torch.Tensor:
-    if x.dtype == torch.uint8 and x.numel() * 4 <= FLOAT_CACHE_BYTES:
-        return to_float(x.to(device))
-    return x.to(device)
+def place_training_data(train: TensorSplit, device: torch.device, setting: DataOnDevice) -> BatchFeed:
+    """The training split where ``train.data_on_device`` (resolved once, here) puts it."""
+    on_device = resolve_data_on_device(setting, device_bytes(train), device_budget(device), train.mapped)
+    return BatchFeed(train, device, on_device)
 
 
 # ----------------------------------------------------------------------------- signals
@@ -414,7 +420,7 @@ def fit(
     checkpoints = checkpoints or Checkpoints(None)
     per_step = [cb for cb in callbacks if overrides(cb, "on_step_end")]
     order = BatchOrder(len(train), settings.batch_size)
-    x_train, y_train = _on_device(train.x, device), train.y.to(device)
+    feed = place_training_data(train, device, settings.data_on_device)
     mixing = mixing_enabled(settings.mix)
     epoch_steps = steps_per_epoch(len(train), settings.batch_size, settings.accumulate)
     total_steps = epoch_steps * settings.epochs
@@ -459,8 +465,7 @@ def fit(
         state.optimizer.zero_grad(set_to_none=True)
         total: torch.Tensor | None = None
         for idx in indices:
-            xb = to_float(x_train[idx])  # (B, *input_shape) float32
-            yb = y_train[idx]  # (B,)
+            xb, yb = feed.batch(idx)  # (B, *input_shape) float32, (B,) on the device
             if augment is not None:
                 xb = augment(xb, state.rng.augment)
             if mixing and (params := sample_mix(xb.shape, settings.mix, state.rng.mix, device)) is not None:
@@ -499,7 +504,7 @@ def fit(
                 state.loss_sum.zero_()
                 state.correct.zero_()
                 step_losses.clear()
-            batches = order.batches(state.perm.to(device))
+            batches = order.batches(state.perm.to(feed.index_device))
             t0 = time.perf_counter()
             state.model.train()
             while state.batch < len(batches):
@@ -594,7 +599,7 @@ def fit(
         history=list(state.history), best_val_acc=state.best_val if state.best_val > -math.inf else float("nan"),
         best_epoch=state.best_epoch, train_seconds=state.train_seconds, examples_seen=state.examples_seen,
         steps=state.step, diverged=state.stop_reason == "diverged", divergence=state.divergence,
-        stop_reason=state.stop_reason, param_groups=state.groups.describe(),
+        stop_reason=state.stop_reason, param_groups=state.groups.describe(), data_on_device=feed.on_device,
     )
     for cb in callbacks:
         cb.on_fit_end(FitEnd(state, result))
