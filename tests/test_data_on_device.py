@@ -248,3 +248,18 @@ def test_batch_feed_on_the_host_gives_the_device_feeds_batches(tmp_path):
     on_x, on_y = BatchFeed(split, CPU, True).batch(idx)
     off_x, off_y = BatchFeed(split, CPU, False).batch(idx)
     assert torch.equal(on_x, off_x) and torch.equal(on_y, off_y) and off_x.dtype == torch.float32
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_on_cuda_both_placements_give_the_same_batches_and_streamed_data_reaches_the_device(tmp_path, streamed):
+    cuda = torch.device("cuda")
+    _npz(tmp_path / "d.npz")
+    train = load_splits(_config(tmp_path / "d.npz").data).train
+    idx = torch.randperm(len(train), generator=torch.Generator().manual_seed(0))[:40]
+    on, off = BatchFeed(train, cuda, True), BatchFeed(train, cuda, False)
+    assert on.index_device.type == "cuda" and off.index_device.type == "cpu"
+    on_x, on_y = on.batch(idx.to(cuda))
+    off_x, off_y = off.batch(idx)
+    assert on_x.is_cuda and off_x.is_cuda and torch.equal(on_x, off_x) and torch.equal(on_y, off_y)
+    assert torch.equal(on.x.cpu(), train.x.float().div(255))  # the chunked copy of a streamed split
+    assert place_training_data(train, cuda, "auto").on_device  # a few KiB fit any GPU's budget
