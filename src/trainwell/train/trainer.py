@@ -16,10 +16,10 @@ checkpoint ends with the same weights and metrics as one never interrupted
 (tests/test_resume_kill.py kills real processes to prove it).
 
 Why it is fast: the data lives in device tensors (uint8 images converted once when they fit); a
-batch is one index operation (or, with ``train.data_on_device=false`` or a split too large for the
-device, one gather on the host and one asynchronous copy: :mod:`trainwell.train.placement`); loss, accuracy and the divergence flag accumulate on the device and
-the host reads them only a few times a second (progress, divergence), at checkpoints and at epoch
-ends — never once per step.
+batch is one index operation (with ``train.data_on_device=false``, or a split too large for the
+device, one gather on the host and one asynchronous copy: :mod:`trainwell.train.placement`);
+loss, accuracy and the divergence flag accumulate on the device and the host reads them only a
+few times a second (progress, divergence), at checkpoints and at epoch ends — never once per step.
 """
 
 from __future__ import annotations
@@ -55,7 +55,14 @@ from trainwell.train.events import (
 )
 from trainwell.train.mix import apply_mix, mixing_enabled, sample_mix, smooth_targets
 from trainwell.train.optim import ParamGroups, ScheduleTable, build_optimizer, build_scheduler, penalty
-from trainwell.train.placement import BatchFeed, DataOnDevice, device_budget, device_bytes, resolve_data_on_device, to_device
+from trainwell.train.placement import (
+    BatchFeed,
+    DataOnDevice,
+    device_budget,
+    device_bytes,
+    resolve_data_on_device,
+    to_device,
+)
 
 __all__ = ["Callback", "EpochEnd", "FitResult", "LoopSettings", "RandomState", "TrainState", "build_state", "fit"]
 
