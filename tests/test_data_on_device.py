@@ -166,13 +166,30 @@ def test_a_streamed_split_reads_the_rows_numpy_fancy_indexing_reads(tmp_path, st
     np.testing.assert_array_equal(covered, np.arange(len(x)))  # disjoint, and together all of the file
 
 
+def _raw_idx(folder: Path, n: int = 90) -> Path:
+    """A folder of raw (uncompressed) MNIST-format training files: n 5x5 images, 3 classes."""
+    folder.mkdir()
+    images = np.random.default_rng(0).integers(0, 256, (n, 5, 5), dtype=np.uint8)
+    labels = (np.arange(n) % 3).astype(np.uint8)
+    for name, arr in (("train-images-idx3-ubyte", images), ("train-labels-idx1-ubyte", labels)):
+        header = bytes([0, 0, 0x08, arr.ndim]) + np.array(arr.shape, ">u4").tobytes()
+        (folder / name).write_bytes(header + arr.tobytes())
+    return folder / "train-images-idx3-ubyte"
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/maps")
-def test_a_streamed_split_is_the_file_mapping_not_a_copy(tmp_path, streamed):
-    _npz(tmp_path / "d.npz")
-    splits = load_splits(_config(tmp_path / "d.npz").data)
-    maps = _maps_of(tmp_path / "d.npz")
-    assert maps, "the npz is not memory-mapped"
-    assert all(_lies_in(s.storage, maps) for s in (splits.train, splits.val, splits.test))
+@pytest.mark.parametrize("source", ["npz", "idx"])
+def test_a_streamed_split_is_the_file_mapping_not_a_copy(tmp_path, streamed, source):
+    if source == "npz":
+        _npz(tmp_path / "d.npz")
+        mapped_file, cfg = tmp_path / "d.npz", _config(tmp_path / "d.npz")
+    else:
+        mapped_file = _raw_idx(tmp_path / "mnist")
+        cfg = trainwell.resolve({**QUICK, "data.name": "idx", "data.path": str(tmp_path / "mnist"), "data.limit": 0})
+    splits = load_splits(cfg.data)
+    maps = _maps_of(mapped_file)
+    assert maps, f"the {source} file is not memory-mapped"
+    assert all(s.streamed and _lies_in(s.storage, maps) for s in (splits.train, splits.val, splits.test))
     # Placed on the host (auto on the CPU for mapped data), the loop reads batches from the mapping.
     feed = place_training_data(splits.train, CPU, "auto")
     assert not feed.on_device and _lies_in(feed.split.storage, maps)
