@@ -224,15 +224,21 @@ def test_streaming_trains_and_evaluates_as_in_memory_data_bit_for_bit(tmp_path, 
     assert evaluate_split(model, streamed_splits.test, CPU, 64) == evaluate_split(model, in_memory.test, CPU, 64)
 
 
-def test_standardize_fits_a_streamed_split_as_the_tensor_and_pca_refuses_it(tmp_path, streamed):
+@pytest.mark.parametrize("name", ["none", "standardize", "pca", "pca_whiten", "zca"])
+def test_preprocessing_fits_a_streamed_split_as_the_float_tensor_of_its_examples(tmp_path, streamed, name):
     _npz(tmp_path / "d.npz")
     train = load_splits(_config(tmp_path / "d.npz").data).train
+    assert train.streamed and len(train) > 36  # more examples than features: the chunked (eigh) path
     from trainwell.data.splits import to_float
 
-    chunked = fit_preprocess("standardize", train)
-    whole = fit_preprocess("standardize", to_float(train.x))
-    assert torch.equal(chunked.mean, whole.mean) and torch.equal(chunked.std, whole.std)
-    with pytest.raises(ConfigError, match=r"data.preprocess=pca .* streamed .* standardize"):
+    chunked, whole = fit_preprocess(name, train), fit_preprocess(name, to_float(train.x))
+    assert _same(chunked.state_dict(), whole.state_dict())
+
+
+def test_pca_of_fewer_streamed_examples_than_features_is_refused(tmp_path, streamed):
+    _npz(tmp_path / "d.npz", n=30)  # about 21 training examples of 36 features: PCA takes the thin SVD
+    train = load_splits(_config(tmp_path / "d.npz").data).train
+    with pytest.raises(ConfigError, match=r"data.preprocess=pca .* streamed .*=zca or standardize"):
         fit_preprocess("pca", train)
 
 
