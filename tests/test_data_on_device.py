@@ -23,8 +23,8 @@ from trainwell.data.sources import read_idx
 from trainwell.data.splits import TensorSplit, is_memory_mapped
 from trainwell.errors import ConfigError
 from trainwell.train.build import build_classifier
-from trainwell.train.placement import BatchFeed, device_bytes, resolve_data_on_device
-from trainwell.train.trainer import LoopSettings, build_state, evaluate_split, fit, place_training_data
+from trainwell.train.placement import BatchFeed, device_bytes, place_training_data, resolve_data_on_device
+from trainwell.train.trainer import LoopSettings, build_state, evaluate_split, fit
 
 CPU = torch.device("cpu")
 QUICK = {"data.limit": 300, "train.epochs": 2, "train.progress": False, "model.name": "mlp", "model.width": 32}

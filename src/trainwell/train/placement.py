@@ -117,3 +117,9 @@ class BatchFeed:
         if self.on_device:
             return to_float(self.x[idx]), self.y[idx]
         return to_float(to_device(self.split.take(idx), self.device)), to_device(self.split.y[idx], self.device)
+
+
+def place_training_data(train: TensorSplit, device: torch.device, setting: DataOnDevice) -> BatchFeed:
+    """The training split where ``train.data_on_device`` (resolved once, here) puts it."""
+    on_device = resolve_data_on_device(setting, device_bytes(train), device_budget(device), train.mapped)
+    return BatchFeed(train, device, on_device)

@@ -55,14 +55,7 @@ from trainwell.train.events import (
 )
 from trainwell.train.mix import apply_mix, mixing_enabled, sample_mix, smooth_targets
 from trainwell.train.optim import ParamGroups, ScheduleTable, build_optimizer, build_scheduler, penalty
-from trainwell.train.placement import (
-    BatchFeed,
-    DataOnDevice,
-    device_budget,
-    device_bytes,
-    resolve_data_on_device,
-    to_device,
-)
+from trainwell.train.placement import DataOnDevice, place_training_data, to_device
 
 __all__ = ["Callback", "EpochEnd", "FitResult", "LoopSettings", "RandomState", "TrainState", "build_state", "fit"]
 
@@ -356,12 +349,6 @@ def evaluate_split(model: nn.Module, split: TensorSplit, device: torch.device, b
     loss = F.cross_entropy(logits, y).item()
     acc = (logits.argmax(1) == y).float().mean().item()
     return {"loss": loss, "acc": acc, "n": len(split)}
-
-
-def place_training_data(train: TensorSplit, device: torch.device, setting: DataOnDevice) -> BatchFeed:
-    """The training split where ``train.data_on_device`` (resolved once, here) puts it."""
-    on_device = resolve_data_on_device(setting, device_bytes(train), device_budget(device), train.mapped)
-    return BatchFeed(train, device, on_device)
 
 
 # ----------------------------------------------------------------------------- signals
