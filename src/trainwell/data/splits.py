@@ -106,17 +106,18 @@ class TensorSplit:
         """Bytes the split's examples take in their stored dtype."""
         return len(self) * math.prod(self.example_shape) * self.storage.element_size()
 
-    def take(self, positions: torch.Tensor) -> torch.Tensor:
-        """The examples at ``positions`` (CPU int64, any order; (B,) -> (B, *input_shape)), a new tensor.
+    def take(self, positions: torch.Tensor, pin_memory: bool = False) -> torch.Tensor:
+        """The examples at ``positions`` (CPU int64, any order; (B,) -> (B, *input_shape)), a new
+        tensor (in pinned memory with ``pin_memory``, ready for an asynchronous copy to a GPU).
 
         A memory-mapped split reads its rows in ascending file order (sequential pages) and puts
         them back in the order asked for.
         """
         rows = positions if self.rows is None else self.rows[positions]
+        out = torch.empty((len(rows), *self.example_shape), dtype=self.storage.dtype, pin_memory=pin_memory)
         if not self.mapped:
-            return self.storage[rows]
+            return torch.index_select(self.storage, 0, rows, out=out)
         ordered, order = torch.sort(rows)
-        out = torch.empty((len(order), *self.example_shape), dtype=self.storage.dtype)
         out[order] = self.storage[ordered]  # the row read j-th is the example asked for at order[j]
         return out
 

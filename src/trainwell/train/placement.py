@@ -8,7 +8,10 @@ Two placements, chosen once per fit by :func:`resolve_data_on_device`:
 * **on the host** (``false``): the split stays where it is (in RAM, or as rows of a memory-mapped
   file, :class:`~trainwell.data.splits.TensorSplit`), and each batch is gathered on the host
   (index, then on CUDA a copy into pinned memory) and moved with one ``non_blocking`` copy; uint8
-  stays uint8 until it is on the device (4x less to move) and is converted there.
+  stays uint8 until it is on the device (4x less to move) and is converted there. The batch is
+  pinned, not the split: gathering makes a new tensor anyway, so gathering it straight into
+  pinned memory (:meth:`~trainwell.data.splits.TensorSplit.take`) costs no extra copy, while pinning the whole split would lock its size of RAM (and is
+  impossible for a file mapping) without saving one.
 
 ``auto``: on CUDA, on the device when the split takes at most :data:`DEVICE_BUDGET_FRACTION` of
 the GPU's free memory (``torch.cuda.mem_get_info``), else on the host. On the CPU (and MPS) the
@@ -76,7 +79,7 @@ def to_device(batch: torch.Tensor, device: torch.device) -> torch.Tensor:
     """``batch`` on ``device`` by one asynchronous copy: a CPU batch bound for CUDA is first copied
     into pinned memory (torch's caching host allocator recycles those buffers, and keeps each one
     until its copy has finished), so the copy overlaps the GPU's work instead of waiting for it."""
-    if device.type == "cuda" and batch.device.type == "cpu":
+    if device.type == "cuda" and batch.device.type == "cpu" and not batch.is_pinned():
         batch = batch.pin_memory()
     return batch.to(device, non_blocking=True)
 
@@ -116,7 +119,8 @@ class BatchFeed:
         """The inputs (B, *input_shape) float32 and labels (B,) of the examples at positions ``idx``, on the device."""
         if self.on_device:
             return to_float(self.x[idx]), self.y[idx]
-        return to_float(to_device(self.split.take(idx), self.device)), to_device(self.split.y[idx], self.device)
+        xb = self.split.take(idx, pin_memory=self.device.type == "cuda")  # gathered straight into pinned memory
+        return to_float(to_device(xb, self.device)), to_device(self.split.y[idx], self.device)
 
 
 def place_training_data(train: TensorSplit, device: torch.device, setting: DataOnDevice) -> BatchFeed:
