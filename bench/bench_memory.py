@@ -235,7 +235,7 @@ def main() -> None:
         sys.exit(_child(sys.argv[2], sys.argv[3:]))
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--presets", default=",".join(PRESETS))
-    parser.add_argument("--per-class", type=int, default=100, help="data.per_class of the peak-memory runs")
+    parser.add_argument("--per-class", type=int, default=20, help="data.per_class of the peak-memory runs")
     parser.add_argument("--mnist", default="/work/shared/data/mnist-train")
     parser.add_argument("--cifar-n", type=int, default=50_000, help="CIFAR training images generated (real: 50,000)")
     parser.add_argument("--folder-n", type=int, default=50, help="images per class of the generated folder")
