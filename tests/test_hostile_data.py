@@ -324,6 +324,26 @@ def test_idx_header_is_checked_against_the_file_before_allocating(tmp_path, case
     assert str(target) in message and fragment in message, message
 
 
+RAW_IDX_LIES = {
+    # Raw files of bytes are memory-mapped: the size checks must come first (a mapping past the
+    # end of the file would crash the process with SIGBUS on the first read of the missing rows).
+    "one byte short": (idx_bytes(0x08, (2, 2, 2), bytes(7)), "truncated"),
+    "one byte too many": (idx_bytes(0x08, (2, 2, 2), bytes(9)), "beyond"),
+    "cut inside the header": (bytes([0, 0, 0x08, 3]) + struct.pack(">2I", 2, 2), "inside its header"),
+    "header only": (idx_bytes(0x08, (5, 28, 28), b""), "truncated"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(RAW_IDX_LIES))
+def test_raw_idx_lies_are_one_data_error_line_before_anything_is_mapped(tmp_path, case):
+    blob, fragment = RAW_IDX_LIES[case]
+    target = write_idx_folder(tmp_path / "m", blob)
+    with pytest.raises(DataError) as err:
+        load("idx", path=str(tmp_path / "m"))
+    message = one_line_error(err)
+    assert str(target) in message and fragment in message, message
+
+
 def test_idx_label_beyond_a_million_classes_is_refused(tmp_path):
     # Class names are made for labels 0..max: a label of 2,000,000 would make 2,000,001 of them.
     folder = tmp_path / "m"

@@ -212,6 +212,8 @@ class TrainConfig:
     """Fixes every random draw (init, shuffling, augmentation, dropout); CPU runs repeat bit for bit."""
     device: str = "auto"
     """auto (cuda when available), cpu or cuda[:N]."""
+    data_on_device: bool | Literal["auto"] = "auto"
+    """Where the training split lives while training: true = copied to the device once (a batch is one index operation there: fastest while it fits); false = kept on the host (in RAM, or streamed from a memory-mapped file: data.name=npz stored members, raw idx files, splits over 1 GiB), each batch gathered there and moved by one asynchronous copy (uint8 converted on the device); auto = true when it fits: on CUDA in half the free GPU memory, on the CPU unless the split is streamed from a memory-mapped file. A CPU run gives the same weights bit for bit either way; summary.json's data_on_device says which was used."""
     grad_clip: float = 0.0
     """Clip the global gradient norm to this value (0 = off)."""
     eval_batch_size: int = 1024
@@ -261,6 +263,8 @@ class TrainConfig:
             raise ConfigError(f"train.rollback_lr_factor must be in (0, 1), got {self.rollback_lr_factor}.")
         if not 0 <= self.ema < 1:
             raise ConfigError(f"train.ema must be in [0, 1) (0 = off; e.g. 0.999), got {self.ema}.")
+        if not (isinstance(self.data_on_device, bool) or self.data_on_device == "auto"):
+            raise ConfigError(f"train.data_on_device must be auto, true or false; got {self.data_on_device!r}.")
 
 
 @dataclass

@@ -13,6 +13,12 @@ Each entry of :data:`PREPROCESSORS` is an ``nn.Module`` subclass with:
   the network must be built for. Every entry keeps the shape except ``pca`` and ``pca_whiten``,
   which output flat vectors ``(k,)``.
 
+A streamed training split (:class:`~trainwell.data.splits.TensorSplit` rows of a memory-mapped
+file) is given to :func:`fit_preprocess` as the split itself and read in chunks, as the loop
+reads it (:func:`to_float`, float32): every entry gives the statistics a float32 tensor of the
+same examples gives. Only ``pca``/``pca_whiten`` with no more examples than features (their thin
+SVD needs the whole data) refuse it, with a ConfigError.
+
 ``fit`` also takes the data config (``fit(x, cfg)``): ``data.pca_components`` and ``data.whiten_eps``
 set the PCA/whitening entries; ``None`` means the defaults.
 
@@ -24,6 +30,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from collections.abc import Iterator
 from typing import Any, cast
 
 import numpy as np
@@ -31,7 +38,7 @@ import torch
 from torch import nn
 
 from trainwell.config import DataConfig
-from trainwell.data.splits import to_float
+from trainwell.data.splits import TensorSplit, to_float
 from trainwell.errors import ConfigError, DataError, RunDirError
 from trainwell.registry import new_registry
 
@@ -47,6 +54,25 @@ class PreprocessMeta:
 PREPROCESSORS = new_registry(
     "preprocess", PreprocessMeta, "Input preprocessing fitted on the training split (data.preprocess)."
 )
+
+
+def _chunks(x: torch.Tensor | TensorSplit, step: int) -> Iterator[torch.Tensor]:
+    """Consecutive ``step``-example pieces of a tensor or of a (streamed) split."""
+    if isinstance(x, TensorSplit):
+        yield from x.chunks(step)
+    else:
+        for start in range(0, len(x), step):
+            yield x[start : start + step]
+
+
+def _check_split_input(name: str, x: TensorSplit) -> TensorSplit:
+    """:func:`_check_fit_input` for a split, read in chunks of about 32 MiB."""
+    if len(x) == 0 or len(x.example_shape) < 1:
+        raise DataError(f"preprocess '{name}' is fitted on a non-empty split (N, *input_shape); got {len(x)} examples.")
+    step = max(1, (32 << 20) // (x.nbytes // len(x) or 1))
+    if x.dtype.is_floating_point and not all(bool(torch.isfinite(c).all()) for c in x.chunks(step)):
+        raise DataError(f"preprocess '{name}': the training inputs hold NaN/inf values; clean the data first.")
+    return x
 
 
 def _check_fit_input(name: str, x: Any) -> torch.Tensor:
@@ -78,7 +104,7 @@ class Preprocess(nn.Module):
     name = ""
 
     @classmethod
-    def fit(cls, x: torch.Tensor, cfg: DataConfig | None = None) -> Preprocess:
+    def fit(cls, x: torch.Tensor | TensorSplit, cfg: DataConfig | None = None) -> Preprocess:
         raise NotImplementedError
 
     @classmethod
@@ -100,8 +126,8 @@ class Identity(Preprocess):
     name = "none"
 
     @classmethod
-    def fit(cls, x: torch.Tensor, cfg: DataConfig | None = None) -> Identity:
-        _check_fit_input(cls.name, x)
+    def fit(cls, x: torch.Tensor | TensorSplit, cfg: DataConfig | None = None) -> Identity:
+        _check_split_input(cls.name, x) if isinstance(x, TensorSplit) else _check_fit_input(cls.name, x)
         return cls()
 
     @classmethod
@@ -143,18 +169,18 @@ class Standardize(Preprocess):
         self.register_buffer("std", std.detach().to(torch.float32).clone())
 
     @classmethod
-    def fit(cls, x: torch.Tensor, cfg: DataConfig | None = None) -> Standardize:
-        x = _check_fit_input(cls.name, x)
-        dims = [0] if x.ndim == 2 else [0] + list(range(2, x.ndim))
-        per_example = max(1, math.prod(x.shape[1:]))
-        step = max(1, cls._CHUNK_BYTES // (8 * per_example))
+    def fit(cls, x: torch.Tensor | TensorSplit, cfg: DataConfig | None = None) -> Standardize:
+        x = _check_split_input(cls.name, x) if isinstance(x, TensorSplit) else _check_fit_input(cls.name, x)
+        shape = x.example_shape if isinstance(x, TensorSplit) else tuple(x.shape[1:])
+        step = max(1, cls._CHUNK_BYTES // (8 * max(1, math.prod(shape))))
+        dims = [0] if len(shape) == 1 else [0] + list(range(2, len(shape) + 1))
         # Chan et al.'s pairwise update merges chunk means and squared deviations exactly, so a
         # large uint8 dataset is never converted to float64 all at once.
         count = 0
         mean: torch.Tensor | None = None
         m2: torch.Tensor | None = None
-        for start in range(0, len(x), step):
-            chunk = to_float(x[start : start + step]).to(torch.float64)
+        for piece in _chunks(x, step):
+            chunk = to_float(piece).to(torch.float64)
             n_c = chunk.numel() // chunk.shape[1]  # values per feature/channel in this chunk
             m_c = chunk.mean(dim=dims, keepdim=True)
             m2_c = ((chunk - m_c) ** 2).sum(dim=dims, keepdim=True)
@@ -220,7 +246,7 @@ _NUMPY_SYRK = True
 _NUMPY_DTYPES = (torch.uint8, torch.float32, torch.float64)
 
 
-def _moments(name: str, x: torch.Tensor, step: int, scatter: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+def _moments(name: str, x: torch.Tensor | TensorSplit, step: int, scatter: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Mean (d,) and, if ``scatter``, Σ (x - mean)(x - mean)ᵀ (d, d) of the flattened inputs, float64.
 
     One pass over ``step``-row chunks converted to float64 one at a time, so memory stays near
@@ -230,38 +256,53 @@ def _moments(name: str, x: torch.Tensor, step: int, scatter: bool) -> tuple[torc
     data far from the origin, in float32 above all). CPU tensors go through NumPy: its ``c.T @ c``
     is BLAS's symmetric rank-k update (syrk), half the multiplications of the general product torch
     would run, and keeping the loop in one library stops torch's and NumPy's thread pools from
-    competing for the cores. uint8 pixels are scaled to [0, 1] as :func:`to_float` does.
+    competing for the cores. uint8 pixels are scaled to [0, 1] as :func:`to_float` does. A
+    (streamed) split is read chunk by chunk as the loop reads it, :func:`to_float` (float32) then
+    float64: the values a float32 tensor of the same split gives.
     """
-    n, d = len(x), math.prod(x.shape[1:])
-    flat = x.detach().reshape(n, d)
-    if flat.device.type == "cpu" and flat.dtype in _NUMPY_DTYPES and _NUMPY_SYRK:
+    pieces: Iterator[np.ndarray]
+    if isinstance(x, TensorSplit):
+        n, d = len(x), math.prod(x.example_shape)
+        pieces = (to_float(p).reshape(len(p), d).numpy().astype(np.float64) for p in x.chunks(step))
+    else:
+        n, d = len(x), math.prod(x.shape[1:])
+        flat = x.detach().reshape(n, d)
+        if not (flat.device.type == "cpu" and flat.dtype in _NUMPY_DTYPES and _NUMPY_SYRK):
+            return _torch_moments(name, flat, step, scatter)
         array = flat.numpy()
+        pieces = (_numpy_float64(array[start : start + step]) for start in range(0, n, step))
+    shift: np.ndarray | None = None
+    total = np.zeros(d)
+    out = np.zeros((d, d)) if scatter else None
+    with np.errstate(invalid="ignore", over="ignore"):  # NaN/inf inputs: reported just below
+        for c in pieces:
+            shift = c.mean(axis=0) if shift is None else shift
+            c -= shift
+            total += c.sum(axis=0)
+            if out is not None:
+                out += c.T @ c
+    assert shift is not None  # n >= 1: one chunk at least
+    _check_finite_sum(name, total)
+    delta = total / n  # mean - shift
+    if out is not None:
+        out -= n * np.outer(delta, delta)
+    return torch.from_numpy(shift + delta), None if out is None else torch.from_numpy(out)
 
-        def chunk(start: int) -> np.ndarray:
-            c = array[start : start + step].astype(np.float64)  # always a new array
-            if array.dtype == np.uint8:
-                c /= 255.0
-            return c
 
-        first = chunk(0)
-        shift = first.mean(axis=0)
-        total = np.zeros(d)
-        out = np.zeros((d, d)) if scatter else None
-        with np.errstate(invalid="ignore", over="ignore"):  # NaN/inf inputs: reported just below
-            for start in range(0, n, step):
-                c = first if start == 0 else chunk(start)
-                c -= shift
-                total += c.sum(axis=0)
-                if out is not None:
-                    out += c.T @ c
-        _check_finite_sum(name, total)
-        delta = total / n  # mean - shift
-        if out is not None:
-            out -= n * np.outer(delta, delta)
-        return torch.from_numpy(shift + delta), None if out is None else torch.from_numpy(out)
+def _numpy_float64(c: np.ndarray) -> np.ndarray:
+    """A chunk as a new float64 array, uint8 pixels scaled to [0, 1]."""
+    out = c.astype(np.float64)
+    if c.dtype == np.uint8:
+        out /= 255.0
+    return out
+
+
+def _torch_moments(name: str, flat: torch.Tensor, step: int, scatter: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """:func:`_moments` in torch, for tensors NumPy cannot take (GPU, other dtypes); ``flat`` (N, d)."""
+    n, d = flat.shape
     shift_t = _as_float64(flat[:step]).mean(dim=0)
-    total_t = torch.zeros(d, dtype=torch.float64, device=x.device)
-    cov = torch.zeros(d, d, dtype=torch.float64, device=x.device) if scatter else None
+    total_t = torch.zeros(d, dtype=torch.float64, device=flat.device)
+    cov = torch.zeros(d, d, dtype=torch.float64, device=flat.device) if scatter else None
     for start in range(0, n, step):
         c_t = _as_float64(flat[start : start + step], copy=True).sub_(shift_t)
         total_t += c_t.sum(dim=0)
@@ -281,7 +322,8 @@ def _check_finite_sum(name: str, total: np.ndarray) -> None:
 
 
 @torch.no_grad()
-def _spectrum(name: str, x: torch.Tensor, full_basis: bool, chunk_bytes: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _spectrum(name: str, x: torch.Tensor | TensorSplit, full_basis: bool,
+              chunk_bytes: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Mean (shaped like one example), eigenvalues (descending) and eigenvectors (rows) of the
     covariance of the flattened training inputs, all float64.
 
@@ -289,27 +331,40 @@ def _spectrum(name: str, x: torch.Tensor, full_basis: bool, chunk_bytes: int) ->
     features (or ``full_basis``) it is accumulated from centred float64 chunks (:func:`_moments`)
     and diagonalised by ``torch.linalg.eigh`` (d x d); otherwise the thin SVD of the centred data
     gives the ``N`` directions it spans, more accurately than squaring it. ``full_basis`` (ZCA)
-    needs all ``d`` directions, so it always takes the eigh path.
+    needs all ``d`` directions, so it always takes the eigh path. A streamed split takes the eigh
+    path only (the SVD needs all the data in memory: a ConfigError when N <= d).
     """
-    if not isinstance(x, torch.Tensor) or x.ndim < 2 or len(x) == 0:
-        _check_fit_input(name, x)  # raises its DataError
-    n, d = len(x), math.prod(x.shape[1:])
+    if isinstance(x, TensorSplit):
+        if len(x) == 0:
+            raise DataError(f"preprocess '{name}' is fitted on a non-empty split; got 0 examples.")
+        shape, device = x.example_shape, x.storage.device
+    else:
+        if not isinstance(x, torch.Tensor) or x.ndim < 2 or len(x) == 0:
+            _check_fit_input(name, x)  # raises its DataError
+        shape, device = tuple(x.shape[1:]), x.device
+    n, d = len(x), math.prod(shape)
     if n < 2:
         raise DataError(f"preprocess '{name}' needs at least 2 training examples to estimate a covariance; got {n}.")
     step = max(1, chunk_bytes // (8 * d))
     eigh = n > d or full_basis
+    if not eigh and isinstance(x, TensorSplit):
+        raise ConfigError(
+            f"data.preprocess={name} on {n:,} streamed examples of {d:,} features needs their SVD, with all of them "
+            "in memory; use data.preprocess=zca or standardize, or more examples than features."
+        )
     mean, cov = _moments(name, x, step, scatter=eigh)
-    mean = mean.to(x.device)
+    mean = mean.to(device)
     if cov is not None:
-        cov = cov.to(x.device) / (n - 1)
+        cov = cov.to(device) / (n - 1)
         eigvals, eigvecs = torch.linalg.eigh(cov)  # ascending; eigenvectors in columns
         eigvals, eigvecs = eigvals.flip(0), eigvecs.flip(1).T.contiguous()
     else:
+        assert isinstance(x, torch.Tensor)  # streamed splits were refused above
         centred = _as_float64(x.detach()).reshape(n, d) - mean
         _, singular, eigvecs = torch.linalg.svd(centred, full_matrices=False)
         eigvals = singular**2 / (n - 1)
     eigvals = eigvals.clamp_min(0.0)  # eigh may return tiny negative values for a PSD matrix
-    return mean.reshape(x.shape[1:]), eigvals, _flip_signs(eigvecs)
+    return mean.reshape(shape), eigvals, _flip_signs(eigvecs)
 
 
 def _n_components(value: float, eigvals: torch.Tensor, n: int, d: int) -> int:
@@ -445,7 +500,7 @@ class PCA(_Projection):
     name = "pca"
 
     @classmethod
-    def fit(cls, x: torch.Tensor, cfg: DataConfig | None = None) -> _Projection:
+    def fit(cls, x: torch.Tensor | TensorSplit, cfg: DataConfig | None = None) -> _Projection:
         cfg = cfg or DataConfig()
         mean, eigvals, vectors = _spectrum(cls.name, x, full_basis=False, chunk_bytes=cls._CHUNK_BYTES)
         k = _n_components(cfg.pca_components, eigvals, len(x), mean.numel())
@@ -532,7 +587,7 @@ class ZCA(_Projection):
         self.matrix.copy_(self._matrix())
 
     @classmethod
-    def fit(cls, x: torch.Tensor, cfg: DataConfig | None = None) -> ZCA:
+    def fit(cls, x: torch.Tensor | TensorSplit, cfg: DataConfig | None = None) -> ZCA:
         cfg = cfg or DataConfig()
         mean, eigvals, vectors = _spectrum(cls.name, x, full_basis=True, chunk_bytes=cls._CHUNK_BYTES)
         eps = _whiten_eps(cfg, eigvals, mean.numel())
@@ -553,10 +608,11 @@ class ZCA(_Projection):
         return x[0] if single else x
 
 
-def fit_preprocess(name: str, x: torch.Tensor, cfg: DataConfig | None = None) -> Preprocess:
+def fit_preprocess(name: str, x: torch.Tensor | TensorSplit, cfg: DataConfig | None = None) -> Preprocess:
     """Fit preprocessor ``name`` on training inputs ``x`` (N, *input_shape); ConfigError if unknown.
 
-    ``cfg`` (the data config) supplies ``pca_components`` and ``whiten_eps``; None = their defaults.
+    ``x`` may be a split (a streamed one is read in chunks, never gathered whole). ``cfg`` (the
+    data config) supplies ``pca_components`` and ``whiten_eps``; None = their defaults.
     """
     return _preprocessor(name).fit(x, cfg)
 

@@ -28,12 +28,22 @@ Indices are kept in ascending order, so each split lists its examples in source 
 
 Tensors keep the storage dtype: uint8 for images (convert batches with :func:`to_float`), float32
 otherwise. When a split is a whole source array (e.g. a source's own test split) of a
-memory-mapped ``npz``, the tensor shares the mapping instead of copying it.
+memory-mapped source (a stored ``npz`` member, a raw IDX file), the tensor shares the mapping
+instead of copying it.
+
+Streaming: a split of a memory-mapped source whose examples would take more than
+:data:`GATHER_BYTES` is not gathered into memory. It keeps the whole mapped array and the
+split's row numbers (:attr:`TensorSplit.rows`), and every reader takes only the rows it needs
+(:meth:`TensorSplit.take`, :meth:`TensorSplit.chunks`): the operating system pages them in from
+the file and may drop them again, so the data never has to fit in RAM. Smaller splits are
+gathered as before (random access to memory beats page faults).
 """
 
 from __future__ import annotations
 
 import math
+import mmap
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -44,15 +54,80 @@ from trainwell.data.sources import DATASETS, ArrayData, check_float32_range, kin
 from trainwell.errors import ConfigError, DataError
 
 
+#: A split of a memory-mapped source is gathered into memory when its examples take at most this
+#: many bytes, and streamed from the mapping (rows read on demand) when they take more.
+GATHER_BYTES = 1 << 30
+
+
 @dataclass
 class TensorSplit:
-    """One split: ``x`` (N, *input_shape) uint8 images or float32, CPU; ``y`` (N,) int64."""
+    """One split: its examples (N, *input_shape) uint8 images or float32, CPU; ``y`` (N,) int64.
 
-    x: torch.Tensor
+    ``storage`` holds the examples themselves (``rows`` None), or, for a streamed split (see the
+    module docstring), the whole memory-mapped source array of which the examples are the rows
+    ``rows`` (int64, ascending). ``mapped``: ``storage`` lies in a file mapping, not in RAM.
+    Read a split with :meth:`take` / :meth:`chunks`; :attr:`x` gathers all of it.
+    """
+
+    storage: torch.Tensor
     y: torch.Tensor
+    rows: torch.Tensor | None = None
+    mapped: bool = False
+
+    def __post_init__(self) -> None:
+        if self.rows is not None and len(self.rows) != len(self.y):
+            raise ValueError(f"{len(self.rows)} rows for {len(self.y)} labels")
 
     def __len__(self) -> int:
         return int(self.y.shape[0])
+
+    @property
+    def x(self) -> torch.Tensor:
+        """The examples as one tensor (N, *input_shape): ``storage`` itself, or for a streamed split
+        its rows gathered into memory (a copy of the whole split: the loop, evaluation and
+        preprocessing read a streamed split with :meth:`take` and :meth:`chunks` instead)."""
+        return self.storage if self.rows is None else self.storage[self.rows]
+
+    @property
+    def streamed(self) -> bool:
+        """Whether the examples are rows of a memory-mapped array, read on demand."""
+        return self.rows is not None
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.storage.dtype
+
+    @property
+    def example_shape(self) -> tuple[int, ...]:
+        return tuple(int(s) for s in self.storage.shape[1:])
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes the split's examples take in their stored dtype."""
+        return len(self) * math.prod(self.example_shape) * self.storage.element_size()
+
+    def take(self, positions: torch.Tensor, pin_memory: bool = False) -> torch.Tensor:
+        """The examples at ``positions`` (CPU int64, any order; (B,) -> (B, *input_shape)), a new
+        tensor (in pinned memory with ``pin_memory``, ready for an asynchronous copy to a GPU).
+
+        A memory-mapped split reads its rows in ascending file order (sequential pages) and puts
+        them back in the order asked for.
+        """
+        rows = positions if self.rows is None else self.rows[positions]
+        out = torch.empty((len(rows), *self.example_shape), dtype=self.storage.dtype, pin_memory=pin_memory)
+        if not self.mapped:
+            return torch.index_select(self.storage, 0, rows, out=out)
+        ordered, order = torch.sort(rows)
+        out[order] = self.storage[ordered]  # the row read j-th is the example asked for at order[j]
+        return out
+
+    def chunks(self, size: int) -> Iterator[torch.Tensor]:
+        """The examples in order, ``size`` at a time (a view when the split is in memory)."""
+        for start in range(0, len(self), size):
+            if self.rows is None:
+                yield self.storage[start : start + size]
+            else:
+                yield self.storage[self.rows[start : start + size]]  # rows ascending: sequential reads
 
     @classmethod
     def empty(cls, example_shape: tuple[int, ...], dtype: torch.dtype) -> TensorSplit:
@@ -88,7 +163,7 @@ class Splits:
     @property
     def is_uint8(self) -> bool:
         """Whether examples are stored as uint8 pixels (0..255) that :func:`to_float` scales."""
-        return self.train.x.dtype == torch.uint8
+        return self.train.dtype == torch.uint8
 
 
 # ----------------------------------------------------------------------------- validation
@@ -264,15 +339,37 @@ def _as_tensor(a: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(a)
 
 
+def is_memory_mapped(a: np.ndarray) -> bool:
+    """Whether ``a``'s data lie in a file mapping (an ``np.memmap`` or a view of one), not in RAM.
+
+    ``isinstance(a, np.memmap)`` alone is not enough: numpy keeps the subclass on copies too
+    (``memmap[idx]`` is an in-memory ``np.memmap``); the base chain ends at the mapping itself.
+    """
+    base: object = a
+    while isinstance(base, np.ndarray):
+        base = base.base
+    return isinstance(base, mmap.mmap)
+
+
 def _split_tensors(x: np.ndarray, y: np.ndarray, idx: np.ndarray | None) -> TensorSplit:
-    """``x[idx]``, ``y[idx]`` as a TensorSplit; ``idx=None`` takes the whole arrays without gathering."""
+    """``x[idx]``, ``y[idx]`` as a TensorSplit; ``idx=None`` takes the whole arrays without gathering.
+
+    A memory-mapped ``x`` of uint8 or native float32 (what the model reads: no conversion) stays
+    mapped: whole when ``idx`` is None, as rows of the mapping when the gathered split would
+    exceed :data:`GATHER_BYTES` (streamed).
+    """
     if idx is not None and len(idx) == len(x):
         idx = None  # indices are sorted and unique: all of them is the identity
+    ys = np.ascontiguousarray(y if idx is None else y[idx], dtype=np.int64)
+    mapped = is_memory_mapped(x) and (x.dtype == np.uint8 or x.dtype == np.dtype("=f4"))
+    if mapped and idx is not None and len(idx) * x[:1].nbytes > GATHER_BYTES:
+        return TensorSplit(_as_tensor(x), torch.from_numpy(ys), torch.from_numpy(idx.astype(np.int64)), mapped=True)
     xs = x if idx is None else x[idx]
     if xs.dtype != np.uint8:
         xs = xs.astype(np.float32, copy=False)  # also makes non-native byte orders native
-    ys = np.ascontiguousarray(y if idx is None else y[idx], dtype=np.int64)
-    return TensorSplit(_as_tensor(xs), torch.from_numpy(ys))
+    storage = _as_tensor(xs)
+    shares = idx is None and mapped and storage.data_ptr() == xs.ctypes.data  # not copied by _as_tensor
+    return TensorSplit(storage, torch.from_numpy(ys), mapped=shares)
 
 
 def make_splits(data: ArrayData, cfg: DataConfig) -> Splits:
@@ -337,7 +434,7 @@ def make_splits(data: ArrayData, cfg: DataConfig) -> Splits:
 
     train = _split_tensors(data.x, y_out, train_idx)
     example_shape = tuple(int(s) for s in data.x.shape[1:])
-    val = _split_tensors(data.x, y_out, val_idx) if len(val_idx) else TensorSplit.empty(example_shape, train.x.dtype)
+    val = _split_tensors(data.x, y_out, val_idx) if len(val_idx) else TensorSplit.empty(example_shape, train.dtype)
     if len(test) == 0:
         if remap is not None:
             raise DataError(f"test split is empty: data.name={name} has no test examples of "

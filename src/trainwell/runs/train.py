@@ -125,7 +125,7 @@ def _diagnosis(classifier: nn.Module, splits: Splits, cfg: Config, device: torch
     from trainwell.diagnose import diagnose_model
 
     idx = torch.randperm(len(splits.train), generator=torch_generator(cfg.train.seed, "doctor"))[:256]
-    report = diagnose_model(classifier, to_float(splits.train.x[idx]).to(device), splits.train.y[idx].to(device),
+    report = diagnose_model(classifier, to_float(splits.train.take(idx)).to(device), splits.train.y[idx].to(device),
                             context="last good checkpoint")
     worst = next((f for f in report.findings if f.severity != "info"), None)
     if worst is None:
@@ -385,6 +385,7 @@ def _summary(result: Any, test: dict[str, Any], cfg: Config, splits: Splits, dev
         "data": splits.description,
         "device": str(device),
         "precision": forward_format(cfg.train.precision, False, device).name,
+        "data_on_device": result.data_on_device,
         "seed": cfg.train.seed,
         "param_groups": {k: len(v) for k, v in result.param_groups.items()},
         "lr": cfg.optim.lr,

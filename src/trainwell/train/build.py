@@ -18,7 +18,7 @@ from trainwell.nn import INITS, MODELS, build_model
 from trainwell.nn.init import lsuv_init
 from trainwell.nn.pipeline import Classifier
 from trainwell.seeds import torch_generator
-from trainwell.train.contract import input_contract
+from trainwell.train.contract import split_contract
 from trainwell.train.optim import OPTIMIZERS, SCHEDULES
 from trainwell.train.rundir import FORMAT, FORMAT_VERSION
 from trainwell.train.trainer import preflight
@@ -44,7 +44,9 @@ def build_classifier(cfg: Config, splits: Splits, model: nn.Module | None = None
     then rescales the layers on a random training batch pushed through the fitted preprocessing.
     """
     init_gen = init_generator(cfg)
-    preprocess = fit_preprocess(cfg.data.preprocess, to_float(splits.train.x), cfg.data)
+    # A streamed split is fitted on in chunks (never gathered whole); others as float32 tensors.
+    train = splits.train if splits.train.streamed else to_float(splits.train.x)
+    preprocess = fit_preprocess(cfg.data.preprocess, train, cfg.data)
     if model is not None:
         return Classifier(model, preprocess)
     net = build_model(cfg, preprocess.output_shape(splits.input_shape), splits.num_classes, generator=init_gen)
@@ -52,7 +54,7 @@ def build_classifier(cfg: Config, splits: Splits, model: nn.Module | None = None
         # A random sample, not the first rows: a split may be ordered by class.
         idx = torch.randperm(len(splits.train), generator=init_gen)[: max(cfg.train.batch_size, 256)]
         with torch.no_grad():
-            batch = preprocess(to_float(splits.train.x[idx]))
+            batch = preprocess(to_float(splits.train.take(idx)))
         lsuv_init(net, batch, cfg.init, init_gen)
     return Classifier(net, preprocess)
 
@@ -64,14 +66,14 @@ def model_card(splits: Splits, cfg: Config, custom: bool) -> dict[str, Any]:
         "format_version": FORMAT_VERSION,
         "trainwell_version": __version__,
         "input_shape": list(splits.input_shape),
-        "input_dtype": str(splits.train.x.dtype).replace("torch.", ""),
+        "input_dtype": str(splits.train.dtype).replace("torch.", ""),
         "num_classes": splits.num_classes,
         "classes": list(splits.classes),
         "preprocess": cfg.data.preprocess,
         "model": cfg.model.name if not custom else "custom",
         "custom_model": custom,
         "data": splits.description,
-        "inputs": input_contract(splits.train.x),  # what evaluate/predict/finetune check new data against
+        "inputs": split_contract(splits.train),  # what evaluate/predict/finetune check new data against
     }
 
 

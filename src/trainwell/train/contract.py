@@ -31,7 +31,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
+from trainwell.data.splits import TensorSplit
 from trainwell.errors import DataError, TrainwellError
 
 #: Version of the ``"inputs"`` entry of model.json; a contract of another version is not checked.
@@ -142,6 +144,15 @@ def input_contract(x: Any) -> dict[str, Any]:
         "per": per,
         "stats": [_stats(g) for g in groups],
     }
+
+
+def split_contract(split: TensorSplit) -> dict[str, Any]:
+    """:func:`input_contract` of a split's examples; a streamed split reads only the sampled rows
+    (the same rows: the sample of a sample that small is all of it)."""
+    if not split.streamed:
+        return input_contract(split.x)
+    idx = _sample_index(len(split), math.prod(split.example_shape))
+    return {**input_contract(split.take(torch.from_numpy(idx))), "n": len(split)}
 
 
 # ----------------------------------------------------------------------------- checking

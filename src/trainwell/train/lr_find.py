@@ -25,10 +25,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from trainwell.config import Config
-from trainwell.data.splits import Splits, to_float
+from trainwell.data.splits import Splits
 from trainwell.errors import ConfigError
 from trainwell.seeds import torch_generator
 from trainwell.train.optim import build_optimizer
+from trainwell.train.placement import place_training_data
 
 
 @dataclass
@@ -93,20 +94,22 @@ def lr_range_test(
     optimizer, _ = build_optimizer(model, dataclasses.replace(cfg.optim, lr=start_lr), cfg.reg.exempt_bias_and_norm)
     gamma = (end_lr / start_lr) ** (1 / (steps - 1))
     generator = torch_generator(cfg.train.seed, "lr_find")
-    x_train, y_train = splits.train.x.to(device), splits.train.y.to(device)
+    feed = place_training_data(splits.train, device, cfg.train.data_on_device)  # as fit places it
     model.to(device).train()
     result = LRFindResult()
     best = math.inf
     try:
         step = 0
         while step < steps:
-            for idx in torch.randperm(len(x_train), generator=generator).to(device).split(cfg.train.batch_size):
+            order = torch.randperm(len(splits.train), generator=generator).to(feed.index_device)
+            for idx in order.split(cfg.train.batch_size):
                 if step >= steps or len(idx) < 2:
                     break
                 lr = start_lr * gamma**step
                 for group in optimizer.param_groups:
                     group["lr"] = lr
-                loss = F.cross_entropy(model(to_float(x_train[idx])), y_train[idx])
+                xb, yb = feed.batch(idx)
+                loss = F.cross_entropy(model(xb), yb)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()

@@ -16,10 +16,12 @@ checkpoint ends with the same weights and metrics as one never interrupted
 (tests/test_resume_kill.py kills real processes to prove it).
 
 Why it is fast: the data lives in device tensors (uint8 images converted once when they fit); a
-batch is one index operation; loss, accuracy and the divergence flag accumulate on the device and
-the host reads them only a few times a second (progress, divergence), at checkpoints and at epoch
-ends — never once per step. How the forward computes (train.precision's autocast and fp16 loss
-scaling, train.channels_last, train.compile) is :mod:`trainwell.train.precision`; the loop calls it.
+batch is one index operation (with ``train.data_on_device=false``, or a split too large for the
+device, one gather on the host and one asynchronous copy: :mod:`trainwell.train.placement`);
+loss, accuracy and the divergence flag accumulate on the device and the host reads them only a
+few times a second (progress, divergence), at checkpoints and at epoch ends — never once per step.
+How the forward computes (train.precision's autocast and fp16 loss scaling,
+train.channels_last, train.compile) is :mod:`trainwell.train.precision`; the loop calls it.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ import math
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -55,6 +57,7 @@ from trainwell.train.events import (
 )
 from trainwell.train.mix import apply_mix, mixing_enabled, sample_mix, smooth_targets
 from trainwell.train.optim import ParamGroups, ScheduleTable, build_optimizer, build_scheduler, penalty
+from trainwell.train.placement import DataOnDevice, place_training_data, to_device
 from trainwell.train.precision import (
     FP32,
     ForwardFormat,
@@ -254,6 +257,7 @@ class LoopSettings:
     """train.precision as configured; :func:`fit` resolves it for the state's device."""
     channels_last: bool = False
     compile: bool = False
+    data_on_device: DataOnDevice = "auto"
 
     @classmethod
     def from_config(cls, cfg: Config, num_classes: int) -> LoopSettings:
@@ -263,7 +267,7 @@ class LoopSettings:
                    mix=cfg.mix, eval_batch_size=t.eval_batch_size, checkpoint_every=t.checkpoint_every,
                    on_divergence=t.on_divergence, rollback_lr_factor=t.rollback_lr_factor,
                    max_rollbacks=t.max_rollbacks, precision=t.precision, channels_last=t.channels_last,
-                   compile=t.compile)
+                   compile=t.compile, data_on_device=t.data_on_device)
 
 
 @dataclass
@@ -279,6 +283,8 @@ class FitResult:
     """{step, epoch, action, rollbacks}: where the loss first became non-finite and what was done."""
     stop_reason: str | None = None
     param_groups: dict[str, list[str]] = field(default_factory=dict)
+    data_on_device: bool | None = None
+    """Where train.data_on_device put the training split: True on the device, False on the host."""
 
 
 # ----------------------------------------------------------------------------- construction
@@ -358,11 +364,16 @@ def predict_logits(model: nn.Module, x: torch.Tensor, device: torch.device, batc
 
     Shape: x (N, *input_shape) uint8 or float -> (N, num_classes) float32 on the device.
     """
+    return _batch_logits(model, (x[i : i + batch_size] for i in range(0, len(x), batch_size)), device, fmt)
+
+
+def _batch_logits(model: nn.Module, batches: Iterable[torch.Tensor], device: torch.device,
+                  fmt: ForwardFormat = FP32) -> torch.Tensor:
+    # Each batch moves in its stored dtype (uint8: 4x less to copy) and is converted on the device.
     was_training = model.training
     model.eval()
     with fmt.autocast(device):
-        outs = [model(fmt.batch(to_float(x[i : i + batch_size].to(device, non_blocking=True))))
-                for i in range(0, len(x), batch_size)]
+        outs = [model(fmt.batch(to_float(to_device(xb, device)))) for xb in batches]
     model.train(was_training)
     if not outs:
         return torch.empty(0, 0, device=device)
@@ -371,25 +382,16 @@ def predict_logits(model: nn.Module, x: torch.Tensor, device: torch.device, batc
 
 def evaluate_split(model: nn.Module, split: TensorSplit, device: torch.device, batch_size: int,
                    fmt: ForwardFormat = FP32) -> dict[str, float]:
-    """Mean cross-entropy (no smoothing) and accuracy on a split (float32 logits of a forward in ``fmt``)."""
+    """Mean cross-entropy (no smoothing) and accuracy on a split (a streamed one read batch by batch),
+    float32 logits of a forward in ``fmt``."""
     if len(split) == 0:
         return {"loss": float("nan"), "acc": float("nan"), "n": 0}
-    logits = predict_logits(model, split.x, device, batch_size, fmt)
+    with torch.no_grad():
+        logits = _batch_logits(model, split.chunks(batch_size), device, fmt)
     y = split.y.to(device)
     loss = F.cross_entropy(logits, y).item()
     acc = (logits.argmax(1) == y).float().mean().item()
     return {"loss": loss, "acc": acc, "n": len(split)}
-
-
-#: Convert uint8 data to float once, up front, when the float copy stays under this size: one
-#: conversion instead of one per batch (bench/bench_trainer.py), at 4x the memory of uint8.
-FLOAT_CACHE_BYTES = 1 << 30
-
-
-def _on_device(x: torch.Tensor, device: torch.device) -> torch.Tensor:
-    if x.dtype == torch.uint8 and x.numel() * 4 <= FLOAT_CACHE_BYTES:
-        return to_float(x.to(device))
-    return x.to(device)
 
 
 # ----------------------------------------------------------------------------- signals
@@ -462,7 +464,7 @@ def fit(
     checkpoints = checkpoints or Checkpoints(None)
     per_step = [cb for cb in callbacks if overrides(cb, "on_step_end")]
     order = BatchOrder(len(train), settings.batch_size)
-    x_train, y_train = _on_device(train.x, device), train.y.to(device)
+    feed = place_training_data(train, device, settings.data_on_device)
     mixing = mixing_enabled(settings.mix)
     epoch_steps = steps_per_epoch(len(train), settings.batch_size, settings.accumulate)
     total_steps = epoch_steps * settings.epochs
@@ -508,8 +510,7 @@ def fit(
         state.optimizer.zero_grad(set_to_none=True)
         total: torch.Tensor | None = None
         for idx in indices:
-            xb = to_float(x_train[idx])  # (B, *input_shape) float32
-            yb = y_train[idx]  # (B,)
+            xb, yb = feed.batch(idx)  # (B, *input_shape) float32, (B,) on the device
             if augment is not None:
                 xb = augment(xb, state.rng.augment)
             with fmt.autocast(device):  # the forward and the loss in fmt.dtype (fp32: no autocast)
@@ -553,7 +554,7 @@ def fit(
                 state.loss_sum.zero_()
                 state.correct.zero_()
                 step_losses.clear()
-            batches = order.batches(state.perm.to(device))
+            batches = order.batches(state.perm.to(feed.index_device))
             t0 = time.perf_counter()
             state.model.train()
             while state.batch < len(batches):
@@ -649,7 +650,7 @@ def fit(
         history=list(state.history), best_val_acc=state.best_val if state.best_val > -math.inf else float("nan"),
         best_epoch=state.best_epoch, train_seconds=state.train_seconds, examples_seen=state.examples_seen,
         steps=state.step, diverged=state.stop_reason == "diverged", divergence=state.divergence,
-        stop_reason=state.stop_reason, param_groups=state.groups.describe(),
+        stop_reason=state.stop_reason, param_groups=state.groups.describe(), data_on_device=feed.on_device,
     )
     for cb in callbacks:
         cb.on_fit_end(FitEnd(state, result))

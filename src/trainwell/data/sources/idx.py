@@ -1,6 +1,8 @@
 """``idx``: MNIST-format IDX files (raw or .gz).
 
-Every size a header declares is checked against the bytes really there before anything is allocated.
+Every size a header declares is checked against the bytes really there before anything is allocated
+(or mapped). Raw files of one-byte values (MNIST's images and labels) are memory-mapped
+copy-on-write instead of read: a split of them then reads only its rows (:mod:`trainwell.data.splits`).
 """
 
 from __future__ import annotations
@@ -99,7 +101,9 @@ def read_idx(path: Path) -> np.ndarray:
     Layout: two zero bytes, a type code, the number of dimensions ``d``, ``d`` big-endian uint32
     sizes, then the data. The file must hold exactly the promised number of bytes, which is
     checked against the file's size before the array is allocated. The data are streamed into a
-    preallocated, writable array (no second copy of a large file in memory).
+    preallocated, writable array (no second copy of a large file in memory), except that a raw
+    file of one-byte values (no byte order to convert) is memory-mapped copy-on-write (mode "c": the
+    array is writable for torch, the file is never modified) once its size has been checked.
     """
     where = f"idx file '{path}'"
     opener = gzip.open if path.suffix == ".gz" else open
@@ -120,6 +124,8 @@ def read_idx(path: Path) -> np.ndarray:
             dims = struct.unpack(f">{ndim}I", dims_raw)
             dtype = np.dtype(_IDX_DTYPES[magic[2]])
             need = _idx_data_size(path, 4 + 4 * ndim, dims, dtype.itemsize, where)
+            if path.suffix != ".gz" and dtype.itemsize == 1 and need > 0:
+                return np.memmap(path, dtype=dtype.newbyteorder("="), mode="c", offset=4 + 4 * ndim, shape=dims)
             try:
                 out = np.empty(need // dtype.itemsize, dtype=dtype)  # pages are only committed as they fill
             except MemoryError:
