@@ -12,7 +12,7 @@ ratio of the first epochs (where torch.compile pays its compilation).
     channels     train.channels_last=false vs true
     bf16         train.precision=fp32 vs bf16 (autocast on the CPU)
     compile      train.compile=false vs true
-    float_cache  uint8 converted once to a float copy on the device (trainer.FLOAT_CACHE_BYTES) vs
+    float_cache  uint8 converted once to a float copy on the device (placement.FLOAT_CACHE_BYTES) vs
                  converted per batch
     eval_batch   evaluation of the held-out split (evaluate_split) at train.eval_batch_size 1024 vs
                  256 and vs 4096: examples/s of evaluation, not training
@@ -39,7 +39,7 @@ import torch
 
 from trainwell.config import Config, resolve
 from trainwell.data import Splits, load_splits
-from trainwell.train import trainer
+from trainwell.train import placement
 from trainwell.train.build import build_classifier
 from trainwell.train.checkpoint import Checkpoints
 from trainwell.train.trainer import LoopSettings, build_state, evaluate_split, fit
@@ -105,12 +105,12 @@ def threads(n: int) -> Iterator[None]:
 
 @contextlib.contextmanager
 def float_cache(on: bool) -> Iterator[None]:
-    before = trainer.FLOAT_CACHE_BYTES
-    trainer.FLOAT_CACHE_BYTES = before if on else 0
+    before = placement.FLOAT_CACHE_BYTES
+    placement.FLOAT_CACHE_BYTES = before if on else 0
     try:
         yield
     finally:
-        trainer.FLOAT_CACHE_BYTES = before
+        placement.FLOAT_CACHE_BYTES = before
 
 
 def child_run(interop: int, args: argparse.Namespace, folder: str, seed: int) -> tuple[float, float]:
