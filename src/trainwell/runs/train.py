@@ -240,7 +240,7 @@ def train(
         classifier.load_state_dict(state.ema.module.state_dict())
     fmt = forward_format(cfg.train.precision, cfg.train.channels_last, device)  # tested as validated
     test = evaluate_split(classifier, splits.test, device, cfg.train.eval_batch_size, fmt)
-    summary = _summary(result, test, cfg, splits, device, params, out_dir, keep_best)
+    summary = _summary(result, test, cfg, splits, device, params, out_dir, keep_best, fmt.name)
     summary.update(flop_fields(flops))
     if result.divergence is not None:
         summary["divergence"] = {**result.divergence, "diagnosis": _diagnosis(classifier, splits, cfg, device)}
@@ -359,7 +359,7 @@ def _reopen_for_training(run_dir: Path, cfg: Config) -> None:
 
 
 def _summary(result: Any, test: dict[str, Any], cfg: Config, splits: Splits, device: torch.device, params: int,
-             out_dir: Path, keep_best: KeepBest | None) -> dict[str, Any]:
+             out_dir: Path, keep_best: KeepBest | None, precision: str) -> dict[str, Any]:
     final = result.history[-1] if result.history else {}
     return {
         "test_acc": test["acc"],
@@ -384,7 +384,7 @@ def _summary(result: Any, test: dict[str, Any], cfg: Config, splits: Splits, dev
         "n_test": len(splits.test),
         "data": splits.description,
         "device": str(device),
-        "precision": forward_format(cfg.train.precision, False, device).name,
+        "precision": precision,
         "data_on_device": result.data_on_device,
         "seed": cfg.train.seed,
         "param_groups": {k: len(v) for k, v in result.param_groups.items()},

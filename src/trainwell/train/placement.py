@@ -67,7 +67,7 @@ def device_budget(device: torch.device) -> int | None:
 
 
 def _cached_as_float(split: TensorSplit) -> bool:
-    return split.dtype == torch.uint8 and len(split) * math.prod(split.example_shape) * 4 <= FLOAT_CACHE_BYTES
+    return split.dtype == torch.uint8 and split.nbytes * 4 <= FLOAT_CACHE_BYTES  # uint8: 1 byte each, float32: 4
 
 
 def device_bytes(split: TensorSplit) -> int:
