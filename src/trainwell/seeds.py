@@ -24,10 +24,17 @@ STREAMS: tuple[str, ...] = ("init", "shuffle", "augment", "mix", "dropout", "doc
 
 
 def seed_sequence(seed: int, stream: str) -> np.random.SeedSequence:
-    """The SeedSequence of one named stream of ``seed``."""
-    if stream not in STREAMS:
-        raise ValueError(f"unknown random stream '{stream}'; streams: {', '.join(STREAMS)}")
-    return np.random.SeedSequence(int(seed), spawn_key=(STREAMS.index(stream),))
+    """The SeedSequence of one named stream of ``seed``.
+
+    ``name@rankR`` (R >= 1) is rank R's own stream ``name`` in a data-parallel run: the stream's child
+    ``SeedSequence(seed, spawn_key=(i, R))``, i.e. ``seed_sequence(seed, name).spawn(R + 1)[R]``;
+    rank 0 draws from ``name`` itself, so one process is the plain run.
+    """
+    name, _, rank = stream.partition("@rank")
+    if name not in STREAMS or (rank and not (rank.isdigit() and int(rank) >= 1)):
+        raise ValueError(f"unknown random stream '{stream}'; streams: {', '.join(STREAMS)} (and NAME@rankR, R >= 1)")
+    key = (STREAMS.index(name),) if not rank else (STREAMS.index(name), int(rank))
+    return np.random.SeedSequence(int(seed), spawn_key=key)
 
 
 def stream_seed(seed: int, stream: str) -> int:

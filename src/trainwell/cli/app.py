@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import signal
 import sys
 import threading
@@ -73,6 +74,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", metavar="RUN_DIR",
                    help="continue a killed or interrupted run from its newest good checkpoint, with its own config "
                         "(only train.epochs=N may be given, to train a finished run further)")
+    p.add_argument("--nproc", type=int, default=1, metavar="N",
+                   help="data-parallel training on N processes of this machine (DDP; gloo on the CPU, NCCL with "
+                        "one GPU each); train.batch_size is the global batch. Several machines: run the command "
+                        "under torchrun (README, 'Scaling out')")
+    p.add_argument("--master-port", type=int, default=None, metavar="PORT",
+                   help="with --nproc: the rendezvous port on 127.0.0.1 (default: a free one)")
     add_output_args(p)
     p.set_defaults(handler=cmd_train)
 
@@ -144,17 +151,103 @@ def cmd_train(args: argparse.Namespace) -> int:
         _print_param_groups(cfg)
         return 0
     from trainwell.api import train
+    from trainwell.train.distributed import launched_size
 
+    if args.resume is not None and (args.out is not None or args.overwrite or args.config is not None):
+        from trainwell.errors import ConfigError
+
+        raise ConfigError("--resume RUN_DIR continues that folder with its own config; drop --out, --overwrite "
+                          "and -c.")
+    if launched_size() > 1:  # a rank of a data-parallel run (started by --nproc or torchrun)
+        return _train_as_rank(args, cfg)
+    if args.nproc != 1:
+        return _launch_train(args, cfg)
     if args.resume is not None:
-        if args.out is not None or args.overwrite or args.config is not None:
-            from trainwell.errors import ConfigError
-
-            raise ConfigError("--resume RUN_DIR continues that folder with its own config; drop --out, --overwrite "
-                              "and -c.")
         run = train(resume=args.resume, overrides=args.overrides, quiet=args.quiet)
     else:
         run = train(cfg, out=args.out, overwrite=args.overwrite, quiet=args.quiet)
     return 0 if not run.summary.get("diverged") else 1
+
+
+def _launch_train(args: argparse.Namespace, cfg: Config | None) -> int:
+    """``--nproc N``: check what can be checked here, then start N ranks (:mod:`trainwell.cli.launch`)."""
+    from trainwell.cli.launch import launch
+    from trainwell.errors import ConfigError
+    from trainwell.runs.train import check_distributed, check_new_out, resume_config
+    from trainwell.train.build import check_names
+    from trainwell.train.rundir import default_run_dir
+    from trainwell.train.trainer import resolve_device
+
+    if args.nproc < 1:
+        raise ConfigError(f"--nproc must be at least 1, got {args.nproc}.")
+    argv = list(args.argv)
+    if args.resume is not None:
+        cfg = resume_config(Path(args.resume), None, args.overrides, None)
+        out = Path(args.resume)
+    else:
+        assert cfg is not None
+        out = Path(args.out) if args.out is not None else default_run_dir("train", f"{cfg.data.name}-{cfg.model.name}")
+        check_new_out(out, args.overwrite, cfg)
+        if args.out is None:
+            argv += ["--out", str(out)]  # the ranks' folder, named here so the parent can say where it is
+    check_names(cfg)
+    check_distributed(cfg, args.nproc)
+    device = resolve_device(cfg.train.device)
+    if device.type == "cuda":
+        import torch
+
+        if args.nproc > torch.cuda.device_count():
+            raise ConfigError(f"--nproc {args.nproc} needs a GPU per process on CUDA, but {torch.cuda.device_count()} "
+                              "are visible; use --nproc <= that, or train.device=cpu.")
+    return launch(argv, args.nproc, out, args.master_port)
+
+
+def _lost_peer(exc: BaseException) -> bool:
+    """Whether a RuntimeError is a collective's failure: a peer that closed its connection or a timeout
+    (gloo raises these as plain RuntimeErrors, NCCL and the store as torch.distributed.DistError)."""
+    text = str(exc)
+    return any(mark in text for mark in ("gloo", "Gloo", "NCCL", "c10d", "Connection closed by peer", "Timed out"))
+
+
+def _train_as_rank(args: argparse.Namespace, cfg: Config | None) -> int:
+    """One rank of a data-parallel run: join the process group, train, leave it. Errors: one line each
+    (the launching parent prints them: :func:`trainwell.cli.launch.report_rank_error`)."""
+    import torch.distributed as dist
+
+    from trainwell.api import train
+    from trainwell.cli.launch import report_rank_error
+    from trainwell.runs.train import resume_config
+    from trainwell.train.distributed import init_from_env, shutdown
+    from trainwell.train.load import read_config
+    from trainwell.train.trainer import resolve_device
+
+    rank = int(os.environ.get("RANK", "0"))
+    try:
+        plan = cfg if cfg is not None else read_config(Path(args.resume))
+        init_from_env(resolve_device(plan.train.device), plan.train.dist_timeout)
+        if args.resume is not None:
+            run = train(resume=args.resume, overrides=args.overrides, quiet=args.quiet)
+        else:
+            run = train(cfg, out=args.out, overwrite=args.overwrite, quiet=args.quiet)
+        return 0 if not run.summary.get("diverged") else 1
+    except TrainwellError as exc:
+        if not report_rank_error(rank, exc):  # under torchrun: every rank says it, naming itself
+            from trainwell.errors import Interrupted
+
+            print(f"trainwell: {'' if isinstance(exc, Interrupted) else 'error: '}[rank {rank}] {exc}", file=sys.stderr)
+        return exc.exit_code
+    except (dist.DistError, RuntimeError) as exc:
+        if not isinstance(exc, dist.DistError) and not _lost_peer(exc):
+            raise  # not the process group's: a bug, with its traceback
+        from trainwell.cli.launch import launched_here
+        from trainwell.errors import exception_line
+
+        if not launched_here():  # (--nproc's parent says which process failed first, and how)
+            print(f"trainwell: error: [rank {rank}] lost the other processes ({exception_line(exc, 160)}); "
+                  "the run stopped.", file=sys.stderr)
+        return 1
+    finally:
+        shutdown()
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -342,6 +435,7 @@ def interrupted_line(signum: int, command: str | None) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parse_args(parser, argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # as given (--nproc starts ranks with it)
     handler: Callable[[argparse.Namespace], int] | None = getattr(args, "handler", None)
     if handler is None:
         parser.print_help()

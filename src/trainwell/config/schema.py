@@ -249,6 +249,10 @@ class TrainConfig:
     """Mixed precision (Micikevicius et al. 2018): the forward and the loss of training and evaluation run under torch.autocast in bf16 or fp16 (weights, gradients and optimiser stay fp32); fp16 also scales the loss (torch.amp.GradScaler: a step whose gradients overflow is skipped and the scale halved, not a divergence; it reads one overflow flag per step). auto = bf16 on a CUDA GPU that supports it, fp16 on an older one, fp32 on the CPU and MPS: a CPU without AMX/AVX-512-BF16 emulates bf16 matrix products, slower than fp32 (measured in bench/bench_levers.py). A precision the device cannot autocast to is refused before training."""
     channels_last: bool = False
     """Lay 4-D image batches and the conv weights out channels_last (N,H,W,C) in memory, the layout GPU tensor cores and oneDNN prefer; values are unchanged. A no-op for other input ranks (tabular, 1-D signals, sequences). Measured in bench/bench_levers.py."""
+    sync_bn: bool = False
+    """Data-parallel runs (--nproc N, torchrun): normalise batch-norm layers over the global batch instead of each process's part (synchronised batch norm: torch.nn.SyncBatchNorm on CUDA, trainwell's all-reduce version on the CPU); it costs two small all-reduces per batch-norm layer and step. No effect in one process."""
+    dist_timeout: float = 300.0
+    """Data-parallel runs: seconds a process waits for the others at a collective (a rank that died or never started) before the run ends with an error instead of hanging."""
     compile: bool = False
     """torch.compile the forward of training and evaluation (the saved model and checkpoints keep the original module's layout); the first epoch pays the compilation. Off by default everywhere; whether it pays on a CPU is measured in bench/bench_levers.py. On the CPU it needs a C++ compiler."""
 
@@ -259,6 +263,8 @@ class TrainConfig:
         for key in ("grad_clip", "checkpoint_every", "max_rollbacks", "early_stopping", "snapshots"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"train.{key} must be >= 0 (0 = off), got {getattr(self, key)}.")
+        if not self.dist_timeout > 0:
+            raise ConfigError(f"train.dist_timeout must be > 0 seconds, got {self.dist_timeout}.")
         if not 0 < self.rollback_lr_factor < 1:
             raise ConfigError(f"train.rollback_lr_factor must be in (0, 1), got {self.rollback_lr_factor}.")
         if not 0 <= self.ema < 1:

@@ -41,6 +41,7 @@ from trainwell.train.build import (
 )
 from trainwell.train.callbacks import EarlyStopping, KeepBest, MetricsFile, ProgressDisplay, TensorBoardLog
 from trainwell.train.checkpoint import CHECKPOINT_DIR, Checkpoints
+from trainwell.train.distributed import World, check_batch, current_world
 from trainwell.train.events import Callback
 from trainwell.train.precision import forward_format
 from trainwell.train.snapshots import snapshot_callback
@@ -147,6 +148,7 @@ def train(
     console: Console | None = None,
     callbacks: Sequence[Callback] = (),
     prepare: Callable[[Classifier], Sequence[Callback] | None] | None = None,
+    world: World | None = None,
 ) -> Run:
     """Train a model from a config and write a complete run directory (or continue one: ``resume``).
 
@@ -156,7 +158,12 @@ def train(
     and may return callbacks that the loop then also calls (e.g. gradual unfreezing).
     ``resume``: a run folder whose newest good checkpoint the run continues from, with the folder's
     own config (``overrides`` may only set train.epochs, to extend a finished run).
+    ``world``: this process's rank in a data-parallel run (default: the process group this process
+    joined, if any — :mod:`trainwell.train.distributed`); every rank calls ``train`` with the same
+    arguments, only rank 0 writes the run folder and prints.
     """
+    world = world if world is not None else current_world()
+    quiet = quiet or not world.main
     cfg = resume_config(Path(resume), config, overrides, config_file) if resume is not None \
         else as_config(config, overrides, config_file)
     check_names(cfg)
@@ -167,11 +174,13 @@ def train(
     if cfg.train.ensemble > 1:
         raise ConfigError(f"train.ensemble={cfg.train.ensemble} trains {cfg.train.ensemble} runs: use trainwell.train "
                           "or the trainwell command, which hand it to the ensemble trainer (trainwell.experiments).")
+    if world.distributed:
+        check_distributed(cfg, world.size)
     if resume is not None:
         _check_resumable(Path(resume), model, prepare)
-    elif out is not None:
+    elif out is not None and world.main:  # (rank 0 creates it: the others would find it made)
         check_new_out(Path(out), overwrite, cfg)
-    device = resolve_device(cfg.train.device)
+    device = world.device(resolve_device(cfg.train.device))
     console = console or Console(stderr=True, quiet=quiet, soft_wrap=True)
     warn = lambda message: print_warning(console, message)  # noqa: E731
 
@@ -179,21 +188,34 @@ def train(
     splits = splits if splits is not None else load_splits(cfg.data)
     classifier = build_classifier(cfg, splits, model)
     extra_callbacks = list(prepare(classifier) or ()) if prepare is not None else []
-    cfg, lr_found = resolve_lr(cfg, classifier, splits, device, console)
+    lr_found = None
+    if world.main:  # the range test on one rank; the others take its pick
+        cfg, lr_found = resolve_lr(cfg, classifier, splits, device, console)
+    cfg = world.broadcast(cfg)
     check_loop_config(cfg, splits)
     writer_class = _tensorboard_writer_class() if cfg.train.tensorboard else None
     augment = build_augmenter(cfg, splits)
+    flops = summarize(classifier, splits.input_shape)  # FLOPs per example, for summary.json (one process's forward)
+    if cfg.train.sync_bn and world.distributed:  # batch statistics over the global batch
+        from trainwell.nn.sync_batchnorm import convert_sync_batchnorm
+
+        convert_sync_batchnorm(classifier, device)
     # build_state checks the training settings as it builds them (what preflight checks elsewhere);
     # no folder exists yet. Before the doctor hooks the model.
-    state = build_state(classifier, cfg, len(splits.train), device)
-    flops = summarize(classifier, splits.input_shape)  # FLOPs per example, for summary.json
+    state = build_state(classifier, cfg, len(splits.train), device, world=world)
     card = {**model_card(splits, cfg, model is not None), "prepared": prepare is not None}
-    if resume is not None:
-        out_dir, checkpoints, loaded = _reopen_run_dir(Path(resume), cfg, warn)
+    loaded = None
+    if world.main:  # the run folder is rank 0's; the others keep their checkpoints in memory
+        if resume is not None:
+            out_dir, checkpoints, loaded = _reopen_run_dir(Path(resume), cfg, warn)
+        else:
+            out_dir = _new_run_dir(out, overwrite, cfg, card, lr_found,
+                                   lambda line: console.print(line, highlight=False))
+            checkpoints = Checkpoints(out_dir / CHECKPOINT_DIR, cfg.train.keep_checkpoints)
     else:
-        out_dir, loaded = _new_run_dir(out, overwrite, cfg, card, lr_found,
-                                       lambda line: console.print(line, highlight=False)), None
-        checkpoints = Checkpoints(out_dir / CHECKPOINT_DIR, cfg.train.keep_checkpoints)
+        checkpoints = Checkpoints(None)
+    # Rank 0's folder and checkpoint to every rank (read once: no shared file system needed for it).
+    out_dir, loaded = world.broadcast((out_dir, loaded) if world.main else None)
 
     # The callbacks, in the order they are called: the user's, the run's features, then the logs.
     doctor = None
@@ -204,15 +226,19 @@ def train(
     snapshots = snapshot_callback(cfg, out_dir, card, len(splits.train), fresh=resume is None) \
         if cfg.train.snapshots else None  # the weights at the end of each lr cycle -> out/snapshots/NN
     keep_best = KeepBest() if cfg.train.keep == "best" else None
-    tensorboard = TensorBoardLog(out_dir / "tensorboard", writer_class) if writer_class is not None else None
+    # The logs are rank 0's (the others have no state of their own: a checkpoint holds the same callbacks).
+    tensorboard = TensorBoardLog(out_dir / "tensorboard", writer_class) \
+        if writer_class is not None and world.main else None
     progress = None if quiet else ProgressDisplay(console, cfg.train.epochs, cfg.train.progress and console.is_terminal)
+    metrics_file = MetricsFile(out_dir / "metrics.jsonl") if world.main else None
     loop_callbacks = [cb for cb in (*callbacks, *extra_callbacks, doctor, snapshots,
                                     EarlyStopping(cfg.train.early_stopping) if cfg.train.early_stopping else None,
-                                    keep_best, MetricsFile(out_dir / "metrics.jsonl"), tensorboard, progress)
+                                    keep_best, metrics_file, tensorboard, progress)
                       if cb is not None]
     if loaded is not None:
-        _restore(state, loop_callbacks, loaded)
-        _reopen_for_training(out_dir, cfg)  # everything is built: only now does the run become unfinished
+        _restore(state, loop_callbacks, loaded, world)
+        if world.main:
+            _reopen_for_training(out_dir, cfg)  # everything is built: only now does the run become unfinished
         if state.stop_reason == "early_stopping" and state.epoch < cfg.train.epochs:
             state.stop_reason = None  # a finished run extended with train.epochs: train on
 
@@ -228,9 +254,12 @@ def train(
     try:
         with catch_signals() as stop:
             result = fit(state, splits.train, splits.val, LoopSettings.from_config(cfg, splits.num_classes),
-                         augment=augment, callbacks=loop_callbacks, checkpoints=checkpoints, stop=stop, warn=warn)
+                         augment=augment, callbacks=loop_callbacks, checkpoints=checkpoints, stop=stop, warn=warn,
+                         world=world)
     except Interrupted as exc:
-        raise Interrupted(exc.signum, exc.epoch, exc.step, f"resume with: trainwell train --resume {out_dir}") from None
+        nproc = f" --nproc {world.size}" if world.distributed else ""
+        raise Interrupted(exc.signum, exc.epoch, exc.step, f"resume with: trainwell train --resume {out_dir}{nproc}") \
+            from None
     finally:
         for cb in (progress, tensorboard, doctor):
             if cb is not None:
@@ -239,11 +268,14 @@ def train(
     if state.ema is not None:  # validation used the averaged weights: so do the test and the saved model
         classifier.load_state_dict(state.ema.module.state_dict())
     fmt = forward_format(cfg.train.precision, cfg.train.channels_last, device)  # tested as validated
-    test = evaluate_split(classifier, splits.test, device, cfg.train.eval_batch_size, fmt)
+    test = evaluate_split(classifier, splits.test, device, cfg.train.eval_batch_size, fmt, world)
     summary = _summary(result, test, cfg, splits, device, params, out_dir, keep_best, fmt.name)
     summary.update(flop_fields(flops))
-    if result.divergence is not None:
+    summary["processes"] = world.size
+    if result.divergence is not None:  # (every rank diagnoses: a synchronised batch norm's forward is collective)
         summary["divergence"] = {**result.divergence, "diagnosis": _diagnosis(classifier, splits, cfg, device)}
+    if not world.main:  # the files are rank 0's
+        return Run(out_dir, cfg, classifier, summary, list(splits.classes), tuple(splits.input_shape), splits)
     if doctor is not None:
         summary["doctor"] = doctor.summary()
         doctor.write(out_dir)  # doctor.json + doctor_*.png
@@ -255,6 +287,17 @@ def train(
     write_json(out_dir / "summary.json", summary)  # last: its presence marks a finished run
     _report(console, summary, result, cfg, out_dir)
     return Run(out_dir, cfg, classifier, summary, list(splits.classes), tuple(splits.input_shape), splits)
+
+
+def check_distributed(cfg: Config, processes: int) -> None:
+    """What a data-parallel run of ``processes`` ranks cannot do (yet), refused before anything is built."""
+    check_batch(cfg.train.batch_size, processes)
+    refused = {"train.ensemble > 1": cfg.train.ensemble > 1, "train.snapshots": cfg.train.snapshots > 0,
+               "doctor=true": cfg.doctor}
+    for what, given in refused.items():
+        if given:
+            raise ConfigError(f"{what} is not supported in a data-parallel run (--nproc {processes}); "
+                              "run it in one process (drop --nproc).")
 
 
 def check_ensemble_keys(cfg: Config, *, custom_model: bool = False, custom_data: bool = False) -> None:
@@ -341,11 +384,14 @@ def _saved_epoch(loaded: Any) -> int:
         raise _misfit(loaded, exc) from None
 
 
-def _restore(state: Any, callbacks: Sequence[Callback], loaded: Any) -> None:
+def _restore(state: Any, callbacks: Sequence[Callback], loaded: Any, world: World) -> None:
     """The checkpoint's state into the state built from the run's config: a checkpoint copied from
-    another run (or made by hand) is one line, not a traceback."""
+    another run (or made by hand) is one line, not a traceback. Each rank of a data-parallel run takes
+    its own generators from it (:func:`trainwell.train.distributed.local_state`)."""
+    from trainwell.train.distributed import local_state
+
     try:
-        state.load_state_dict(loaded.state["loop"])
+        state.load_state_dict(local_state(world, loaded.state["loop"], f"checkpoint '{loaded.path}'"))
         load_callback_states(callbacks, loaded.state["callbacks"])
     except (ConfigError, RunDirError):
         raise

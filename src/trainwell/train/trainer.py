@@ -45,6 +45,7 @@ from trainwell.data.splits import TensorSplit, to_float
 from trainwell.errors import ConfigError, DataError, Interrupted
 from trainwell.seeds import numpy_generator, seed_global, torch_generator
 from trainwell.train.checkpoint import Checkpoints
+from trainwell.train.distributed import SINGLE, SyncClock, World, grad_sync, local_state, pack_rank_states
 from trainwell.train.events import (
     Callback,
     EpochEnd,
@@ -113,6 +114,8 @@ class RandomState:
 
     Dropout (and any module that takes no generator) draws from torch's global generators, which
     :meth:`from_seed` seeds from the ``dropout`` stream and :meth:`state_dict` saves with the rest.
+    In a data-parallel run each rank draws its augmentations, mixes and dropout masks from streams of
+    its own (:meth:`World.stream`); the shuffle stream, which orders the global batches, is shared.
     """
 
     shuffle: torch.Generator
@@ -120,10 +123,10 @@ class RandomState:
     mix: np.random.Generator
 
     @classmethod
-    def from_seed(cls, seed: int, device: torch.device) -> RandomState:
-        seed_global(seed, "dropout")
-        return cls(torch_generator(seed, "shuffle"), torch_generator(seed, "augment", device),
-                   numpy_generator(seed, "mix"))
+    def from_seed(cls, seed: int, device: torch.device, world: World = SINGLE) -> RandomState:
+        seed_global(seed, world.stream("dropout"))
+        return cls(torch_generator(seed, "shuffle"), torch_generator(seed, world.stream("augment"), device),
+                   numpy_generator(seed, world.stream("mix")))
 
     def state_dict(self) -> dict[str, Any]:
         state: dict[str, Any] = {"shuffle": self.shuffle.get_state(), "augment": self.augment.get_state(),
@@ -292,31 +295,34 @@ class FitResult:
 
 class BatchOrder:
     """The data order: a fresh permutation per epoch from the shuffle stream, cut into batches
-    (a trailing batch of 1 is dropped: batch norm needs 2)."""
+    (a trailing batch smaller than ``min_batch`` is dropped: batch norm needs 2 examples, on every rank
+    of a data-parallel run)."""
 
-    def __init__(self, n: int, batch_size: int) -> None:
-        self.n, self.batch_size = n, batch_size
+    def __init__(self, n: int, batch_size: int, min_batch: int = 2) -> None:
+        self.n, self.batch_size, self.min_batch = n, batch_size, min_batch
 
     def permutation(self, generator: torch.Generator) -> torch.Tensor:
         return torch.randperm(self.n, generator=generator)
 
     def batches(self, perm: torch.Tensor) -> list[torch.Tensor]:
         batches = list(perm.split(self.batch_size))
-        if len(batches) > 1 and len(batches[-1]) == 1:
+        if len(batches) > 1 and len(batches[-1]) < min(self.min_batch, self.batch_size):  # (a partial one)
             batches.pop()
         return batches
 
 
-def steps_per_epoch(n: int, batch_size: int, accumulate: int = 1) -> int:
-    """Optimiser steps in an epoch of ``n`` examples (micro-batches grouped by ``accumulate``)."""
+def steps_per_epoch(n: int, batch_size: int, accumulate: int = 1, min_batch: int = 2) -> int:
+    """Optimiser steps in an epoch of ``n`` examples (micro-batches grouped by ``accumulate``; a
+    trailing batch under ``min_batch`` dropped, as :class:`BatchOrder` does)."""
     micro, rest = divmod(n, batch_size)
-    micro += 1 if rest > 1 or (rest == 1 and micro == 0) else 0
+    micro += 1 if rest >= min_batch or (rest > 0 and micro == 0) else 0
     return math.ceil(micro / accumulate)
 
 
 def build_state(model: nn.Module, cfg: Config, n_train: int, device: torch.device,
-                rng: RandomState | None = None) -> TrainState:
-    """The optimiser, schedule, EMA, loss scaler and generators for ``model`` from the config, as the loop's state."""
+                rng: RandomState | None = None, world: World = SINGLE) -> TrainState:
+    """The optimiser, schedule, EMA, loss scaler and generators for ``model`` from the config, as the
+    loop's state (of this rank, in a data-parallel run)."""
     check_train_config(cfg, n_train)
     t = cfg.train
     fmt = check_forward_options(t.precision, t.channels_last, t.compile, device)
@@ -324,13 +330,14 @@ def build_state(model: nn.Module, cfg: Config, n_train: int, device: torch.devic
     if t.channels_last:
         to_channels_last(model)
     optimizer, groups = build_optimizer(model, cfg.optim, cfg.reg.exempt_bias_and_norm)
-    schedule = build_scheduler(optimizer, cfg, steps_per_epoch(n_train, cfg.train.batch_size, cfg.train.accumulate))
+    schedule = build_scheduler(optimizer, cfg, steps_per_epoch(n_train, cfg.train.batch_size, cfg.train.accumulate,
+                                                               world.min_batch()))
     ema = None
     if cfg.train.ema > 0:
         from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
         ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.train.ema), use_buffers=False)
-    rng = rng or RandomState.from_seed(cfg.train.seed, device)
+    rng = rng or RandomState.from_seed(cfg.train.seed, device, world)
     return TrainState(model, optimizer, schedule, rng, groups, ema, grad_scaler(fmt, device)).to(device)
 
 
@@ -381,17 +388,36 @@ def _batch_logits(model: nn.Module, batches: Iterable[torch.Tensor], device: tor
 
 
 def evaluate_split(model: nn.Module, split: TensorSplit, device: torch.device, batch_size: int,
-                   fmt: ForwardFormat = FP32) -> dict[str, float]:
+                   fmt: ForwardFormat = FP32, world: World = SINGLE) -> dict[str, float]:
     """Mean cross-entropy (no smoothing) and accuracy on a split (a streamed one read batch by batch),
-    float32 logits of a forward in ``fmt``."""
+    float32 logits of a forward in ``fmt``; in a data-parallel run each rank evaluates its share and
+    the sums are reduced (every rank gets the figures of the whole split)."""
     if len(split) == 0:
         return {"loss": float("nan"), "acc": float("nan"), "n": 0}
+    if world.distributed:
+        return _evaluate_shard(model, split, device, batch_size, fmt, world)
     with torch.no_grad():
         logits = _batch_logits(model, split.chunks(batch_size), device, fmt)
     y = split.y.to(device)
     loss = F.cross_entropy(logits, y).item()
     acc = (logits.argmax(1) == y).float().mean().item()
     return {"loss": loss, "acc": acc, "n": len(split)}
+
+
+def _evaluate_shard(model: nn.Module, split: TensorSplit, device: torch.device, batch_size: int,
+                    fmt: ForwardFormat, world: World) -> dict[str, float]:
+    start, stop = world.part_range(len(split))
+    positions = torch.arange(start, stop)
+    with torch.no_grad():
+        logits = _batch_logits(model, (split.take(positions[i : i + batch_size])
+                                       for i in range(0, len(positions), batch_size)), device, fmt)
+    y = split.y[start:stop].to(device)
+    sums = torch.zeros(2, dtype=torch.float64, device=world.collective_device())
+    if len(y):
+        sums[0] = F.cross_entropy(logits, y, reduction="sum").double()
+        sums[1] = (logits.argmax(1) == y).sum().double()
+    loss_sum, correct = world.sum(sums).tolist()
+    return {"loss": loss_sum / len(split), "acc": correct / len(split), "n": len(split)}
 
 
 # ----------------------------------------------------------------------------- signals
@@ -444,6 +470,7 @@ def fit(
     checkpoints: Checkpoints | None = None,
     stop: StopRequest | None = None,
     warn: Callable[[str], None] | None = None,
+    world: World = SINGLE,
 ) -> FitResult:
     """Train ``state.model`` on ``train`` from wherever ``state`` is, validating on ``val`` each epoch.
 
@@ -451,6 +478,8 @@ def fit(
     ``settings.checkpoint_every`` optimiser steps; a non-finite loss is met with
     ``settings.on_divergence`` (stop: the last good checkpoint's weights are kept; rollback: restart
     from it at a lower LR); ``stop`` (SIGINT/SIGTERM) checkpoints and raises :class:`Interrupted`.
+    ``world``: this process's rank in a data-parallel run (:mod:`trainwell.train.distributed`): every
+    rank calls ``fit`` with the same state, rank 0 with the run folder's checkpoints.
     """
     device = state.loss_sum.device
     fmt = forward_format(settings.precision, settings.channels_last, device)
@@ -458,15 +487,18 @@ def fit(
         raise ConfigError(f"train.precision={fmt.name} {'needs' if fmt.scaled else 'has no'} a loss scaler, but the "
                           "loop's state was built with another precision; build the state and the settings from one config.")
     # The forward of training and evaluation (compiled: a wrapper over the same parameters; the state keeps the module).
-    forward = compiled(state.model, settings.compile)
-    eval_forward = forward if state.ema is None else compiled(state.ema.module, settings.compile)
+    ddp = world.wrap(state.model, device)  # averages the gradients over ranks in the backward (one process: the model)
+    forward = compiled(ddp, settings.compile)
+    # Evaluation never runs through DDP (its forward may sync buffers, and the ranks' shards can differ in batches).
+    evaluated = state.model if state.ema is None else state.ema.module
+    eval_forward = forward if evaluated is ddp else compiled(evaluated, settings.compile)
     callbacks = check_callbacks(callbacks)
     checkpoints = checkpoints or Checkpoints(None)
     per_step = [cb for cb in callbacks if overrides(cb, "on_step_end")]
-    order = BatchOrder(len(train), settings.batch_size)
+    order = BatchOrder(len(train), settings.batch_size, world.min_batch())
     feed = place_training_data(train, device, settings.data_on_device)
     mixing = mixing_enabled(settings.mix)
-    epoch_steps = steps_per_epoch(len(train), settings.batch_size, settings.accumulate)
+    epoch_steps = steps_per_epoch(len(train), settings.batch_size, settings.accumulate, world.min_batch())
     total_steps = epoch_steps * settings.epochs
     # The objectives (+ 0 x the clipped gradient norm: NaN/inf there too, unless fp16's scaler skips
     # such steps) of the steps not checked yet, device scalars kept as they are (no op per step); a
@@ -475,14 +507,34 @@ def fit(
     step_losses: list[torch.Tensor] = []
 
     def first_bad_step() -> int | None:
-        """The first unchecked step whose objective is not finite (one host read), or None."""
-        if not step_losses:
-            return None
-        bad = torch.nonzero(~torch.isfinite(torch.stack(step_losses))).flatten()
-        if len(bad):
-            return state.step - len(step_losses) + int(bad[0])
-        step_losses.clear()  # all finite: checked
-        return None
+        """The first unchecked step whose objective is not finite on any rank (one host read), or None."""
+        bad = None
+        if step_losses:
+            nonfinite = torch.nonzero(~torch.isfinite(torch.stack(step_losses))).flatten()
+            if len(nonfinite):
+                bad = state.step - len(step_losses) + int(nonfinite[0])
+        bad = world.first(bad)  # (a collective: every rank gets the same answer and acts on it)
+        if bad is None:
+            step_losses.clear()  # all finite: checked
+        return bad
+
+    def reduce_sums() -> None:
+        """The epoch's loss and correct-prediction sums so far, summed over the ranks (no-op for one process)."""
+        world.sum(state.loss_sum)
+        world.sum(state.correct)
+
+    def leave_sums_on_main() -> None:
+        """After :func:`reduce_sums`: rank 0 keeps the totals, the others start from zero again, so a later
+        reduction (a checkpoint, the epoch's end) counts every example once."""
+        if not world.main:
+            state.loss_sum.zero_()
+            state.correct.zero_()
+
+    def read_progress() -> tuple[float, float]:
+        """(mean train loss, train accuracy) of the epoch so far over every rank, leaving the sums as they are."""
+        sums = world.sum(torch.stack([state.loss_sum.double(), state.correct.double()]))
+        loss_sum, correct = sums.tolist()
+        return loss_sum / state.seen, correct / state.seen
 
     def save_checkpoint() -> None:
         # Never save a state that has diverged: no non-finite loss, and (the last update may have
@@ -490,15 +542,17 @@ def fit(
         if (bad := first_bad_step()) is not None:
             raise _Diverged(bad)
         if not bool(torch.stack([torch.isfinite(p).all() for p in state.model.parameters()]).all()):
-            raise _Diverged(state.step - 1)
-        checkpoints.save({"loop": state.state_dict(), "callbacks": callback_states(callbacks)},
-                         state.step, state.epoch)
+            raise _Diverged(state.step - 1)  # (the weights are the same on every rank: so is this answer)
+        reduce_sums()
+        leave_sums_on_main()
+        loop = pack_rank_states(world, state.state_dict())  # with every rank's generators
+        checkpoints.save({"loop": loop, "callbacks": callback_states(callbacks)}, state.step, state.epoch)
 
     def restore(reason: str) -> None:
         loaded = checkpoints.latest(warn)
         if loaded is None:  # pragma: no cover - fit always saves one before the first step
             raise ConfigError("no checkpoint to restore")
-        state.load_state_dict(loaded.state["loop"])
+        state.load_state_dict(local_state(world, loaded.state["loop"]))
         load_callback_states(callbacks, loaded.state["callbacks"])
         checkpoints.discard_after(loaded.step)
         step_losses.clear()  # a restored state is a good one
@@ -509,25 +563,31 @@ def fit(
         # One optimiser step over len(indices) micro-batches (gradient accumulation: each loss / N).
         state.optimizer.zero_grad(set_to_none=True)
         total: torch.Tensor | None = None
-        for idx in indices:
-            xb, yb = feed.batch(idx)  # (B, *input_shape) float32, (B,) on the device
-            if augment is not None:
-                xb = augment(xb, state.rng.augment)
-            with fmt.autocast(device):  # the forward and the loss in fmt.dtype (fp32: no autocast)
-                if mixing and (params := sample_mix(xb.shape, settings.mix, state.rng.mix, device)) is not None:
-                    xb, target = apply_mix(xb, smooth_targets(yb, settings.num_classes, settings.label_smoothing),
-                                           params)
-                    logits = forward(fmt.batch(xb))
-                    loss = F.cross_entropy(logits, target)
-                else:
-                    logits = forward(fmt.batch(xb))
-                    loss = F.cross_entropy(logits, yb, label_smoothing=settings.label_smoothing)
-            extra = penalty(state.groups, settings.l1, settings.l2)
-            objective = loss if extra is None else loss + extra
-            backward(objective / len(indices) if len(indices) > 1 else objective, state.scaler)
-            state.loss_sum.add_(loss.detach(), alpha=len(idx))  # on the device: no host sync
+        for i, idx in enumerate(indices):
+            local = world.part(idx)  # this rank's share of the global batch (one process: all of it)
+            with grad_sync(ddp, i == len(indices) - 1):  # accumulating: average over ranks once, at the last
+                xb, yb = feed.batch(local)  # (B, *input_shape) float32, (B,) on the device
+                if augment is not None:
+                    xb = augment(xb, state.rng.augment)
+                with fmt.autocast(device):  # the forward and the loss in fmt.dtype (fp32: no autocast)
+                    if mixing and (params := sample_mix(xb.shape, settings.mix, state.rng.mix, device)) is not None:
+                        xb, target = apply_mix(xb, smooth_targets(yb, settings.num_classes,
+                                                                  settings.label_smoothing), params)
+                        logits = forward(fmt.batch(xb))
+                        loss = F.cross_entropy(logits, target)
+                    else:
+                        logits = forward(fmt.batch(xb))
+                        loss = F.cross_entropy(logits, yb, label_smoothing=settings.label_smoothing)
+                extra = penalty(state.groups, settings.l1, settings.l2)
+                objective = loss if extra is None else loss + extra
+                # DDP averages the ranks' gradients: weighted by N * n_r / n, they average to the gradient
+                # of the global batch's mean also when the parts differ in size (an epoch's last batch).
+                weighted = objective if len(local) * world.size == len(idx) \
+                    else objective * (len(local) * world.size / len(idx))
+                backward(weighted / len(indices) if len(indices) > 1 else weighted, state.scaler)
+            state.loss_sum.add_(loss.detach(), alpha=len(local))  # on the device: no host sync
             state.correct.add_((logits.detach().argmax(1) == yb).sum())
-            state.seen += len(idx)
+            state.seen += len(idx)  # examples of the global batch (all ranks')
             total = objective.detach() if total is None else total + objective.detach()
         assert total is not None  # indices holds at least one micro-batch
         if settings.grad_clip > 0:
@@ -543,8 +603,11 @@ def fit(
         state.step += 1
         state.batch += len(indices)
 
+    def stop_requested() -> bool:
+        return stop is not None and stop.signum is not None
+
     def run_epochs() -> None:
-        next_sync = time.perf_counter() + SYNC_SECONDS
+        clock = SyncClock(world, SYNC_SECONDS, state.step)
         while state.epoch < settings.epochs and state.stop_reason is None:
             if state.perm is None:  # a new epoch (otherwise: resuming inside one)
                 state.perm = order.permutation(state.rng.shuffle)
@@ -560,23 +623,25 @@ def fit(
             while state.batch < len(batches):
                 train_step(batches[state.batch : state.batch + settings.accumulate])
                 stats = None
-                if time.perf_counter() >= next_sync:  # the host reads the device a few times a second
-                    next_sync = time.perf_counter() + SYNC_SECONDS
+                # A signal stops one process at once; the ranks of a data-parallel run stop together, at a sync.
+                stopping = stop_requested() and not world.distributed
+                if clock.due(state.step):  # the host reads the device a few times a second
                     if (bad := first_bad_step()) is not None:
                         raise _Diverged(bad)
-                    loss_sum, correct = torch.stack([state.loss_sum.double(), state.correct.double()]).tolist()
-                    stats = (loss_sum / state.seen, correct / state.seen)
+                    stats = read_progress()
+                    stopping = clock.synced(state.step, stop_requested())
                 for cb in per_step:
                     cb.on_step_end(StepEnd(state, stats))
                 # (at the epoch's last step the epoch-end checkpoint follows at once)
                 checkpoint_due = (settings.checkpoint_every and state.step % settings.checkpoint_every == 0
                                   and state.batch < len(batches))
-                if checkpoint_due or (stop is not None and stop.signum is not None):
+                if checkpoint_due or stopping:
                     state.epoch_seconds += _elapsed(t0, device)
                     t0 = time.perf_counter()
                     save_checkpoint()
-                    if stop is not None and stop.signum is not None:
-                        raise Interrupted(stop.signum, state.epoch, state.step)
+                    if stopping:  # (a rank that got no signal itself stops as the others do)
+                        signum = stop.signum if stop is not None and stop.signum is not None else signal.SIGTERM
+                        raise Interrupted(signum, state.epoch, state.step)
             state.epoch_seconds += _elapsed(t0, device)
             end_epoch()
             save_checkpoint()
@@ -585,12 +650,14 @@ def fit(
         if (bad := first_bad_step()) is not None:
             raise _Diverged(bad)
         seen, seconds = state.seen, state.epoch_seconds
-        train_loss = state.loss_sum.item() / seen
+        reduce_sums()
+        train_loss, train_acc = state.loss_sum.item() / seen, state.correct.item() / seen
+        leave_sums_on_main()
         state.epoch += 1
         row: dict[str, Any] = {
             "epoch": state.epoch,
             "train_loss": train_loss,
-            "train_acc": state.correct.item() / seen,
+            "train_acc": train_acc,
             "lr": state.epoch_lr,
             "momentum": state.epoch_momentum,
             "seconds": seconds,
@@ -603,7 +670,7 @@ def fit(
             if state.ema is not None:  # BN statistics are the live model's: EMA averages weights only
                 for ema_buffer, buffer in zip(model.buffers(), state.model.buffers()):
                     ema_buffer.copy_(buffer)
-            metrics = evaluate_split(eval_forward, val, device, settings.eval_batch_size, fmt)
+            metrics = evaluate_split(eval_forward, val, device, settings.eval_batch_size, fmt, world)
             row["val_loss"], row["val_acc"] = metrics["loss"], metrics["acc"]
             if metrics["acc"] > state.best_val:
                 state.best_val, state.best_epoch = metrics["acc"], state.epoch
@@ -640,8 +707,10 @@ def fit(
     for cb in callbacks:
         cb.on_fit_start(FitStart(state, total_steps, settings.batch_size * settings.accumulate))
     try:
-        if (state.step == 0 and state.perm is None) or checkpoints.folder is None:
-            save_checkpoint()  # the last good state before the first step: what a divergence falls back to
+        # The last good state before the first step: what a divergence falls back to (the ranks of a
+        # data-parallel run save together: rank 0 also re-saves the checkpoint it resumed from).
+        if world.any((state.step == 0 and state.perm is None) or checkpoints.folder is None):
+            save_checkpoint()
         train_until_done()
     finally:
         checkpoints.close()  # every checkpoint on disk before fit returns or raises
