@@ -461,3 +461,107 @@ def test_one_unmixed_step_is_sgd_on_the_smoothed_targets_with_the_clipped_gradie
         assert norm > 3 * clip  # the clip is active in this step
     for new, ref in zip(after.parameters(), expected):
         torch.testing.assert_close(new.detach(), ref, rtol=1e-5, atol=1e-6)
+
+
+# ----------------------------------------------------------------------------- pieces the mutation run found unpinned
+
+
+def test_resolve_device_says_what_this_machine_lacks(monkeypatch):
+    from trainwell.train.trainer import resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    assert resolve_device("auto") == torch.device("cpu") and resolve_device("cpu") == torch.device("cpu")
+    with pytest.raises(ConfigError, match=r"^train.device=cuda but no CUDA GPU is visible; use train.device=auto or cpu\.$"):
+        resolve_device("cuda")
+    with pytest.raises(ConfigError, match=r"^--device=mps but MPS \(Apple's GPU backend\) is not available on this "
+                                          r"machine; use --device=auto or cpu\.$"):
+        resolve_device("mps", "--device")
+    with pytest.raises(ConfigError, match=r"^train.device 'tpu' is not a device; use auto, cpu, cuda\[:N\] or mps\.$"):
+        resolve_device("tpu")
+    with pytest.raises(ConfigError, match=r"^train.device 'meta' is not supported; use auto, cpu, cuda\[:N\] or mps\.$"):
+        resolve_device("meta")
+    # A machine with two GPUs, as far as resolve_device can tell (it only asks these two questions).
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert resolve_device("auto") == torch.device("cuda") and resolve_device("cuda:1") == torch.device("cuda", 1)
+    with pytest.raises(ConfigError, match=r"^train.device=cuda:2 but only 2 CUDA GPU\(s\) are visible \(cuda:0..cuda:1\); "
+                                          r"use train.device=cuda or a smaller index\.$"):
+        resolve_device("cuda:2")
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
+    assert resolve_device("mps") == torch.device("mps")
+
+
+def test_signals_become_a_stop_request_and_a_second_one_stops_at_once():
+    import os
+    import signal
+    import threading
+
+    from trainwell.train.trainer import catch_signals
+
+    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    with pytest.raises(KeyboardInterrupt):
+        with catch_signals() as request:
+            assert request.signum is None
+            os.kill(os.getpid(), signal.SIGTERM)
+            assert request.signum == signal.SIGTERM  # (delivered before the next bytecode in the main thread)
+            os.kill(os.getpid(), signal.SIGINT)  # a second signal: stop now
+    assert {s: signal.getsignal(s) for s in before} == before  # the handlers are put back
+
+    seen = {}
+
+    def in_a_thread():  # signals reach only the main thread: a request that never fires, no handler changed
+        with catch_signals() as request:
+            seen["request"] = request
+            seen["handlers"] = {s: signal.getsignal(s) for s in before}
+
+    t = threading.Thread(target=in_a_thread)
+    t.start()
+    t.join()
+    assert seen["request"].signum is None and seen["handlers"] == before
+
+
+def test_loading_a_state_restores_every_field_and_checks_ema_and_the_loss_scaler():
+    cfg, splits, state = state_for({"train.ema": 0.9})
+    state.perm, state.batch = torch.randperm(len(splits.train)), 3
+    state.divergence = {"step": 5, "epoch": 1, "action": "rollback", "rollbacks": 1}
+    state.stop_reason, state.epoch_momentum = "early_stopping", 0.85
+    state.loss_sum, state.correct = torch.tensor(2.5), torch.tensor(7)
+    saved = copy.deepcopy(state.state_dict())
+
+    _, _, fresh = state_for({"train.ema": 0.9})
+    fresh.load_state_dict(copy.deepcopy(saved))
+    assert torch.equal(fresh.perm, state.perm) and fresh.batch == 3
+    assert fresh.divergence == state.divergence and fresh.stop_reason == "early_stopping"
+    assert fresh.epoch_momentum == 0.85 and fresh.loss_sum.item() == 2.5 and fresh.correct.item() == 7
+    assert fresh.loss_sum.device == fresh.correct.device == CPU
+    old = {k: v for k, v in copy.deepcopy(saved).items() if k != "epoch_momentum"}  # a checkpoint from before it
+    fresh.load_state_dict(old)
+    assert math.isnan(fresh.epoch_momentum)
+
+    _, _, no_ema = state_for()
+    with pytest.raises(ConfigError, match=r"^the checkpoint and the config disagree on train.ema; resume with the "
+                                          r"run's config\.$"):
+        no_ema.load_state_dict(copy.deepcopy(saved))
+    scaled = dict(copy.deepcopy(saved), scaler=torch.amp.GradScaler("cpu", init_scale=64.0).state_dict())
+    with pytest.raises(ConfigError, match=r"^the checkpoint and the config disagree on train.precision \(fp16 scales "
+                                          r"the loss\); resume with the run's config\.$"):
+        fresh.load_state_dict(scaled)
+    fresh.scaler = torch.amp.GradScaler("cpu", init_scale=2.0)
+    fresh.load_state_dict(copy.deepcopy(scaled))
+    assert fresh.scaler.get_scale() == 64.0  # the scale comes from the checkpoint
+
+
+def test_predict_logits_runs_the_forward_in_the_format_it_is_given():
+    from trainwell.train.precision import forward_format
+    from trainwell.train.trainer import predict_logits
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.ReLU(), torch.nn.Linear(32, 3))
+    x = torch.randn(10, 16)
+    bf16 = forward_format("bf16", False, CPU)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        expected = model(x).float()
+    got = predict_logits(model, x, CPU, batch_size=4, fmt=bf16)
+    assert got.dtype == torch.float32 and torch.equal(got, expected)
+    assert not torch.equal(got, predict_logits(model, x, CPU, batch_size=4))  # fp32 differs: the format mattered
