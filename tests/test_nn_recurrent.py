@@ -111,6 +111,18 @@ def test_last_readout_is_the_top_layers_final_state_of_each_direction(name, laye
 
 
 @pytest.mark.parametrize("name", RECURRENT)
+def test_a_traced_network_takes_any_batch_size(name):
+    """The readout keeps the batch size symbolic, so a graph traced at N=2 (trainwell export) runs N=1 and N=5."""
+    net = _net(name, shape=(2, 8), layers=2, bidirectional=True).eval()
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.jit's deprecation notices
+        traced = torch.jit.trace(net, (_x(2, 2, 8),), check_trace=False)
+        for n in (1, 5):
+            x = _x(n, 2, 8, seed=n)
+            torch.testing.assert_close(traced(x), net(x), rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", RECURRENT)
 @pytest.mark.parametrize("bidirectional", [False, True])
 def test_mean_readout_averages_the_top_outputs_over_time(name, bidirectional):
     net = _net(name, shape=(2, 8), readout="mean", bidirectional=bidirectional, layers=2).eval()

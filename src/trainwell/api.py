@@ -9,6 +9,7 @@ from that model (:func:`trainwell.runs.finetune.train_run`).
     run = trainwell.train({"model.name": "cnn", "train.epochs": 5}, out="runs/cnn")
     trainwell.train(resume="runs/cnn", overrides={"train.epochs": 8})
     trainwell.evaluate("runs/cnn")["test_acc"]
+    trainwell.export("runs/cnn", format="onnx")    # runs/cnn/model.onnx, preprocessing included
 """
 
 from __future__ import annotations
@@ -19,10 +20,11 @@ from typing import Any
 from trainwell.errors import ConfigError
 from trainwell.runs.train import ConfigLike, as_config, check_ensemble_keys, resume_config
 from trainwell.runs.train import train as train_one
+from trainwell.train.export import export
 from trainwell.train.inference import evaluate, predict
 from trainwell.train.load import Run, load_run, read_config
 
-__all__ = ["Run", "evaluate", "load_run", "predict", "train"]
+__all__ = ["Run", "evaluate", "export", "load_run", "predict", "train"]
 
 
 def train(config: ConfigLike = None, *, overrides: list[str] | dict[str, Any] | None = None,

@@ -116,6 +116,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_doctor_parser(sub)
     add_finetune_parser(sub)
     add_ensemble_parser(sub)
+    from trainwell.cli.export import add_export_parser
+    add_export_parser(sub)
 
     from trainwell.cli.experiments import add_compare_parser, add_lab_parser
     from trainwell.cli.summary import add_summary_parser

@@ -73,7 +73,9 @@ class RecurrentClassifier(nn.Module):
             h_n = state[0] if isinstance(state, tuple) else state  # an LSTM returns (h_n, c_n)
             directions = 2 if self.rnn.bidirectional else 1
             top = h_n[-directions:]  # the top layer's final state of each direction: (D, N, H)
-            features = top.transpose(0, 1).reshape(len(x), -1)  # (N, D*H), forward first
+            # flatten, not reshape(len(x), -1): len() makes the batch size a constant in a traced or
+            # exported graph (trainwell export), which then takes batches of that size only.
+            features = top.transpose(0, 1).flatten(1)  # (N, D*H), forward first
         return self.head(self.dropout(features))
 
 
