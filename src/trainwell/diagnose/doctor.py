@@ -41,7 +41,9 @@ _OPTIMIZERS = ("sgd", "adam", "adamw")
 # ----------------------------------------------------------------------------- records -> stats
 
 
-def _op(module: nn.Module) -> str:
+def _op(module: nn.Module | None, function: str | None = None) -> str:
+    if module is None:  # a functional activation
+        return f"{function}()"
     if isinstance(module, nn.Linear):
         return f"Linear({module.in_features}->{module.out_features})"
     if isinstance(module, nn.modules.conv._ConvNd):
@@ -50,7 +52,7 @@ def _op(module: nn.Module) -> str:
     return type(module).__name__
 
 
-def _units(module: nn.Module) -> int | None:
+def _units(module: nn.Module | None) -> int | None:
     if isinstance(module, nn.Linear):
         return module.out_features
     if isinstance(module, nn.modules.conv._ConvNd):
@@ -71,7 +73,7 @@ def layer_stats(records: list[LayerRecord]) -> list[LayerStats]:
         rows.append(LayerStats(
             name=r.key,
             kind=r.kind,
-            op=_op(r.module),
+            op=_op(r.module, r.function),
             units=_units(r.module),
             depth=depth,
             activation=r.info.name if r.info is not None else getattr(r.module, "follows", None),
