@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+import trainwell
 from trainwell.diagnose import Recorder, diagnose_model
 from trainwell.diagnose.recorder import FUNCTIONAL_ACTIVATIONS, FunctionalActivation, functional_activations
 
@@ -278,3 +279,7 @@ def test_a_forward_that_raises_on_a_sampled_step_leaves_no_mode_behind():
         rec.model(torch.randn(2, 4))
     assert _mode_depth() == 0
     rec.close()
+
+
+def test_diagnose_model_is_exported_at_the_top_level():
+    assert trainwell.diagnose_model is diagnose_model and "diagnose_model" in trainwell.__all__
