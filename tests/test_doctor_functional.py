@@ -1,9 +1,11 @@
 """The doctor on anyone's PyTorch model: functional activations (F.relu, torch.tanh, x.sigmoid(), x.relu_())
-recorded like activation modules."""
+recorded like activation modules, and ``--model FILE.py:CLASS`` on the command line."""
 
 from __future__ import annotations
 
 import dataclasses
+import json
+import math
 
 import pytest
 import torch
@@ -283,3 +285,161 @@ def test_a_forward_that_raises_on_a_sampled_step_leaves_no_mode_behind():
 
 def test_diagnose_model_is_exported_at_the_top_level():
     assert trainwell.diagnose_model is diagnose_model and "diagnose_model" in trainwell.__all__
+
+
+# ----------------------------------------------------------------------------- --model FILE.py:CLASS
+
+SMALL_NET = '''
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+class Small(nn.Module):
+    """A functional CNN for 8x8 digits."""
+
+    def __init__(self, channels=4):
+        super().__init__()
+        self.conv = nn.Conv2d(1, channels, 3, padding=1)
+        self.fc = nn.Linear(channels * 16, 10)
+
+    def forward(self, x):
+        x = F.max_pool2d(F.relu(self.conv(x)), 2)
+        return self.fc(torch.flatten(x, 1))
+
+
+class Wide(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(64, 7)
+
+    def forward(self, x):
+        return self.fc(torch.flatten(x, 1))
+
+
+class NotAModule:
+    pass
+
+
+def helper():
+    return 1
+
+
+if __name__ == "__main__":
+    raise SystemExit("the file's main block ran")
+'''
+
+
+@pytest.fixture
+def user_file(tmp_path):
+    # Named like an installed package: the file is imported by its path, never the module of that name.
+    path = tmp_path / "torch.py"
+    path.write_text(SMALL_NET)
+    return path
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> tuple[str, str]:
+    """8x8 one-channel images of 10 classes, as digits (whose loader imports scikit-learn: seconds);
+    ``flat.npz`` beside it: vectors of 40 features, data no conv net of the file is written for."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    folder = tmp_path_factory.mktemp("data")
+    np.savez(folder / "images.npz", x=rng.random((200, 1, 8, 8), dtype=np.float32), y=np.arange(200) % 10)
+    np.savez(folder / "flat.npz", x=rng.random((200, 40), dtype=np.float32), y=np.arange(200) % 10)
+    return "data.name=npz", f"data.path={folder / 'images.npz'}"
+
+
+def _main(capsys, *argv: str) -> tuple[int, str, str]:
+    from trainwell.cli.app import main
+
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_doctor_on_a_model_class_in_the_users_file(user_file, data, tmp_path, capsys):
+    out_dir = tmp_path / "doctor"
+    code, out, err = _main(capsys, "doctor", "--model", f"{user_file}:Small", "--model-args", '{"channels": 6}',
+                           *data, "--json", "--no-plots", "--out", str(out_dir))
+    assert code == 0, err
+    layers = {row["name"]: row for row in json.loads(out)["layers"]}
+    assert list(layers) == ["net.conv", "net.conv→relu", "net.fc"]
+    assert layers["net.conv"]["units"] == 6 and layers["net.conv→relu"]["op"] == "F.relu()"
+    assert math.isfinite(layers["net.conv→relu"]["dead_fraction"])
+    assert (out_dir / "report.json").is_file()
+
+
+def test_train_a_model_class_in_the_users_file_as_a_custom_model(user_file, data, tmp_path, capsys):
+    from trainwell.train.load import read_card
+
+    out_dir = tmp_path / "run"
+    code, _, err = _main(capsys, "train", "--model", f"{user_file}:Small", *data, "train.epochs=1",
+                         "train.plots=false", "--quiet", "--out", str(out_dir))
+    assert code == 0, err
+    card = read_card(out_dir)
+    assert card["custom_model"] is True and card["model"] == "custom"
+    code, _, err = _main(capsys, "evaluate", str(out_dir))  # what load_run says of a custom model
+    assert code == 2 and "custom nn.Module" in err
+    code, _, err = _main(capsys, "train", "--resume", str(out_dir), "train.epochs=2", "--quiet")
+    assert code == 2 and "--resume RUN_DIR --model FILE.py:CLASS" in err
+    code, _, err = _main(capsys, "train", "--resume", str(out_dir), "--model", f"{user_file}:Small", "train.epochs=2",
+                         "--quiet")
+    assert code == 0, err
+    assert json.loads((out_dir / "summary.json").read_text())["epochs"] == 2
+
+
+def _refusal(capsys, *argv: str) -> str:
+    code, out, err = _main(capsys, *argv)
+    assert code == 2 and "Traceback" not in err and err.startswith("trainwell: error: --")
+    assert err.count("\n") == 1, err
+    return err
+
+
+@pytest.mark.parametrize("command", ["doctor", "train"])
+def test_every_model_mistake_is_one_line(user_file, data, tmp_path, capsys, command):
+    base = (command, *data, "--out", str(tmp_path / "never"))
+    spec = f"{user_file}:Small"
+    missing = tmp_path / "missing.py"
+    assert f"'{missing}' does not exist" in _refusal(capsys, *base, "--model", f"{missing}:Net")
+    text = tmp_path / "net.txt"
+    text.write_text(SMALL_NET)
+    assert "is not a .py file" in _refusal(capsys, *base, "--model", f"{text}:Small")
+    broken = tmp_path / "broken.py"
+    broken.write_text("import torch\n\nraise RuntimeError('no GPU here\\nsecond line')\n")
+    err = _refusal(capsys, *base, "--model", f"{broken}:Net")
+    assert f"importing '{broken}' failed (line 3): RuntimeError: no GPU here;" in err
+    assert "has no class 'Nett'; its nn.Module classes: Small, Wide." in _refusal(capsys, *base, "--model",
+                                                                                  f"{user_file}:Nett")
+    assert "'helper' in" in _refusal(capsys, *base, "--model", f"{user_file}:helper")
+    assert "not an nn.Module subclass; its nn.Module classes: Small, Wide" in _refusal(
+        capsys, *base, "--model", f"{user_file}:NotAModule")
+    assert "--model takes FILE.py:CLASS" in _refusal(capsys, *base, "--model", str(user_file))
+    assert "got a JSON list" in _refusal(capsys, *base, "--model", spec, "--model-args", "[4]")
+    assert "must be a JSON object" in _refusal(capsys, *base, "--model", spec, "--model-args", "{channels: 4}")
+    err = _refusal(capsys, *base, "--model", spec, "--model-args", '{"width": 4}')
+    assert "Small(width=4) failed: TypeError:" in err and "the class takes Small(channels=4)" in err
+    assert "--model-args gives the keyword arguments" in _refusal(capsys, *base, "--model-args", "{}")
+    err = _refusal(capsys, *base, "--model", spec, data[1].replace("images.npz", "flat.npz"))
+    assert "its forward failed on data.name=npz's examples (a batch of shape (2, 40)): RuntimeError:" in err
+    assert "needs (2, 10): one score per class" in _refusal(capsys, *base, "--model", f"{user_file}:Wide")
+    assert not (tmp_path / "never").exists()
+
+
+def test_model_refusals_of_each_command(user_file, tmp_path, capsys):
+    spec = f"{user_file}:Small"
+    assert "--model trains in one process for now; drop --nproc" in _refusal(
+        capsys, "train", "--model", spec, "--nproc", "2")
+    assert "a run directory has its own model" in _refusal(capsys, "doctor", str(tmp_path), "--model", spec)
+    assert "with --model, run the doctor without --fix" in _refusal(capsys, "doctor", "--fix", "--model", spec)
+
+
+def test_the_help_says_only_the_users_file_is_imported(capsys):
+    from trainwell.cli.app import build_parser
+
+    for command in ("train", "doctor"):
+        with pytest.raises(SystemExit):
+            build_parser().parse_args([command, "--help"])
+        text = " ".join(capsys.readouterr().out.split())
+        assert "FILE.py:CLASS" in text and "Only that file is imported, by its path (not a module from sys.path" in text
