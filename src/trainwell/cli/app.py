@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from trainwell.cli.usermodel import add_model_arguments, check_model_arguments, user_model
 from trainwell.errors import TrainwellError
 from trainwell.formatting import percent
 
@@ -80,6 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "under torchrun (README, 'Scaling out')")
     p.add_argument("--master-port", type=int, default=None, metavar="PORT",
                    help="with --nproc: the rendezvous port on 127.0.0.1 (default: a free one)")
+    add_model_arguments(p)
     add_output_args(p)
     p.set_defaults(handler=cmd_train)
 
@@ -160,14 +162,20 @@ def cmd_train(args: argparse.Namespace) -> int:
 
         raise ConfigError("--resume RUN_DIR continues that folder with its own config; drop --out, --overwrite "
                           "and -c.")
+    check_model_arguments(args)
+    if args.model is not None and (args.nproc != 1 or launched_size() > 1):
+        from trainwell.errors import ConfigError
+
+        raise ConfigError("--model trains in one process for now; drop --nproc (or torchrun).")
     if launched_size() > 1:  # a rank of a data-parallel run (started by --nproc or torchrun)
         return _train_as_rank(args, cfg)
     if args.nproc != 1:
         return _launch_train(args, cfg)
+    custom = user_model(args.model, args.model_args, cfg)  # --model: trained as a custom model
     if args.resume is not None:
-        run = train(resume=args.resume, overrides=args.overrides, quiet=args.quiet)
+        run = train(resume=args.resume, overrides=args.overrides, quiet=args.quiet, **custom)
     else:
-        run = train(cfg, out=args.out, overwrite=args.overwrite, quiet=args.quiet)
+        run = train(cfg, out=args.out, overwrite=args.overwrite, quiet=args.quiet, **custom)
     return 0 if not run.summary.get("diverged") else 1
 
 

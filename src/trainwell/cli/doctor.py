@@ -3,6 +3,7 @@
     trainwell doctor [key=value ...]            # the model a config would train, at initialisation
     trainwell doctor preset=mnist1d --epochs 3  # ... and during 3 epochs of training (no run dir)
     trainwell doctor RUN_DIR                    # a finished run: its model on its data, its history
+    trainwell doctor --model mynet.py:Net       # your own nn.Module class, on the configured data
     options: --json (print the report as JSON), --strict (exit 1 on a warning or an error),
              --out DIR (where report.json and the plots go), -c FILE, --batch-size N, --every N
 
@@ -18,6 +19,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from trainwell.cli.usermodel import add_model_arguments, check_model_arguments, user_model
 from trainwell.diagnose.thresholds import SAMPLE_EVERY
 from trainwell.errors import ConfigError
 
@@ -34,8 +36,13 @@ HELP = "diagnose a model's health (init, training or a run dir): findings with e
 DESCRIPTION = (
     "Record per-layer statistics (activations, dead and saturated units, gradients, update ratios) and "
     "give verdicts with evidence and a fix. TARGET is a run directory, or key=value overrides of the config "
-    "(the model trainwell train would build, diagnosed at initialisation; --epochs N also trains it N epochs)."
+    "(the model trainwell train would build, diagnosed at initialisation; --epochs N also trains it N epochs), "
+    "or with --model FILE.py:CLASS your own nn.Module class on the configured data."
 )
+DOCTOR_MODEL_HELP = ("config mode: diagnose your own nn.Module, a class in your Python file, as FILE.py:CLASS "
+                     "(e.g. mynet.py:Net), built with no arguments or with --model-args, on the configured data. "
+                     "Only that file is imported, by its path (not a module from sys.path, and its folder is not "
+                     "added to sys.path)")
 
 
 def add_doctor_parser(sub: Any) -> argparse.ArgumentParser:
@@ -53,6 +60,7 @@ def add_doctor_parser(sub: Any) -> argparse.ArgumentParser:
                    help="where report.json and the plots go (default: a new folder under runs/)")
     p.add_argument("--overwrite", action="store_true", help="replace the contents of an existing --out folder")
     p.add_argument("--no-plots", action="store_true", help="write report.json only")
+    add_model_arguments(p, DOCTOR_MODEL_HELP)
     p.add_argument("--fix", action="store_true",
                    help="config mode: propose a corrected config for the findings and diagnose it again")
     p.add_argument("--apply", metavar="FILE",
@@ -76,11 +84,15 @@ def run_doctor(args: argparse.Namespace) -> tuple[Any, Path]:
         raise ConfigError(f"--batch-size must be >= 2, got {args.batch_size}.")
     if args.epochs < 0:
         raise ConfigError(f"--epochs must be >= 0, got {args.epochs}.")
+    check_model_arguments(args)
     target = list(args.target)
     if target and "=" not in target[0]:
         if not _is_run_dir(target[0]):
             raise ConfigError(f"'{target[0]}' is neither a run directory nor a key=value override; "
                               "pass a folder written by 'trainwell train' or overrides such as model.name=mlp.")
+        if args.model is not None:
+            raise ConfigError("--model diagnoses your class on the configured data; a run directory has its own "
+                              "model: drop --model or the run directory.")
         if args.epochs:
             raise ConfigError("--epochs applies to a config, not to a run directory; drop it or pass overrides.")
         run_dir, overrides = target[0], target[1:]
@@ -92,10 +104,12 @@ def run_doctor(args: argparse.Namespace) -> tuple[Any, Path]:
         from rich.console import Console
 
         cfg = resolve(target, args.config)
-        staged = staged_out_dir(args.out, "doctor", f"{cfg.data.name}-{cfg.model.name}", args.overwrite)
+        custom = user_model(args.model, args.model_args, cfg)
+        model_name = type(custom["model"]).__name__ if custom else cfg.model.name
+        staged = staged_out_dir(args.out, "doctor", f"{cfg.data.name}-{model_name}", args.overwrite)
         console = None if args.json else Console(stderr=True, soft_wrap=True)
         report = diagnose_config(cfg, batch_size=args.batch_size, epochs=args.epochs, every=args.every,
-                                 console=console)
+                                 console=console, **custom)
     with staged as out_dir:
         write_json(out_dir / "report.json", report.to_dict())
         write_json(out_dir / "summary.json", {"findings": report.to_dict()["findings"], "context": report.context})
@@ -134,6 +148,9 @@ def cmd_fix(args: argparse.Namespace) -> int:
     from trainwell.fileio import atomic_write_text, write_json
     from trainwell.train.rundir import staged_out_dir
 
+    if args.model is not None:
+        raise ConfigError("--fix proposes config changes (model.*, init.*, optim.*) for trainwell's own models; "
+                          "with --model, run the doctor without --fix and apply its fixes in your class.")
     target = list(args.target)
     if target and "=" not in target[0]:
         raise ConfigError("--fix works on a config (key=value overrides or -c FILE), not on a run directory; "

@@ -41,7 +41,9 @@ _OPTIMIZERS = ("sgd", "adam", "adamw")
 # ----------------------------------------------------------------------------- records -> stats
 
 
-def _op(module: nn.Module) -> str:
+def _op(module: nn.Module | None, function: str | None = None) -> str:
+    if module is None:  # a functional activation
+        return f"{function}()"
     if isinstance(module, nn.Linear):
         return f"Linear({module.in_features}->{module.out_features})"
     if isinstance(module, nn.modules.conv._ConvNd):
@@ -50,7 +52,7 @@ def _op(module: nn.Module) -> str:
     return type(module).__name__
 
 
-def _units(module: nn.Module) -> int | None:
+def _units(module: nn.Module | None) -> int | None:
     if isinstance(module, nn.Linear):
         return module.out_features
     if isinstance(module, nn.modules.conv._ConvNd):
@@ -71,7 +73,7 @@ def layer_stats(records: list[LayerRecord]) -> list[LayerStats]:
         rows.append(LayerStats(
             name=r.key,
             kind=r.kind,
-            op=_op(r.module),
+            op=_op(r.module, r.function),
             units=_units(r.module),
             depth=depth,
             activation=r.info.name if r.info is not None else getattr(r.module, "follows", None),
@@ -367,13 +369,16 @@ def diagnose_run(run_dir: str | Path, overrides: list[str] | dict[str, Any] | No
 
 
 def diagnose_config(config: Any = None, *, batch_size: int = 256, epochs: int = 0,
-                    every: int = SAMPLE_EVERY, splits: Any = None, console: Any = None) -> Report:
+                    every: int = SAMPLE_EVERY, splits: Any = None, console: Any = None,
+                    model: nn.Module | None = None) -> Report:
     """Diagnose the model a config would train, at initialisation; with ``epochs``, also train it that many
     epochs under a :class:`DoctorCallback` (no run directory is written) and merge both verdicts.
 
     ``config``: a Config, a mapping of dotted keys or a list of ``key=value`` strings. The model is
-    :func:`trainwell.train.build.build_classifier`'s, the one ``trainwell train`` starts from. The update
-    ratio at init is estimated for ``optim.name`` at ``optim.lr`` (skipped for ``optim.lr=auto``).
+    :func:`trainwell.train.build.build_classifier`'s, the one ``trainwell train`` starts from: the
+    registry's model of ``model.*``, or ``model`` (any nn.Module, as ``trainwell.train(model=...)`` takes)
+    behind the configured preprocessing. The update ratio at init is estimated for ``optim.name`` at
+    ``optim.lr`` (skipped for ``optim.lr=auto``).
     """
     from trainwell.config import Config, resolve
     from trainwell.data import load_splits
@@ -383,10 +388,10 @@ def diagnose_config(config: Any = None, *, batch_size: int = 256, epochs: int = 
     check_names(cfg)
     if splits is None:
         splits = load_splits(cfg.data)
-    model = build_classifier(cfg, splits)
+    classifier = build_classifier(cfg, splits, model)
     x, y = _batch(splits.train, batch_size, cfg.train.seed)
     lr = cfg.optim.lr if isinstance(cfg.optim.lr, (int, float)) else None
-    init = diagnose_model(model, x, y, lr, optimizer=cfg.optim.name, context="init")
+    init = diagnose_model(classifier, x, y, lr, optimizer=cfg.optim.name, context="init")
     if epochs <= 0:
         return init
     from trainwell.train.build import with_lr
@@ -396,10 +401,10 @@ def diagnose_config(config: Any = None, *, batch_size: int = 256, epochs: int = 
     device = resolve_device(cfg.train.device)
     cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, epochs=epochs))
     if lr is None:  # optim.lr=auto: resolved before the optimiser or the doctor sees it
-        lr = lr_range_test(model, splits, cfg, device).suggested_lr
+        lr = lr_range_test(classifier, splits, cfg, device).suggested_lr
         cfg = with_lr(cfg, lr)
-    state = build_state(model, cfg, len(splits.train), device)
-    doctor = DoctorCallback(model, every=every, console=console, peak_lr=lr)
+    state = build_state(classifier, cfg, len(splits.train), device)
+    doctor = DoctorCallback(classifier, every=every, console=console, peak_lr=lr)
     try:
         fit(state, splits.train, splits.val, LoopSettings.from_config(cfg, splits.num_classes), callbacks=[doctor])
     finally:

@@ -13,19 +13,36 @@ Design (why it is cheap):
   clipping included), which ``lr * grad`` would not be.
 * Everything stays in device tensors (:class:`~trainwell.diagnose.stats.LayerAccumulator`); the host
   reads them once, in :meth:`Recorder.read`.
+* Under ``torch.compile`` (train.compile) the recorder's work on a sampled step runs eagerly: each of
+  its hooks is ``torch.compiler.disable``-d (:func:`_eager`), so dynamo never traces its bookkeeping, nor
+  its tensor operations through the functional mode below (which dynamo fails on).
+
+Functional activations (``F.relu(x)``, ``torch.tanh(x)``, ``x.sigmoid()``, ``x.relu_()``, ...: see
+:data:`FUNCTIONAL_ACTIVATIONS`), which module hooks cannot see, are caught on sampled steps by a
+``torch.overrides.TorchFunctionMode`` entered by the model's forward pre-hook and left by its forward
+hook: the sampled forward alone pays for it, and other steps do not have it. They get the same statistics
+as the activation module of the same name (its :class:`ActivationInfo`, so the same dead and saturation
+tests); a call made inside an activation module's own forward (``nn.ReLU`` calls ``F.relu``) is the
+module's, recorded once, by its hook.
 
 Layers are keyed by module name, with ``#k`` for the k-th extra call of a module reused in one
-forward (a shared ``self.act``), in the order they first run: that order is the depth.
+forward (a shared ``self.act``), in the order they first run: that order is the depth. A functional
+activation is keyed ``<previous>→<activation>``: the key of the call site recorded just before it in
+the forward (a Linear/Conv, a norm, an activation) or ``input``, and the activation's name, e.g.
+``fc1→relu`` for ``F.relu(self.fc1(x))``; ``#k`` again tells repeats apart.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+import functools
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar, cast
 
 import torch
 from torch import Tensor, nn
+from torch.overrides import TorchFunctionMode
 
 from trainwell.diagnose.stats import (
     LayerAccumulator,
@@ -40,6 +57,14 @@ from trainwell.errors import ConfigError
 from trainwell.nn.layers import NORM_LAYERS
 
 
+_Hook = TypeVar("_Hook", bound=Callable[..., Any])
+
+
+def _eager(hook: _Hook) -> _Hook:
+    """``torch.compiler.disable`` (see the module docstring), typed."""
+    return cast(_Hook, torch.compiler.disable(hook))
+
+
 @dataclass(frozen=True)
 class ActivationInfo:
     """What the doctor needs to know about an activation module."""
@@ -50,6 +75,7 @@ class ActivationInfo:
     bounds: tuple[float, float] | None  # output range of a saturating (squashing) unit
 
 
+@functools.cache
 def _activation_table() -> dict[type[nn.Module], ActivationInfo]:
     """Module type -> ActivationInfo, from trainwell's ACTIVATIONS metadata plus common torch extras."""
     from trainwell.nn.activations import ACTIVATIONS
@@ -78,21 +104,72 @@ def _activation_table() -> dict[type[nn.Module], ActivationInfo]:
     return table
 
 
-_TABLE: dict[type[nn.Module], ActivationInfo] | None = None
-
-
 def activation_info(module: nn.Module) -> ActivationInfo | None:
     """The ActivationInfo of an activation module, or None for any other module.
 
     ``nn.Hardtanh`` (not a subclass of the above) saturates at its ``min_val``/``max_val``.
     """
-    global _TABLE
-    if _TABLE is None:
-        _TABLE = _activation_table()
-    info = _TABLE.get(type(module))
+    info = _activation_table().get(type(module))
     if info is None and type(module) is nn.Hardtanh:
-        info = ActivationInfo("hardtanh", "sigmoid", False, (float(module.min_val), float(module.max_val)))
+        info = _hardtanh_info(module.min_val, module.max_val)
     return info
+
+
+def _hardtanh_info(min_val: float, max_val: float) -> ActivationInfo:
+    return ActivationInfo("hardtanh", "sigmoid", False, (float(min_val), float(max_val)))
+
+
+#: The functional activations the recorder sees, by the activation they compute: the name of the
+#: :class:`ActivationInfo` of its module (a registry entry of :data:`trainwell.nn.activations.ACTIVATIONS`,
+#: or one of :func:`_activation_table`'s extras), so a call gets the module's dead and saturation tests.
+#: Each label is a distinct function object: ``F.tanh``/``F.sigmoid`` call ``Tensor.tanh``/``Tensor.sigmoid``
+#: (the mode is handed those), and ``F.relu_``, ``F.selu_``, ``F.celu_``, ``F.rrelu_`` are the ``torch.`` ones.
+FUNCTIONAL_ACTIVATIONS: dict[str, tuple[str, ...]] = {
+    "relu": ("F.relu", "torch.relu", "torch.relu_", "Tensor.relu", "Tensor.relu_"),
+    "tanh": ("torch.tanh", "torch.tanh_", "Tensor.tanh", "Tensor.tanh_"),
+    "sigmoid": ("torch.sigmoid", "torch.sigmoid_", "Tensor.sigmoid", "Tensor.sigmoid_"),
+    "leaky_relu": ("F.leaky_relu", "F.leaky_relu_"),
+    "elu": ("F.elu", "F.elu_"),
+    "selu": ("F.selu", "torch.selu", "torch.selu_"),
+    "celu": ("F.celu", "torch.celu", "torch.celu_"),
+    "gelu": ("F.gelu",),
+    "silu": ("F.silu",),
+    "mish": ("F.mish",),
+    "softplus": ("F.softplus",),
+    "relu6": ("F.relu6",),
+    "hardtanh": ("F.hardtanh", "F.hardtanh_"),
+    "hardsigmoid": ("F.hardsigmoid",),
+    "hardswish": ("F.hardswish",),
+    "softsign": ("F.softsign",),
+    "prelu": ("F.prelu",),
+    "rrelu": ("F.rrelu", "torch.rrelu", "torch.rrelu_"),
+}
+
+
+@dataclass(frozen=True)
+class FunctionalActivation:
+    """One function of :data:`FUNCTIONAL_ACTIVATIONS`: how it is written and what it computes."""
+
+    label: str  # e.g. "F.relu", "Tensor.relu_"
+    name: str  # the activation, e.g. "relu"
+
+    def info(self, args: tuple, kwargs: dict[str, Any]) -> ActivationInfo:
+        """Its ActivationInfo; a hardtanh's bounds are the call's ``min_val``/``max_val``."""
+        if self.name == "hardtanh":
+            min_val = args[1] if len(args) > 1 else kwargs.get("min_val", -1.0)
+            max_val = args[2] if len(args) > 2 else kwargs.get("max_val", 1.0)
+            return _hardtanh_info(min_val, max_val)
+        return next(info for info in _activation_table().values() if info.name == self.name)
+
+
+@functools.cache
+def functional_activations() -> dict[Any, FunctionalActivation]:
+    """The function object (what a TorchFunctionMode is handed) -> :class:`FunctionalActivation`."""
+    import torch.nn.functional as F
+
+    spaces = {"F": F, "torch": torch, "Tensor": torch.Tensor}
+    return {getattr(spaces[label.split(".")[0]], label.split(".")[1]): FunctionalActivation(label, name)
+            for name, labels in FUNCTIONAL_ACTIVATIONS.items() for label in labels}
 
 
 def input_module(model: nn.Module) -> nn.Module:
@@ -106,12 +183,14 @@ def input_module(model: nn.Module) -> nn.Module:
 
 @dataclass
 class Site:
-    """A tracked module: its name, kind ('linear', 'conv', 'activation', 'norm') and activation info."""
+    """A tracked module, or a functional activation's call site (``module`` None, ``function`` its label):
+    its name, kind ('linear', 'conv', 'activation', 'norm') and activation info."""
 
     name: str
-    module: nn.Module
+    module: nn.Module | None
     kind: str
     info: ActivationInfo | None = None
+    function: str | None = None  # e.g. "F.relu"
 
 
 def _sites(model: nn.Module) -> list[Site]:
@@ -145,13 +224,14 @@ class LayerRecord:
     key: str
     name: str
     kind: str
-    module: nn.Module
+    module: nn.Module | None  # None for a functional activation
     info: ActivationInfo | None
     normalized: bool
     hist_range: tuple[float, float]
     values: dict[str, Any]
     examples: int
     samples: int
+    function: str | None = None  # a functional activation's label, e.g. "F.relu"
 
 
 class Recorder:
@@ -193,9 +273,14 @@ class Recorder:
         self.steps = 0
         self._step_handles: list[Any] = []
         self._snapshots: list[tuple[str, nn.Parameter, Tensor]] = []
-        self._calls: dict[int, int] = {}
+        self._calls: dict[int | str, int] = {}
         self._prev_weight: str | None = None
         self._last_weight_kind = "conv"
+        self._last_key: str | None = None  # the call site recorded last in this forward: names a functional one
+        self._functional_sites: dict[str, Site] = {}
+        self._functional_mode: _FunctionalActivationMode | None = None
+        self._inside_activation_module = 0  # its own F.relu is the module's, recorded by its hook
+        self._own_work = 0  # the recorder's own tensor operations, which the mode lets pass
         self._root = model.register_forward_pre_hook(self._on_forward)
 
     # ------------------------------------------------------------------ lifecycle
@@ -210,6 +295,7 @@ class Recorder:
         """Forget what was accumulated (keeps the hooks and the step counter)."""
         self.accs.clear()
         self.meta.clear()
+        self._functional_sites.clear()
         self.normalized.clear()
         self.inputs, self.inputs_all, self.input_examples, self.input_nonfinite = Moments(), Moments(), 0, None
         self.samples = 0
@@ -233,23 +319,57 @@ class Recorder:
                 # A pre-hook added while the model's own pre-hooks run is not called this time.
                 self._on_input(module, args)
 
+    @_eager
     def _install(self) -> None:
         self._calls = {}
         self._prev_weight = None
+        self._last_key = None
+        self._inside_activation_module = self._own_work = 0
         add = self._step_handles.append
         if self.input_site is not self.model:
             add(self.input_site.register_forward_pre_hook(self._on_input))
         for site in self.sites:
+            assert site.module is not None
+            if site.kind == "activation":
+                add(site.module.register_forward_pre_hook(self._enter_activation_module))
             add(site.module.register_forward_hook(self._forward_hook(site)))
             weight = getattr(site.module, "weight", None)
             if site.kind in ("linear", "conv") and isinstance(weight, nn.Parameter) and weight.requires_grad:
                 add(weight.register_post_accumulate_grad_hook(self._weight_hook(site.name)))
+        # Functional activations: seen from here to the end of this forward (always_call: also when it raises).
+        self._functional_mode = _FunctionalActivationMode(self)
+        self._functional_mode.__enter__()
+        add(self.model.register_forward_hook(self._end_of_sampled_forward, always_call=True))
+
+    @_eager
+    def _end_of_sampled_forward(self, module: nn.Module, args: tuple, output: Any) -> None:
+        self._leave_functional_mode()
+
+    def _leave_functional_mode(self) -> None:
+        if self._functional_mode is not None:
+            mode, self._functional_mode = self._functional_mode, None
+            mode.__exit__(None, None, None)
+
+    @_eager
+    def _enter_activation_module(self, module: nn.Module, args: tuple) -> None:
+        self._inside_activation_module += 1
+
+    @contextlib.contextmanager
+    def _recording(self) -> Iterator[None]:
+        """Around the recorder's own work in a hook: the functional mode lets its tensor operations pass."""
+        self._own_work += 1
+        try:
+            yield
+        finally:
+            self._own_work -= 1
 
     def _remove_step_hooks(self) -> None:
+        self._leave_functional_mode()  # (left already at the end of the sampled forward)
         for handle in self._step_handles:
             handle.remove()
         self._step_handles.clear()
 
+    @_eager
     def _on_input(self, module: nn.Module, args: tuple) -> None:
         x = args[0] if args else None
         if not isinstance(x, Tensor) or not x.is_floating_point() or x.ndim < 2:
@@ -263,9 +383,15 @@ class Recorder:
             self.input_nonfinite = bad if self.input_nonfinite is None else self.input_nonfinite | bad
 
     def _key(self, site: Site) -> str:
-        k = self._calls.get(id(site.module), 0)
-        self._calls[id(site.module)] = k + 1
-        return site.name if k == 0 else f"{site.name}#{k}"
+        return self._numbered(site.name, id(site.module))
+
+    def _numbered(self, name: str, identity: int | str) -> str:
+        """``name`` for the first call of a site in this forward, ``name#k`` for its k-th repeat."""
+        k = self._calls.get(identity, 0)
+        self._calls[identity] = k + 1
+        key = name if k == 0 else f"{name}#{k}"
+        self._last_key = key
+        return key
 
     def _accumulator(self, key: str, site: Site) -> LayerAccumulator:
         acc = self.accs.get(key)
@@ -279,30 +405,52 @@ class Recorder:
         return acc
 
     def _forward_hook(self, site: Site) -> Callable:
+        @_eager
         def hook(module: nn.Module, args: tuple, output: Any) -> None:
-            key = self._key(site)
-            if site.kind == "norm":
-                # The most recent weight layer feeds a norm: its output scale is reset (BN/LN/GN).
-                if self._prev_weight is not None:
-                    self.normalized.add(self._prev_weight)
-                return
-            if not isinstance(output, Tensor) or not output.is_floating_point():
-                return
             if site.kind == "activation":
-                self._prev_weight = None
-                # Units: features after a Linear (last axis), channels after a Conv (axis 1).
-                unit_dim = -1 if self._last_weight_kind == "linear" or output.ndim == 2 else 1
-            else:
-                self._prev_weight = key
-                self._last_weight_kind = site.kind
-                unit_dim = -1 if site.kind == "linear" else 1
-            acc = self._accumulator(key, site)
-            with torch.no_grad():
-                acc.update_output(output, unit_dim)
-            if output.requires_grad and torch.is_grad_enabled():
-                output.register_hook(lambda g, acc=acc: acc.update_grad(g))
+                self._inside_activation_module -= 1
+            with self._recording():
+                self._record(self._key(site), site, output)
 
         return hook
+
+    @_eager
+    def _on_functional(self, function: FunctionalActivation, args: tuple, kwargs: dict[str, Any],
+                       output: Any) -> None:
+        """A functional activation returned ``output`` (the mode calls this on sampled forwards)."""
+        if self._inside_activation_module or self._own_work:
+            return
+        with self._recording():
+            name = f"{self._last_key or 'input'}→{function.name}"
+            key = self._numbered(name, name)
+            site = self._functional_sites.get(key)
+            if site is None:
+                site = Site(key, None, "activation", function.info(args, kwargs), function.label)
+                self._functional_sites[key] = site
+            self._record(key, site, output)
+
+    def _record(self, key: str, site: Site, output: Any) -> None:
+        """One call site's output: its statistics now, its gradient's in the backward pass."""
+        if site.kind == "norm":
+            # The most recent weight layer feeds a norm: its output scale is reset (BN/LN/GN).
+            if self._prev_weight is not None:
+                self.normalized.add(self._prev_weight)
+            return
+        if not isinstance(output, Tensor) or not output.is_floating_point():
+            return
+        if site.kind == "activation":
+            self._prev_weight = None
+            # Units: features after a Linear (last axis), channels after a Conv (axis 1).
+            unit_dim = -1 if self._last_weight_kind == "linear" or output.ndim == 2 else 1
+        else:
+            self._prev_weight = key
+            self._last_weight_kind = site.kind
+            unit_dim = -1 if site.kind == "linear" else 1
+        acc = self._accumulator(key, site)
+        with torch.no_grad():
+            acc.update_output(output, unit_dim)
+        if output.requires_grad and torch.is_grad_enabled():
+            output.register_hook(lambda g, acc=acc: acc.update_grad(g))
 
     def _weight_hook(self, name: str) -> Callable:
         def hook(param: nn.Parameter) -> None:
@@ -354,11 +502,31 @@ class Recorder:
         for key, acc in self.accs.items():
             site, _ = self.meta[key]
             records.append(LayerRecord(key, site.name, site.kind, site.module, site.info, key in self.normalized,
-                                       (acc.lo, acc.hi), host[key], acc.examples, acc.samples))
+                                       (acc.lo, acc.hi), host[key], acc.examples, acc.samples, site.function))
         inputs = host.get("__input__")
         if inputs is not None:
             inputs["examples"] = self.input_examples
         return records, inputs
+
+
+class _FunctionalActivationMode(TorchFunctionMode):
+    """Hands every functional activation of a sampled forward (:func:`functional_activations`) to the recorder."""
+
+    def __init__(self, recorder: Recorder) -> None:
+        super().__init__()
+        self.recorder = recorder
+        self.functions = functional_activations()
+
+    def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: dict[str, Any] | None = None) -> Any:
+        kwargs = kwargs or {}
+        output = func(*args, **kwargs)  # the mode is off inside: F.relu's own call of torch.relu is not seen
+        try:
+            function = self.functions.get(func)
+        except TypeError:  # an unhashable callable: no activation of the table
+            return output
+        if function is not None:
+            self.recorder._on_functional(function, args, kwargs, output)
+        return output
 
 
 def estimator(lr: float, optimizer: str = "sgd") -> Callable[[Tensor, Tensor], Tensor]:

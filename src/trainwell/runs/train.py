@@ -314,7 +314,8 @@ def check_ensemble_keys(cfg: Config, *, custom_model: bool = False, custom_data:
 def _check_resumable(run_dir: Path, model: nn.Module | None, prepare: Any) -> None:
     card = read_card(run_dir)
     if card.get("custom_model") and model is None:
-        raise RunDirError(f"run '{run_dir}' used a custom nn.Module; resume it from Python: "
+        raise RunDirError(f"run '{run_dir}' used a custom nn.Module; resume it with the same class: "
+                          "trainwell train --resume RUN_DIR --model FILE.py:CLASS, or from Python: "
                           "trainwell.train(resume=RUN_DIR, model=YourModule()).")
     if card.get("prepared") and prepare is None:
         raise RunDirError(f"run '{run_dir}' was trained by trainwell finetune, which cannot be resumed yet; run the "
