@@ -247,6 +247,9 @@ class DoctorCallback(Callback):
         """The latest epoch's report (None before the first epoch ends)."""
         return self.reports[-1] if self.reports else None
 
+    def on_fit_start(self, event: Any) -> None:
+        self.recorder.run_hooks_eagerly()  # (the loop has compiled its forward by now, if train.compile)
+
     def on_step_end(self, event: Any) -> None:
         self.recorder.flush_updates()
 

@@ -14,8 +14,10 @@ Design (why it is cheap):
 * Everything stays in device tensors (:class:`~trainwell.diagnose.stats.LayerAccumulator`); the host
   reads them once, in :meth:`Recorder.read`.
 * Under ``torch.compile`` (train.compile) the recorder's work on a sampled step runs eagerly: each of
-  its hooks is ``torch.compiler.disable``-d (:func:`_eager`), so dynamo never traces its bookkeeping, nor
-  its tensor operations through the functional mode below (which dynamo fails on).
+  its hooks marked :func:`_eager` is ``torch.compiler.disable``-d (:meth:`Recorder.run_hooks_eagerly`),
+  so dynamo never traces its bookkeeping, nor its tensor operations through the functional mode below
+  (which dynamo fails on). Done once dynamo is loaded (compile is on), not at import: importing dynamo
+  costs seconds that a run without compile must not pay.
 
 Functional activations (``F.relu(x)``, ``torch.tanh(x)``, ``x.sigmoid()``, ``x.relu_()``, ...: see
 :data:`FUNCTIONAL_ACTIVATIONS`), which module hooks cannot see, are caught on sampled steps by a
@@ -35,10 +37,11 @@ the forward (a Linear/Conv, a norm, an activation) or ``input``, and the activat
 from __future__ import annotations
 
 import contextlib
+import sys
 import functools
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, TypeVar, cast
+from typing import Any, TypeVar
 
 import torch
 from torch import Tensor, nn
@@ -61,8 +64,14 @@ _Hook = TypeVar("_Hook", bound=Callable[..., Any])
 
 
 def _eager(hook: _Hook) -> _Hook:
-    """``torch.compiler.disable`` (see the module docstring), typed."""
-    return cast(_Hook, torch.compiler.disable(hook))
+    """Marks a hook to run outside dynamo's tracing once compile is on (:meth:`Recorder.run_hooks_eagerly`)."""
+    hook.__trainwell_eager__ = True  # type: ignore[attr-defined]  # a marker on the function object
+    return hook
+
+
+def _dynamo_loaded() -> bool:
+    """Whether torch.compile has been used in this process (it imports dynamo; nothing else here does)."""
+    return "torch._dynamo" in sys.modules
 
 
 @dataclass(frozen=True)
@@ -260,6 +269,9 @@ class Recorder:
         self.flush_on_forward = flush_on_forward
         self.bins = bins
         self.sites = _sites(model)
+        self._eager_hooks = False
+        if _dynamo_loaded():
+            self.run_hooks_eagerly()
         self.unseen = unseen_modules(model)
         self.input_site = input_module(model)
         self.accs: dict[str, LayerAccumulator] = {}
@@ -299,6 +311,18 @@ class Recorder:
         self.normalized.clear()
         self.inputs, self.inputs_all, self.input_examples, self.input_nonfinite = Moments(), Moments(), 0, None
         self.samples = 0
+
+    def run_hooks_eagerly(self) -> None:
+        """Every :func:`_eager` hook of this recorder ``torch.compiler.disable``-d (idempotent). Called when
+        the recorder is made after torch.compile was used, and by the doctor's callback at the fit's start
+        (the loop compiles its forward before it): before any sampled forward, never inside a trace."""
+        if self._eager_hooks or not _dynamo_loaded():
+            return
+        for name in dir(type(self)):
+            method = getattr(type(self), name, None)
+            if getattr(method, "__trainwell_eager__", False):
+                setattr(self, name, torch.compiler.disable(getattr(self, name)))
+        self._eager_hooks = True
 
     # ------------------------------------------------------------------ hooks
 
@@ -405,14 +429,13 @@ class Recorder:
         return acc
 
     def _forward_hook(self, site: Site) -> Callable:
-        @_eager
         def hook(module: nn.Module, args: tuple, output: Any) -> None:
             if site.kind == "activation":
                 self._inside_activation_module -= 1
             with self._recording():
                 self._record(self._key(site), site, output)
 
-        return hook
+        return torch.compiler.disable(hook) if self._eager_hooks else hook
 
     @_eager
     def _on_functional(self, function: FunctionalActivation, args: tuple, kwargs: dict[str, Any],
