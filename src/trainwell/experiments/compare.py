@@ -1,4 +1,4 @@
-"""Ablations over seeds: a grid of configs × seeds, run on a process pool, resumable.
+"""Ablations over seeds: a grid of configs × seeds, run on a process pool or a Ray cluster, resumable.
 
 Python API::
 
@@ -9,8 +9,8 @@ Python API::
 
 Every run is an ordinary run directory (``out/runs/<cell>/seed-<s>``), so any of them can be
 evaluated, diagnosed or fine-tuned on its own. ``summary.json`` is written last by a run, so its
-presence marks a finished run: a compare started again with the same plan skips those. How the runs
-run is :mod:`trainwell.experiments.trials`' business.
+presence marks a finished run: a compare started again with the same plan skips those. Where the
+runs run is :mod:`trainwell.experiments.trials`' business (``backend="local"`` or ``"ray"``).
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from rich.console import Console
 
 from trainwell.config import Config, render, resolve, split_items
 from trainwell.errors import ConfigError, RunDirError, TrainwellError
-from trainwell.experiments.trials import MEASURES_FILE, Trial, make_runner
+from trainwell.experiments.trials import MEASURES_FILE, Backend, Trial, as_backend, backend_session, make_runner
 from trainwell.fileio import write_json
 from trainwell.train.rundir import read_json
 
@@ -250,19 +250,22 @@ def prepare_compare_dir(out: str | Path, plan: Plan, overwrite: bool) -> Path:
 
 
 def execute(plan: Plan, out: Path, workers: int | None = None, console: Console | None = None,
-            quiet: bool = False, configs: list[Config] | None = None) -> Execution:
+            quiet: bool = False, configs: list[Config] | None = None,
+            backend: str | Backend | None = None) -> Execution:
     """Run the plan's unfinished jobs; finished ones (a previous, interrupted call) are skipped.
 
     ``configs``: the result of :func:`validate` when the caller already checked the plan.
+    ``backend``: where the runs run (:class:`~trainwell.experiments.trials.Backend`; default local).
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, \
         TimeRemainingColumn
 
+    backend = as_backend(backend)
     configs = configs if configs is not None else validate(plan)
     all_jobs = jobs(plan, out)
     pending = [j for j in all_jobs if not is_finished(j, plan)]
     state = Execution(skipped=len(all_jobs) - len(pending))
-    runner = make_runner(workers, len(pending), configs)
+    runner = make_runner(backend, workers, len(pending), configs)
     console = console or Console(stderr=True, quiet=quiet)
     t0 = time.perf_counter()
     progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -284,7 +287,7 @@ def execute(plan: Plan, out: Path, workers: int | None = None, console: Console 
             console.print(f"[red]run failed[/] {job.run_dir}: {error}", highlight=False)
 
     trials = [Trial(i, job_config(configs[j.cell], j.seed), j.run_dir, plan.measure) for i, j in enumerate(pending)]
-    with progress:
+    with backend_session(backend), progress:
         task = progress.add_task(plan.title, total=len(all_jobs), completed=state.skipped, last="")
         with contextlib.closing(runner.run(trials)) as results:  # closed early: the runs not finished stop
             for result in results:

@@ -1,26 +1,32 @@
-"""How a compare's runs (trials) are executed.
+"""How a compare's runs (trials) are executed: the backend that runs them and the local implementation.
 
 :func:`trainwell.experiments.compare.execute` decides *which* runs are still to do; a
-:class:`TrialRunner` decides *where* they run and yields each one's outcome as it finishes.
-:class:`LocalRunner` runs them on this machine: in this process for one worker, else a process pool
-(``spawn``) of one worker per core on CPU, each with ``cores // workers`` torch threads, or one worker
-per visible GPU, each seeing only its own GPU (:func:`gpus_for_workers`).
+:class:`TrialRunner` decides *where* they run and yields each one's outcome as it finishes:
 
-One trial is :func:`execute_job`: train the run into its folder, then measure it.
+* ``local`` (:class:`LocalRunner`): this machine, in this process for one worker, else a process pool
+  (``spawn``) of one worker per core on CPU, each with ``cores // workers`` torch threads, or one worker
+  per visible GPU, each seeing only its own GPU (:func:`gpus_for_workers`).
+* ``ray`` (:class:`trainwell.experiments.ray_backend.RayRunner`): a Ray cluster, local or remote; the
+  finished run folders come back to this process as bytes, so the cluster needs no shared filesystem.
+
+Either way one trial is :func:`execute_job`: train the run into its folder, then measure it. The choice
+is a :class:`Backend`, made once per command (``--backend local|ray``); :func:`backend_session` holds a
+Ray cluster across every compare of a command (a lab with pretraining, ``lab all``), so it starts once.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
-from collections.abc import Callable, Generator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass
 from multiprocessing import get_context
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from trainwell.errors import ConfigError, TrainwellError
+from trainwell.errors import ConfigError, TrainwellError, unknown_name_message
 from trainwell.fileio import write_json
 from trainwell.train.rundir import read_json
 
@@ -30,6 +36,12 @@ if TYPE_CHECKING:  # annotations only: the local backend never imports a queue i
     from trainwell.config import Config
 
 MEASURES_FILE = "measures.json"
+BACKENDS = ("local", "ray")
+
+
+class BackendError(ConfigError):
+    """The backend cannot run trials (its flags, ray missing, ``--address`` unreachable, too few CPUs or
+    GPUs): one line, exit 2, and a whole lecture stops (every lab would fail alike)."""
 
 
 # ----------------------------------------------------------------------------- one trial
@@ -44,8 +56,8 @@ def execute_job(cfg: Config, run_dir: str, measure: str | None) -> dict[str, Any
     """Train one run into ``run_dir`` and measure it; returns its summary merged with its measures.
 
     An unfinished run of an interrupted compare continues from its newest checkpoint (exactly where
-    it was); a folder without one starts again. Top-level so a process pool can call it; ``cfg`` is
-    the typed Config (pickled to the worker, never re-parsed from text)."""
+    it was); a folder without one starts again. Top-level so a process pool or a Ray task can call
+    it; ``cfg`` is the typed Config (pickled to the worker, never re-parsed from text)."""
     from trainwell.train.checkpoint import CHECKPOINT_DIR
     from trainwell.runs.finetune import train_run
     from trainwell.runs.train import train
@@ -100,6 +112,87 @@ class TrialRunner(Protocol):
     """
 
     def run(self, trials: Sequence[Trial]) -> Generator[TrialResult, None, None]: ...
+
+
+# ----------------------------------------------------------------------------- the backend
+
+
+@dataclass(frozen=True)
+class Backend:
+    """Where trials run: ``local`` (this machine's process pool) or ``ray`` (a Ray cluster).
+
+    ``address``: a running cluster's head (``HOST:PORT``, what ``ray start --head`` prints); without
+    it, a Ray instance is started on this machine for the command and shut down after it.
+    ``cpus_per_trial``: cores Ray reserves for each run, and its torch threads (default 1).
+    ``gpus_per_trial``: GPUs Ray reserves for each run (default 0; a fraction shares one GPU).
+    """
+
+    name: str = "local"
+    address: str | None = None
+    cpus_per_trial: int | None = None
+    gpus_per_trial: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.name not in BACKENDS:
+            raise BackendError(unknown_name_message("backend", self.name, BACKENDS))
+        ray_only = [flag for flag, value in (("--address", self.address), ("--cpus-per-trial", self.cpus_per_trial),
+                                             ("--gpus-per-trial", self.gpus_per_trial)) if value is not None]
+        if self.name == "local" and ray_only:
+            verb, them = ("applies", "it") if len(ray_only) == 1 else ("apply", "them")
+            raise BackendError(f"{', '.join(ray_only)} {verb} to --backend ray; the local pool runs one trial per core "
+                               f"(or per GPU) on this machine: add --backend ray, or drop {them} (--workers K sets "
+                               "the pool's size).")
+        if self.cpus_per_trial is not None and (isinstance(self.cpus_per_trial, bool) or
+                                                not isinstance(self.cpus_per_trial, int) or self.cpus_per_trial < 1):
+            raise BackendError(f"--cpus-per-trial must be a whole number of cores, at least 1 (each run's torch "
+                               f"threads), got {self.cpus_per_trial}.")
+        if self.gpus_per_trial is not None and not self.gpus_per_trial >= 0:
+            raise BackendError(f"--gpus-per-trial must be at least 0 (a fraction such as 0.5 shares a GPU), "
+                               f"got {self.gpus_per_trial:g}.")
+        if self.address is not None:
+            from trainwell.experiments.ray_backend import parse_address  # the module imports ray only when used
+
+            parse_address(self.address)
+
+    @property
+    def cpus(self) -> int:
+        return self.cpus_per_trial if self.cpus_per_trial is not None else 1
+
+    @property
+    def gpus(self) -> float:
+        return self.gpus_per_trial if self.gpus_per_trial is not None else 0.0
+
+
+def as_backend(backend: str | Backend | None) -> Backend:
+    """``"local"``/``"ray"`` (defaults for the rest), a :class:`Backend`, or None (local)."""
+    if backend is None:
+        return Backend()
+    return backend if isinstance(backend, Backend) else Backend(backend)
+
+
+def check_backend(backend: Backend) -> Backend:
+    """The checks that need no cluster (for Ray: installed, ``--address`` answering), for a command line
+    to fail in a second, before its data is loaded; returns ``backend``."""
+    if backend.name == "ray":
+        from trainwell.experiments.ray_backend import preflight
+
+        preflight(backend)
+    return backend
+
+
+@contextlib.contextmanager
+def backend_session(backend: Backend) -> Iterator[None]:
+    """Hold the backend for a block: for Ray, the cluster is started or joined on entry (so a mistake,
+    such as too few CPUs or GPUs, fails before anything is written), reused by every compare inside the
+    block, and, if trainwell started it, shut down when the outermost block ends, also on an error or
+    Ctrl-C. The local pool needs nothing held: each compare starts and ends its own."""
+    if backend.name != "ray":
+        yield
+        return
+    from trainwell.experiments.ray_backend import ray_session
+
+    with ray_session(backend):
+        yield
 
 
 # ----------------------------------------------------------------------------- the local pool
@@ -224,10 +317,15 @@ class LocalRunner:
                     fut.cancel()
 
 
-def make_runner(workers: int | None, n_trials: int, configs: Sequence[Config]) -> TrialRunner:
-    """The runner for ``workers`` runs at once (None: :func:`default_workers`)."""
+def make_runner(backend: Backend, workers: int | None, n_trials: int, configs: Sequence[Config]) -> TrialRunner:
+    """The runner for ``backend``. ``workers``: runs at once (None: :func:`default_workers` for the local
+    pool; on Ray, as many as the cluster's free CPUs and GPUs allow)."""
     if workers is not None and workers < 1:
         raise ConfigError(f"--workers must be at least 1, got {workers}.")
+    if backend.name == "ray":
+        from trainwell.experiments.ray_backend import RayRunner
+
+        return RayRunner(backend, max_in_flight=workers)
     workers = workers or default_workers(n_trials, configs)
     gpus = gpus_for_workers(workers, visible_gpus()) if workers > 1 and uses_gpu_pool(configs) else []
     return LocalRunner(workers, gpus)
