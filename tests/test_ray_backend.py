@@ -10,7 +10,9 @@ silently skipped check would prove nothing: there they fail (the ``ray_package``
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
 import socket
 import threading
 import time
@@ -175,6 +177,25 @@ def test_a_quick_lab_runs_on_ray_with_its_measures(ray_cluster, tmp_path):
     assert len(runs) == 6 and all((r / "measures.json").is_file() for r in runs)  # measured on the node
     assert json.loads((tmp_path / "lab" / "summary.json").read_text())["runs_ran"] == 6
     assert outcome.verdict
+
+
+def test_sigterm_while_waiting_on_ray_still_ends_the_command_as_sigterm(ray_cluster):
+    """Ray turns what a signal handler raises into a bare KeyboardInterrupt; the CLI's SIGTERM (its own line,
+    exit 143) must come through."""
+    from trainwell.cli.app import Terminated, terminate_as_interrupt
+    from trainwell.experiments.ray_backend import sigterm_kept
+
+    sleeping = ray_cluster.remote(lambda: time.sleep(60)).remote()
+    threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGTERM)).start()
+    try:
+        with terminate_as_interrupt(), sigterm_kept():
+            ray_cluster.wait([sleeping], num_returns=1)
+        raised = None
+    except BaseException as exc:  # a bare KeyboardInterrupt must fail this test, not stop pytest
+        raised = exc
+    finally:
+        ray_cluster.cancel(sleeping, force=True)
+    assert isinstance(raised, Terminated) and raised.signum == signal.SIGTERM, repr(raised)
 
 
 def test_resources_no_node_has_are_one_line_before_anything_is_written(ray_cluster, capsys, tmp_path):

@@ -50,6 +50,7 @@ import signal
 import socket
 import tarfile
 import tempfile
+import threading
 from collections.abc import Generator, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -259,6 +260,35 @@ def place_run(archive: bytes, run_dir: Path) -> None:
 # ----------------------------------------------------------------------------- the runner
 
 
+@contextlib.contextmanager
+def sigterm_kept() -> Iterator[None]:
+    """Around a blocking Ray call: Ray turns whatever a signal handler raises into a bare KeyboardInterrupt,
+    which would lose the CLI's SIGTERM (its own line, exit 143); the handler's own exception is raised
+    instead."""
+    previous = signal.getsignal(signal.SIGTERM)
+    if not callable(previous) or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    raised: list[BaseException] = []
+
+    def recording(signum: int, frame: Any) -> Any:
+        try:
+            return previous(signum, frame)
+        except BaseException as exc:
+            raised.append(exc)
+            raise
+
+    signal.signal(signal.SIGTERM, recording)
+    try:
+        yield
+    except KeyboardInterrupt:
+        if raised:
+            raise raised[-1] from None
+        raise
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 @dataclass
 class RayRunner:
     """Trials as Ray tasks; ``max_in_flight`` (``--workers``) caps how many are submitted at once (None:
@@ -279,9 +309,10 @@ class RayRunner:
                 while waiting and (self.max_in_flight is None or len(in_flight) < self.max_in_flight):
                     trial = waiting.pop()
                     in_flight[task.remote(trial.cfg, trial.measure, self.backend.cpus)] = trial
-                ready, _ = ray.wait(list(in_flight), num_returns=1)
+                with sigterm_kept():
+                    ready, _ = ray.wait(list(in_flight), num_returns=1)
+                    outcome: RemoteOutcome = ray.get(ready[0])  # a task's other exception is raised here
                 trial = in_flight.pop(ready[0])
-                outcome: RemoteOutcome = ray.get(ready[0])  # a task's other exception is raised here
                 if outcome.error is not None:
                     yield TrialResult(trial, error=outcome.error)
                 else:
