@@ -207,6 +207,8 @@ def test_resources_no_node_has_are_one_line_before_anything_is_written(ray_clust
     assert "--cpus-per-trial 64, but the Ray instance on this machine has" in capsys.readouterr().err
     assert main(["train", *FAST, "--backend", "ray", "--out", str(tmp_path / "one")]) == 2
     assert "train.ensemble=K" in capsys.readouterr().err
+    assert main(["train", *FAST, "train.ensemble=2", "--nproc", "2", "--backend", "ray", "--out", str(tmp_path / "n")]) == 2
+    assert "--nproc (or torchrun) trains one run" in capsys.readouterr().err
     assert main(["lab", "all", "--quick", "--backend", "ray", "--gpus-per-trial", "1", "--out", str(tmp_path / "all")]) == 2
     assert capsys.readouterr().err.count("\n") == 1  # once for the lecture, not "not run" for every lab
     assert not any(tmp_path.iterdir())
