@@ -157,7 +157,8 @@ def connect(backend: Backend) -> ModuleType:
     if not ray.is_initialized():
         # ray.init replaces the SIGTERM handler with a bare sys.exit; the CLI's own (SIGTERM ends a command
         # like Ctrl-C, with its one line) must stay.
-        handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+        in_main = threading.current_thread() is threading.main_thread()  # only it may set handlers
+        handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)} if in_main else {}
         quiet: dict[str, Any] = {"logging_level": logging.ERROR, "log_to_driver": False}
         try:
             if backend.address is not None:
