@@ -135,8 +135,8 @@ def test_a_failed_run_is_reported_as_the_local_pool_reports_it(ray_cluster, tmp_
     failures = {}
     for name, backend in (("local", "local"), ("ray", RAY)):
         out = prepare_compare_dir(tmp_path / name, plan, overwrite=False)
-        execution = execute(plan, out, workers=1 if name == "local" else None, quiet=True, configs=configs,
-                            backend=backend)
+        # --workers 1: on Ray, one task in flight at a time (the cap's path)
+        execution = execute(plan, out, workers=1, quiet=True, configs=configs, backend=backend)
         assert execution.ran == 0 and len(execution.failed) == 2
         failures[name] = [(f["cell"], f["seed"], f["error"]) for f in execution.failed]
     assert sorted(failures["ray"]) == sorted(failures["local"])
