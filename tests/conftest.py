@@ -25,6 +25,22 @@ def _isolated_cache(tmp_path_factory):
     yield
 
 
+@pytest.fixture(scope="session")
+def ray_package():
+    """The ray module (the optional extra trainwell[ray]); skips without it, except under CI (``CI`` set),
+    where a silently skipped check would prove nothing: there the test fails."""
+    import importlib.util
+
+    if importlib.util.find_spec("ray") is None:
+        message = "the Ray tests need the ray package (pip install -e '.[test]')"
+        if os.environ.get("CI"):
+            pytest.fail(f"{message}; under CI (CI is set) they must run, not be skipped", pytrace=False)
+        pytest.skip(message)
+    import ray
+
+    return ray
+
+
 @pytest.fixture
 def repo_docs():
     """The repository's docs/ folder, found from the tests' own place (the package never looks for it)."""

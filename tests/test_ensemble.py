@@ -239,9 +239,9 @@ def test_cli_ensemble_prints_the_table_and_json(runs, tmp_path, capsys):
 
 
 def test_train_ensemble_3_end_to_end(tmp_path, monkeypatch):
-    import trainwell.experiments.compare as compare
+    import trainwell.experiments.trials as trials
 
-    monkeypatch.setattr(compare, "default_workers", lambda n, configs: 1)  # no process pool in a test
+    monkeypatch.setattr(trials, "default_workers", lambda n, configs: 1)  # no process pool in a test
     assert main(["train", *QUICK_ARGS, "train.ensemble=3", "train.seed=5", "--quiet", "--out", str(tmp_path / "e")]) == 0
     summary = json.loads((tmp_path / "e" / "summary.json").read_text())
     assert len(summary["member_accs"]) == 3 and summary["seeds"] == [5, 6, 7]

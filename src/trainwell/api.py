@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from trainwell.errors import ConfigError
+from trainwell.experiments.trials import Backend, as_backend
 from trainwell.runs.train import ConfigLike, as_config, check_ensemble_keys, resume_config
 from trainwell.runs.train import train as train_one
 from trainwell.train.export import export
@@ -29,12 +30,18 @@ __all__ = ["Run", "evaluate", "export", "load_run", "predict", "train"]
 
 def train(config: ConfigLike = None, *, overrides: list[str] | dict[str, Any] | None = None,
           config_file: str | Path | None = None, out: str | Path | None = None, overwrite: bool = False,
-          resume: str | Path | None = None, quiet: bool = False, console: Any = None, **single: Any) -> Run:
+          resume: str | Path | None = None, quiet: bool = False, console: Any = None,
+          backend: str | Backend | None = None, **single: Any) -> Run:
     """Train a model from a config and write its run folder; see :func:`trainwell.runs.train.train`
     for every argument (``model``, ``splits``, ``callbacks``, ``prepare`` train a single run only).
-    With train.ensemble=K, the K members train in parallel and ``out`` becomes their ensemble."""
+    With train.ensemble=K, the K members train in parallel and ``out`` becomes their ensemble;
+    ``backend`` says where they train (``"local"``, ``"ray"``, a :class:`~trainwell.experiments.trials.Backend`)."""
     cfg = resume_config(Path(resume), config, overrides, config_file) if resume is not None \
         else as_config(config, overrides, config_file)
+    backend = as_backend(backend)
+    if backend != Backend() and cfg.train.ensemble <= 1:
+        raise ConfigError("--backend and its options place the members of train.ensemble=K (K > 1); one run trains "
+                          "in this process: set train.ensemble=K, or drop them.")
     if cfg.train.ensemble > 1:
         if resume is not None and cfg.train.epochs != read_config(Path(resume)).train.epochs:
             raise ConfigError("--resume of an ensemble continues its unfinished members; train.epochs cannot change "
@@ -44,7 +51,7 @@ def train(config: ConfigLike = None, *, overrides: list[str] | dict[str, Any] | 
         from trainwell.experiments.ensembles import train_ensemble
 
         return train_ensemble(cfg, resume if resume is not None else out, overwrite=overwrite, quiet=quiet,
-                              console=console, resume=resume is not None)
+                              console=console, resume=resume is not None, backend=backend)
     if cfg.finetune.source and resume is None:
         if single:
             raise ConfigError(f"finetune.source fine-tunes from a pretrained model built from the config; drop "

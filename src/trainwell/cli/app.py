@@ -83,6 +83,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --nproc: the rendezvous port on 127.0.0.1 (default: a free one)")
     add_model_arguments(p)
     add_output_args(p)
+    from trainwell.cli.experiments import add_backend_args
+
+    add_backend_args(p, "members of train.ensemble=K")
     p.set_defaults(handler=cmd_train)
 
     p = sub.add_parser("evaluate", help="evaluate a run directory on its test split (or other data)")
@@ -155,27 +158,29 @@ def cmd_train(args: argparse.Namespace) -> int:
         _print_param_groups(cfg)
         return 0
     from trainwell.api import train
+    from trainwell.cli.experiments import backend_from_args
+    from trainwell.errors import ConfigError
     from trainwell.train.distributed import launched_size
 
+    backend = backend_from_args(args)
     if args.resume is not None and (args.out is not None or args.overwrite or args.config is not None):
-        from trainwell.errors import ConfigError
-
         raise ConfigError("--resume RUN_DIR continues that folder with its own config; drop --out, --overwrite "
                           "and -c.")
     check_model_arguments(args)
     if args.model is not None and (args.nproc != 1 or launched_size() > 1):
-        from trainwell.errors import ConfigError
-
         raise ConfigError("--model trains in one process for now; drop --nproc (or torchrun).")
+    if backend.name == "ray" and (args.nproc != 1 or launched_size() > 1):
+        raise ConfigError("--backend ray places the members of train.ensemble=K; --nproc (or torchrun) trains one "
+                          "run on several processes: drop one of them.")
     if launched_size() > 1:  # a rank of a data-parallel run (started by --nproc or torchrun)
         return _train_as_rank(args, cfg)
     if args.nproc != 1:
         return _launch_train(args, cfg)
     custom = user_model(args.model, args.model_args, cfg)  # --model: trained as a custom model
     if args.resume is not None:
-        run = train(resume=args.resume, overrides=args.overrides, quiet=args.quiet, **custom)
+        run = train(resume=args.resume, overrides=args.overrides, quiet=args.quiet, backend=backend, **custom)
     else:
-        run = train(cfg, out=args.out, overwrite=args.overwrite, quiet=args.quiet, **custom)
+        run = train(cfg, out=args.out, overwrite=args.overwrite, quiet=args.quiet, backend=backend, **custom)
     return 0 if not run.summary.get("diverged") else 1
 
 

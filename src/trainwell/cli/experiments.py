@@ -2,6 +2,7 @@
 
     trainwell compare model.name=mlp --vary model.activation=relu,sigmoid,tanh --seeds 5
     trainwell compare --vary optim.lr=0.01,0.1 --vary model.norm=none,batch --seeds 3 --workers 2
+    trainwell compare --vary model.activation=relu,tanh --backend ray --address 10.0.0.5:6379 --cpus-per-trial 4
     trainwell lab activations [key=value ...] [--seeds N] [--out DIR]
     trainwell lab list
 
@@ -20,7 +21,8 @@ from typing import Any
 from trainwell.errors import ConfigError
 
 COMPARE_DESCRIPTION = (
-    "Run a grid of configs (the cartesian product of every --vary) over several seeds on a process pool, "
+    "Run a grid of configs (the cartesian product of every --vary) over several seeds on a process pool "
+    "(or a Ray cluster: --backend ray), "
     "and report each cell's mean with a 95%% confidence interval and a paired t-test against the baseline "
     "(every --vary at its first value): a table (terminal, results.csv, summary.json), curves.png with bands, "
     "intervals.png and a self-contained report.html. Started again with the same arguments and --out, it skips "
@@ -33,11 +35,37 @@ def _add_pool_args(p: argparse.ArgumentParser, seeds_default: int | None) -> Non
                    help=f"number of seeds (train.seed = first .. first+N-1; default {seeds_default or 'per lab'})")
     p.add_argument("--first-seed", type=int, default=0, metavar="S", help="first seed (default 0)")
     p.add_argument("--workers", type=int, default=None, metavar="K",
-                   help="parallel runs (default: one per core on CPU, one on a GPU)")
+                   help="parallel runs (default: one per core on CPU, one per GPU; with --backend ray: as many "
+                        "as the cluster's CPUs and GPUs allow)")
     p.add_argument("-c", "--config", metavar="FILE", help="YAML config file for every run")
     p.add_argument("--quiet", action="store_true", help="print only errors and the final line")
     p.add_argument("--out", metavar="DIR", help="output folder (default: a new folder under runs/)")
     p.add_argument("--overwrite", action="store_true", help="discard an existing --out folder's runs and start again")
+    add_backend_args(p, "runs")
+
+
+def add_backend_args(p: argparse.ArgumentParser, runs: str) -> None:
+    """--backend, --address, --cpus-per-trial, --gpus-per-trial: where ``runs`` (the compare's runs, an
+    ensemble's members) run; :func:`backend_from_args` reads them."""
+    g = p.add_argument_group("where the runs run")
+    g.add_argument("--backend", choices=["local", "ray"], default="local",
+                   help=f"local (default): the {runs} run in a process pool on this machine; ray: each is a Ray task "
+                        f"on a Ray cluster (pip install 'trainwell[ray]'), its run folder sent back and written here")
+    g.add_argument("--address", metavar="HOST:PORT",
+                   help="with --backend ray: a running cluster's head, as 'ray start --head' prints it (default: "
+                        "start Ray on this machine for this command)")
+    g.add_argument("--cpus-per-trial", type=int, metavar="C",
+                   help="with --backend ray: cores for each run, also its torch threads (default 1)")
+    g.add_argument("--gpus-per-trial", type=float, metavar="G",
+                   help="with --backend ray: GPUs for each run (default 0; 0.5 puts two runs on a GPU)")
+
+
+def backend_from_args(args: argparse.Namespace) -> Any:
+    """The :class:`~trainwell.experiments.trials.Backend` of the flags, checked as far as it can be without
+    a cluster (ray installed, --address answering): a mistake is one line before any data is loaded."""
+    from trainwell.experiments.trials import Backend, check_backend
+
+    return check_backend(Backend(args.backend, args.address, args.cpus_per_trial, args.gpus_per_trial))
 
 
 def add_compare_parser(sub: Any) -> argparse.ArgumentParser:
@@ -83,6 +111,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from trainwell.experiments.compare import Plan, grid, parse_vary
     from trainwell.experiments.results import run_plan
 
+    backend = backend_from_args(args)
     if not args.vary:
         raise ConfigError("compare needs at least one --vary KEY=a,b (e.g. --vary model.activation=relu,tanh).")
     axes = [parse_vary(v) for v in args.vary]
@@ -92,7 +121,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     out = _out(args, "compare", "-".join(k.split(".")[-1] for k, _ in axes))
     try:
         result = run_plan(plan, out, workers=args.workers, overwrite=args.overwrite, quiet=args.quiet,
-                          command=_command_line())
+                          command=_command_line(), backend=backend)
     except KeyboardInterrupt as exc:
         return _interrupted(out, exc)
     failed = result.execution.failed if result.execution else []
@@ -136,13 +165,14 @@ def cmd_lab(args: argparse.Namespace) -> int:
                           f"{len(lab.cells)} config{'s' * (len(lab.cells) != 1)} × {lab.seeds} seeds)[/]", highlight=False)
         return 0
     if args.name == "all":
-        return _lab_all(args)
+        return _lab_all(args, backend_from_args(args))
     lab = get_lab(args.name)
+    backend = backend_from_args(args)
     out = _out(args, "lab", lab.name)
     try:
         outcome = run_lab(lab.name, list(args.overrides), out=out, seeds=_seeds(args, lab.seeds),
                           workers=args.workers, overwrite=args.overwrite, quiet=args.quiet, quick=args.quick,
-                          command=_command_line())
+                          command=_command_line(), backend=backend)
     except KeyboardInterrupt as exc:
         return _interrupted(out, exc)
     mark = "[green]HELD[/]" if outcome.held else "[red]DID NOT HOLD[/]"
@@ -153,7 +183,7 @@ def cmd_lab(args: argparse.Namespace) -> int:
     return 0
 
 
-def _lab_all(args: argparse.Namespace) -> int:
+def _lab_all(args: argparse.Namespace, backend: Any) -> int:
     """Every lab into --out/<lab>, then the lecture report; exit 1 when a lab could not run."""
     from rich.console import Console
     from rich.markup import escape
@@ -164,7 +194,8 @@ def _lab_all(args: argparse.Namespace) -> int:
     seeds = _seeds(args, 1) if args.seeds is not None else None
     try:
         entries = run_lecture(None, list(args.overrides), out=out, seeds=seeds, workers=args.workers,
-                              overwrite=args.overwrite, quiet=args.quiet, quick=args.quick, command=_command_line())
+                              overwrite=args.overwrite, quiet=args.quiet, quick=args.quick, command=_command_line(),
+                              backend=backend)
     except KeyboardInterrupt as exc:
         return _interrupted(out, exc)
     console = Console(soft_wrap=True)

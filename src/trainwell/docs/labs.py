@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from trainwell.docs.markdown import markdown_table
-from trainwell.experiments.compare import available_cores
+from trainwell.experiments.trials import available_cores
 from trainwell.experiments.lab import LabOutcome, get_lab
 from trainwell.experiments.results import intervals_caption
 from trainwell.experiments.lecture import LectureEntry, lab_names, review_answers, run_lecture

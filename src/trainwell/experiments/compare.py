@@ -1,4 +1,4 @@
-"""Ablations over seeds: a grid of configs × seeds, run on a process pool, resumable.
+"""Ablations over seeds: a grid of configs × seeds, run on a process pool or a Ray cluster, resumable.
 
 Python API::
 
@@ -9,24 +9,22 @@ Python API::
 
 Every run is an ordinary run directory (``out/runs/<cell>/seed-<s>``), so any of them can be
 evaluated, diagnosed or fine-tuned on its own. ``summary.json`` is written last by a run, so its
-presence marks a finished run: a compare started again with the same plan skips those.
+presence marks a finished run: a compare started again with the same plan skips those. Where the
+runs run is :mod:`trainwell.experiments.trials`' business (``backend="local"`` or ``"ray"``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
-import importlib
 import itertools
 import json
 import math
-import os
 import re
 import shutil
 import time
-from collections.abc import Callable, Sequence
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
@@ -34,11 +32,11 @@ from rich.console import Console
 
 from trainwell.config import Config, render, resolve, split_items
 from trainwell.errors import ConfigError, RunDirError, TrainwellError
+from trainwell.experiments.trials import MEASURES_FILE, Backend, Trial, as_backend, backend_session, make_runner
 from trainwell.fileio import write_json
 from trainwell.train.rundir import read_json
 
 PLAN_FILE = "compare.json"
-MEASURES_FILE = "measures.json"
 
 
 # ----------------------------------------------------------------------------- plan
@@ -214,66 +212,9 @@ def is_finished(job: Job, plan: Plan) -> bool:
 # ----------------------------------------------------------------------------- execution
 
 
-def available_cores() -> int:
-    """Cores this process may run on (its affinity mask, e.g. under taskset or a container's cpuset)."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-
-
-def default_workers(n_jobs: int, configs: Sequence[Config]) -> int:
-    """One process per core on CPU (each with one thread: small models scale better across processes);
-    one on a GPU, which the runs would otherwise share."""
-    from trainwell.train.trainer import resolve_device
-
-    if any(resolve_device(c.train.device).type != "cpu" for c in configs):
-        return 1
-    return max(1, min(n_jobs, available_cores()))
-
-
-def _init_worker(threads: int) -> None:
-    import torch
-
-    torch.set_num_threads(threads)
-
-
-def _load_callable(spec: str) -> Callable[..., Any]:
-    module, _, name = spec.partition(":")
-    return getattr(importlib.import_module(module), name)
-
-
 def job_config(cell_config: Config, seed: int) -> Config:
     """A job's typed config: its cell's, at its seed, without per-run plots or a progress bar."""
     return resolve([f"train.seed={seed}", "train.progress=false", "train.plots=false"], base=cell_config)
-
-
-def execute_job(cfg: Config, run_dir: str, measure: str | None) -> dict[str, Any]:
-    """Train one run into ``run_dir`` and measure it; returns its summary merged with its measures.
-
-    An unfinished run of an interrupted compare continues from its newest checkpoint (exactly where
-    it was); a folder without one starts again. Top-level so a process pool can call it; ``cfg`` is
-    the typed Config (pickled to the worker, never re-parsed from text)."""
-    from trainwell.train.checkpoint import CHECKPOINT_DIR
-    from trainwell.runs.finetune import train_run
-    from trainwell.runs.train import train
-    from trainwell.train.load import load_run
-
-    run_dir_path = Path(run_dir)
-    if not (run_dir_path / "summary.json").is_file():
-        # A fine-tuned run (finetune.source) is written whole or not at all, so it never has checkpoints here.
-        if any((run_dir_path / CHECKPOINT_DIR).glob("step-*.safetensors")):
-            train(resume=run_dir_path, quiet=True)
-        else:
-            train_run(cfg, out=run_dir_path, overwrite=True, quiet=True)
-    summary = read_json(run_dir_path / "summary.json", "summary")
-    if measure is not None:
-        from trainwell.data import load_splits
-
-        # Measured on the saved run, not the model still in memory: the same path whether the run
-        # was trained just now or by an interrupted compare, and what is measured is what was saved.
-        run = load_run(run_dir_path)
-        measures = _load_callable(measure)(run, load_splits(run.config.data))
-        write_json(run_dir_path / MEASURES_FILE, measures)
-        summary = {**summary, **measures}
-    return summary
 
 
 @dataclass
@@ -309,21 +250,22 @@ def prepare_compare_dir(out: str | Path, plan: Plan, overwrite: bool) -> Path:
 
 
 def execute(plan: Plan, out: Path, workers: int | None = None, console: Console | None = None,
-            quiet: bool = False, configs: list[Config] | None = None) -> Execution:
+            quiet: bool = False, configs: list[Config] | None = None,
+            backend: str | Backend | None = None) -> Execution:
     """Run the plan's unfinished jobs; finished ones (a previous, interrupted call) are skipped.
 
     ``configs``: the result of :func:`validate` when the caller already checked the plan.
+    ``backend``: where the runs run (:class:`~trainwell.experiments.trials.Backend`; default local).
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, \
         TimeRemainingColumn
 
+    backend = as_backend(backend)
     configs = configs if configs is not None else validate(plan)
     all_jobs = jobs(plan, out)
     pending = [j for j in all_jobs if not is_finished(j, plan)]
     state = Execution(skipped=len(all_jobs) - len(pending))
-    workers = workers or default_workers(len(pending), configs)
-    if workers < 1:
-        raise ConfigError(f"--workers must be at least 1, got {workers}.")
+    runner = make_runner(backend, workers, len(pending), configs)
     console = console or Console(stderr=True, quiet=quiet)
     t0 = time.perf_counter()
     progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -344,37 +286,12 @@ def execute(plan: Plan, out: Path, workers: int | None = None, console: Console 
             progress.update(task, advance=1, last=f"[red]{plan.cells[job.cell].label} seed {job.seed} failed")
             console.print(f"[red]run failed[/] {job.run_dir}: {error}", highlight=False)
 
-    with progress:
+    trials = [Trial(i, job_config(configs[j.cell], j.seed), j.run_dir, plan.measure) for i, j in enumerate(pending)]
+    with backend_session(backend), progress:
         task = progress.add_task(plan.title, total=len(all_jobs), completed=state.skipped, last="")
-        if workers == 1 or len(pending) <= 1:
-            for job in pending:
-                try:
-                    done(job, execute_job(job_config(configs[job.cell], job.seed), str(job.run_dir), plan.measure),
-                         None)
-                except TrainwellError as exc:
-                    done(job, None, str(exc))
-        else:
-            threads = max(1, available_cores() // workers)
-            with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"),
-                                     initializer=_init_worker, initargs=(threads,)) as pool:
-                futures = {pool.submit(execute_job, job_config(configs[j.cell], j.seed), str(j.run_dir),
-                                       plan.measure): j for j in pending}
-                try:
-                    remaining = set(futures)
-                    while remaining:
-                        finished, remaining = wait(remaining, return_when=FIRST_COMPLETED)
-                        for fut in finished:
-                            failure = fut.exception()
-                            if failure is None:
-                                done(futures[fut], fut.result(), None)
-                            elif isinstance(failure, TrainwellError):
-                                done(futures[fut], None, str(failure))
-                            else:
-                                raise failure
-                except BaseException:
-                    for fut in futures:
-                        fut.cancel()
-                    raise
+        with contextlib.closing(runner.run(trials)) as results:  # closed early: the runs not finished stop
+            for result in results:
+                done(pending[result.trial.index], result.summary, result.error)
     state.seconds = time.perf_counter() - t0
     return state
 

@@ -1,7 +1,7 @@
 """Ensembles of independently trained runs, trained as a compare over seeds (``train.ensemble=K``),
 and the table of an ensemble's scores that it and ``trainwell ensemble`` print.
 
-The members are ordinary runs of the compare engine (a process pool, resumable); the folder they
+The members are ordinary runs of the compare engine (a process pool or Ray, resumable); the folder they
 are combined into is written by :func:`trainwell.train.ensemble_dir.write_ensemble`.
 """
 
@@ -20,6 +20,7 @@ from trainwell.data import load_splits
 from trainwell.errors import RunDirError
 from trainwell.formatting import percent
 from trainwell.experiments.compare import Plan, execute, jobs, prepare_compare_dir
+from trainwell.experiments.trials import Backend, as_backend, backend_session
 from trainwell.train.build import check_run
 from trainwell.train.ensemble_dir import MEMBERS_RUNS, write_ensemble
 from trainwell.train.load import Run, load_run
@@ -36,35 +37,41 @@ def train_ensemble(
     console: Console | None = None,
     workers: int | None = None,
     resume: bool = False,
+    backend: str | Backend | None = None,
 ) -> Run:
     """Train cfg.train.ensemble members (seeds train.seed, train.seed+1, ...) and make ``out`` their ensemble.
 
     The members are trained by the compare engine (a process pool, one process per core on CPU) into
     ``out/members-runs/runs/c00-baseline/seed-S/``, ordinary run folders; ``out`` gets config.yaml
     (the resolved config), ensemble.json (pointing at them), summary.json and reliability.png.
+    ``backend``: where the members train (``"local"``, ``"ray"`` or a
+    :class:`~trainwell.experiments.trials.Backend`), as for a compare.
     """
+    backend = as_backend(backend)
     if not resume and out is not None:
         check_out_dir(Path(out), overwrite)  # before the members' data is loaded and checked
     k = cfg.train.ensemble
     member_cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, ensemble=1))
     check_run(member_cfg, load_splits(cfg.data))  # what train checks, before any folder exists
     console = console or Console(stderr=True, quiet=quiet, soft_wrap=True)
-    if resume:  # the members' compare resumes its unfinished runs from their checkpoints
-        out_dir = Path(out)  # type: ignore[arg-type]  # with resume the API passes the folder as out
-        (out_dir / "summary.json").unlink(missing_ok=True)  # unfinished again until this call ends
-    else:
-        out_dir = prepare_out_dir(out, "train", f"{cfg.data.name}-{k}x{cfg.model.name}", overwrite,
-                                  say=lambda line: console.print(line, highlight=False))
-    atomic_write_text(out_dir / "config.yaml", cfg.to_yaml())
-    # The members: the resolved config (out/config.yaml) as one compare cell, over K seeds.
-    plan = Plan(base=["train.ensemble=1"], seeds=list(range(cfg.train.seed, cfg.train.seed + k)),
-                config_file=str(out_dir.resolve() / "config.yaml"), title=f"ensemble of {k}")
-    runs_dir = prepare_compare_dir(out_dir / MEMBERS_RUNS, plan, overwrite)
-    if not quiet:
-        console.print(f"[bold]trainwell[/] ensemble of {k}: {cfg.data.name}, {cfg.model.name}, seeds "
-                      f"{plan.seeds[0]}..{plan.seeds[-1]} -> {out_dir}", highlight=False)
-    t0 = time.perf_counter()
-    execution = execute(plan, runs_dir, workers=workers, console=console, quiet=quiet, configs=[member_cfg])
+    with backend_session(backend):  # a bad --address fails here, before any folder exists
+        if resume:  # the members' compare resumes its unfinished runs from their checkpoints
+            out_dir = Path(out)  # type: ignore[arg-type]  # with resume the API passes the folder as out
+            (out_dir / "summary.json").unlink(missing_ok=True)  # unfinished again until this call ends
+        else:
+            out_dir = prepare_out_dir(out, "train", f"{cfg.data.name}-{k}x{cfg.model.name}", overwrite,
+                                      say=lambda line: console.print(line, highlight=False))
+        atomic_write_text(out_dir / "config.yaml", cfg.to_yaml())
+        # The members: the resolved config (out/config.yaml) as one compare cell, over K seeds.
+        plan = Plan(base=["train.ensemble=1"], seeds=list(range(cfg.train.seed, cfg.train.seed + k)),
+                    config_file=str(out_dir.resolve() / "config.yaml"), title=f"ensemble of {k}")
+        runs_dir = prepare_compare_dir(out_dir / MEMBERS_RUNS, plan, overwrite)
+        if not quiet:
+            console.print(f"[bold]trainwell[/] ensemble of {k}: {cfg.data.name}, {cfg.model.name}, seeds "
+                          f"{plan.seeds[0]}..{plan.seeds[-1]} -> {out_dir}", highlight=False)
+        t0 = time.perf_counter()
+        execution = execute(plan, runs_dir, workers=workers, console=console, quiet=quiet, configs=[member_cfg],
+                            backend=backend)
     if execution.failed:
         first = execution.failed[0]
         raise RunDirError(f"{len(execution.failed)} of {k} ensemble members failed; seed {first['seed']}: "

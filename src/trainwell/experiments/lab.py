@@ -33,6 +33,7 @@ from rich.console import Console
 from trainwell.errors import ConfigError
 from trainwell.experiments.compare import Cell, Plan, cell_dir_name, nan_to_none, validate
 from trainwell.experiments.results import CompareResult, intervals_caption, run_plan, runs_sentence, table_rows
+from trainwell.experiments.trials import Backend, as_backend, backend_session
 from trainwell.registry import new_registry
 from trainwell.fileio import write_json
 
@@ -127,12 +128,12 @@ def pretrained_runs(out: Path) -> str:
 
 
 def run_pretraining(lab: Lab, stage: Plan, out: Path, workers: int | None, overwrite: bool,
-                    console: Console, command: str | None) -> CompareResult:
+                    console: Console, command: str | None, backend: Backend | None = None) -> CompareResult:
     """Run (or resume) the pretraining stage into ``out/pretrain``; a failed or diverged run stops the lab
     (its cells could not start from it) with one line: a ConfigError, which ``trainwell lab all`` reports
     as that lab's "not run" and goes on with the next."""
     result = run_plan(stage, out / PRETRAIN_DIR, workers=workers, overwrite=overwrite, quiet=True, console=console,
-                      command=command)
+                      command=command, backend=backend)
     failed = result.execution.failed if result.execution else []
     cell = result.cells[0]
     broken = [f"seed {f['seed']} failed ({f['error']})" for f in failed] + \
@@ -145,8 +146,12 @@ def run_pretraining(lab: Lab, stage: Plan, out: Path, workers: int | None, overw
 
 def run_lab(name: str, overrides: list[str] | None = None, *, out: str | Path, seeds: list[int] | None = None,
             workers: int | None = None, overwrite: bool = False, quiet: bool = False, quick: bool = False,
-            command: str | None = None, console: Console | None = None) -> LabOutcome:
-    """Run (or resume) a lab into ``out`` and write its summary.json and report.html."""
+            command: str | None = None, console: Console | None = None,
+            backend: str | Backend | None = None) -> LabOutcome:
+    """Run (or resume) a lab into ``out`` and write its summary.json and report.html.
+
+    ``backend``: where the runs run (see :func:`~trainwell.experiments.results.run_plan`); a Ray cluster
+    is started once for both stages of a lab with pretraining."""
     from trainwell.experiments.htmlreport import Code, Image, KeyValues, Section, Table, Text, Verdict, write_report
 
     lab = get_lab(name)
@@ -154,13 +159,15 @@ def run_lab(name: str, overrides: list[str] | None = None, *, out: str | Path, s
     stage = pretrain_plan(lab, overrides, seeds, quick)
     plan = lab_plan(lab, overrides, seeds, quick, pretrained_runs(out) if stage is not None else None)
     console = console or Console(stderr=True, quiet=quiet, soft_wrap=True)
+    backend = as_backend(backend)
     t0 = time.perf_counter()
     pre = None
-    if stage is not None:
-        validate(plan, deep=False)  # a mistyped cell key fails now, not after the pretraining
-        pre = run_pretraining(lab, stage, out, workers, overwrite, console, command)
-    result = run_plan(plan, out / "compare", workers=workers, overwrite=overwrite, quiet=True, console=console,
-                      command=command)
+    with backend_session(backend):
+        if stage is not None:
+            validate(plan, deep=False)  # a mistyped cell key fails now, not after the pretraining
+            pre = run_pretraining(lab, stage, out, workers, overwrite, console, command, backend)
+        result = run_plan(plan, out / "compare", workers=workers, overwrite=overwrite, quiet=True, console=console,
+                          command=command, backend=backend)
     if not quiet:
         console.print(f"lab {name}: {sum(len(c.summaries) for c in result.cells)} runs in "
                       f"{time.perf_counter() - t0:.0f} s; analysing", highlight=False)

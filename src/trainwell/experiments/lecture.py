@@ -29,6 +29,7 @@ from rich.console import Console
 from trainwell.errors import ConfigError, DataError
 from trainwell.experiments.lab import LABS, LabOutcome, get_lab, run_lab
 from trainwell.experiments.results import intervals_caption
+from trainwell.experiments.trials import Backend, BackendError, as_backend, backend_session
 from trainwell.fileio import write_json
 
 
@@ -100,33 +101,40 @@ def review_answers(entries: list[LectureEntry]) -> list[dict[str, Any]]:
 def run_lecture(names: list[str] | None = None, overrides: list[str] | None = None, *, out: str | Path,
                 seeds: list[int] | None = None, workers: int | None = None, overwrite: bool = False,
                 quiet: bool = False, quick: bool = False, command: str | None = None,
-                console: Console | None = None) -> list[LectureEntry]:
-    """Run (or resume) the labs ``names`` (default: all) into ``out/<lab>`` and write the lecture report."""
+                console: Console | None = None, backend: str | Backend | None = None) -> list[LectureEntry]:
+    """Run (or resume) the labs ``names`` (default: all) into ``out/<lab>`` and write the lecture report.
+
+    ``backend``: where the runs run (see :func:`~trainwell.experiments.results.run_plan`); a Ray cluster is
+    started once for every lab, and a problem with it (:class:`BackendError`) stops the lecture."""
     from trainwell.config import resolve
 
     resolve(list(overrides or []))  # a mistyped key or value is the user's one line (exit 2), before any lab runs
     out = Path(out)
+    backend = as_backend(backend)
     console = console or Console(stderr=True, quiet=quiet, soft_wrap=True)
     entries = []
-    for name in names or lab_names():
-        lab = get_lab(name)
-        entry = LectureEntry(name, lab.claim, lab.question, out / name)
-        t0 = time.perf_counter()
-        console.print(f"lab {name} -> {entry.out}", highlight=False)
-        try:
-            entry.outcome = run_lab(name, overrides, out=entry.out, seeds=seeds, workers=workers,
-                                    overwrite=overwrite, quiet=True, quick=quick,
-                                    command=f"trainwell lab {name}" + "".join(f" {o}" for o in overrides or []),
-                                    console=console)
-        except (ConfigError, DataError) as exc:
-            entry.error = str(exc).strip().splitlines()[0]
-            console.print(f"lab {name} not run: {entry.error}", highlight=False)
-        entry.seconds = time.perf_counter() - t0
-        if entry.outcome is not None:
-            from trainwell.train.rundir import read_json
+    with backend_session(backend):
+        for name in names or lab_names():
+            lab = get_lab(name)
+            entry = LectureEntry(name, lab.claim, lab.question, out / name)
+            t0 = time.perf_counter()
+            console.print(f"lab {name} -> {entry.out}", highlight=False)
+            try:
+                entry.outcome = run_lab(name, overrides, out=entry.out, seeds=seeds, workers=workers,
+                                        overwrite=overwrite, quiet=True, quick=quick,
+                                        command=f"trainwell lab {name}" + "".join(f" {o}" for o in overrides or []),
+                                        console=console, backend=backend)
+            except BackendError:
+                raise  # the cluster, not this lab: every other lab would fail alike
+            except (ConfigError, DataError) as exc:
+                entry.error = str(exc).strip().splitlines()[0]
+                console.print(f"lab {name} not run: {entry.error}", highlight=False)
+            entry.seconds = time.perf_counter() - t0
+            if entry.outcome is not None:
+                from trainwell.train.rundir import read_json
 
-            entry.summary = read_json(entry.out / "summary.json", "lab summary")
-        entries.append(entry)
+                entry.summary = read_json(entry.out / "summary.json", "lab summary")
+            entries.append(entry)
     write_lecture(entries, out, command)
     return entries
 

@@ -30,6 +30,7 @@ from rich.table import Table
 from trainwell.experiments.compare import Cell, Execution, Plan, execute, finished_runs, nan_to_none, \
     prepare_compare_dir
 from trainwell.experiments.stats import MeanCI, PairedTest, curve_band, mean_ci, paired_test
+from trainwell.experiments.trials import Backend, as_backend, backend_session
 from trainwell.fileio import atomic_write_text, write_json
 
 #: Curves drawn with bands: (metrics.jsonl key, axis label, scale, log axis: band computed in log space).
@@ -354,14 +355,20 @@ def write_outputs(result: CompareResult, console: Console | None = None, command
 
 def run_plan(plan: Plan, out: str | Path, *, workers: int | None = None, overwrite: bool = False,
              quiet: bool = False, console: Console | None = None, alpha: float = 0.05,
-             command: str | None = None) -> CompareResult:
-    """Run (or resume) a plan and write its outputs; returns the aggregated result."""
+             command: str | None = None, backend: str | Backend | None = None) -> CompareResult:
+    """Run (or resume) a plan and write its outputs; returns the aggregated result.
+
+    ``backend``: where the runs run, ``"local"`` (default: a process pool here) or ``"ray"`` (a Ray
+    cluster; :class:`~trainwell.experiments.trials.Backend` for its address and per-run resources)."""
     from trainwell.experiments.compare import validate
 
+    backend = as_backend(backend)
     configs = validate(plan)  # before the folder exists: a mistake leaves nothing behind
-    out = prepare_compare_dir(out, plan, overwrite)
-    console = console or Console(stderr=True, quiet=quiet, soft_wrap=True)
-    execution = execute(plan, out, workers=workers, console=console, quiet=quiet, configs=configs)
+    with backend_session(backend):  # a bad --address fails here, before the folder exists too
+        out = prepare_compare_dir(out, plan, overwrite)
+        console = console or Console(stderr=True, quiet=quiet, soft_wrap=True)
+        execution = execute(plan, out, workers=workers, console=console, quiet=quiet, configs=configs,
+                            backend=backend)
     result = aggregate(plan, out, execution, alpha)
     write_outputs(result, None if quiet else Console(soft_wrap=True), command)
     if not quiet:
