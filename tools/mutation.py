@@ -21,6 +21,11 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 WORK = ROOT / ".mutation"
+#: Results carried between sessions (committed): mutmut's per-module ``.meta`` (each mutant's exit code
+#: and each function's hash). Restored before a run, mutmut keeps the results of functions whose
+#: source is unchanged and runs only the rest, so a module too slow for one session (the loop) is
+#: finished over several. ``--save`` snapshots a running or finished module's results here.
+RESULTS = ROOT / "tools" / "mutation-results"
 
 # module (under src/trainwell/) -> the test files that exercise it; smallest module first.
 MODULES: dict[str, list[str]] = {
@@ -114,7 +119,29 @@ def prepare(module: str, tests: list[str], fresh: bool, decorated: bool = False)
         target = folder / "src" / "trainwell" / module
         target.write_text(undecorate(target.read_text()))
     (folder / "pyproject.toml").write_text(module_config(module, tests))
+    saved, meta = saved_results(module), meta_path(folder, module)
+    if not fresh and saved.is_file() and not meta.is_file():  # an earlier session's results
+        meta.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(saved, meta)
     return folder
+
+
+def meta_path(folder: Path, module: str) -> Path:
+    """Where mutmut keeps ``module``'s results inside its work folder."""
+    return folder / "mutants" / "src" / "trainwell" / f"{module}.meta"
+
+
+def saved_results(module: str) -> Path:
+    return RESULTS / (module.replace("/", ".").removesuffix(".py") + ".meta.json")
+
+
+def save_results(module: str) -> Path:
+    """Copy ``module``'s results (finished so far) to :data:`RESULTS`, to be committed."""
+    folder = WORK / module.replace("/", ".").removesuffix(".py")
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    target = saved_results(module)
+    shutil.copyfile(meta_path(folder, module), target)
+    return target
 
 
 def run_module(module: str, tests: list[str], fresh: bool, decorated: bool = False) -> int:
@@ -129,6 +156,7 @@ def run_module(module: str, tests: list[str], fresh: bool, decorated: bool = Fal
     results = subprocess.run([str(mutmut), "results", "--all", "true"], cwd=folder, env=env,
                              capture_output=True, text=True).stdout
     (folder / "summary.txt").write_text(results)
+    save_results(module)
     return code
 
 
@@ -171,6 +199,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rerun-survivors", action="store_true",
                         help="re-run only the last run's survivors against the current tests (after adding tests)")
     parser.add_argument("--survivors", action="store_true", help="list the last run's survivors with their diffs")
+    parser.add_argument("--save", action="store_true",
+                        help="copy the modules' results so far to tools/mutation-results/ (commit them: the next run "
+                             "without --fresh continues from them)")
     args = parser.parse_args(argv)
     unknown = [m for m in args.modules if m not in MODULES]
     if unknown:
@@ -178,6 +209,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.survivors:
         for module in args.modules or MODULES:
             show_survivors(module)
+        return 0
+    if args.save:
+        for module in args.modules or MODULES:
+            print(f"{module}: {save_results(module)}")
         return 0
     if args.rerun_survivors:
         return max(rerun_survivors(module) for module in args.modules or MODULES)
