@@ -41,6 +41,15 @@ def ray_package():
     return ray
 
 
+@pytest.fixture(scope="session")
+def fix_suite_results():
+    """doctor --fix's suite (trainwell.diagnose.fixsuite), trained once per test process (~12 s): its own tests
+    and docs/doctor.md's check both read it."""
+    from trainwell.diagnose.fixsuite import run_fix_suite
+
+    return run_fix_suite()
+
+
 @pytest.fixture
 def repo_docs():
     """The repository's docs/ folder, found from the tests' own place (the package never looks for it)."""

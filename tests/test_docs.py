@@ -16,6 +16,8 @@ import pytest
 
 import trainwell
 from trainwell.cli import registry_tables
+from trainwell.diagnose.fixsuite import CASES as FIX_CASES
+from trainwell.diagnose.fixsuite import run_fix_suite
 from trainwell.diagnose.suite import CASES, run_suite
 from trainwell.docs.__main__ import DEFAULT_PAGES, PAGES, build_parser, main
 from trainwell.docs.foundations import render_foundations
@@ -83,13 +85,16 @@ def test_generating_into_out_writes_only_there(tmp_path, monkeypatch):
     cwd, out = tmp_path / "cwd", tmp_path / "out"
     cwd.mkdir()
     monkeypatch.chdir(cwd)  # a default relative to the current folder would land here
-    # Two quick cases: the doctor page's path through the generator, not the suite's 15 s.
+    # Two quick cases and one fix case on one seed: the doctor page's path through the generator, not the suites' 30 s.
     monkeypatch.setattr("trainwell.docs.doctor.run_suite",
                         lambda: run_suite([c for c in CASES if c.name in ("tiny-init-relu", "log-of-zero")]))
+    monkeypatch.setattr("trainwell.docs.doctor.run_fix_suite",
+                        lambda: run_fix_suite([c for c in FIX_CASES if c.name == "dead-relu-bias"], seeds=(0,)))
     repo, package = _tree(REPO), _tree(PACKAGE)
     assert main(["--out", str(out)]) == 0
     assert sorted(str(p.relative_to(out)) for p in out.rglob("*")) == ["doctor.md", "foundations.md", "reference.md"]
-    assert "`tiny-init-relu`" in (out / "doctor.md").read_text()
+    page = (out / "doctor.md").read_text()
+    assert "`tiny-init-relu`" in page and "`dead-relu-bias`" in page
     assert _tree(REPO) == repo and _tree(PACKAGE) == package
     assert list(cwd.iterdir()) == []
 

@@ -140,6 +140,19 @@ def test_dead_units_warn_past_twenty_percent_and_err_past_half_the_layer():
     assert f.evidence["dead_fraction"] == {"r0": 0.1, "r1": 0.3}
 
 
+def test_dead_and_saturated_units_carry_the_pre_activations_that_feed_them():
+    # Linear h0 -> ReLU r0 -> Linear h1 (rescaled by a norm layer) -> ReLU r1 -> head: r0's feed is h0's output,
+    # r1's is not recorded (the norm layer rescales h1's output before the ReLU sees it).
+    layers = [hidden("h0", 0, mean=-2.0, std=0.5), relu("r0", 1, 0.9),
+              hidden("h1", 2, mean=-3.0, std=1.0, normalized=True), relu("r1", 3, 0.9), head(4)]
+    f = found(Context(layers), "dead-units")
+    assert f.evidence["preactivation"] == {"r0": {"layer": "h0", "mean": -2.0, "std": 0.5}}
+    sat = [hidden("h0", 0, mean=0.1, std=8.3), act("a0", 1, saturated_fraction=0.7), head(2)]
+    assert found(Context(sat), "saturation").evidence["preactivation"] == \
+        {"a0": {"layer": "h0", "mean": 0.1, "std": 8.3}}
+    assert found(Context([relu("r0", 0, 0.9)]), "dead-units").evidence["preactivation"] == {}  # nothing before it
+
+
 def test_dead_units_need_thirty_two_examples_before_a_silent_unit_counts():
     assert severity(Context([relu("r0", 0, 0.9, examples=32)]), "dead-units") == "error"
     assert found(Context([relu("r0", 0, 0.9, examples=31)]), "dead-units") is None

@@ -4,11 +4,12 @@
     trainwell doctor preset=mnist1d --epochs 3  # ... and during 3 epochs of training (no run dir)
     trainwell doctor RUN_DIR                    # a finished run: its model on its data, its history
     trainwell doctor --model mynet.py:Net       # your own nn.Module class, on the configured data
+    trainwell doctor --fix [key=value ...] --apply fixed.yaml   # fix -> diagnose in rounds until clean
     options: --json (print the report as JSON), --strict (exit 1 on a warning or an error),
              --out DIR (where report.json and the plots go), -c FILE, --batch-size N, --every N
 
-Exit codes: 0 (whatever the findings) unless --strict, then 1 on a warning or an error;
-2 a user error (one line, as every trainwell command).
+Exit codes: 0 (whatever the findings) unless --strict, then 1 on a warning or an error (with --fix: one
+left by the last round); 2 a user error (one line, as every trainwell command).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from trainwell.cli.usermodel import add_model_arguments, check_model_arguments, user_model
-from trainwell.diagnose.thresholds import SAMPLE_EVERY
+from trainwell.diagnose.thresholds import FIX_MAX_ROUNDS, SAMPLE_EVERY
 from trainwell.errors import ConfigError
 
 #: The exit code in each situation: docs/doctor.md states these (trainwell.docs.doctor renders them) and
@@ -62,9 +63,12 @@ def add_doctor_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--no-plots", action="store_true", help="write report.json only")
     add_model_arguments(p, DOCTOR_MODEL_HELP)
     p.add_argument("--fix", action="store_true",
-                   help="config mode: propose a corrected config for the findings and diagnose it again")
+                   help="config mode: change the config for the findings, diagnose it again, and repeat until no "
+                        "warning or error is left (at most --rounds rounds)")
     p.add_argument("--apply", metavar="FILE",
                    help="with --fix: write the corrected config as YAML to FILE (trainwell train -c FILE)")
+    p.add_argument("--rounds", type=int, metavar="N",
+                   help=f"with --fix: at most N rounds of fix -> diagnose (default {FIX_MAX_ROUNDS})")
     p.set_defaults(handler=cmd_doctor)
     return p
 
@@ -122,6 +126,8 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     """Handler of ``trainwell doctor``: print the report (tables or --json) and exit by severity."""
     if args.apply and not args.fix:
         raise ConfigError("--apply needs --fix: trainwell doctor --fix --apply FILE [key=value ...].")
+    if args.rounds is not None and not args.fix:
+        raise ConfigError("--rounds needs --fix: trainwell doctor --fix --rounds N [key=value ...].")
     if args.fix:
         return cmd_fix(args)
     report, out_dir = run_doctor(args)
@@ -137,17 +143,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     return report.exit_code(strict=args.strict)
 
 
-def cmd_fix(args: argparse.Namespace) -> int:
-    """``--fix``: diagnose the config, propose changes, diagnose the corrected config, show both."""
-    from rich.console import Console
-    from rich.table import Table
-
-    from trainwell.config import resolve
-    from trainwell.diagnose.doctor import diagnose_config
-    from trainwell.diagnose.fix import as_overrides, propose_fix
-    from trainwell.fileio import atomic_write_text, write_json
-    from trainwell.train.rundir import staged_out_dir
-
+def _check_fix_arguments(args: argparse.Namespace) -> None:
     if args.model is not None:
         raise ConfigError("--fix proposes config changes (model.*, init.*, optim.*) for trainwell's own models; "
                           "with --model, run the doctor without --fix and apply its fixes in your class.")
@@ -155,41 +151,75 @@ def cmd_fix(args: argparse.Namespace) -> int:
     if target and "=" not in target[0]:
         raise ConfigError("--fix works on a config (key=value overrides or -c FILE), not on a run directory; "
                           "pass the overrides the run was trained with.")
+    if args.rounds is not None and args.rounds < 1:
+        raise ConfigError(f"--rounds must be >= 1, got {args.rounds}; e.g. --rounds {FIX_MAX_ROUNDS}.")
     if args.apply and Path(args.apply).exists() and not args.overwrite:
         raise ConfigError(f"'{args.apply}' exists; choose another --apply FILE or pass --overwrite.")
-    cfg = resolve(target, args.config)
+
+
+def fix_result(outcome: Any) -> dict[str, Any]:
+    """fix.json: the merged changes, the first and last findings, and every round with its reasons."""
+    changes = outcome.changes()
+    return {
+        "changes": changes, "overrides": [f"{k}={v}" for k, v in changes.items()],
+        "before": outcome.initial.to_dict()["findings"], "after": outcome.report.to_dict()["findings"],
+        "rounds": [{"changes": [{"key": c.key, "from": r.old_value(c.key), "to": c.value, "code": c.code,
+                                 "reason": c.reason} for c in r.changes],
+                    "findings_after": r.after.to_dict()["findings"]} for r in outcome.rounds],
+        "clean": outcome.clean, "stopped": outcome.stopped, "verdict": outcome.line(),
+    }
+
+
+def _codes(report: Any) -> str:
+    from trainwell.diagnose.fix import flagged
+
+    return ", ".join(f"{f.code} ({f.severity})" for f in flagged(report).values()) or "none"
+
+
+def print_rounds(outcome: Any, console: Any) -> None:
+    """Each round: every change (old -> new value) with the finding it answers and why, then the check's findings."""
+    console.print(f"doctor --fix: the config's findings: {_codes(outcome.initial)}", highlight=False, markup=False)
+    for number, r in enumerate(outcome.rounds, 1):
+        console.print(f"round {number}:", highlight=False)
+        for c in r.changes:
+            console.print(f"  {c.key}: {r.old_value(c.key)} -> {c.value}\n    why ({c.code}): {c.reason}",
+                          highlight=False, markup=False)
+        console.print(f"  check after round {number}: {_codes(r.after)}", highlight=False, markup=False)
+    console.print(outcome.line(), highlight=False, markup=False)
+
+
+def cmd_fix(args: argparse.Namespace) -> int:
+    """``--fix``: diagnose the config, change it for the findings, diagnose again, for up to --rounds rounds."""
+    from rich.console import Console
+
+    from trainwell.config import resolve
+    from trainwell.diagnose.doctor import diagnose_config
+    from trainwell.diagnose.fix import fix_loop
+    from trainwell.fileio import atomic_write_text, write_json
+    from trainwell.train.rundir import staged_out_dir
+
+    _check_fix_arguments(args)
+    cfg = resolve(list(args.target), args.config)
     staged = staged_out_dir(args.out, "doctor", f"{cfg.data.name}-{cfg.model.name}-fix", args.overwrite)
-    before = diagnose_config(cfg, batch_size=args.batch_size, epochs=args.epochs, every=args.every)
-    changes = propose_fix(cfg, before)
-    fixed_cfg = resolve(as_overrides(changes), base=cfg)
-    after = diagnose_config(fixed_cfg, batch_size=args.batch_size, epochs=args.epochs, every=args.every) \
-        if changes else before
-    result = {"changes": changes, "overrides": as_overrides(changes),
-              "before": before.to_dict()["findings"], "after": after.to_dict()["findings"]}
+    outcome = fix_loop(cfg, lambda c: diagnose_config(c, batch_size=args.batch_size, epochs=args.epochs,
+                                                      every=args.every),
+                       args.rounds or FIX_MAX_ROUNDS)
+    result = fix_result(outcome)
     with staged as tmp:
         write_json(tmp / "fix.json", result)
         write_json(tmp / "summary.json",
-                   {"findings": result["after"], "changes": changes, "findings_before": result["before"]})
-        atomic_write_text(tmp / "config.fixed.yaml", fixed_cfg.to_yaml())
-    out_dir = staged.path
+                   {"findings": result["after"], "changes": result["changes"], "findings_before": result["before"],
+                    "verdict": result["verdict"]})
+        atomic_write_text(tmp / "config.fixed.yaml", outcome.config.to_yaml())
     if args.apply:
-        atomic_write_text(Path(args.apply), fixed_cfg.to_yaml())
+        atomic_write_text(Path(args.apply), outcome.config.to_yaml())
     if args.json:
         print(json.dumps(result, indent=2))
-        return after.exit_code(strict=args.strict)
+        return outcome.report.exit_code(strict=args.strict)
     console = Console(soft_wrap=True)
-    if not changes:
-        console.print("doctor --fix: no change to propose" + (" - nothing looks wrong." if not before.findings
-                                                               else " for these findings."), highlight=False)
-    table = Table(title="doctor --fix: before and after", title_justify="left")
-    for col in ("", "findings (warning or worse)"):
-        table.add_column(col)
-    table.add_row("before", ", ".join(before.codes()) or "none")
-    table.add_row("change", " ".join(as_overrides(changes)) or "none")
-    table.add_row("after", ", ".join(after.codes()) or "none")
-    console.print(table)
+    print_rounds(outcome, console)
     if args.apply:
         console.print(f"wrote the corrected config to {args.apply}; train it with: trainwell train -c {args.apply}",
                       highlight=False)
-    console.print(f"-> {out_dir}", highlight=False)
-    return after.exit_code(strict=args.strict)
+    console.print(f"-> {staged.path}", highlight=False)
+    return outcome.report.exit_code(strict=args.strict)

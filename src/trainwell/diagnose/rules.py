@@ -110,6 +110,26 @@ def _median_ratio(ctx: Context) -> float | None:
     return statistics.median(ratios) if ratios else None
 
 
+def feeding_layer(layers: list[LayerStats], activation: LayerStats) -> LayerStats | None:
+    """The weight layer whose output ``activation`` takes: the last one called before it, unless a norm layer
+    rescales that output first (then the recorded statistics are not what the activation sees)."""
+    before = [layer for layer in layers if layer.is_weight and layer.depth < activation.depth]
+    if not before or before[-1].normalized or not _finite(before[-1].mean) or not _finite(before[-1].std):
+        return None
+    return before[-1]
+
+
+def _preactivations(ctx: Context, activations: list[LayerStats]) -> dict[str, dict[str, Any]]:
+    """{activation: {layer, mean, std}} of the pre-activations each of ``activations`` takes, where recorded:
+    the evidence of *why* units die (a negative mean: the bias) or saturate (a large std: the init)."""
+    found = {}
+    for act in activations:
+        layer = feeding_layer(ctx.layers, act)
+        if layer is not None:
+            found[act.name] = {"layer": layer.name, "mean": _sig(layer.mean), "std": _sig(layer.std)}
+    return found
+
+
 _INIT_FIX = ("initialise each layer for the activation that follows it: init.scheme=kaiming_normal for the ReLU "
              "family, xavier_normal for tanh/sigmoid, lecun_normal for selu (PyTorch: nn.init.kaiming_normal_"
              "(w, nonlinearity='relu')), or add normalisation (model.norm=batch)")
@@ -173,7 +193,8 @@ def saturation(ctx: Context) -> list[Finding]:
         "error" if worst > T.SATURATED_ERROR else "warning",
         [layer.name for layer, _ in bad],
         {"saturated_fraction": {layer.name: _sig(v) for layer, v in measured},
-         "threshold": T.SATURATED_WARN, "eps": T.SATURATION_EPS},
+         "threshold": T.SATURATED_WARN, "eps": T.SATURATION_EPS,
+         "preactivation": _preactivations(ctx, [layer for layer, _ in bad])},
         "use a ReLU-family activation in hidden layers (model.activation=relu), or keep tanh with "
         "init.scheme=xavier_normal, standardised inputs and model.norm=batch before the nonlinearity; "
         "never sigmoid in hidden layers of a deep net",
@@ -197,7 +218,8 @@ def dead_units(ctx: Context) -> list[Finding]:
         "error" if worst > T.DEAD_ERROR else "warning",
         [layer.name for layer, _ in bad],
         {"dead_fraction": {layer.name: _sig(v) for layer, v in measured},
-         "examples": min(layer.examples for layer, _ in bad), "threshold": T.DEAD_WARN},
+         "examples": min(layer.examples for layer, _ in bad), "threshold": T.DEAD_WARN,
+         "preactivation": _preactivations(ctx, [layer for layer, _ in bad])},
         "check the biases start at 0 and the init matches ReLU (init.scheme=kaiming_normal); lower optim.lr "
         "(a too-large step pushes units into the negative region for good); or use model.activation=leaky_relu "
         "or elu, which cannot die",

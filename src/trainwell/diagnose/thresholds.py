@@ -96,6 +96,22 @@ UPDATE_RATIO_HIGH_ERROR = 5e-1
 UPDATE_RATIO_LOW = 1e-4
 LR_DECAYED = 0.5
 
+# ----------------------------------------------------------------------------- doctor --fix
+
+#: The median update ratio a corrected optim.lr aims at: UPDATE_RATIO_HIGH / FIX_LR_MARGIN = 0.0125,
+#: inside the healthy first-epoch range above (0.007-0.026). The ratio scales linearly with the lr
+#: (SGD's step is lr * g, Adam's ~lr per weight), so the new lr is lr * FIX_UPDATE_RATIO / measured.
+#: The margin of 4 below the warning: on digits (mlp, no norm, 5 epochs, 3 seeds) the initial estimate
+#: 0.029 (lr 0.2) trains to 97.5% test accuracy, 0.043 (lr 0.3) to 93.2%, 0.072 (lr 0.5) to 16%:
+#: the edge of the band is already a worse run, and the estimate is only good to ~2x.
+FIX_LR_MARGIN = 4.0
+FIX_UPDATE_RATIO = UPDATE_RATIO_HIGH / FIX_LR_MARGIN
+#: Where no update ratio was measured to scale from (a loss history that rises or diverges), the lr
+#: moves by this factor (the lecture's "try 10x"); the next round's check measures the result.
+FIX_LR_STEP = 10.0
+#: doctor --fix stops after this many rounds of fix -> diagnose when findings remain.
+FIX_MAX_ROUNDS = 5
+
 # ----------------------------------------------------------------------------- input
 
 #: Inputs should have mean ~0 and comparable, ~unit variances (LeCun et al. 1998, Efficient

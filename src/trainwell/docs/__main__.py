@@ -44,7 +44,7 @@ PAGES: dict[str, Page] = {p.name: p for p in [
          lambda args: {"reference.md": render_reference()}),
     Page("foundations", "foundations.md: the activation and initialisation tables",
          lambda args: {"foundations.md": render_foundations()}),
-    Page("doctor", "doctor.md: runs the doctor's planted-fault suite (about 15 s)",
+    Page("doctor", "doctor.md: runs the doctor's planted-fault suite and its --fix suite (about 30 s)",
          lambda args: {"doctor.md": doctor_page()}),
     Page("labs", "labs.md and labs/*.png: runs every lab (about 3 min on 2 cores; not checkable: it records times)",
          lambda args: labs_page(args.labs.split(",") if args.labs else lab_names(), Path(args.runs),
