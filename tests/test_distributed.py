@@ -177,6 +177,71 @@ def test_synchronised_batch_norm_outside_a_process_group_is_batch_norm():
     torch.testing.assert_close(synced[1].running_var, plain[1].running_var)
 
 
+# ----------------------------------------------------------------------------- the loop on two processes
+
+
+#: No randomness but the shared shuffle; accumulation (grad_sync), a checkpoint every 2 steps (the ranks'
+#: packed generators, in memory) and 213 training examples at batch 32 (parts of 11 and 10 at the end).
+LOOP = {"model.name": "mlp", "model.norm": "none", "model.width": 32, "model.dropout": 0.0, "data.limit": 300,
+        "train.batch_size": 32, "train.accumulate": 2, "train.epochs": 3, "train.checkpoint_every": 2,
+        "train.progress": False}
+DIVERGES = dict(LOOP, **{"optim.lr": 1e4, "train.on_divergence": "stop"})
+
+
+def _fit(overrides: dict, world: World) -> dict:
+    import trainwell
+    from trainwell.data import load_splits
+    from trainwell.train.build import build_classifier
+    from trainwell.train.trainer import LoopSettings, build_state, fit
+
+    cfg = trainwell.resolve(overrides)
+    splits = load_splits(cfg.data)
+    state = build_state(build_classifier(cfg, splits), cfg, len(splits.train), torch.device("cpu"), world=world)
+    result = fit(state, splits.train, splits.val, LoopSettings.from_config(cfg, splits.num_classes), world=world)
+    return {"history": result.history, "steps": result.steps, "diverged": result.diverged,
+            "divergence": result.divergence, "weights": {k: v.clone() for k, v in state.model.state_dict().items()}}
+
+
+def _fit_rank(rank: int, port: int, out: str) -> None:
+    import torch.distributed as dist
+
+    from trainwell.train.distributed import current_world
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    try:
+        world = current_world()
+        torch.save({"plain": _fit(LOOP, world), "diverges": _fit(DIVERGES, world)}, f"{out}/{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_fit_on_two_processes_takes_the_steps_of_one_and_both_stop_at_one_divergence(tmp_path):
+    import torch.multiprocessing as mp
+
+    torch.set_num_threads(1)
+    one = _fit(LOOP, SINGLE)
+    mp.spawn(_fit_rank, args=(_free_port(), str(tmp_path)), nprocs=2, join=True)
+    ranks = [torch.load(tmp_path / f"{r}.pt", weights_only=False) for r in range(2)]
+    for got in ranks:  # every rank reports the whole run's figures
+        two = got["plain"]
+        assert two["steps"] == one["steps"] and len(two["history"]) == 3
+        for a, b in zip(one["history"], two["history"]):
+            assert b["train_loss"] == pytest.approx(a["train_loss"], rel=1e-4)
+            assert b["val_loss"] == pytest.approx(a["val_loss"], rel=1e-4)
+            assert b["train_acc"] == pytest.approx(a["train_acc"], abs=1e-9)
+            assert b["val_acc"] == pytest.approx(a["val_acc"], abs=1e-6)  # (float32 vs float64 means)
+        for k, w in one["weights"].items():
+            torch.testing.assert_close(two["weights"][k], w, rtol=1e-4, atol=1e-5)
+    assert all(torch.equal(ranks[0]["plain"]["weights"][k], ranks[1]["plain"]["weights"][k]) for k in one["weights"])
+    # A loss that blows up: both ranks find the same first bad step and stop together, as one process does.
+    alone = _fit(DIVERGES, SINGLE)
+    assert alone["diverged"]
+    for got in ranks:
+        assert got["diverges"]["diverged"] and got["diverges"]["divergence"] == alone["divergence"]
+        assert got["diverges"]["steps"] == alone["steps"]
+
+
 # ----------------------------------------------------------------------------- real runs
 
 
