@@ -215,6 +215,33 @@ def test_an_unreachable_tracking_server_is_one_line_at_once_before_any_folder(tm
     assert time.perf_counter() - t0 < 15 and not out.exists()
 
 
+def test_a_server_that_answers_with_errors_is_one_line_after_one_try(tmp_path, capsys):
+    """MLflow retries a failing server with back-off for minutes; trainwell's first request tries once."""
+    import http.server
+    import threading
+
+    class Failing(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802
+            self.send_error(503, "down for maintenance")
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Failing)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    out = tmp_path / "never"
+    t0 = time.perf_counter()
+    try:
+        code = main(["train", *FAST, "train.log=mlflow", f"train.mlflow_uri=http://127.0.0.1:{server.server_port}",
+                     "--out", str(out)])
+    finally:
+        server.shutdown()
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "cannot be used" in err, err
+    assert time.perf_counter() - t0 < 15 and not out.exists()
+    assert "MLFLOW_HTTP_REQUEST_MAX_RETRIES" not in os.environ  # set for that request only
+
+
 def test_import_trainwell_leaves_mlflow_alone_and_without_it_train_log_mlflow_is_one_line(tmp_path):
     """In one process: importing trainwell (its tracking code included) imports no mlflow; then, with
     ``import mlflow`` failing, train.log=mlflow is one line naming the extra, exit 2, no folder made."""

@@ -31,14 +31,16 @@ a way to reach the store.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
 import math
+import os
 import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 from urllib.parse import urlparse
 
 from trainwell.config import Config, Spec, flatten, render
@@ -116,6 +118,20 @@ def probe(uri: str, seconds: float = CONNECT_SECONDS) -> None:
                           f"{seconds:g} s); start it (mlflow server --port {port}) or fix the address.") from None
 
 
+@contextlib.contextmanager
+def bounded_requests(seconds: float = 2 * CONNECT_SECONDS) -> Iterator[None]:
+    """MLflow's HTTP requests inside the block: no retries, ``seconds`` at most each (where the user has not
+    set MLFLOW_HTTP_REQUEST_MAX_RETRIES / _TIMEOUT); MLflow reads both at every request."""
+    bounded = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": str(int(seconds))}
+    added = [k for k in bounded if k not in os.environ]
+    os.environ.update({k: bounded[k] for k in added})
+    try:
+        yield
+    finally:
+        for k in added:
+            os.environ.pop(k, None)
+
+
 def open_store(uri: str | None, experiment: str) -> Store:
     """The store at ``uri`` (None: MLflow's default) and the id of ``experiment`` in it (created if missing);
     a store that cannot be used is one line (an unreachable server within :data:`CONNECT_SECONDS`)."""
@@ -124,7 +140,8 @@ def open_store(uri: str | None, experiment: str) -> Store:
     probe(resolved)
     try:
         client = importlib.import_module("mlflow.tracking").MlflowClient(tracking_uri=resolved)
-        found = client.get_experiment_by_name(experiment)
+        with bounded_requests():  # a server that answers, but with errors: one try, not minutes of retries
+            found = client.get_experiment_by_name(experiment)
         if found is None:
             try:
                 experiment_id = client.create_experiment(experiment)
