@@ -12,8 +12,10 @@ What a run logs (:class:`RunLog`, driven by :class:`trainwell.train.callbacks.Ml
 
 Where: ``train.mlflow_uri``, unset = MLflow's own default (``$MLFLOW_TRACKING_URI``, else
 ``./mlflow.db`` in the current folder on MLflow >= 3.7, ``./mlruns`` before): where ``mlflow ui`` started
-in the same folder looks. The run folder's ``mlflow.json`` remembers the store and the run's id, so
-``--resume`` continues the same MLflow run from any folder.
+in the same folder looks. The artifacts go where the experiment keeps them (an experiment made in a new
+local store: ``./mlruns`` beside ``./mlflow.db``). The run folder's ``mlflow.json`` remembers the store and
+the run's id, so ``--resume`` continues the same MLflow run from any folder. ``train.log`` is a list
+(``train.log=csv,mlflow``): a run may want metrics.csv and MLflow at once.
 
 One value per epoch, equal to metrics.jsonl: an epoch's row is logged once the checkpoint that holds
 it is written (at the next optimiser step, or when the fit ends), never before. A kill or a divergence
