@@ -441,10 +441,15 @@ class CompareLog:
         except (RunDirError, ConfigError) as exc:
             self.warn(f"MLflow: run '{folder}' not logged: {exc}")
             return
-        store = self.parent.store
-        child = RunLog.create(store, name, {"mlflow.parentRunId": self.run_id,
-                                            "trainwell.run_dir": str(folder.resolve()), **tags}, self.warn)
-        child.write_run_file(folder, parent_run_id=self.run_id, complete=False)
+        try:  # a store gone away mid-compare: a warning, and the compare goes on (a rerun logs the run)
+            child = RunLog.create(self.parent.store, name, {"mlflow.parentRunId": self.run_id,
+                                                            "trainwell.run_dir": str(folder.resolve()), **tags},
+                                  self.warn)
+            child.write_run_file(folder, parent_run_id=self.run_id, complete=False)
+        except Exception as exc:
+            self.warn(f"MLflow: run '{folder}' not logged ({exception_line(exc, 200)}); run the compare again to "
+                      "log it")
+            return
         child.log_params(config_params(cfg))
         child.log_epochs(rows)
         child.finish(folder, summary)
