@@ -9,6 +9,9 @@ import os
 from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+# MLflow (tests/test_tracking.py) sends usage telemetry unless told not to; the tests reach no network.
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("DO_NOT_TRACK", "true")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
@@ -48,6 +51,41 @@ def fix_suite_results():
     from trainwell.diagnose.fixsuite import run_fix_suite
 
     return run_fix_suite()
+
+
+@pytest.fixture(scope="session")
+def mlflow_template(tmp_path_factory) -> Path:
+    """An empty MLflow SQLite store (its tables made: that costs seconds) for tests to copy; xdist workers
+    share it (each makes its own under a name of its own, then moves it in place). Skips without mlflow
+    (the extra trainwell[mlflow]), except under CI (``CI`` set), where the test fails."""
+    import importlib.util
+
+    if importlib.util.find_spec("mlflow") is None:
+        message = "the MLflow tests need the mlflow package (pip install -e '.[test]')"
+        if os.environ.get("CI"):
+            pytest.fail(f"{message}; under CI (CI is set) they must run, not be skipped", pytrace=False)
+        pytest.skip(message)
+    from mlflow.tracking import MlflowClient
+
+    base = tmp_path_factory.getbasetemp()
+    shared = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "mlflow-template.db"
+    if not shared.is_file():
+        mine = tmp_path_factory.mktemp("mlflow-template") / "mlflow.db"
+        MlflowClient(f"sqlite:///{mine}").search_experiments()
+        os.replace(mine, shared)
+    return shared
+
+
+@pytest.fixture
+def mlflow_store(mlflow_template, tmp_path, monkeypatch) -> str:
+    """A fresh MLflow store in this test's folder, which is also the working folder (where MLflow's
+    defaults point: ./mlflow.db, and ./mlruns for the artifacts); returns its URI."""
+    import shutil
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    shutil.copy(mlflow_template, tmp_path / "mlflow.db")
+    return f"sqlite:///{tmp_path / 'mlflow.db'}"
 
 
 @pytest.fixture

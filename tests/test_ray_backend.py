@@ -237,3 +237,28 @@ def test_an_address_that_answers_but_is_no_ray_head_is_refused_within_the_time_l
             probe_address(f"127.0.0.1:{mute.getsockname()[1]}", timeout=0.5)
         assert time.perf_counter() - t0 < 5
 
+
+
+def test_a_compare_on_ray_logs_each_run_to_mlflow_from_the_driver(ray_cluster, mlflow_store, tmp_path):
+    """The runs train on Ray workers without train.log=mlflow; the driver logs each finished folder as a
+    child of the compare's parent run (the workers need neither mlflow nor a way to the store)."""
+    from mlflow.tracking import MlflowClient
+
+    from trainwell.config import from_dict
+    from trainwell.train.load import read_config
+
+    out = tmp_path / "tracked"
+    assert main(["compare", *FAST, "train.log=mlflow", f"train.mlflow_uri={mlflow_store}", "--vary", "model.name=mlp",
+                 "--seeds", "2", "--backend", "ray", "--cpus-per-trial", "1", "--quiet", "--out", str(out)]) == 0
+    client = MlflowClient(mlflow_store)
+    parent = client.get_run(json.loads((out / "mlflow.json").read_text())["run_id"])
+    assert parent.info.status == "FINISHED"
+    kids = client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    assert sorted(k.info.run_name for k in kids) == ["c00-model.name=mlp/seed-0", "c00-model.name=mlp/seed-1"]
+    for kid in kids:
+        run_dir = out / "runs" / kid.info.run_name
+        assert from_dict(dict(kid.data.params)) == read_config(run_dir)  # its own config.yaml
+        assert kid.data.params["train.seed"] == kid.info.run_name[-1] and kid.data.params["train.log"] == "[]"
+        rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+        assert sorted((m.step, m.value) for m in client.get_metric_history(kid.info.run_id, "val_acc")) == \
+            [(r["epoch"], r["val_acc"]) for r in rows]

@@ -223,6 +223,12 @@ class TrainConfig:
     """Draw curves.png in the run folder (compare turns it off: it draws the curves of all runs itself)."""
     tensorboard: bool = False
     """Also write TensorBoard events to RUN_DIR/tensorboard (needs the 'tensorboard' extra)."""
+    log: list[Literal["csv", "mlflow"]] = field(default_factory=list)
+    """Metrics logs besides RUN_DIR/metrics.jsonl (always written), a list, e.g. train.log=csv,mlflow: csv = RUN_DIR/metrics.csv, one row per epoch (rewritten on a resume or a rollback, as metrics.jsonl, so it matches the weights); mlflow = an MLflow run (needs the 'mlflow' extra) in train.mlflow_uri, experiment train.mlflow_experiment: the resolved config as params (dotted keys), every metric of every epoch (step = epoch), summary.json's numbers, and the run folder (not checkpoints/) as artifacts; a resumed run continues its MLflow run (RUN_DIR/mlflow.json). A compare (a lab, an ensemble) logs each finished run as a child of one parent run, from the run's folder."""
+    mlflow_uri: str | None = None
+    """train.log=mlflow: the tracking store, e.g. http://HOST:5000 (a tracking server) or sqlite:///PATH.db; unset = MLflow's own default, what 'mlflow ui' started in the same folder reads: $MLFLOW_TRACKING_URI when set, else ./mlflow.db (MLflow >= 3.7; ./mlruns before)."""
+    mlflow_experiment: str = "trainwell"
+    """train.log=mlflow: the MLflow experiment the runs go to (created if missing)."""
     ensemble: int = 1
     """Train this many members (seeds train.seed, train.seed+1, ...) in parallel and write them as one ensemble (``trainwell ensemble``); 1 = a single model."""
     snapshots: int = 0
@@ -269,6 +275,10 @@ class TrainConfig:
             raise ConfigError(f"train.rollback_lr_factor must be in (0, 1), got {self.rollback_lr_factor}.")
         if not 0 <= self.ema < 1:
             raise ConfigError(f"train.ema must be in [0, 1) (0 = off; e.g. 0.999), got {self.ema}.")
+        if len(set(self.log)) != len(self.log):
+            raise ConfigError(f"train.log names a log twice ({','.join(self.log)}); list each once, e.g. train.log=csv,mlflow.")
+        if not self.mlflow_experiment.strip():
+            raise ConfigError("train.mlflow_experiment must be a name, e.g. train.mlflow_experiment=trainwell.")
         if not (isinstance(self.data_on_device, bool) or self.data_on_device == "auto"):
             raise ConfigError(f"train.data_on_device must be auto, true or false; got {self.data_on_device!r}.")
 

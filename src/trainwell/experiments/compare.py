@@ -213,8 +213,12 @@ def is_finished(job: Job, plan: Plan) -> bool:
 
 
 def job_config(cell_config: Config, seed: int) -> Config:
-    """A job's typed config: its cell's, at its seed, without per-run plots or a progress bar."""
-    return resolve([f"train.seed={seed}", "train.progress=false", "train.plots=false"], base=cell_config)
+    """A job's typed config: its cell's, at its seed, without per-run plots or a progress bar, and without
+    train.log=mlflow: the compare logs each finished run to MLflow itself, from its folder (:class:`Tracking`)."""
+    from trainwell.train.tracking import wants_mlflow, without_mlflow
+
+    untracked = without_mlflow(cell_config) if wants_mlflow(cell_config) else []
+    return resolve([f"train.seed={seed}", "train.progress=false", "train.plots=false", *untracked], base=cell_config)
 
 
 @dataclass
@@ -249,13 +253,52 @@ def prepare_compare_dir(out: str | Path, plan: Plan, overwrite: bool) -> Path:
     return out
 
 
+def job_name(plan: Plan, job: Job) -> str:
+    """A run's name in MLflow: its cell's folder and its seed (``c01-model.activation=tanh/seed-2``)."""
+    return f"{cell_dir_name(job.cell, plan.cells[job.cell])}/seed-{job.seed}"
+
+
+@dataclass
+class Tracking:
+    """A compare's MLflow logging (``train.log=mlflow`` in its config): the parent run (:class:`CompareLog`),
+    under which :func:`execute` logs each run as it finishes, from its folder, in this process.
+
+    Why here and not in the runs: a run on a Ray worker (or in a pool process) may have no mlflow installed
+    and no way to the store (a local ./mlflow.db is on the driver's disk), and the parent's id is the
+    driver's; the folder holds everything a run logs (config.yaml, metrics.jsonl, summary.json, the model),
+    and a folder is logged only once it is finished, so a run retried after a failure or an interrupted
+    compare is logged once. The price: a compare's runs appear in MLflow when each one ends, not epoch by
+    epoch."""
+
+    log: Any  # trainwell.train.tracking.CompareLog
+
+    @classmethod
+    def start(cls, store: Any, plan: Plan, home: Path, warn: Any, fresh: bool = False,
+              name: str | None = None) -> Tracking:
+        from trainwell.train.tracking import CompareLog
+
+        params = {"compare.base": " ".join(plan.base), "compare.cells": str(len(plan.cells)),
+                  "compare.seeds": render(plan.seeds), "compare.metric": plan.metric,
+                  "compare.config_file": plan.config_file or ""}
+        for i, cell in enumerate(plan.cells):
+            params[f"compare.c{i:02d}"] = " ".join(cell.args()) or "(base)"
+        title = name or (plan.title if plan.title != Plan.title else home.name)
+        return cls(CompareLog.start(store, home, title, params, warn, fresh=fresh))
+
+    def log_job(self, plan: Plan, job: Job) -> None:
+        self.log.log_run(job.run_dir, job_name(plan, job), {"trainwell.cell": plan.cells[job.cell].label,
+                                                            "trainwell.seed": str(job.seed)})
+
+
 def execute(plan: Plan, out: Path, workers: int | None = None, console: Console | None = None,
             quiet: bool = False, configs: list[Config] | None = None,
-            backend: str | Backend | None = None) -> Execution:
+            backend: str | Backend | None = None, tracking: Tracking | None = None) -> Execution:
     """Run the plan's unfinished jobs; finished ones (a previous, interrupted call) are skipped.
 
     ``configs``: the result of :func:`validate` when the caller already checked the plan.
     ``backend``: where the runs run (:class:`~trainwell.experiments.trials.Backend`; default local).
+    ``tracking``: the compare's MLflow parent run; each run is logged under it once finished (those an
+    earlier call finished first, when not logged yet).
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, \
         TimeRemainingColumn
@@ -274,9 +317,16 @@ def execute(plan: Plan, out: Path, workers: int | None = None, console: Console 
     if state.skipped and not quiet:
         console.print(f"resuming: {state.skipped} of {len(all_jobs)} runs already finished in {out}", highlight=False)
 
+    if tracking is not None:
+        for job in all_jobs:
+            if job not in pending:
+                tracking.log_job(plan, job)
+
     def done(job: Job, summary: dict[str, Any] | None, error: str | None) -> None:
         if error is None:
             state.ran += 1
+            if tracking is not None:
+                tracking.log_job(plan, job)
             value = summary.get(plan.metric) if summary else None
             shown = f"{value:.4g}" if isinstance(value, (int, float)) else "?"
             progress.update(task, advance=1, last=f"{plan.cells[job.cell].label} seed {job.seed}: {plan.metric} {shown}")

@@ -19,13 +19,15 @@ from trainwell.config import Config
 from trainwell.data import load_splits
 from trainwell.errors import RunDirError
 from trainwell.formatting import percent
-from trainwell.experiments.compare import Plan, execute, jobs, prepare_compare_dir
+from trainwell.experiments.compare import Plan, Tracking, execute, jobs, prepare_compare_dir
 from trainwell.experiments.trials import Backend, as_backend, backend_session
 from trainwell.train.build import check_run
 from trainwell.train.ensemble_dir import MEMBERS_RUNS, write_ensemble
 from trainwell.train.load import Run, load_run
 from trainwell.fileio import atomic_write_text
+from trainwell.train.progress import print_warning
 from trainwell.train.rundir import check_out_dir, prepare_out_dir
+from trainwell.train.tracking import NOT_ARTIFACTS, compare_store, summary_metrics
 
 
 def train_ensemble(
@@ -54,39 +56,51 @@ def train_ensemble(
     member_cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, ensemble=1))
     check_run(member_cfg, load_splits(cfg.data))  # what train checks, before any folder exists
     console = console or Console(stderr=True, quiet=quiet, soft_wrap=True)
-    with backend_session(backend):  # a bad --address fails here, before any folder exists
-        if resume:  # the members' compare resumes its unfinished runs from their checkpoints
-            out_dir = Path(out)  # type: ignore[arg-type]  # with resume the API passes the folder as out
-            (out_dir / "summary.json").unlink(missing_ok=True)  # unfinished again until this call ends
-        else:
-            out_dir = prepare_out_dir(out, "train", f"{cfg.data.name}-{k}x{cfg.model.name}", overwrite,
-                                      say=lambda line: console.print(line, highlight=False))
-        atomic_write_text(out_dir / "config.yaml", cfg.to_yaml())
-        # The members: the resolved config (out/config.yaml) as one compare cell, over K seeds.
-        plan = Plan(base=["train.ensemble=1"], seeds=list(range(cfg.train.seed, cfg.train.seed + k)),
-                    config_file=str(out_dir.resolve() / "config.yaml"), title=f"ensemble of {k}")
-        runs_dir = prepare_compare_dir(out_dir / MEMBERS_RUNS, plan, overwrite)
-        if not quiet:
-            console.print(f"[bold]trainwell[/] ensemble of {k}: {cfg.data.name}, {cfg.model.name}, seeds "
-                          f"{plan.seeds[0]}..{plan.seeds[-1]} -> {out_dir}", highlight=False)
-        t0 = time.perf_counter()
-        execution = execute(plan, runs_dir, workers=workers, console=console, quiet=quiet, configs=[member_cfg],
-                            backend=backend)
-    if execution.failed:
-        first = execution.failed[0]
-        raise RunDirError(f"{len(execution.failed)} of {k} ensemble members failed; seed {first['seed']}: "
-                          f"{first['error']}")
-    member_dirs = [job.run_dir for job in jobs(plan, runs_dir)]
-    runs = [load_run(d) for d in member_dirs]
-    seconds = time.perf_counter() - t0
-    run = write_ensemble(out_dir, runs, member_dirs, copy=False,
-                         extra={"seeds": plan.seeds, "wall_seconds": seconds})
+    store = compare_store([cfg])  # train.log=mlflow: the store, opened (or one line) before any folder exists
+    tracking = None
+    try:
+        with backend_session(backend):  # a bad --address fails here, before any folder exists
+            if resume:  # the members' compare resumes its unfinished runs from their checkpoints
+                out_dir = Path(out)  # type: ignore[arg-type]  # with resume the API passes the folder as out
+                (out_dir / "summary.json").unlink(missing_ok=True)  # unfinished again until this call ends
+            else:
+                out_dir = prepare_out_dir(out, "train", f"{cfg.data.name}-{k}x{cfg.model.name}", overwrite,
+                                          say=lambda line: console.print(line, highlight=False))
+            atomic_write_text(out_dir / "config.yaml", cfg.to_yaml())
+            # The members: the resolved config (out/config.yaml) as one compare cell, over K seeds.
+            plan = Plan(base=["train.ensemble=1"], seeds=list(range(cfg.train.seed, cfg.train.seed + k)),
+                        config_file=str(out_dir.resolve() / "config.yaml"), title=f"ensemble of {k}")
+            runs_dir = prepare_compare_dir(out_dir / MEMBERS_RUNS, plan, overwrite)
+            if store is not None:  # the ensemble's MLflow run, its members as children
+                tracking = Tracking.start(store, plan, out_dir, lambda line: print_warning(console, line),
+                                          fresh=overwrite and not resume, name=out_dir.name)
+            if not quiet:
+                console.print(f"[bold]trainwell[/] ensemble of {k}: {cfg.data.name}, {cfg.model.name}, seeds "
+                              f"{plan.seeds[0]}..{plan.seeds[-1]} -> {out_dir}", highlight=False)
+            t0 = time.perf_counter()
+            execution = execute(plan, runs_dir, workers=workers, console=console, quiet=quiet, configs=[member_cfg],
+                                backend=backend, tracking=tracking)
+        if execution.failed:
+            first = execution.failed[0]
+            raise RunDirError(f"{len(execution.failed)} of {k} ensemble members failed; seed {first['seed']}: "
+                              f"{first['error']}")
+        member_dirs = [job.run_dir for job in jobs(plan, runs_dir)]
+        runs = [load_run(d) for d in member_dirs]
+        seconds = time.perf_counter() - t0
+        run = write_ensemble(out_dir, runs, member_dirs, copy=False,
+                             extra={"seeds": plan.seeds, "wall_seconds": seconds})
+        if tracking is not None:  # the ensemble's scores and folder (not its members': they are the children)
+            tracking.log.finish(out_dir, summary_metrics(run.summary), failed=False,
+                                skip=(*NOT_ARTIFACTS, MEMBERS_RUNS))
+    except BaseException as exc:
+        if tracking is not None:
+            tracking.log.end("KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
+        raise
     if not quiet:
         console.print(ensemble_table(run.summary))
         console.print(f"ensemble acc {percent(run.summary['ensemble_acc'])} vs mean member "
                       f"{percent(run.summary['mean_member_acc'])} ({seconds:.0f} s) -> {out_dir}", highlight=False)
     return run
-
 
 def ensemble_table(summary: dict[str, Any]) -> Table:
     """Each member's accuracy, NLL and ECE, the members' mean, and each method's (the chosen one marked)."""

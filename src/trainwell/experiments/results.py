@@ -27,11 +27,12 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from trainwell.experiments.compare import Cell, Execution, Plan, execute, finished_runs, nan_to_none, \
+from trainwell.experiments.compare import Cell, Execution, Plan, Tracking, execute, finished_runs, nan_to_none, \
     prepare_compare_dir
 from trainwell.experiments.stats import MeanCI, PairedTest, curve_band, mean_ci, paired_test
 from trainwell.experiments.trials import Backend, as_backend, backend_session
 from trainwell.fileio import atomic_write_text, write_json
+from trainwell.train.progress import print_warning
 
 #: Curves drawn with bands: (metrics.jsonl key, axis label, scale, log axis: band computed in log space).
 CURVES = (("val_acc", "validation accuracy (%)", 100.0, False), ("train_loss", "training loss", 1.0, True))
@@ -362,15 +363,43 @@ def run_plan(plan: Plan, out: str | Path, *, workers: int | None = None, overwri
     cluster; :class:`~trainwell.experiments.trials.Backend` for its address and per-run resources)."""
     from trainwell.experiments.compare import validate
 
+    from trainwell.train.tracking import compare_store
+
     backend = as_backend(backend)
     configs = validate(plan)  # before the folder exists: a mistake leaves nothing behind
-    with backend_session(backend):  # a bad --address fails here, before the folder exists too
-        out = prepare_compare_dir(out, plan, overwrite)
-        console = console or Console(stderr=True, quiet=quiet, soft_wrap=True)
-        execution = execute(plan, out, workers=workers, console=console, quiet=quiet, configs=configs,
-                            backend=backend)
-    result = aggregate(plan, out, execution, alpha)
-    write_outputs(result, None if quiet else Console(soft_wrap=True), command)
+    store = compare_store(configs)  # train.log=mlflow: its store, opened (or one line) before the folder too
+    console = console or Console(stderr=True, quiet=quiet, soft_wrap=True)
+    tracking = None
+    try:
+        with backend_session(backend):  # a bad --address fails here, before the folder exists too
+            out = prepare_compare_dir(out, plan, overwrite)
+            if store is not None:
+                tracking = Tracking.start(store, plan, out, lambda line: print_warning(console, line), fresh=overwrite)
+            execution = execute(plan, out, workers=workers, console=console, quiet=quiet, configs=configs,
+                                backend=backend, tracking=tracking)
+        result = aggregate(plan, out, execution, alpha)
+        write_outputs(result, None if quiet else Console(soft_wrap=True), command)
+        if tracking is not None:
+            tracking.log.finish(out, cell_metrics(result), failed=bool(execution.failed))
+    except BaseException as exc:
+        if tracking is not None:
+            tracking.log.end("KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
+        raise
     if not quiet:
         console.print(f"report: {out / 'report.html'}", highlight=False)
     return result
+
+
+def cell_metrics(result: CompareResult) -> dict[str, float]:
+    """The compare's table as MLflow metrics of its parent run: each cell's mean of the metric with its
+    95% interval, and its difference from the baseline (``c01.test_acc.mean`` ...)."""
+    metric = result.plan.metric
+    out: dict[str, float] = {}
+    for i, cell in enumerate(result.cells):
+        for name, value in (("mean", cell.ci.mean), ("ci_low", cell.ci.low), ("ci_high", cell.ci.high)):
+            out[f"c{i:02d}.{metric}.{name}"] = float(value)
+        out[f"c{i:02d}.runs"] = float(len(cell.summaries))
+        if cell.test is not None:
+            out[f"c{i:02d}.{metric}.delta"] = float(cell.test.diff.mean)
+            out[f"c{i:02d}.{metric}.p"] = float(cell.test.p)
+    return out

@@ -16,9 +16,10 @@ state), the augmenter and the callbacks from the config, then hands them to
 
 from __future__ import annotations
 
+import contextlib
 import platform
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 from rich.console import Console
@@ -39,7 +40,15 @@ from trainwell.train.build import (
     model_card,
     with_lr,
 )
-from trainwell.train.callbacks import EarlyStopping, KeepBest, MetricsFile, ProgressDisplay, TensorBoardLog
+from trainwell.train.callbacks import (
+    CsvFile,
+    EarlyStopping,
+    KeepBest,
+    MetricsFile,
+    MlflowLog,
+    ProgressDisplay,
+    TensorBoardLog,
+)
 from trainwell.train.checkpoint import CHECKPOINT_DIR, Checkpoints
 from trainwell.train.distributed import World, check_batch, current_world
 from trainwell.train.events import Callback
@@ -121,6 +130,30 @@ def _tensorboard_writer_class() -> Any:
     return SummaryWriter
 
 
+def _mlflow_store(cfg: Config, resume: Path | None, main: bool) -> Any:
+    """train.log=mlflow: mlflow imported (one line naming the extra when it is missing) and, on rank 0, the
+    store opened (an unreachable one is one line); a resumed run's is opened from its mlflow.json later."""
+    if "mlflow" not in cfg.train.log:
+        return None
+    from trainwell.train.tracking import mlflow_module, open_store, read_run_file
+
+    mlflow_module()
+    if not main or (resume is not None and read_run_file(resume) is not None):
+        return None
+    return open_store(cfg.train.mlflow_uri, cfg.train.mlflow_experiment)
+
+
+@contextlib.contextmanager
+def _ending(mlflow_log: MlflowLog | None) -> Iterator[None]:
+    """Ends the MLflow run of a run that stops on an exception: KILLED (interrupted) or FAILED."""
+    try:
+        yield
+    except BaseException as exc:
+        if mlflow_log is not None:
+            mlflow_log.log.end("KILLED" if isinstance(exc, (Interrupted, KeyboardInterrupt)) else "FAILED")
+        raise
+
+
 def _diagnosis(classifier: nn.Module, splits: Splits, cfg: Config, device: torch.device) -> str:
     """The doctor's one-line verdict on the (restored, last good) model, on a training batch."""
     from trainwell.diagnose import diagnose_model
@@ -180,6 +213,9 @@ def train(
         _check_resumable(Path(resume), model, prepare)
     elif out is not None and world.main:  # (rank 0 creates it: the others would find it made)
         check_new_out(Path(out), overwrite, cfg)
+    # train.log=mlflow: installed (every rank: they fail alike) and its store usable (rank 0's), before any
+    # data is loaded or folder made; a resumed run reopens the store its mlflow.json names.
+    store = _mlflow_store(cfg, Path(resume) if resume is not None else None, world.main)
     device = world.device(resolve_device(cfg.train.device))
     console = console or Console(stderr=True, quiet=quiet, soft_wrap=True)
     warn = lambda message: print_warning(console, message)  # noqa: E731
@@ -231,62 +267,72 @@ def train(
         if writer_class is not None and world.main else None
     progress = None if quiet else ProgressDisplay(console, cfg.train.epochs, cfg.train.progress and console.is_terminal)
     metrics_file = MetricsFile(out_dir / "metrics.jsonl") if world.main else None
+    csv_file = CsvFile(out_dir / "metrics.csv") if world.main and "csv" in cfg.train.log else None
+    mlflow_log = None
+    if world.main and "mlflow" in cfg.train.log:
+        from trainwell.train.tracking import RunLog
+
+        mlflow_log = MlflowLog(RunLog.for_run_folder(cfg, out_dir, store, warn))
     loop_callbacks = [cb for cb in (*callbacks, *extra_callbacks, doctor, snapshots,
                                     EarlyStopping(cfg.train.early_stopping) if cfg.train.early_stopping else None,
-                                    keep_best, metrics_file, tensorboard, progress)
+                                    keep_best, metrics_file, csv_file, tensorboard, mlflow_log, progress)
                       if cb is not None]
-    if loaded is not None:
-        _restore(state, loop_callbacks, loaded, world)
-        if world.main:
-            _reopen_for_training(out_dir, cfg)  # everything is built: only now does the run become unfinished
-        if state.stop_reason == "early_stopping" and state.epoch < cfg.train.epochs:
-            state.stop_reason = None  # a finished run extended with train.epochs: train on
+    with _ending(mlflow_log):  # a killed or failed run's MLflow run is marked so (and resumes)
+        if loaded is not None:
+            _restore(state, loop_callbacks, loaded, world)
+            if world.main:
+                _reopen_for_training(out_dir, cfg)  # everything is built: only now does the run become unfinished
+            if state.stop_reason == "early_stopping" and state.epoch < cfg.train.epochs:
+                state.stop_reason = None  # a finished run extended with train.epochs: train on
 
-    params = count_parameters(classifier)
-    where = f"resuming {out_dir} at epoch {state.epoch + 1}, step {state.step}" if loaded is not None \
-        else f"run dir {out_dir}"
-    console.print(
-        f"[bold]trainwell[/] {splits.description} | {len(splits.train)}/{len(splits.val)}/{len(splits.test)} "
-        f"train/val/test | {cfg.model.name if model is None else type(classifier.net).__name__} {params:,} params | "
-        f"{device} | {where}",
-        highlight=False,
-    )
-    try:
-        with catch_signals() as stop:
-            result = fit(state, splits.train, splits.val, LoopSettings.from_config(cfg, splits.num_classes),
-                         augment=augment, callbacks=loop_callbacks, checkpoints=checkpoints, stop=stop, warn=warn,
-                         world=world)
-    except Interrupted as exc:
-        nproc = f" --nproc {world.size}" if world.distributed else ""
-        raise Interrupted(exc.signum, exc.epoch, exc.step, f"resume with: trainwell train --resume {out_dir}{nproc}") \
-            from None
-    finally:
-        for cb in (progress, tensorboard, doctor):
-            if cb is not None:
-                cb.close()
+        params = count_parameters(classifier)
+        where = f"resuming {out_dir} at epoch {state.epoch + 1}, step {state.step}" if loaded is not None \
+            else f"run dir {out_dir}"
+        console.print(
+            f"[bold]trainwell[/] {splits.description} | {len(splits.train)}/{len(splits.val)}/{len(splits.test)} "
+            f"train/val/test | {cfg.model.name if model is None else type(classifier.net).__name__} "
+            f"{params:,} params | {device} | {where}",
+            highlight=False,
+        )
+        try:
+            with catch_signals() as stop:
+                result = fit(state, splits.train, splits.val, LoopSettings.from_config(cfg, splits.num_classes),
+                             augment=augment, callbacks=loop_callbacks, checkpoints=checkpoints, stop=stop, warn=warn,
+                             world=world)
+        except Interrupted as exc:
+            nproc = f" --nproc {world.size}" if world.distributed else ""
+            raise Interrupted(exc.signum, exc.epoch, exc.step,
+                              f"resume with: trainwell train --resume {out_dir}{nproc}") from None
+        finally:
+            for cb in (progress, tensorboard, doctor):
+                if cb is not None:
+                    cb.close()
 
-    if state.ema is not None:  # validation used the averaged weights: so do the test and the saved model
-        classifier.load_state_dict(state.ema.module.state_dict())
-    fmt = forward_format(cfg.train.precision, cfg.train.channels_last, device)  # tested as validated
-    test = evaluate_split(classifier, splits.test, device, cfg.train.eval_batch_size, fmt, world)
-    summary = _summary(result, test, cfg, splits, device, params, out_dir, keep_best, fmt.name)
-    summary.update(flop_fields(flops))
-    summary["processes"] = world.size
-    if result.divergence is not None:  # (every rank diagnoses: a synchronised batch norm's forward is collective)
-        summary["divergence"] = {**result.divergence, "diagnosis": _diagnosis(classifier, splits, cfg, device)}
-    if not world.main:  # the files are rank 0's
+        if state.ema is not None:  # validation used the averaged weights: so do the test and the saved model
+            classifier.load_state_dict(state.ema.module.state_dict())
+        fmt = forward_format(cfg.train.precision, cfg.train.channels_last, device)  # tested as validated
+        test = evaluate_split(classifier, splits.test, device, cfg.train.eval_batch_size, fmt, world)
+        summary = _summary(result, test, cfg, splits, device, params, out_dir, keep_best, fmt.name)
+        summary.update(flop_fields(flops))
+        summary["processes"] = world.size
+        if result.divergence is not None:  # (every rank diagnoses: a synchronised batch norm's forward is collective)
+            summary["divergence"] = {**result.divergence, "diagnosis": _diagnosis(classifier, splits, cfg, device)}
+        if not world.main:  # the files are rank 0's
+            return Run(out_dir, cfg, classifier, summary, list(splits.classes), tuple(splits.input_shape), splits)
+        if doctor is not None:
+            summary["doctor"] = doctor.summary()
+            doctor.write(out_dir)  # doctor.json + doctor_*.png
+        save_weights(out_dir / "model.safetensors", classifier.state_dict())
+        if result.history and cfg.train.plots:
+            plot_curves(result.history, out_dir / "curves.png", title=f"{out_dir.name} (seed {cfg.train.seed})")
+        if snapshots is not None:
+            summary["snapshot_ensemble"] = snapshots.combine(out_dir, splits, console)
+        write_json(out_dir / "summary.json", summary)  # last: its presence marks a finished run
+        mlflow_log = next((cb for cb in loop_callbacks if isinstance(cb, MlflowLog)), None)
+        if mlflow_log is not None:  # the summary, the folder as artifacts; the MLflow run ends
+            mlflow_log.log.finish(out_dir, summary)
+        _report(console, summary, result, cfg, out_dir)
         return Run(out_dir, cfg, classifier, summary, list(splits.classes), tuple(splits.input_shape), splits)
-    if doctor is not None:
-        summary["doctor"] = doctor.summary()
-        doctor.write(out_dir)  # doctor.json + doctor_*.png
-    save_weights(out_dir / "model.safetensors", classifier.state_dict())
-    if result.history and cfg.train.plots:
-        plot_curves(result.history, out_dir / "curves.png", title=f"{out_dir.name} (seed {cfg.train.seed})")
-    if snapshots is not None:
-        summary["snapshot_ensemble"] = snapshots.combine(out_dir, splits, console)
-    write_json(out_dir / "summary.json", summary)  # last: its presence marks a finished run
-    _report(console, summary, result, cfg, out_dir)
-    return Run(out_dir, cfg, classifier, summary, list(splits.classes), tuple(splits.input_shape), splits)
 
 
 def check_distributed(cfg: Config, processes: int) -> None:

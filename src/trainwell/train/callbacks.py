@@ -3,17 +3,21 @@
 * :class:`MetricsFile` — ``metrics.jsonl``, one row per epoch (rewritten from the state after a
   resume or a rollback, so it always matches the weights);
 * :class:`ProgressDisplay` — the rich bar and one line per epoch;
+* :class:`CsvFile` — ``train.log=csv``: ``metrics.csv``, the same rows for spreadsheets;
 * :class:`TensorBoardLog` — ``train.tensorboard=true``;
+* :class:`MlflowLog` — ``train.log=mlflow``: each epoch's row into an MLflow run once a checkpoint holds it;
 * :class:`EarlyStopping` — ``train.early_stopping=PATIENCE`` on val_acc;
 * :class:`KeepBest` — ``train.keep=best``: the weights of the best validation epoch are the ones kept.
 """
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import math
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from rich.console import Console
@@ -21,6 +25,9 @@ from rich.console import Console
 from trainwell.fileio import atomic_write_text, json_default
 from trainwell.train.events import Callback, EpochEnd, FitEnd, FitStart, Restore, StepEnd
 from trainwell.train.progress import TrainProgress, format_epoch
+
+if TYPE_CHECKING:  # (the tracking module imports mlflow only when a run logs to it)
+    from trainwell.train.tracking import RunLog
 
 
 class MetricsFile(Callback):
@@ -41,6 +48,45 @@ class MetricsFile(Callback):
     def on_epoch_end(self, event: EpochEnd) -> None:
         with self.path.open("a") as fh:
             fh.write(json.dumps(event.metrics, default=json_default) + "\n")
+            fh.flush()
+
+
+class CsvFile(Callback):
+    """``metrics.csv``: the rows of metrics.jsonl as a table, header from their keys (in the rows' order).
+
+    Written as metrics.jsonl is: rewritten from the state at the fit's start and after a rollback (so it
+    always matches the weights), one appended line per epoch; a row with a key the header lacks
+    rewrites the file with the wider header. A missing value is an empty cell.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.columns: list[str] = []
+
+    @staticmethod
+    def _line(row: dict[str, Any], columns: list[str]) -> str:
+        buf = io.StringIO()
+        csv.writer(buf, lineterminator="\n").writerow(["" if row.get(k) is None else row[k] for k in columns])
+        return buf.getvalue()
+
+    def _rewrite(self, rows: list[dict[str, Any]]) -> None:
+        self.columns = list(dict.fromkeys(k for row in rows for k in row))
+        text = "".join(self._line(r, self.columns) for r in rows)
+        atomic_write_text(self.path, (self._line({k: k for k in self.columns}, self.columns) + text) if rows else "")
+
+    def on_fit_start(self, event: FitStart) -> None:
+        self._rewrite(event.state.history)
+
+    def on_restore(self, event: Restore) -> None:
+        self._rewrite(event.state.history)
+
+    def on_epoch_end(self, event: EpochEnd) -> None:
+        if not self.columns or any(k not in self.columns for k in event.metrics):
+            history = event.state.history if event.state is not None else [event.metrics]
+            self._rewrite(history)
+            return
+        with self.path.open("a", newline="") as fh:
+            fh.write(self._line(event.metrics, self.columns))
             fh.flush()
 
 
@@ -102,6 +148,39 @@ class TensorBoardLog(Callback):
         if self.writer is not None:
             self.writer.close()
             self.writer = None
+
+
+class MlflowLog(Callback):
+    """Every epoch's metrics row into an MLflow run (:mod:`trainwell.train.tracking`), step = the epoch.
+
+    A row is logged once the checkpoint that holds it is written: at the next optimiser step (the
+    epoch-end checkpoint comes before it), or at the fit's start and end and after a rollback (the state
+    is a checkpoint's then). A killed run or a rollback resumes from a checkpoint, never before a
+    logged epoch: no epoch is logged twice, and what MLflow holds equals metrics.jsonl.
+    """
+
+    def __init__(self, log: RunLog) -> None:
+        self.log = log
+        self.logged = log.logged_epochs()  # a resumed MLflow run's epochs are not logged again
+
+    def _flush(self, history: list[dict[str, Any]]) -> None:
+        rows = [r for r in history if int(r["epoch"]) > self.logged]
+        if rows:
+            self.log.log_epochs(rows)
+            self.logged = max(int(r["epoch"]) for r in rows)
+
+    def on_fit_start(self, event: FitStart) -> None:
+        self._flush(event.state.history)
+
+    def on_step_end(self, event: StepEnd) -> None:
+        if event.state.epoch > self.logged:  # the first step after an epoch's end (and its checkpoint)
+            self._flush(event.state.history)
+
+    def on_restore(self, event: Restore) -> None:
+        self._flush(event.state.history)
+
+    def on_fit_end(self, event: FitEnd) -> None:
+        self._flush(event.state.history)
 
 
 class EarlyStopping(Callback):
