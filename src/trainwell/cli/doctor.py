@@ -105,7 +105,9 @@ def run_doctor(args: argparse.Namespace) -> tuple[Any, Path]:
 
         cfg = resolve(target, args.config)
         custom = user_model(args.model, args.model_args, cfg)
-        model_name = type(custom["model"]).__name__ if custom else cfg.model.name
+        from trainwell.train.build import model_tag
+
+        model_name = type(custom["model"]).__name__ if custom else model_tag(cfg)
         staged = staged_out_dir(args.out, "doctor", f"{cfg.data.name}-{model_name}", args.overwrite)
         console = None if args.json else Console(stderr=True, soft_wrap=True)
         report = diagnose_config(cfg, batch_size=args.batch_size, epochs=args.epochs, every=args.every,
@@ -158,7 +160,9 @@ def cmd_fix(args: argparse.Namespace) -> int:
     if args.apply and Path(args.apply).exists() and not args.overwrite:
         raise ConfigError(f"'{args.apply}' exists; choose another --apply FILE or pass --overwrite.")
     cfg = resolve(target, args.config)
-    staged = staged_out_dir(args.out, "doctor", f"{cfg.data.name}-{cfg.model.name}-fix", args.overwrite)
+    from trainwell.train.build import model_tag
+
+    staged = staged_out_dir(args.out, "doctor", f"{cfg.data.name}-{model_tag(cfg)}-fix", args.overwrite)
     before = diagnose_config(cfg, batch_size=args.batch_size, epochs=args.epochs, every=args.every)
     changes = propose_fix(cfg, before)
     fixed_cfg = resolve(as_overrides(changes), base=cfg)
