@@ -220,7 +220,7 @@ class TrainConfig:
     progress: bool = True
     """Show a progress bar."""
     plots: bool = True
-    """Draw curves.png in the run folder (compare turns it off: it draws the curves of all runs itself)."""
+    """Draw curves.png, confusion.png and reliability.png in the run folder (compare turns it off: it draws the curves of all runs itself); the numbers are in summary.json and report.html either way."""
     tensorboard: bool = False
     """Also write TensorBoard events to RUN_DIR/tensorboard (needs the 'tensorboard' extra)."""
     ensemble: int = 1
