@@ -534,13 +534,16 @@ def test_registered_metadata_states_the_documented_arguments_ranks_and_choices(n
     assert callable(entry.meta.apply) and callable(entry.factory)
     args = ", ".join(f"{k}={'unset' if v is None else v}" for k, v in DOCUMENTED_DEFAULTS[name].items())
     fits = "/".join({0: "tabular", 1: "signals", 2: "images"}[r] for r in sorted(DOCUMENTED_RANKS[name]))
-    assert entry.doc.endswith(f". Args: {args}. Fits: {fits}.")
+    tta = name in {"hflip", "vflip", "translation", "crop"}  # the ops with deterministic variants
+    assert (entry.meta.variants is not None) == tta
+    assert f". Args: {args}. Fits: {fits}." in entry.doc
+    assert entry.doc.endswith(f". Fits: {fits}.") != tta and ("Test-time variants: " in entry.doc) == tta
     assert entry.doc.count("Args:") == 1 and not entry.doc.startswith(" Args")
 
 
 def test_registered_docs_spell_unset_and_the_rank_lists():
-    assert AUGMENTATIONS.entry("crop").doc.endswith("Args: fraction=0.125, padding=unset, mode=zeros, p=1.0. "
-                                                    "Fits: signals/images.")
+    assert "Args: fraction=0.125, padding=unset, mode=zeros, p=1.0. Fits: signals/images. Test-time variants: the " \
+           "window moved by +k and by -k pixels along each axis alone" in AUGMENTATIONS.entry("crop").doc
     assert AUGMENTATIONS.entry("noise").doc.endswith("Args: std=0.05, p=1.0. Fits: tabular/signals/images.")
 
 

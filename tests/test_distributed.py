@@ -283,6 +283,10 @@ def assert_trains_as_one_process(one: Path, two: Path) -> None:
     assert sb["test_loss"] == pytest.approx(sa["test_loss"], rel=1e-4)
     assert (sa["processes"], sb["processes"]) == (1, 2)
     assert sb["steps"] == sa["steps"]
+    # rank 0's metrics of the whole test split (eval mode, no collective) and its report
+    assert sum(map(sum, sb["confusion"])) == sb["n_test"] == sum(r["support"] for r in sb["per_class"].values())
+    assert sb["test_macro_f1"] == pytest.approx(sa["test_macro_f1"], abs=0.02)
+    assert (two / "report.html").is_file() and (one / "report.html").is_file()
 
 
 @pytest.mark.slow

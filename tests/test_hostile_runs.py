@@ -279,7 +279,7 @@ def test_a_staged_output_replaces_the_old_folder_whole_and_cleans_up_a_killed_on
     killed = tmp_path / ".ev.tmp-999999999"  # a command killed while building the folder
     killed.mkdir()
     assert main(["evaluate", str(run), "--out", str(out), "--overwrite"]) == 0
-    assert sorted(p.name for p in out.iterdir()) == ["summary.json"]
+    assert sorted(p.name for p in out.iterdir()) == ["confusion.png", "reliability.png", "summary.json"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ev", "run"]
 
 

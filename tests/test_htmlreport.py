@@ -18,7 +18,7 @@ from browser import check_page, chromium  # noqa: F401  (chromium is a fixture)
 from PIL import Image as PILImage
 
 import trainwell
-from trainwell.experiments.htmlreport import (
+from trainwell.htmlreport import (
     Code,
     Image,
     KeyValues,

@@ -17,7 +17,7 @@ SRC = Path(trainwell.__file__).parent
 #: Lowest first. ``trainwell`` (the package root) re-exports the API, so it sits with it.
 LAYERS: list[tuple[str, ...]] = [
     ("trainwell.errors", "trainwell.registry", "trainwell.config", "trainwell.seeds", "trainwell.fileio",
-     "trainwell.version", "trainwell.formatting"),
+     "trainwell.version", "trainwell.formatting", "trainwell.htmlreport"),
     ("trainwell.data", "trainwell.nn"),
     ("trainwell.train",),
     ("trainwell.diagnose",),

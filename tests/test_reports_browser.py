@@ -32,3 +32,16 @@ def test_lab_report_renders_in_a_browser(chromium, tmp_path):  # noqa: F811
     run_lab("activations", out=tmp_path / "lab", quick=True, seeds=[0, 1], workers=1, quiet=True)
     page = _assert_renders(tmp_path / "lab" / "report.html", tmp_path / "lab.png", 3)
     assert "Verdict" in page.text and "sigmoid" in page.text
+
+
+@pytest.mark.slow
+def test_run_report_renders_in_a_browser(chromium, tmp_path):  # noqa: F811
+    import trainwell
+
+    run = trainwell.train(FAST + ["doctor=true", "data.limit=300"], out=tmp_path / "r", quiet=True)
+    doctor_figures = len(list(run.dir.glob("doctor_*.png")))
+    # curves, confusion matrix, reliability diagram and the doctor's figures, all embedded
+    page = _assert_renders(run.dir / "report.html", tmp_path / "run.png", 3 + doctor_figures)
+    for part in ("Per class", "Confusion matrix", "Calibration", "Doctor", "Parameter groups", "Timings", "Config",
+                 "macro mean", "examples per second"):
+        assert part in page.text, part

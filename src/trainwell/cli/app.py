@@ -30,6 +30,8 @@ EXAMPLES = """examples:
   trainwell train -c my.yaml optim.lr=0.1 --out runs/lr0.1
   trainwell train --resume runs/lr0.1               # continue a killed run exactly where it was
   trainwell evaluate runs/lr0.1
+  trainwell evaluate runs/lr0.1 --tta hflip,translation   # test-time augmentation
+  trainwell report runs/lr0.1                       # (re)write runs/lr0.1/report.html
   trainwell predict runs/lr0.1 image.png batch.npz
   trainwell lr-find preset=mnist1d
   trainwell summary preset=mnist1d                  # layers, output shapes, parameters, FLOPs
@@ -93,12 +95,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. data.path=other.npz data.name=npz")
     p.add_argument("--split", default="test", choices=["train", "val", "test"])
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.add_argument("--tta", metavar="OPS",
+                   help="test-time augmentation: average the softmax over the deterministic variants of these "
+                        "augment ops, e.g. hflip,translation (identity + the mirror image + shifts by ±k px per "
+                        "axis); ops with variants: hflip, vflip, translation, crop")
     add_output_args(p)
     p.set_defaults(handler=cmd_evaluate)
 
-    p = sub.add_parser("predict", help="classify npz/npy arrays or image files with a trained run")
+    p = sub.add_parser("report", help="(re)write a run folder's report.html from its files",
+                       description="Write RUN_DIR/report.html: config, curves, per-class table, confusion matrix, "
+                                   "reliability diagram, doctor findings, parameter groups and timings, one "
+                                   "self-contained page. Every train writes it; this regenerates it.")
     p.add_argument("run_dir", metavar="RUN_DIR")
-    p.add_argument("inputs", nargs="+", metavar="INPUT", help=".npz/.npy arrays or image files")
+    p.set_defaults(handler=cmd_report)
+
+    p = sub.add_parser("predict", help="classify npz/npy arrays, image files or CSV rows with a trained run")
+    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help=".npz/.npy arrays, image files, or CSV rows (a tabular run)")
     p.add_argument("--device", default="auto")
     add_output_args(p)
     p.set_defaults(handler=cmd_predict)
@@ -189,7 +202,7 @@ def _launch_train(args: argparse.Namespace, cfg: Config | None) -> int:
     from trainwell.cli.launch import launch
     from trainwell.errors import ConfigError
     from trainwell.runs.train import check_distributed, check_new_out, resume_config
-    from trainwell.train.build import check_names
+    from trainwell.train.build import check_names, model_tag
     from trainwell.train.rundir import default_run_dir
     from trainwell.train.trainer import resolve_device
 
@@ -201,7 +214,7 @@ def _launch_train(args: argparse.Namespace, cfg: Config | None) -> int:
         out = Path(args.resume)
     else:
         assert cfg is not None
-        out = Path(args.out) if args.out is not None else default_run_dir("train", f"{cfg.data.name}-{cfg.model.name}")
+        out = Path(args.out) if args.out is not None else default_run_dir("train", f"{cfg.data.name}-{model_tag(cfg)}")
         check_new_out(out, args.overwrite, cfg)
         if args.out is None:
             argv += ["--out", str(out)]  # the ranks' folder, named here so the parent can say where it is
@@ -269,12 +282,60 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from trainwell.train.inference import evaluate
 
     out = args.out if args.out is not None else _default_out("evaluate", args.run_dir)
-    summary = evaluate(args.run_dir, args.overrides, split=args.split, out=out, overwrite=args.overwrite)
+    summary = evaluate(args.run_dir, args.overrides, split=args.split, out=out, overwrite=args.overwrite,
+                       tta=args.tta)
     if args.json:
         print(json.dumps(summary, indent=2))
     else:
-        acc, loss = summary[f"{args.split}_acc"], summary[f"{args.split}_loss"]
-        print(f"{args.split} acc {percent(acc)}  {args.split} loss {loss:.4f}  n={summary['n']}  -> {summary['out']}")
+        _print_evaluation(summary, args.split)
+    return 0
+
+
+def _print_evaluation(summary: dict, split: str) -> None:
+    """The figures of ``trainwell evaluate``: headline line, TTA's gain, the per-class table, where the files went."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(soft_wrap=True, highlight=False)
+    acc, loss = summary[f"{split}_acc"], summary[f"{split}_loss"]
+    tops = "  ".join(f"top-{k} {percent(summary[f'{split}_top{k}_acc'])}" for k in (3, 5)
+                     if f"{split}_top{k}_acc" in summary)
+    line = f"{split} acc {percent(acc)}  {tops + '  ' if tops else ''}"
+    if f"{split}_ece" in summary:  # NLL: the mean cross-entropy, the run's test loss
+        line += f"NLL {summary[f'{split}_nll']:.4f}  ECE {percent(summary[f'{split}_ece'])}" \
+                f"  macro F1 {percent(summary[f'{split}_macro_f1'])}"
+    else:
+        line += f"loss {loss:.4f}"
+    console.print(f"{line}  n={summary['n']}")
+    tta = summary.get("tta")
+    if tta:
+        without = tta[f"{split}_acc_without"]
+        console.print(f"test-time augmentation ({len(tta['variants'])} views: {', '.join(tta['variants'])}): "
+                      f"acc {percent(without)} -> {percent(acc)} ({100 * (acc - without):+.2f} points), "
+                      f"NLL {tta[f'{split}_nll_without']:.4f} -> {summary[f'{split}_nll']:.4f}")
+    if summary.get("per_class"):
+        table = Table(title=f"per class ({split} split)", title_justify="left")
+        for col in ("class", "precision", "recall", "F1", "support"):
+            table.add_column(col, justify="left" if col == "class" else "right")
+        for name, row in summary["per_class"].items():
+            table.add_row(str(name), f"{row['precision']:.3f}", f"{row['recall']:.3f}", f"{row['f1']:.3f}",
+                          f"{row['support']:,}")
+        table.add_row("macro mean", f"{summary[f'{split}_macro_precision']:.3f}",
+                      f"{summary[f'{split}_macro_recall']:.3f}", f"{summary[f'{split}_macro_f1']:.3f}",
+                      f"{summary['n']:,}", style="bold")
+        console.print(table)
+    out = Path(summary["out"])
+    files = summary.get("files", {})
+    for name, label in (("confusion", "confusion matrix"), ("reliability", "reliability diagram")):
+        if name in files:
+            console.print(f"{label}: {files[name]}")
+    console.print(f"summary: {out / 'summary.json'}")
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from trainwell.runs.report import write_run_report
+
+    print(f"report: {write_run_report(args.run_dir)}")
     return 0
 
 

@@ -109,7 +109,9 @@ def run_doctor(args: argparse.Namespace) -> tuple[Any, Path]:
 
         cfg = resolve(target, args.config)
         custom = user_model(args.model, args.model_args, cfg)
-        model_name = type(custom["model"]).__name__ if custom else cfg.model.name
+        from trainwell.train.build import model_tag
+
+        model_name = type(custom["model"]).__name__ if custom else model_tag(cfg)
         staged = staged_out_dir(args.out, "doctor", f"{cfg.data.name}-{model_name}", args.overwrite)
         console = None if args.json else Console(stderr=True, soft_wrap=True)
         report = diagnose_config(cfg, batch_size=args.batch_size, epochs=args.epochs, every=args.every,
@@ -200,7 +202,9 @@ def cmd_fix(args: argparse.Namespace) -> int:
 
     _check_fix_arguments(args)
     cfg = resolve(list(args.target), args.config)
-    staged = staged_out_dir(args.out, "doctor", f"{cfg.data.name}-{cfg.model.name}-fix", args.overwrite)
+    from trainwell.train.build import model_tag
+
+    staged = staged_out_dir(args.out, "doctor", f"{cfg.data.name}-{model_tag(cfg)}-fix", args.overwrite)
     outcome = fix_loop(cfg, lambda c: diagnose_config(c, batch_size=args.batch_size, epochs=args.epochs,
                                                       every=args.every),
                        args.rounds or FIX_MAX_ROUNDS)

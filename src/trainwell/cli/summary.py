@@ -41,7 +41,10 @@ def cmd_summary(args: argparse.Namespace) -> int:
     from trainwell.runs.train import summarize_config
 
     cfg = resolve(args.overrides, args.config)
+    from trainwell.train.build import resolve_model_name
+
     summary, splits, examples = summarize_config(cfg)
+    cfg = resolve_model_name(cfg, splits)  # model.name=auto: what the data made it
     epoch_flops = summary.train_flops * examples
     if args.json:
         print(json.dumps({**summary.to_dict(), "data": splits.description, "model": cfg.model.name,

@@ -39,7 +39,7 @@ grammar, docs/values.md) into specs, checked here against the ops' arguments.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -61,6 +61,9 @@ class AugmentMeta:
     check: Callable[[dict[str, Any]], None] | None  # raises ConfigError for bad complete arguments
     choices: dict[str, tuple[str, ...]]  # the allowed values of each string argument
     extent: Callable[[dict[str, Any], tuple[int, ...]], str] | None  # what the arguments mean in pixels at a size
+    # Test-time augmentation: (arguments, batch shape, device) -> [(label, params)], the op's deterministic
+    # variants (each applied to every sample); None = the op has none (its effect is random by nature).
+    variants: Callable[[dict[str, Any], tuple[int, ...], torch.device], list[tuple[str, Any]]] | None = None
 
 
 AUGMENTATIONS = new_registry(
@@ -181,18 +184,22 @@ class CutoutParams:
 
 
 def _op(name: str, *, ranks: Sequence[int], apply: Callable, doc: str, check: Callable | None = None,
-        choices: dict[str, Sequence[str]] | None = None, extent: Callable | None = None, **defaults: Any) -> Callable:
+        choices: dict[str, Sequence[str]] | None = None, extent: Callable | None = None,
+        variants: Callable | None = None, **defaults: Any) -> Callable:
     """Register ``sample`` as the factory; ``apply``, ranks, defaults and the checker go in the metadata.
 
     A default of ``None`` marks an optional whole number (crop's ``padding``: unset, the fraction decides).
     """
     fits = "/".join(_RANK_SHORT[r] for r in sorted(ranks))
     args = ", ".join(f"{k}={'unset' if v is None else v}" for k, v in defaults.items())
+    tta = f" Test-time variants: {' '.join(variants.__doc__.split())}" if variants is not None and variants.__doc__ \
+        else ""
 
     def decorate(sample: Callable) -> Callable:
-        AUGMENTATIONS.add(name, sample, f"{doc} Args: {args}. Fits: {fits}.", ranks=frozenset(ranks),
+        AUGMENTATIONS.add(name, sample, f"{doc} Args: {args}. Fits: {fits}.{tta}", ranks=frozenset(ranks),
                           defaults=dict(defaults), apply=apply, check=check,
-                          choices={k: tuple(v) for k, v in (choices or {}).items()}, extent=extent)
+                          choices={k: tuple(v) for k, v in (choices or {}).items()}, extent=extent,
+                          variants=variants)
         return sample
 
     return decorate
@@ -231,13 +238,28 @@ def _apply_flip(x: torch.Tensor, p: FlipParams, inplace: bool = False) -> torch.
     return torch.where(_per_sample(p.mask, x), flipped, x, out=flipped)
 
 
-@_op("hflip", ranks=(1, 2), apply=_apply_flip, p=0.5,
+def _all(shape: Sequence[int], device: torch.device) -> torch.Tensor:
+    """(N,) True: a variant applies to every sample."""
+    return torch.ones(shape[0], dtype=torch.bool, device=device)
+
+
+def _hflip_variants(args, shape, device):
+    """the mirror image (one)."""
+    return [("hflip", FlipParams(_all(shape, device), -1))]
+
+
+def _vflip_variants(args, shape, device):
+    """the top-bottom mirror image (one)."""
+    return [("vflip", FlipParams(_all(shape, device), -2))]
+
+
+@_op("hflip", ranks=(1, 2), apply=_apply_flip, variants=_hflip_variants, p=0.5,
      doc="Mirror images left-right, or reverse signals in time, with probability p.")
 def sample_hflip(shape, generator, device, *, p):
     return FlipParams(_mask(shape[0], p, generator, device), -1)
 
 
-@_op("vflip", ranks=(2,), apply=_apply_flip, p=0.5, doc="Mirror images top-bottom with probability p.")
+@_op("vflip", ranks=(2,), apply=_apply_flip, variants=_vflip_variants, p=0.5, doc="Mirror images top-bottom with probability p.")
 def sample_vflip(shape, generator, device, *, p):
     return FlipParams(_mask(shape[0], p, generator, device), -2)
 
@@ -290,8 +312,30 @@ def _translation_extent(args: dict[str, Any], spatial: tuple[int, ...]) -> str:
     return _shift_text(side_pixels(args["fraction"], spatial))
 
 
+_AXES = {1: ("time",), 2: ("y", "x")}  # spatial axes by rank, as variant labels name them
+
+
+def _axis_shifts(pixels: Sequence[int], shape: Sequence[int], device: torch.device) -> list[tuple[str, torch.Tensor]]:
+    """(label, (N, d) int64 shift) for +k and -k pixels along each axis with k = pixels[axis] > 0."""
+    out = []
+    for d, k in enumerate(pixels):
+        for step in (k, -k) if k else ():
+            shift = torch.zeros(shape[0], len(pixels), dtype=torch.int64, device=device)
+            shift[:, d] = step
+            out.append((f"{_AXES[len(pixels)][d]}{step:+d}px", shift))
+    return out
+
+
+def _translation_variants(args, shape, device):
+    """a shift by +k and by -k pixels along each axis alone, k = round(fraction * side) (4 views on
+    images, 2 on signals; none along an axis where k = 0)."""
+    max_shift = side_pixels(args["fraction"], shape[2:])
+    return [(f"translation {label}", ShiftParams(_all(shape, device), shift, max_shift))
+            for label, shift in _axis_shifts(max_shift, shape, device)]
+
+
 @_op("translation", ranks=(1, 2), apply=_apply_translation, check=_check_translation, extent=_translation_extent,
-     fraction=0.1, p=1.0,
+     variants=_translation_variants, fraction=0.1, p=1.0,
      doc="Shift by a random whole number of pixels, up to round(fraction * side) per axis, filling with 0.")
 def sample_translation(shape, generator, device, *, fraction, p):
     spatial = shape[2:]
@@ -328,8 +372,18 @@ def _crop_extent(args: dict[str, Any], spatial: tuple[int, ...]) -> str:
     return _shift_text(crop_padding(args, spatial))
 
 
+def _crop_variants(args, shape, device):
+    """the window moved by +k and by -k pixels along each axis alone, k = the padding (the corner crops'
+    axis-aligned cousins; filled as the op's mode says)."""
+    pads = crop_padding(args, shape[2:])
+    # Content moves by +s where the window's corner moves by -s: offset = padding - s.
+    return [(f"crop {label}", CropParams(_all(shape, device), torch.tensor(pads, device=device) - shift, pads,
+                                         args["mode"]))
+            for label, shift in _axis_shifts(pads, shape, device)]
+
+
 @_op("crop", ranks=(1, 2), apply=_apply_crop, check=_check_crop, choices={"mode": ("zeros", "reflect")},
-     extent=_crop_extent, fraction=0.125, padding=None, mode="zeros", p=1.0,
+     extent=_crop_extent, variants=_crop_variants, fraction=0.125, padding=None, mode="zeros", p=1.0,
      doc="Random crop of the input's size from the input padded by round(fraction * side) per axis, or by "
          "`padding` pixels when given (mode zeros or reflect); 0.125 is the usual 4 px at 32x32.")
 def sample_crop(shape, generator, device, *, fraction, padding, mode, p):
@@ -595,6 +649,28 @@ class Augmenter:
     def __call__(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         return self.apply(x, self.sample(x.shape, generator, x.device))
 
+    def variant_names(self) -> list[str]:
+        """The labels of :meth:`variants`, in their order: ``identity`` first."""
+        shape = (1, *self.input_shape)
+        return ["identity"] + [label for e, (_, args) in zip(self._entries, self.ops)
+                               for label, _ in _variants_of(e, args, shape, torch.device("cpu"))]
+
+    def variants(self, x: torch.Tensor) -> Iterator[tuple[str, torch.Tensor]]:
+        """Test-time augmentation: x itself, then each op's deterministic variants of x, one op at a time
+        (the union of the ops' variants, not their product: hflip,translation on images is 1 + 1 + 4 views).
+
+        Shape: x (N, *input_shape) float -> (label, (N, *input_shape)) per variant. An op without
+        variants (:func:`check_variants` refuses those) contributes none; ``p`` is not used.
+        """
+        if not x.is_floating_point():
+            raise TypeError(f"augmentation needs a float batch, got {x.dtype}; "
+                            "convert with trainwell.data.to_float first.")
+        self._check_shape(tuple(x.shape))
+        yield "identity", x
+        for entry, (_, args) in zip(self._entries, self.ops):
+            for label, params in _variants_of(entry, args, tuple(x.shape), x.device):
+                yield label, entry.meta.apply(x, params)
+
     def _check_shape(self, x_shape: tuple[int, ...]) -> None:
         if len(x_shape) != len(self.input_shape) + 1:
             raise ValueError(f"augmenter built for (N, {', '.join(map(str, self.input_shape))}) batches, got {x_shape}")
@@ -602,6 +678,30 @@ class Augmenter:
     def __repr__(self) -> str:
         inner = ", ".join(f"{n}({', '.join(f'{k}={v}' for k, v in a.items())})" for n, a in self.ops)
         return f"Augmenter([{inner}], input_shape={self.input_shape})"
+
+
+def _variants_of(entry: Any, args: dict[str, Any], shape: tuple[int, ...], device: torch.device) -> list[tuple[str, Any]]:
+    return entry.meta.variants(args, shape, device) if entry.meta.variants is not None else []
+
+
+def variant_ops(rank: int | None = None) -> list[str]:
+    """Names of the ops with deterministic variants (test-time augmentation), those fitting ``rank`` if given."""
+    return [e.name for e in AUGMENTATIONS if e.meta.variants is not None and (rank is None or rank in e.meta.ranks)]
+
+
+def check_variants(augmenter: Augmenter) -> Augmenter:
+    """``augmenter`` itself when every op has deterministic variants (test-time augmentation), else a
+    one-line ConfigError naming the ops that do."""
+    rank = len(augmenter.input_shape) - 1
+    fitting = variant_ops(rank)
+    for name, _ in augmenter.ops:
+        if AUGMENTATIONS.entry(name).meta.variants is None:
+            which = f"ops that do: {', '.join(fitting)}" if fitting else f"none does for {RANK_NAMES[rank]}"
+            raise ConfigError(f"augment op '{name}' has no deterministic variants defined for "
+                              f"test-time augmentation; {which}.")
+    if not augmenter.ops:
+        raise ConfigError("test-time augmentation needs at least one op, e.g. --tta hflip,translation.")
+    return augmenter
 
 
 def build_augmenter(spec: Sequence[Any] | str | None, input_shape: Sequence[int]) -> Augmenter:
@@ -628,5 +728,5 @@ def build_augmenter(spec: Sequence[Any] | str | None, input_shape: Sequence[int]
     return Augmenter(ops, input_shape)
 
 
-__all__ = ["AUGMENTATIONS", "Augmenter", "build_augmenter", "crop_padding", "default_extent", "ops_for_rank",
-           "parse_augment", "side_pixels"]
+__all__ = ["AUGMENTATIONS", "Augmenter", "build_augmenter", "check_variants", "crop_padding", "default_extent",
+           "ops_for_rank", "parse_augment", "side_pixels", "variant_ops"]

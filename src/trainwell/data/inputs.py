@@ -1,4 +1,4 @@
-"""Reading the examples given to ``trainwell predict``: arrays (.npz, .npy) and image files."""
+"""Reading the examples given to ``trainwell predict``: arrays (.npz, .npy), image files and CSV rows."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from trainwell.data.sources import (
     npy_header,
     npz_array_names,
     one_line,
+    read_feature_rows,
     read_npz,
     shown_names,
 )
@@ -92,14 +93,18 @@ def _fit_array(arr: np.ndarray, path: Path, input_shape: tuple[int, ...], image:
     )
 
 
-def read_inputs(paths: list[str], input_shape: tuple[int, ...], image: bool) -> np.ndarray:
+def read_inputs(paths: list[str], input_shape: tuple[int, ...], image: bool, *, columns: list[str] | None = None,
+                label_column: str | None = None) -> np.ndarray:
     """Read examples from files into one batch of shape (N, *input_shape).
 
     Each path is a ``.npy`` or ``.npz`` file (for ``.npz``: the array ``x``, or the only array),
     holding one example ``input_shape`` or a batch ``(n, *input_shape)``; or, when ``image``, an
     image file that Pillow reads, converted to the run's channel count (1: grayscale ``L``,
-    3: ``RGB``) and resized bilinearly to (H, W). Returns uint8 (N, C, H, W) pixels 0..255 when
-    ``image``, else float32, in the order of ``paths``. Nothing is unpickled.
+    3: ``RGB``) and resized bilinearly to (H, W); or, for tabular inputs (F,), a ``.csv`` file with a
+    header, one example per row: the training ``columns`` by name in any order (a ``label_column`` is
+    ignored, any other column refused), or without names every column but ``label_column`` in order.
+    Returns uint8 (N, C, H, W) pixels 0..255 when ``image``, else float32, in the order of ``paths``.
+    Nothing is unpickled.
     """
     input_shape = tuple(int(s) for s in input_shape)
     if not paths:
@@ -114,9 +119,14 @@ def read_inputs(paths: list[str], input_shape: tuple[int, ...], image: bool) -> 
         if path.suffix.lower() in (".npy", ".npz"):
             parts.append(_fit_array(_read_array(path), path, input_shape, image))
             continue
+        if path.suffix.lower() == ".csv" and len(input_shape) == 1:
+            rows = read_feature_rows(path, input_shape[0], columns, label_column)
+            parts.append(_fit_array(rows, path, input_shape, image))
+            continue
         if not image:
+            also = " or a .csv file with the training columns" if len(input_shape) == 1 else ""
             raise DataError(
-                f"input file '{path}' is not a .npy/.npz array; this model takes {kind_of(input_shape)} inputs "
+                f"input file '{path}' is not a .npy/.npz array{also}; this model takes {kind_of(input_shape)} inputs "
                 f"of shape {input_shape}, so save them with np.save."
             )
         if len(input_shape) != 3:

@@ -150,6 +150,8 @@ class Splits:
     input_shape: tuple[int, ...]
     """Shape of one example, e.g. (1, 8, 8) image, (1, 40) signal, (F,) tabular."""
     description: str
+    columns: list[str] | None = None
+    """Tabular data's feature names, in the order of the columns of x (a CSV's header less its label column); None = unnamed."""
 
     @property
     def num_classes(self) -> int:
@@ -447,6 +449,8 @@ def make_splits(data: ArrayData, cfg: DataConfig) -> Splits:
         classes=classes,
         input_shape=example_shape,
         description=description,
+        columns=list(data.columns) if data.columns is not None and len(data.columns) == math.prod(example_shape)
+        else None,
     )
 
 

@@ -385,12 +385,14 @@ def diagnose_config(config: Any = None, *, batch_size: int = 256, epochs: int = 
     """
     from trainwell.config import Config, resolve
     from trainwell.data import load_splits
-    from trainwell.train.build import build_classifier, check_names
+    from trainwell.train.build import build_classifier, check_names, resolve_model_name
 
     cfg = config if isinstance(config, Config) else resolve(config)
     check_names(cfg)
     if splits is None:
         splits = load_splits(cfg.data)
+    if model is None:
+        cfg = resolve_model_name(cfg, splits)  # model.name=auto: the model the data's kind picks
     classifier = build_classifier(cfg, splits, model)
     x, y = _batch(splits.train, batch_size, cfg.train.seed)
     lr = cfg.optim.lr if isinstance(cfg.optim.lr, (int, float)) else None

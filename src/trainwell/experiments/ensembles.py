@@ -21,7 +21,7 @@ from trainwell.errors import RunDirError
 from trainwell.formatting import percent
 from trainwell.experiments.compare import Plan, Tracking, execute, jobs, prepare_compare_dir
 from trainwell.experiments.trials import Backend, as_backend, backend_session
-from trainwell.train.build import check_run
+from trainwell.train.build import check_run, resolve_model_name
 from trainwell.train.ensemble_dir import MEMBERS_RUNS, write_ensemble
 from trainwell.train.load import Run, load_run
 from trainwell.fileio import atomic_write_text
@@ -53,8 +53,10 @@ def train_ensemble(
     if not resume and out is not None:
         check_out_dir(Path(out), overwrite)  # before the members' data is loaded and checked
     k = cfg.train.ensemble
+    splits = load_splits(cfg.data)
+    cfg = resolve_model_name(cfg, splits)  # model.name=auto: resolved once, for every member and config.yaml
     member_cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, ensemble=1))
-    check_run(member_cfg, load_splits(cfg.data))  # what train checks, before any folder exists
+    check_run(member_cfg, splits)  # what train checks, before any folder exists
     console = console or Console(stderr=True, quiet=quiet, soft_wrap=True)
     store = compare_store([cfg])  # train.log=mlflow: the store, opened (or one line) before any folder exists
     tracking = None

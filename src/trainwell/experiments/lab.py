@@ -152,7 +152,7 @@ def run_lab(name: str, overrides: list[str] | None = None, *, out: str | Path, s
 
     ``backend``: where the runs run (see :func:`~trainwell.experiments.results.run_plan`); a Ray cluster
     is started once for both stages of a lab with pretraining."""
-    from trainwell.experiments.htmlreport import Code, Image, KeyValues, Section, Table, Text, Verdict, write_report
+    from trainwell.htmlreport import Code, Image, KeyValues, Section, Table, Text, Verdict, write_report
 
     lab = get_lab(name)
     out = Path(out)

@@ -141,7 +141,7 @@ def run_lecture(names: list[str] | None = None, overrides: list[str] | None = No
 
 def write_lecture(entries: list[LectureEntry], out: Path, command: str | None = None) -> None:
     """summary.json and the self-contained report.html of a lecture run."""
-    from trainwell.experiments.htmlreport import Code, Image, Section, Table, Text, Verdict, write_report
+    from trainwell.htmlreport import Code, Image, Section, Table, Text, Verdict, write_report
 
     answers = review_answers(entries)
     held = sum(e.outcome is not None and e.outcome.held for e in entries)

@@ -312,7 +312,7 @@ def write_csv(result: CompareResult, path: Path, data: dict[str, Any] | None = N
 def write_outputs(result: CompareResult, console: Console | None = None, command: str | None = None) -> dict[str, Any]:
     """summary.json, results.csv, curves.png, intervals.png and report.html into the compare folder."""
     from trainwell.experiments import plots
-    from trainwell.experiments.htmlreport import Code, Image, KeyValues, Section, Table as HTable, Text, write_report
+    from trainwell.htmlreport import Code, Image, KeyValues, Section, Table as HTable, Text, write_report
 
     out = result.out
     data = result.to_dict()

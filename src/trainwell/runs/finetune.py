@@ -61,7 +61,7 @@ from trainwell.nn.frozen_norm import freeze_batchnorm_statistics
 from trainwell.nn.layer_groups import group_names, group_parameters, head_keys
 from trainwell.nn.pipeline import Classifier, count_parameters
 from trainwell.runs.train import train
-from trainwell.train.build import check_names, init_generator
+from trainwell.train.build import check_names, init_generator, model_tag, resolve_model_name
 from trainwell.train.events import Callback, EpochEnd
 from trainwell.train.load import Run
 from trainwell.train.pretrained import Pretrained, check_hub_input, hub_model, load_pretrained
@@ -336,9 +336,11 @@ def finetune(
     cfg = finetune_config(source, overrides, config_file)
     if source.kind != "hub":
         check_names(cfg)
-    tag = f"{cfg.data.name}-{cfg.model.name if source.hub is None else source.hub[1]}"
+    tag = f"{cfg.data.name}-{model_tag(cfg) if source.hub is None else source.hub[1]}"
     staged = _staged_output(out, tag, overwrite, source)
     splits = load_splits(cfg.data)
+    if source.hub is None:
+        cfg = resolve_model_name(cfg, splits)  # model.name=auto (a .safetensors source): the data's kind picks
     if source.kind == "run" and tuple(splits.input_shape) == source.input_shape:
         # Other data is what fine-tuning is for, but the pretrained preprocessing and features expect
         # inputs on the pretrained run's scale: warn when they are far off (shapes: transfer_weights).

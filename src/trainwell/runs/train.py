@@ -33,11 +33,14 @@ from trainwell.nn.pipeline import Classifier, count_parameters
 from trainwell.nn.summary import ModelSummary, summarize
 from trainwell.seeds import seed_global, torch_generator
 from trainwell.train.build import (
+    auto_model_line,
     build_augmenter,
     build_classifier,
     check_loop_config,
     check_names,
     model_card,
+    model_tag,
+    resolve_model_name,
     with_lr,
 )
 from trainwell.train.callbacks import (
@@ -68,8 +71,10 @@ from trainwell.train.trainer import (
     evaluate_split,
     fit,
     load_callback_states,
+    predict_logits,
     resolve_device,
 )
+from trainwell.runs.report import write_run_report
 
 ConfigLike = Config | dict[str, Any] | list[str] | None
 #: The only key ``--resume`` lets change: more epochs for a finished run.
@@ -222,6 +227,10 @@ def train(
 
     # Construction, visible: data, model, lr, the loop's state (optimiser, schedule, EMA, generators).
     splits = splits if splits is not None else load_splits(cfg.data)
+    if model is None:  # model.name=auto: the data's kind decides, here, once; config.yaml records it
+        if (line := auto_model_line(cfg, splits)) is not None:
+            console.print(line, highlight=False)
+        cfg = resolve_model_name(cfg, splits)
     classifier = build_classifier(cfg, splits, model)
     extra_callbacks = list(prepare(classifier) or ()) if prepare is not None else []
     lr_found = None
@@ -325,14 +334,36 @@ def train(
         save_weights(out_dir / "model.safetensors", classifier.state_dict())
         if result.history and cfg.train.plots:
             plot_curves(result.history, out_dir / "curves.png", title=f"{out_dir.name} (seed {cfg.train.seed})")
+        summary.update(_test_metrics(classifier, splits, device, cfg, fmt, out_dir))
         if snapshots is not None:
             summary["snapshot_ensemble"] = snapshots.combine(out_dir, splits, console)
+        write_run_report(out_dir, summary, result.param_groups)  # report.html, from the figures just written
         write_json(out_dir / "summary.json", summary)  # last: its presence marks a finished run
         mlflow_log = next((cb for cb in loop_callbacks if isinstance(cb, MlflowLog)), None)
         if mlflow_log is not None:  # the summary, the folder as artifacts; the MLflow run ends
             mlflow_log.log.finish(out_dir, summary)
         _report(console, summary, result, cfg, out_dir)
         return Run(out_dir, cfg, classifier, summary, list(splits.classes), tuple(splits.input_shape), splits)
+
+
+def _test_metrics(classifier: nn.Module, splits: Splits, device: torch.device, cfg: Config, fmt: Any,
+                  out_dir: Path) -> dict[str, Any]:
+    """summary.json's metrics of the final classifier on the test split (:mod:`trainwell.train.metrics`:
+    top-k, NLL, ECE, per-class precision/recall/F1/support, confusion) and, with train.plots, confusion.png
+    and reliability.png in the run folder. Rank 0 only, in eval mode (batch norm then needs no collective),
+    one forward of the test split; nothing when the logits are not finite (a diverged run's last good
+    weights can still overflow)."""
+    from trainwell.train.metrics import classification_metrics, summary_fields, write_metric_plots
+
+    with torch.no_grad():
+        logits = torch.cat([predict_logits(classifier, xb, device, cfg.train.eval_batch_size, fmt)
+                            for xb in splits.test.chunks(cfg.train.eval_batch_size)])
+    if not len(logits) or not torch.isfinite(logits).all():
+        return {}
+    metrics = classification_metrics(logits, splits.test.y)
+    if cfg.train.plots:
+        write_metric_plots(metrics, list(splits.classes), out_dir, title=f"{out_dir.name}, test split")
+    return summary_fields(metrics, "test", list(splits.classes))
 
 
 def check_distributed(cfg: Config, processes: int) -> None:
@@ -546,7 +577,7 @@ def find_lr(
     cfg = as_config(config, overrides)
     check_names(cfg)
     device = resolve_device(cfg.train.device)
-    staged = staged_out_dir(out, "lr-find", f"{cfg.data.name}-{cfg.model.name}", overwrite)  # before the test
+    staged = staged_out_dir(out, "lr-find", f"{cfg.data.name}-{model_tag(cfg)}", overwrite)  # before the test
     splits = load_splits(cfg.data)
     classifier = build_classifier(cfg, splits)
     seed_global(cfg.train.seed, "lr_find")

@@ -13,7 +13,7 @@ from torch import nn
 
 from trainwell.version import __version__
 from trainwell.config import Config
-from trainwell.data import PREPROCESSORS, Splits, fit_preprocess, to_float
+from trainwell.data import DATASETS, PREPROCESSORS, Splits, fit_preprocess, to_float
 from trainwell.nn import INITS, MODELS, build_model
 from trainwell.nn.init import lsuv_init
 from trainwell.nn.pipeline import Classifier
@@ -24,9 +24,44 @@ from trainwell.train.rundir import FORMAT, FORMAT_VERSION
 from trainwell.train.trainer import preflight
 
 
+#: model.name's default: the data's kind decides (:func:`resolve_model_name`).
+AUTO_MODEL = "auto"
+#: The model ``model.name=auto`` becomes for each kind of data (:attr:`Splits.kind`): the cnn for images and
+#: signals (digits, 8 seeds: 98.9% with batch norm, mlp 98.2%), the mlp for tabular rows (as preset=tabular).
+MODEL_FOR_KIND = {"image": "cnn", "signal": "cnn", "tabular": "mlp"}
+
+
+def resolve_model_name(cfg: Config, splits: Splits) -> Config:
+    """``cfg`` with model.name=auto replaced by the model for the data's kind (:data:`MODEL_FOR_KIND`),
+    once, where the config meets the data; ``cfg`` itself when the name was chosen (a preset, a file or an
+    override). The run's config.yaml records the resolved name, so the run reloads as it trained."""
+    if cfg.model.name != AUTO_MODEL:
+        return cfg
+    return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, name=MODEL_FOR_KIND[splits.kind]))
+
+
+def auto_model_line(cfg: Config, splits: Splits) -> str | None:
+    """The console's one line on what model.name=auto became (None when the name was chosen)."""
+    if cfg.model.name != AUTO_MODEL:
+        return None
+    name = MODEL_FOR_KIND[splits.kind]
+    return f"model.name={name}: chosen for {splits.kind} data of shape {tuple(splits.input_shape)} (model.name=auto " \
+           "picks cnn for images and signals, mlp for tabular rows; set model.name to choose)"
+
+
+def model_tag(cfg: Config) -> str:
+    """The model's name for a folder name chosen before the data is read: model.name, or for auto the
+    model of the source's kind of data (``auto`` for a source of any kind, such as npz)."""
+    if cfg.model.name != AUTO_MODEL:
+        return cfg.model.name
+    kind = DATASETS.entry(cfg.data.name).meta.kind if cfg.data.name in DATASETS else "any"
+    return MODEL_FOR_KIND.get(kind, AUTO_MODEL)
+
+
 def check_names(cfg: Config) -> None:
     """Fail on unknown names before any data is loaded or folder created."""
-    MODELS.entry(cfg.model.name)
+    if cfg.model.name != AUTO_MODEL:
+        MODELS.entry(cfg.model.name)
     OPTIMIZERS.entry(cfg.optim.name)
     SCHEDULES.entry(cfg.sched.name)
     PREPROCESSORS.entry(cfg.data.preprocess)
@@ -43,6 +78,7 @@ def build_classifier(cfg: Config, splits: Splits, model: nn.Module | None = None
     Initialisation draws from the ``init`` stream of train.seed; a data-dependent scheme (LSUV)
     then rescales the layers on a random training batch pushed through the fitted preprocessing.
     """
+    cfg = resolve_model_name(cfg, splits)  # (train resolves it first, to record it)
     init_gen = init_generator(cfg)
     # A streamed split is fitted on in chunks (never gathered whole); others as float32 tensors.
     train = splits.train if splits.train.streamed else to_float(splits.train.x)
@@ -74,6 +110,7 @@ def model_card(splits: Splits, cfg: Config, custom: bool) -> dict[str, Any]:
         "custom_model": custom,
         "data": splits.description,
         "inputs": split_contract(splits.train),  # what evaluate/predict/finetune check new data against
+        **({"columns": list(splits.columns)} if splits.columns else {}),  # tabular: what predict reads a CSV by
     }
 
 

@@ -95,3 +95,38 @@ def save_figure(fig: Figure, path: Path, dpi: int = 100) -> Path:
         plt.close(fig)
         tmp.unlink(missing_ok=True)
     return path
+
+
+def confusion_figure(confusion: list[list[int]], classes: list[str], title: str = "") -> Figure:
+    """The confusion matrix as a heat map: rows the true class, columns the predicted one, each cell
+    coloured by the fraction of its row (the class's recall on the diagonal) and labelled with its count
+    while the matrix is small enough to read (up to 20 classes); class names on the axes up to 40 classes."""
+    import numpy as np
+
+    counts = np.asarray(confusion, dtype=np.int64).reshape(len(classes), len(classes))  # (K, K)
+    k = len(classes)
+    rows = counts.sum(1, keepdims=True)
+    share = np.divide(counts, rows, out=np.zeros(counts.shape), where=rows > 0)  # row-normalised
+    side = min(max(4.0, 0.45 * k + 2.5), 14.0)
+    fig, ax = plt.subplots(figsize=(side + 1.2, side), constrained_layout=True)
+    image = ax.imshow(share, cmap="Blues", vmin=0.0, vmax=1.0, interpolation="nearest")
+    fig.colorbar(image, ax=ax, shrink=0.8, label="fraction of the true class")
+    if k <= 40:
+        names = [str(c) if len(str(c)) <= 12 else str(c)[:11] + "…" for c in classes]
+        ax.set_xticks(range(k), names, rotation=90 if k > 10 or max(map(len, names)) > 3 else 0, fontsize=8)
+        ax.set_yticks(range(k), names, fontsize=8)
+    if k <= 20:
+        for i in range(k):
+            for j in range(k):
+                if counts[i, j]:
+                    ax.text(j, i, str(counts[i, j]), ha="center", va="center", fontsize=7 if k > 10 else 9,
+                            color="white" if share[i, j] > 0.5 else "black")
+    ax.set(xlabel="predicted class", ylabel="true class", title=f"confusion matrix ({int(counts.sum()):,} examples)")
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
+def plot_confusion(confusion: list[list[int]], classes: list[str], path: Path, title: str = "") -> Path:
+    """Write :func:`confusion_figure` to ``path``."""
+    return save_figure(confusion_figure(confusion, classes, title), path)

@@ -59,11 +59,11 @@ from trainwell.data.sources.folder import (
     load_image,
 )
 from trainwell.data.sources.npz import load_npz, npy_header, npz_array_names, read_npz
-from trainwell.data.sources.csv_table import load_csv
+from trainwell.data.sources.csv_table import load_csv, read_feature_rows
 
 __all__ = [
     "DATASETS", "MAX_DEFLATE_RATIO", "ArrayData", "cache_dir", "check_float32_range", "decoded_names", "kind_of",
-    "one_line", "shown_names", "SafeUnpickler", "load_cifar", "safe_unpickle", "load_csv", "load_digits",
+    "one_line", "shown_names", "SafeUnpickler", "load_cifar", "safe_unpickle", "load_csv", "read_feature_rows", "load_digits",
     "IMAGE_SUFFIXES", "MAX_IMAGE_PIXELS", "ImageTooLarge", "image_bombs_refused", "load_folder", "load_image",
     "load_idx", "read_idx", "MNIST1D_ARGS", "generate_mnist1d", "load_mnist1d", "load_npz", "npy_header",
     "npz_array_names", "read_npz",

@@ -42,6 +42,8 @@ class ArrayData:
       dtype, or both ``None`` when the source has none (a test split is then carved out of ``x``).
     * ``classes``: ``K`` class names; ``classes[label]`` names a label.
     * ``description``: one line, e.g. ``"digits: scikit-learn's 8x8 digits"``.
+    * ``columns``: tabular data's F feature names in the order of x's columns (a CSV's header without
+      the label column), recorded in model.json so ``predict`` can read rows by name; None = unnamed.
     """
 
     x: np.ndarray
@@ -50,6 +52,7 @@ class ArrayData:
     y_test: np.ndarray | None
     classes: list[str]
     description: str
+    columns: list[str] | None = None
 
     @property
     def kind(self) -> str:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import re
+from typing import Any
 
 import numpy as np
 
@@ -82,11 +83,8 @@ def _guess_delimiter(sample: str, complete: bool) -> str:
     return best
 
 
-@DATASETS.register("csv", needs_path=True, kind="tabular")
-def load_csv(cfg: DataConfig) -> ArrayData:
-    """A CSV file with a header row: numeric feature columns and one label column (data.label_column)."""
-    path = _need_path(cfg, "csv", "file")
-    where = f"csv file '{path}'"
+def _read_table(path: Any, where: str) -> tuple[list[str], list[list[str]], list[int]]:
+    """(header, rows, their line numbers) of a CSV file, blank lines skipped, every row as long as the header."""
     try:
         # utf-8-sig drops the byte-order mark spreadsheet programs put before the header.
         with open(path, newline="", encoding="utf-8-sig") as f:
@@ -96,19 +94,14 @@ def load_csv(cfg: DataConfig) -> ArrayData:
             header = next(reader, None)
             if not header:
                 raise DataError(f"{where} is empty; it needs a header row and one row per example.")
-            label_at = _label_index(header, cfg.label_column, where)
-            features: list[list[str]] = []
-            labels: list[str] = []
-            lines: list[int] = []
+            rows, lines = [], []
             for row in reader:
                 if not row or all(not c.strip() for c in row):
                     continue  # blank line
                 if len(row) != len(header):
-                    raise DataError(
-                        f"{where}: line {reader.line_num} has {len(row)} fields but the header has {len(header)}; fix that row."
-                    )
-                labels.append(row[label_at].strip())
-                features.append(row[:label_at] + row[label_at + 1 :])
+                    raise DataError(f"{where}: line {reader.line_num} has {len(row)} fields but the header has "
+                                    f"{len(header)}; fix that row.")
+                rows.append(row)
                 lines.append(reader.line_num)
     except UnicodeDecodeError as exc:
         raise DataError(f"{where} is not UTF-8 text ({exc.reason} at byte {exc.start}); save it as UTF-8 CSV.") from None
@@ -116,7 +109,56 @@ def load_csv(cfg: DataConfig) -> ArrayData:
         raise DataError(f"{where} is not valid CSV ({exc}); fix the quoting.") from None
     except OSError as exc:
         raise DataError(f"{where} cannot be read ({exc}).") from None
-    columns = [h.strip() for i, h in enumerate(header) if i != label_at]
+    return [h.strip() for h in header], rows, lines
+
+
+def read_feature_rows(path: Any, n_features: int, columns: list[str] | None, label_column: str | None) -> np.ndarray:
+    """The rows of a CSV file as float64 (N, n_features) features, for ``predict``: one example per row.
+
+    ``columns``: the training columns (a run's model.json), read by name in that order, the label column
+    (``label_column``) left out when the file has it; any other column is refused, in one line naming the
+    expected ones. Without names (a run of unnamed columns), every column but the label column, in order,
+    must make n_features.
+    """
+    where = f"input file '{path}'"
+    header, rows, lines = _read_table(path, where)
+    if len(set(header)) != len(header):
+        twice = next(h for h in header if header.count(h) > 1)
+        raise DataError(f"{where} names column '{_shown(twice)}' twice; give every column its own name.")
+    keep = [h for h in header if h != label_column]
+    if columns is not None:
+        missing = [c for c in columns if c not in header]
+        extra = [h for h in keep if h not in columns]
+        if missing or extra:
+            what = (f"lacks the training column(s) {shown_names(missing)}" if missing else "") + \
+                (" and " if missing and extra else "") + \
+                (f"has column(s) the run was not trained on: {shown_names(extra)}" if extra else "")
+            raise DataError(f"{where} {what}; the run reads the columns {shown_names(columns)} (in any order; "
+                            f"the label column '{label_column}' may be present and is ignored).")
+        keep = list(columns)
+    elif len(keep) != n_features:
+        raise DataError(f"{where} has {len(keep)} feature column(s) ({shown_names(keep)}) but the run takes "
+                        f"{n_features}; give the training columns (a label column '{label_column}' is ignored).")
+    if not rows:
+        raise DataError(f"{where} has a header but no data rows; add one row per example.")
+    at = [header.index(c) for c in keep]
+    picked = [[row[i] for i in at] for row in rows]
+    try:
+        return np.array(picked, dtype=np.float64)
+    except ValueError:
+        return np.array([_parse_row(row, keep, where, line) for row, line in zip(picked, lines)], dtype=np.float64)
+
+
+@DATASETS.register("csv", needs_path=True, kind="tabular")
+def load_csv(cfg: DataConfig) -> ArrayData:
+    """A CSV file with a header row: numeric feature columns and one label column (data.label_column)."""
+    path = _need_path(cfg, "csv", "file")
+    where = f"csv file '{path}'"
+    header, rows, lines = _read_table(path, where)
+    label_at = _label_index(header, cfg.label_column, where)
+    labels = [row[label_at].strip() for row in rows]
+    features = [row[:label_at] + row[label_at + 1 :] for row in rows]
+    columns = [h for i, h in enumerate(header) if i != label_at]
     if not features:
         raise DataError(f"{where} has a header but no data rows; add one row per example.")
     if not columns:
@@ -133,5 +175,6 @@ def load_csv(cfg: DataConfig) -> ArrayData:
         raise DataError(f"{where}: line {lines[empty[0]]} has an empty label; give every row a label.")
     y, classes = _encode_labels(labels, where)
     return ArrayData(
-        x=x, y=y, x_test=None, y_test=None, classes=classes, description=f"csv: {len(columns)} features from {path}"
+        x=x, y=y, x_test=None, y_test=None, classes=classes, description=f"csv: {len(columns)} features from {path}",
+        columns=columns,
     )

@@ -54,7 +54,7 @@ def decide(relu_better: bool, relu_p: float, grad_ratio_sigmoid: float, grad_rat
 
 
 def analyse(result: CompareResult, out: Path) -> LabOutcome:
-    from trainwell.experiments.htmlreport import Table
+    from trainwell.htmlreport import Table
     from trainwell.train.plots import dodge, plt, save_figure
 
     cells = by_label(result)

@@ -121,7 +121,7 @@ def plot_fit(cells: list[CellResult], path: Path) -> Path:
 
 
 def analyse(result: CompareResult, out: Path) -> LabOutcome:
-    from trainwell.experiments.htmlreport import Table
+    from trainwell.htmlreport import Table
 
     base = result.cells[0]
     others = result.cells[1:]

@@ -119,7 +119,7 @@ def _norm_lr(cell: CellResult) -> tuple[str, float]:
 
 
 def analyse(result: CompareResult, out: Path) -> LabOutcome:
-    from trainwell.experiments.htmlreport import Table
+    from trainwell.htmlreport import Table
     from trainwell.train.plots import figure_legend, plt, save_figure
 
     best_val = max((c.mean_of("final_val_acc").mean for c in result.cells

@@ -61,7 +61,7 @@ def decide(gap_diff: float, gap_p: float, acc_diff: float, acc_p: float, alpha: 
 
 
 def analyse(result: CompareResult, out: Path) -> LabOutcome:
-    from trainwell.experiments.htmlreport import Table
+    from trainwell.htmlreport import Table
     from trainwell.train.plots import plt, save_figure
 
     base = result.cells[0]

@@ -233,7 +233,7 @@ def _figure(cells: dict[str, CellResult], lrs: list[float], path: Path) -> Path:
 
 
 def analyse(result: CompareResult, out: Path) -> LabOutcome:
-    from trainwell.experiments.htmlreport import Table
+    from trainwell.htmlreport import Table
 
     cells = by_label(result)
     lrs = sorted({float(c.cell.overrides["optim.lr"]) for c in result.cells})

@@ -166,7 +166,7 @@ def plot_by_size(sizes: dict[int, dict[str, Any]], member: MeanCI, path: Path) -
 
 
 def analyse(result: CompareResult, out: Path) -> LabOutcome:
-    from trainwell.experiments.htmlreport import Table
+    from trainwell.htmlreport import Table
 
     cell = result.cells[0]
     seeds = sorted(s for s in cell.values if isinstance(cell.summaries[s].get("test_logits"), list))

@@ -393,7 +393,7 @@ def _row(e: dict[str, Any], c: CellResult) -> list[str]:
 
 
 def analyse(result: CompareResult, out: Path) -> LabOutcome:
-    from trainwell.experiments.htmlreport import Table
+    from trainwell.htmlreport import Table
 
     cells = by_label(result)
     evidence: dict[str, Any] = {"thresholds": {"collapse_ratio": COLLAPSE_RATIO, "healthy_band": list(HEALTHY_BAND),

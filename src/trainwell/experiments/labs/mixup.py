@@ -98,7 +98,7 @@ def decide(rows: list[dict[str, Any]], alpha: float = 0.05) -> tuple[bool, str]:
 
 def analyse(result: CompareResult, out: Path) -> LabOutcome:
     from trainwell.train.calibration import plot_reliability
-    from trainwell.experiments.htmlreport import Table
+    from trainwell.htmlreport import Table
 
     base = result.cells[0]
     evidence: dict[str, Any] = {"n_bins": N_BINS}

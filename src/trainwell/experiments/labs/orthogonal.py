@@ -186,7 +186,7 @@ def decide(orthogonal_ratio: float, gaussian_ratios: dict[str, float], acc_tests
 
 
 def analyse(result: CompareResult, out: Path) -> LabOutcome:
-    from trainwell.experiments.htmlreport import Table
+    from trainwell.htmlreport import Table
     from trainwell.train.plots import plt, save_figure
 
     cells = by_label(result)

@@ -114,7 +114,7 @@ def decide(area_mean: dict[str, float], area_test: dict[str, tuple[float, float]
 
 
 def analyse(result: CompareResult, out: Path) -> LabOutcome:
-    from trainwell.experiments.htmlreport import Table
+    from trainwell.htmlreport import Table
     from trainwell.train.plots import figure_legend, plt, save_figure
 
     cells = by_label(result)

@@ -94,7 +94,7 @@ def _penalty(cell: Any) -> str:
 
 
 def analyse(result: CompareResult, out: Path) -> LabOutcome:
-    from trainwell.experiments.htmlreport import Table
+    from trainwell.htmlreport import Table
     from trainwell.train.plots import plt, save_figure
 
     kinds = {_penalty(c): c for c in result.cells}

@@ -117,7 +117,7 @@ def _tests(cell: Any, other: Any, alpha: float) -> tuple[float, float, float, fl
 
 
 def analyse(result: CompareResult, out: Path) -> LabOutcome:
-    from trainwell.experiments.htmlreport import Table
+    from trainwell.htmlreport import Table
 
     cells = by_label(result)
     alpha = result.alpha

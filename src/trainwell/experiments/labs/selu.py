@@ -219,7 +219,7 @@ def _figure(result: CompareResult, path: Path) -> Path:
 
 
 def analyse(result: CompareResult, out: Path) -> LabOutcome:
-    from trainwell.experiments.htmlreport import Table
+    from trainwell.htmlreport import Table
 
     evidence: dict[str, Any] = {"thresholds": {"mean_max": MEAN_MAX, "var_band": list(VAR_BAND),
                                                "theorem_mean": THEOREM_MEAN, "theorem_var": list(THEOREM_VAR),

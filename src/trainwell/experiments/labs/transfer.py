@@ -127,7 +127,7 @@ def decide(low_gain: float, low_p: float, low_diverged: int, shrink: float, shri
 
 
 def analyse(result: CompareResult, out: Path) -> LabOutcome:
-    from trainwell.experiments.htmlreport import Table
+    from trainwell.htmlreport import Table
 
     cells = {c.label: c for c in result.cells}
     counts = sorted({int(c.cell.overrides["data.per_class"]) for c in result.cells})
