@@ -27,6 +27,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from trainwell.experiments.trials import available_cores
+
 
 def run(args: list[str], nproc: int, out: Path) -> dict:
     env = dict(os.environ)
@@ -46,7 +48,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("overrides", nargs="*", default=["preset=mnist1d", "train.epochs=5"])
     args = parser.parse_args()
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    cores = available_cores()
     print(f"config: {' '.join(args.overrides)} | {cores} cores | 1 vs {args.nproc} processes | "
           f"{args.rounds} rounds | load {os.getloadavg()[0]:.2f}")
     results: dict[int, list[dict]] = {1: [], args.nproc: []}

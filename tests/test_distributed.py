@@ -311,6 +311,23 @@ def test_with_sync_bn_two_processes_train_a_batch_norm_net_as_one_process_does(t
     assert_trains_as_one_process(tmp_path / "one", tmp_path / "two")
 
 
+@pytest.mark.slow
+def test_without_sync_bn_the_ranks_validate_the_batch_norm_statistics_rank_zero_saves(tmp_path):
+    # Between steps each rank holds the running statistics of its own last batch (DDP copies rank 0's
+    # at the next forward); scored as they are, the val figures would be no model's, and a resumed run
+    # (every rank starting from rank 0's) would log other ones than the uninterrupted run.
+    cfg = [c for c in PLAIN if c != "model.norm=none"] + ["model.norm=batch", "train.epochs=2"]
+    rc, _, err = trainwell("train", *cfg, "--nproc", "2", "--out", str(tmp_path / "two"), "--quiet")
+    assert rc == 0, err
+    rc, out, err = trainwell("evaluate", str(tmp_path / "two"), "--split", "val", "--json",
+                             "--out", str(tmp_path / "eval"))
+    assert rc == 0, err
+    saved = json.loads(out)
+    logged = rows(tmp_path / "two")[-1]
+    assert saved["val_acc"] == pytest.approx(logged["val_acc"], abs=1e-9)
+    assert saved["val_loss"] == pytest.approx(logged["val_loss"], rel=1e-5)
+
+
 #: Everything random and stateful on: per-rank dropout, augmentation and mixing streams, EMA,
 #: accumulation; a checkpoint every 3 steps.
 RANDOM = ["model.name=mlp", "model.width=32", "model.dropout=0.2", "augment=noise", "mix.mixup_alpha=0.2",

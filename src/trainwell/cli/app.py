@@ -15,7 +15,7 @@ import sys
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from trainwell.cli.usermodel import add_model_arguments, check_model_arguments, user_model
 from trainwell.errors import TrainwellError
@@ -170,7 +170,6 @@ def cmd_train(args: argparse.Namespace) -> int:
             raise ConfigError("--show-param-groups lists the groups of a config, not of a run: drop --resume.")
         _print_param_groups(cfg)
         return 0
-    from trainwell.api import train
     from trainwell.cli.experiments import backend_from_args
     from trainwell.errors import ConfigError
     from trainwell.train.distributed import launched_size
@@ -190,10 +189,17 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.nproc != 1:
         return _launch_train(args, cfg)
     custom = user_model(args.model, args.model_args, cfg)  # --model: trained as a custom model
+    return _train(args, cfg, backend=backend, **custom)
+
+
+def _train(args: argparse.Namespace, cfg: Config | None, **extra: Any) -> int:
+    """Train (or resume) the run the command line describes; exit status 1 when its loss diverged."""
+    from trainwell.api import train
+
     if args.resume is not None:
-        run = train(resume=args.resume, overrides=args.overrides, quiet=args.quiet, backend=backend, **custom)
+        run = train(resume=args.resume, overrides=args.overrides, quiet=args.quiet, **extra)
     else:
-        run = train(cfg, out=args.out, overwrite=args.overwrite, quiet=args.quiet, backend=backend, **custom)
+        run = train(cfg, out=args.out, overwrite=args.overwrite, quiet=args.quiet, **extra)
     return 0 if not run.summary.get("diverged") else 1
 
 
@@ -242,9 +248,7 @@ def _train_as_rank(args: argparse.Namespace, cfg: Config | None) -> int:
     (the launching parent prints them: :func:`trainwell.cli.launch.report_rank_error`)."""
     import torch.distributed as dist
 
-    from trainwell.api import train
     from trainwell.cli.launch import report_rank_error
-    from trainwell.runs.train import resume_config
     from trainwell.train.distributed import init_from_env, shutdown
     from trainwell.train.load import read_config
     from trainwell.train.trainer import resolve_device
@@ -253,11 +257,7 @@ def _train_as_rank(args: argparse.Namespace, cfg: Config | None) -> int:
     try:
         plan = cfg if cfg is not None else read_config(Path(args.resume))
         init_from_env(resolve_device(plan.train.device), plan.train.dist_timeout)
-        if args.resume is not None:
-            run = train(resume=args.resume, overrides=args.overrides, quiet=args.quiet)
-        else:
-            run = train(cfg, out=args.out, overwrite=args.overwrite, quiet=args.quiet)
-        return 0 if not run.summary.get("diverged") else 1
+        return _train(args, cfg)
     except TrainwellError as exc:
         if not report_rank_error(rank, exc):  # under torchrun: every rank says it, naming itself
             from trainwell.errors import Interrupted

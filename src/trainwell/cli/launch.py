@@ -81,13 +81,15 @@ def launch(argv: Sequence[str], nproc: int, run_dir: Path, port: int | None = No
     """Run ``python -m trainwell <argv>`` as ``nproc`` ranks on this machine; 0 when every rank finished.
 
     ``argv``: the command (a rank ignores ``--nproc``); ``run_dir``: the run folder the ranks write
-    (named when a rank dies: resume it when it has a checkpoint). Threads: each rank gets ``cores // nproc`` (OMP_NUM_THREADS,
-    unless set), so N ranks do not oversubscribe the cores.
+    (named when a rank dies: resume it when it has a checkpoint). Threads: each rank gets
+    ``cores // nproc`` (OMP_NUM_THREADS, unless set), so N ranks do not oversubscribe the cores.
     """
     from torch.distributed.elastic.multiprocessing import DefaultLogsSpecs
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+
+    from trainwell.experiments.trials import available_cores
 
     if port is not None:
         check_port(port)
@@ -98,7 +100,7 @@ def launch(argv: Sequence[str], nproc: int, run_dir: Path, port: int | None = No
             max_restarts=0, monitor_interval=0.1, start_method="spawn",
             logs_specs=DefaultLogsSpecs(log_dir=str(Path(tmp) / "logs")),
         )
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        cores = available_cores()
         saved = {k: os.environ.get(k) for k in (LAUNCH_DIR_ENV, "OMP_NUM_THREADS")}
         os.environ[LAUNCH_DIR_ENV] = tmp
         os.environ.setdefault("OMP_NUM_THREADS", str(max(1, cores // nproc)))

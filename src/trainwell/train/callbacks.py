@@ -1,7 +1,7 @@
 """The loop's standard callbacks: what a run folder logs and what the config turns on.
 
 * :class:`MetricsFile` — ``metrics.jsonl``, one row per epoch (rewritten from the state after a
-  resume or a rollback, so it always matches the weights);
+  resume or a rollback, so it always matches the weights: :class:`RowsFile`);
 * :class:`ProgressDisplay` — the rich bar and one line per epoch;
 * :class:`CsvFile` — ``train.log=csv``: ``metrics.csv``, the same rows for spreadsheets;
 * :class:`TensorBoardLog` — ``train.tensorboard=true``;
@@ -30,37 +30,50 @@ if TYPE_CHECKING:  # (the tracking module imports mlflow only when a run logs to
     from trainwell.train.tracking import RunLog
 
 
-class MetricsFile(Callback):
-    """Append-only ``metrics.jsonl``; each line is flushed so a crash loses at most the current epoch."""
+class RowsFile(Callback):
+    """A file of the run's metrics rows that always matches the weights: rewritten from the state's
+    history at the fit's start (a resumed run: exactly the rows of its checkpoint) and after a
+    rollback, then one row appended per epoch, flushed, so a crash loses at most the current epoch.
+    Subclasses say how rows are written (:meth:`rewrite`, :meth:`append`)."""
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
 
-    def _rewrite(self, rows: list[dict[str, Any]]) -> None:
-        atomic_write_text(self.path, "".join(json.dumps(r, default=json_default) + "\n" for r in rows))
+    def rewrite(self, rows: list[dict[str, Any]]) -> None:
+        raise NotImplementedError
+
+    def append(self, row: dict[str, Any], history: list[dict[str, Any]]) -> None:
+        raise NotImplementedError
 
     def on_fit_start(self, event: FitStart) -> None:
-        self._rewrite(event.state.history)  # a resumed run: exactly the rows of its checkpoint
+        self.rewrite(event.state.history)
 
     def on_restore(self, event: Restore) -> None:
-        self._rewrite(event.state.history)
+        self.rewrite(event.state.history)
 
     def on_epoch_end(self, event: EpochEnd) -> None:
+        self.append(event.metrics, event.state.history if event.state is not None else [event.metrics])
+
+
+class MetricsFile(RowsFile):
+    """``metrics.jsonl``: one JSON object per epoch."""
+
+    def rewrite(self, rows: list[dict[str, Any]]) -> None:
+        atomic_write_text(self.path, "".join(json.dumps(r, default=json_default) + "\n" for r in rows))
+
+    def append(self, row: dict[str, Any], history: list[dict[str, Any]]) -> None:
         with self.path.open("a") as fh:
-            fh.write(json.dumps(event.metrics, default=json_default) + "\n")
+            fh.write(json.dumps(row, default=json_default) + "\n")
             fh.flush()
 
 
-class CsvFile(Callback):
-    """``metrics.csv``: the rows of metrics.jsonl as a table, header from their keys (in the rows' order).
-
-    Written as metrics.jsonl is: rewritten from the state at the fit's start and after a rollback (so it
-    always matches the weights), one appended line per epoch; a row with a key the header lacks
-    rewrites the file with the wider header. A missing value is an empty cell.
-    """
+class CsvFile(RowsFile):
+    """``metrics.csv``: the rows of metrics.jsonl as a table, header from their keys (in the rows' order);
+    a row with a key the header lacks rewrites the file with the wider header. A missing value is an
+    empty cell."""
 
     def __init__(self, path: Path) -> None:
-        self.path = Path(path)
+        super().__init__(path)
         self.columns: list[str] = []
 
     @staticmethod
@@ -69,24 +82,17 @@ class CsvFile(Callback):
         csv.writer(buf, lineterminator="\n").writerow(["" if row.get(k) is None else row[k] for k in columns])
         return buf.getvalue()
 
-    def _rewrite(self, rows: list[dict[str, Any]]) -> None:
+    def rewrite(self, rows: list[dict[str, Any]]) -> None:
         self.columns = list(dict.fromkeys(k for row in rows for k in row))
         text = "".join(self._line(r, self.columns) for r in rows)
         atomic_write_text(self.path, (self._line({k: k for k in self.columns}, self.columns) + text) if rows else "")
 
-    def on_fit_start(self, event: FitStart) -> None:
-        self._rewrite(event.state.history)
-
-    def on_restore(self, event: Restore) -> None:
-        self._rewrite(event.state.history)
-
-    def on_epoch_end(self, event: EpochEnd) -> None:
-        if not self.columns or any(k not in self.columns for k in event.metrics):
-            history = event.state.history if event.state is not None else [event.metrics]
-            self._rewrite(history)
+    def append(self, row: dict[str, Any], history: list[dict[str, Any]]) -> None:
+        if not self.columns or any(k not in self.columns for k in row):
+            self.rewrite(history)
             return
         with self.path.open("a", newline="") as fh:
-            fh.write(self._line(event.metrics, self.columns))
+            fh.write(self._line(row, self.columns))
             fh.flush()
 
 

@@ -156,6 +156,20 @@ class World:
         ids = [device.index] if device.type == "cuda" else None
         return DistributedDataParallel(model, device_ids=ids)
 
+    def share_buffers(self, model: nn.Module) -> None:
+        """Rank 0's buffers (batch norm's running statistics) on every rank, in place.
+
+        DDP broadcasts them from rank 0 at the start of each forward, so between steps each rank holds
+        the statistics of its own last batch: evaluated as they are, the ranks' shards would be scored
+        by different models (and a resumed run, whose ranks all start from rank 0's, by another again).
+        The next forward would overwrite them with rank 0's anyway, so training is unchanged."""
+        if not self.distributed:
+            return
+        import torch.distributed as dist
+
+        for buffer in model.buffers():
+            dist.broadcast(buffer.data, src=0)
+
     def device(self, device: torch.device) -> torch.device:
         """The device of this rank: on CUDA, the GPU of its local rank."""
         if self.distributed and str(device) == "cuda":  # (no index given: the local rank's)

@@ -27,7 +27,7 @@ from trainwell.train.rundir import staged_out_dir
 from trainwell.train.metrics import classification_metrics, summary_fields, write_metric_plots
 from trainwell.train.precision import FP32, ForwardFormat, forward_format
 from trainwell.train.placement import to_device
-from trainwell.train.trainer import predict_logits, resolve_device
+from trainwell.train.trainer import loss_and_accuracy, predict_logits, resolve_device
 
 
 def _run_device(run: Run, cfg: Config) -> torch.device:
@@ -65,12 +65,6 @@ def split_logits(model: torch.nn.Module, split: TensorSplit, device: torch.devic
             plains.append(plain)
     plain = torch.cat(plains) if plains else torch.empty(0, 0, device=device)
     return (torch.cat(outs) if tta is not None and outs else plain), plain
-
-
-def _headline(logits: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
-    """(accuracy, mean cross-entropy) in float32, the arithmetic of evaluate_split (the run's own test figures)."""
-    y = y.to(logits.device)
-    return (logits.argmax(1) == y).float().mean().item(), F.cross_entropy(logits, y).item()
 
 
 def tta_augmenter(spec: Sequence[Any] | str | None, input_shape: tuple[int, ...]) -> Augmenter | None:
@@ -142,7 +136,7 @@ def evaluate(
         metrics = None
     else:
         logits, plain = split_logits(run.model, part, device, cfg.train.eval_batch_size, fmt, augmenter)
-        acc, loss = _headline(logits, part.y)
+        loss, acc = loss_and_accuracy(logits, part.y)
         metrics = classification_metrics(logits, part.y)
         with np.errstate(invalid="ignore"):
             confusion = np.asarray(metrics["confusion"])
@@ -159,7 +153,7 @@ def evaluate(
             summary["tta"] = {
                 "ops": [str(op) for op in to_specs(tta, "--tta")],
                 "variants": augmenter.variant_names(),
-                f"{split}_acc_without": _headline(plain, part.y)[0],
+                f"{split}_acc_without": loss_and_accuracy(plain, part.y)[1],
                 f"{split}_nll_without": without["nll"],
                 f"{split}_ece_without": without["ece"],
             }

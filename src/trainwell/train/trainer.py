@@ -398,10 +398,15 @@ def evaluate_split(model: nn.Module, split: TensorSplit, device: torch.device, b
         return _evaluate_shard(model, split, device, batch_size, fmt, world)
     with torch.no_grad():
         logits = _batch_logits(model, split.chunks(batch_size), device, fmt)
-    y = split.y.to(device)
-    loss = F.cross_entropy(logits, y).item()
-    acc = (logits.argmax(1) == y).float().mean().item()
+    loss, acc = loss_and_accuracy(logits, split.y)
     return {"loss": loss, "acc": acc, "n": len(split)}
+
+
+def loss_and_accuracy(logits: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
+    """Mean cross-entropy (no smoothing) and accuracy of logits (N, K) against labels (N,), in the logits'
+    float32 arithmetic: the figures :func:`evaluate_split` reports (a run's val and test figures)."""
+    y = y.to(logits.device)
+    return F.cross_entropy(logits, y).item(), (logits.argmax(1) == y).float().mean().item()
 
 
 def _evaluate_shard(model: nn.Module, split: TensorSplit, device: torch.device, batch_size: int,
@@ -666,6 +671,7 @@ def fit(
         state.train_seconds += seconds
         state.examples_seen += seen
         if len(val):
+            world.share_buffers(state.model)  # every rank scores its shard with the weights rank 0 saves
             model = state.eval_model
             if state.ema is not None:  # BN statistics are the live model's: EMA averages weights only
                 for ema_buffer, buffer in zip(model.buffers(), state.model.buffers()):
