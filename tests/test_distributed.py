@@ -180,11 +180,13 @@ def test_synchronised_batch_norm_outside_a_process_group_is_batch_norm():
 # ----------------------------------------------------------------------------- the loop on two processes
 
 
-#: No randomness but the shared shuffle; accumulation (grad_sync), a checkpoint every 2 steps (the ranks'
-#: packed generators, in memory) and 213 training examples at batch 32 (parts of 11 and 10 at the end).
+#: No randomness but the shared shuffle (a class-balanced draw from it); accumulation (grad_sync), a
+#: checkpoint every 2 steps (the ranks' packed generators, in memory), 213 training examples at batch 32
+#: (parts of 11 and 10 at the end), and class weights (a batch mean of w·CE: the ranks' weighted parts
+#: add up to one process's loss; a mean divided by each part's weight sum would not).
 LOOP = {"model.name": "mlp", "model.norm": "none", "model.width": 32, "model.dropout": 0.0, "data.limit": 300,
         "train.batch_size": 32, "train.accumulate": 2, "train.epochs": 3, "train.checkpoint_every": 2,
-        "train.progress": False}
+        "train.progress": False, "data.sampler": "balanced", "loss.class_weights": "balanced"}
 DIVERGES = dict(LOOP, **{"optim.lr": 1e4, "train.on_divergence": "stop"})
 
 

@@ -51,6 +51,8 @@ class DataConfig:
     """folder: convert images to one channel."""
     cifar_labels: str = "fine"
     """cifar (CIFAR-100 only): 'fine' (100 classes) or 'coarse' (20 superclasses)."""
+    sampler: Literal["shuffle", "balanced"] = "shuffle"
+    """The training order of each epoch: shuffle = a permutation of the training split; balanced = len(train) examples drawn with replacement, every class equally likely and every example uniformly within its class (as torch's WeightedRandomSampler with weights 1/n_c), for imbalanced classes. Both from the shuffle stream of train.seed."""
 
 
 @dataclass
@@ -307,10 +309,15 @@ class MixConfig:
 class LossConfig:
     label_smoothing: float = 0.0
     """Cross-entropy label smoothing (Szegedy et al. 2016)."""
+    class_weights: list[float] | Literal["none", "balanced"] = "none"
+    """Multiply each training example's cross-entropy by its class's weight (class imbalance): balanced = n/(K·n_c) from the training split's counts (scikit-learn's class_weight='balanced': the weights average 1 over the examples), or one weight per class, e.g. [1,5]; none = all 1. The loss is the batch's mean of w·CE (as Keras's class_weight; PyTorch's weight= would divide by the batch's weight sum); train_loss is that weighted loss, val/test loss unweighted; summary.json records the weights."""
 
     def __post_init__(self) -> None:
         if not 0 <= self.label_smoothing < 1:
             raise ConfigError(f"loss.label_smoothing must be in [0, 1), got {self.label_smoothing}.")
+        if isinstance(self.class_weights, list) and not all(math.isfinite(w) and w >= 0 for w in self.class_weights):
+            raise ConfigError(f"loss.class_weights must be finite numbers >= 0, got {self.class_weights}; "
+                              "e.g. loss.class_weights=[1,5] or loss.class_weights=balanced.")
 
 
 @dataclass

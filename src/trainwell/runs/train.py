@@ -510,6 +510,8 @@ def _summary(result: Any, test: dict[str, Any], cfg: Config, splits: Splits, dev
         "device": str(device),
         "precision": precision,
         "data_on_device": result.data_on_device,
+        "class_weights": result.class_weights,
+        "sampler": cfg.data.sampler,
         "seed": cfg.train.seed,
         "param_groups": {k: len(v) for k, v in result.param_groups.items()},
         "lr": cfg.optim.lr,

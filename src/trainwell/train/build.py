@@ -135,8 +135,12 @@ def check_run(cfg: Config, splits: Splits) -> Classifier:
 
 
 def check_loop_config(cfg: Config, splits: Splits) -> None:
-    """Settings that need the data: early stopping and keep=best need a validation split."""
+    """Settings that need the data: early stopping and keep=best need a validation split; loss.class_weights
+    one weight per class (balanced: every class in the training split)."""
     from trainwell.errors import ConfigError
+    from trainwell.train.imbalance import class_weights
+
+    class_weights(cfg.loss.class_weights, splits.train.y, splits.num_classes, splits.classes)
 
     needs_val = [k for k, on in (("train.early_stopping", cfg.train.early_stopping > 0),
                                  ("train.keep=best", cfg.train.keep == "best")) if on]

@@ -56,6 +56,7 @@ from trainwell.train.events import (
     check_callbacks,
     overrides,
 )
+from trainwell.train.imbalance import balanced_draw, class_weights, weighted_cross_entropy
 from trainwell.train.mix import apply_mix, mixing_enabled, sample_mix, smooth_targets
 from trainwell.train.optim import ParamGroups, ScheduleTable, build_optimizer, build_scheduler, penalty
 from trainwell.train.placement import DataOnDevice, place_training_data, to_device
@@ -248,6 +249,10 @@ class LoopSettings:
     accumulate: int = 1
     grad_clip: float = 0.0
     label_smoothing: float = 0.0
+    class_weights: str | tuple[float, ...] = "none"
+    """loss.class_weights: none, balanced or one weight per class (:func:`~trainwell.train.imbalance.class_weights`)."""
+    sampler: str = "shuffle"
+    """data.sampler: shuffle or balanced (:class:`BatchOrder`)."""
     l1: float = 0.0
     l2: float = 0.0
     mix: MixConfig = field(default_factory=MixConfig)
@@ -266,7 +271,10 @@ class LoopSettings:
     def from_config(cls, cfg: Config, num_classes: int) -> LoopSettings:
         t = cfg.train
         return cls(epochs=t.epochs, batch_size=t.batch_size, num_classes=num_classes, accumulate=t.accumulate,
-                   grad_clip=t.grad_clip, label_smoothing=cfg.loss.label_smoothing, l1=cfg.reg.l1, l2=cfg.reg.l2,
+                   grad_clip=t.grad_clip, label_smoothing=cfg.loss.label_smoothing,
+                   class_weights=(cfg.loss.class_weights if isinstance(cfg.loss.class_weights, str)
+                                  else tuple(cfg.loss.class_weights)),
+                   sampler=cfg.data.sampler, l1=cfg.reg.l1, l2=cfg.reg.l2,
                    mix=cfg.mix, eval_batch_size=t.eval_batch_size, checkpoint_every=t.checkpoint_every,
                    on_divergence=t.on_divergence, rollback_lr_factor=t.rollback_lr_factor,
                    max_rollbacks=t.max_rollbacks, precision=t.precision, channels_last=t.channels_last,
@@ -288,20 +296,27 @@ class FitResult:
     param_groups: dict[str, list[str]] = field(default_factory=dict)
     data_on_device: bool | None = None
     """Where train.data_on_device put the training split: True on the device, False on the host."""
+    class_weights: list[float] | None = None
+    """loss.class_weights as resolved on the training split (None: unweighted)."""
 
 
 # ----------------------------------------------------------------------------- construction
 
 
 class BatchOrder:
-    """The data order: a fresh permutation per epoch from the shuffle stream, cut into batches
-    (a trailing batch smaller than ``min_batch`` is dropped: batch norm needs 2 examples, on every rank
-    of a data-parallel run)."""
+    """The data order: each epoch's positions from the shuffle stream (a fresh permutation; with
+    ``labels``, data.sampler=balanced: n draws with replacement, each class equally likely,
+    :func:`~trainwell.train.imbalance.balanced_draw`), cut into batches (a trailing batch smaller than
+    ``min_batch`` is dropped: batch norm needs 2 examples, on every rank of a data-parallel run)."""
 
-    def __init__(self, n: int, batch_size: int, min_batch: int = 2) -> None:
+    def __init__(self, n: int, batch_size: int, min_batch: int = 2, labels: torch.Tensor | None = None,
+                 num_classes: int = 0) -> None:
         self.n, self.batch_size, self.min_batch = n, batch_size, min_batch
+        self.labels, self.num_classes = labels, num_classes
 
     def permutation(self, generator: torch.Generator) -> torch.Tensor:
+        if self.labels is not None:
+            return balanced_draw(self.labels, self.num_classes, generator)
         return torch.randperm(self.n, generator=generator)
 
     def batches(self, perm: torch.Tensor) -> list[torch.Tensor]:
@@ -500,7 +515,10 @@ def fit(
     callbacks = check_callbacks(callbacks)
     checkpoints = checkpoints or Checkpoints(None)
     per_step = [cb for cb in callbacks if overrides(cb, "on_step_end")]
-    order = BatchOrder(len(train), settings.batch_size, world.min_batch())
+    order = BatchOrder(len(train), settings.batch_size, world.min_batch(),
+                       train.y if settings.sampler == "balanced" else None, settings.num_classes)
+    class_weight = class_weights(settings.class_weights, train.y, settings.num_classes)
+    loss_weight = None if class_weight is None else class_weight.to(device)
     feed = place_training_data(train, device, settings.data_on_device)
     mixing = mixing_enabled(settings.mix)
     epoch_steps = steps_per_epoch(len(train), settings.batch_size, settings.accumulate, world.min_batch())
@@ -579,10 +597,10 @@ def fit(
                         xb, target = apply_mix(xb, smooth_targets(yb, settings.num_classes,
                                                                   settings.label_smoothing), params)
                         logits = forward(fmt.batch(xb))
-                        loss = F.cross_entropy(logits, target)
+                        loss = weighted_cross_entropy(logits, target, loss_weight)
                     else:
                         logits = forward(fmt.batch(xb))
-                        loss = F.cross_entropy(logits, yb, label_smoothing=settings.label_smoothing)
+                        loss = weighted_cross_entropy(logits, yb, loss_weight, settings.label_smoothing)
                 extra = penalty(state.groups, settings.l1, settings.l2)
                 objective = loss if extra is None else loss + extra
                 # DDP averages the ranks' gradients: weighted by N * n_r / n, they average to the gradient
@@ -726,6 +744,7 @@ def fit(
         best_epoch=state.best_epoch, train_seconds=state.train_seconds, examples_seen=state.examples_seen,
         steps=state.step, diverged=state.stop_reason == "diverged", divergence=state.divergence,
         stop_reason=state.stop_reason, param_groups=state.groups.describe(), data_on_device=feed.on_device,
+        class_weights=None if class_weight is None else class_weight.tolist(),
     )
     for cb in callbacks:
         cb.on_fit_end(FitEnd(state, result))
