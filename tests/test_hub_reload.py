@@ -361,3 +361,12 @@ def test_a_timm_fine_tune_reloads_the_same_way(hub, tmp_path):
     with torch.no_grad():
         assert torch.allclose(loaded.model(x), run.model.eval()(x), atol=1e-6, rtol=0)
         assert torch.allclose(loaded.model(x), loaded.model.net(_by_hand(x)), atol=1e-6, rtol=0)
+
+
+def test_resuming_or_fine_tuning_a_hub_run_again_is_one_line(hub, tmp_path, capsys):
+    """Not supported yet: refused before anything is written, not a wrong architecture built from config.yaml."""
+    assert "cannot rebuild yet" in _one_line_error(capsys, ["train", "--resume", str(hub.run / "scratch")])
+    err = _one_line_error(capsys, ["finetune", str(hub.run), "data.name=npz", f"data.path={hub.data}",
+                                   "--out", str(tmp_path / "again")])
+    assert "fine-tuned from torchvision:tiny" in err and "fine-tune torchvision:tiny" in err
+    assert not (tmp_path / "again").exists()
