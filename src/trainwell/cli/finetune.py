@@ -22,7 +22,9 @@ DESCRIPTION = (
     "give the model a new head for the new data's classes and train it with finetune.strategy "
     "(full, linear_probe, gradual, discriminative) and finetune.bn (frozen, train). For a run directory, "
     "the architecture (model.*) and data.preprocess come from the pretrained run; key=value overrides "
-    "set the new data, optimiser and finetune.* keys. The result is an ordinary run directory."
+    "set the new data, optimiser and finetune.* keys. For torchvision:NAME / timm:NAME, the inputs are "
+    "normalised with the mean/std of the weights (data.preprocess=standardize with those statistics). The "
+    "result is an ordinary run directory (evaluate, predict, export, load_run)."
 )
 
 

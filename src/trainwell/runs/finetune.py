@@ -18,7 +18,10 @@ What is transferred: every tensor of the pretrained model except the head (the f
 the preprocessing statistics included, since the features were learned on inputs scaled that way.
 The head is re-initialised for the new number of classes (seeded by train.seed). The fine-tuned run
 directory is an ordinary run: ``trainwell evaluate`` / ``predict`` / :func:`~trainwell.load_run`
-read it like any other.
+read it like any other. A ``torchvision:NAME`` / ``timm:NAME`` source (:mod:`trainwell.train.hub`)
+brings its weights' input normalisation as its preprocessing statistics (data.preprocess=standardize
+with the weights' mean/std; any other data.preprocess is refused), and its run folder records the
+model so that load_run rebuilds it.
 
 The pretrained model is read by :mod:`trainwell.train.pretrained`; the strategies act on the layer
 groups of :mod:`trainwell.nn.layer_groups` (bottom to top, the head last: mlp, one per hidden block;
@@ -64,7 +67,15 @@ from trainwell.runs.train import train
 from trainwell.train.build import check_names, init_generator, model_tag, resolve_model_name
 from trainwell.train.events import Callback, EpochEnd
 from trainwell.train.load import Run
-from trainwell.train.pretrained import Pretrained, check_hub_input, hub_model, load_pretrained
+from trainwell.train.hub import (
+    HUB_PREPROCESS,
+    InputNormalization,
+    check_hub_input,
+    hub_card,
+    hub_model,
+    hub_normalization,
+)
+from trainwell.train.pretrained import Pretrained, load_pretrained
 from trainwell.train.rundir import StagedDir, is_inside, staged_out_dir
 
 STRATEGIES = ("full", "linear_probe", "gradual", "discriminative")
@@ -202,6 +213,13 @@ def finetune_config(pretrained: Pretrained, overrides: Config | list[str] | dict
         base = Config(model=pretrained.config.model,
                       data=dataclasses.replace(Config().data, preprocess=pretrained.config.data.preprocess))
         cfg = resolve(overrides, config_file, base=base)
+    if pretrained.kind == "hub" and cfg.data.preprocess != HUB_PREPROCESS:
+        fix = f"set data.preprocess={HUB_PREPROCESS}" if given else "drop data.preprocess"
+        raise ConfigError(
+            f"data.preprocess={cfg.data.preprocess} but '{pretrained.source}' normalises its inputs with the mean/std "
+            f"its weights were trained with (data.preprocess={HUB_PREPROCESS} with those statistics, applied "
+            f"automatically); {fix}."
+        )
     if pretrained.kind == "run" and cfg.data.preprocess != pretrained.preprocess:
         fix = f"set data.preprocess={pretrained.preprocess}" if given else "drop data.preprocess"
         raise ConfigError(
@@ -351,20 +369,27 @@ def finetune(
     prepared: dict[str, Any] = {}  # what prepare() did, read after training
 
     def prepare(classifier: Classifier) -> tuple:
-        if source.kind != "hub":
+        if normalization is not None:  # the weights' statistics replace those fitted on the data
+            classifier.preprocess = normalization.module()
+        else:
             prepared["loaded"] = transfer_weights(classifier, source, cfg, splits)
         prepared["strategy"] = apply_strategy(classifier, cfg)
         return prepared["strategy"].callbacks  # gradual unfreezing, if any
 
-    model = None
+    model: nn.Module | None = None
+    normalization: InputNormalization | None = None  # kind "hub": the weights' mean/std
+    card: dict[str, Any] | None = None
     if source.hub is not None:  # kind "hub"
         lib, name = source.hub
         model = hub_model(lib, name, splits.num_classes)
-        check_hub_input(model, splits, source.source)
+        normalization = hub_normalization(lib, name)
+        check_hub_input(model, normalization, splits, source.source)
+        card = hub_card(lib, name, splits.num_classes, normalization)
 
     try:
         with staged as out_dir:
-            run = train(cfg, out=out_dir, splits=splits, quiet=quiet, console=console, model=model, prepare=prepare)
+            run = train(cfg, out=out_dir, splits=splits, quiet=quiet, console=console, model=model, prepare=prepare,
+                        hub=card)
             p: AppliedStrategy = prepared["strategy"]
             total = count_parameters(run.model, trainable_only=False)
             trainable = count_parameters(run.model)
@@ -380,14 +405,17 @@ def finetune(
                 "transferred_tensors": prepared.get("loaded"),
                 "layer_groups": p.groups,
             })
+            if normalization is not None:
+                summary["input_normalization"] = normalization.record()
             if p.gradual is not None:
                 summary["trainable_params_by_epoch"] = p.gradual.trainable_by_epoch
             if compare_scratch:
-                scratch_model = None
-                if source.hub is not None:  # kind "hub"
+                scratch_model = scratch_card = None
+                if source.hub is not None:  # kind "hub": the architecture, its preprocessing fitted on the data
                     scratch_model = hub_model(*source.hub, splits.num_classes, pretrained=False)
+                    scratch_card = hub_card(*source.hub, splits.num_classes, None)
                 scratch = train(without_source(cfg), out=out_dir / "scratch", splits=splits, quiet=quiet,
-                                console=console, model=scratch_model)
+                                console=console, model=scratch_model, hub=scratch_card)
                 summary["scratch_test_acc"] = scratch.summary["test_acc"]
                 summary["gain"] = summary["test_acc"] - scratch.summary["test_acc"]
                 summary["scratch_dir"] = str(staged.path / "scratch")

@@ -187,6 +187,7 @@ def train(
     callbacks: Sequence[Callback] = (),
     prepare: Callable[[Classifier], Sequence[Callback] | None] | None = None,
     world: World | None = None,
+    hub: dict[str, Any] | None = None,
 ) -> Run:
     """Train a model from a config and write a complete run directory (or continue one: ``resume``).
 
@@ -199,6 +200,8 @@ def train(
     ``world``: this process's rank in a data-parallel run (default: the process group this process
     joined, if any — :mod:`trainwell.train.distributed`); every rank calls ``train`` with the same
     arguments, only rank 0 writes the run folder and prints.
+    ``hub``: ``model`` is a torchvision/timm model; model.json records these fields
+    (:func:`trainwell.train.hub.hub_card`), from which :func:`~trainwell.load_run` rebuilds it.
     """
     world = world if world is not None else current_world()
     quiet = quiet or not world.main
@@ -248,7 +251,7 @@ def train(
     # build_state checks the training settings as it builds them (what preflight checks elsewhere);
     # no folder exists yet. Before the doctor hooks the model.
     state = build_state(classifier, cfg, len(splits.train), device, world=world)
-    card = {**model_card(splits, cfg, model is not None), "prepared": prepare is not None}
+    card = {**model_card(splits, cfg, model is not None and hub is None, hub), "prepared": prepare is not None}
     loaded = None
     if world.main:  # the run folder is rank 0's; the others keep their checkpoints in memory
         if resume is not None:
@@ -394,6 +397,9 @@ def _check_resumable(run_dir: Path, model: nn.Module | None, prepare: Any) -> No
         raise RunDirError(f"run '{run_dir}' used a custom nn.Module; resume it with the same class: "
                           "trainwell train --resume RUN_DIR --model FILE.py:CLASS, or from Python: "
                           "trainwell.train(resume=RUN_DIR, model=YourModule()).")
+    if card.get("hub") and model is None:
+        raise RunDirError(f"run '{run_dir}' trained {card.get('model')}, which --resume cannot rebuild yet; train it "
+                          "again with --overwrite.")
     if card.get("prepared") and prepare is None:
         raise RunDirError(f"run '{run_dir}' was trained by trainwell finetune, which cannot be resumed yet; run the "
                           "finetune command again with --overwrite.")

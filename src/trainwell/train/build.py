@@ -95,8 +95,12 @@ def build_classifier(cfg: Config, splits: Splits, model: nn.Module | None = None
     return Classifier(net, preprocess)
 
 
-def model_card(splits: Splits, cfg: Config, custom: bool) -> dict[str, Any]:
-    """model.json: what rebuilding the model needs, without pickle."""
+def model_card(splits: Splits, cfg: Config, custom: bool, hub: dict[str, Any] | None = None) -> dict[str, Any]:
+    """model.json: what rebuilding the model needs, without pickle.
+
+    ``custom``: the network is an nn.Module passed to train, which cannot be rebuilt from the folder;
+    ``hub``: it is a torchvision/timm model, rebuilt from these fields (:func:`trainwell.train.hub.hub_card`).
+    """
     return {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -111,6 +115,7 @@ def model_card(splits: Splits, cfg: Config, custom: bool) -> dict[str, Any]:
         "data": splits.description,
         "inputs": split_contract(splits.train),  # what evaluate/predict/finetune check new data against
         **({"columns": list(splits.columns)} if splits.columns else {}),  # tabular: what predict reads a CSV by
+        **(hub or {}),
     }
 
 

@@ -211,20 +211,30 @@ def _preprocess_names(model: nn.Module) -> list[str]:
     return [str(getattr(getattr(member, "preprocess", None), "name", "") or "none") for member in _members(model)]
 
 
-def _preprocess_doc(names: list[str]) -> str:
-    """Each preprocessing named once, with its one-line doc (its fitted statistics are in the graph)."""
+def _preprocess_doc(names: list[str], card: dict[str, Any]) -> str:
+    """Each preprocessing named once, with its one-line doc (its statistics are in the graph): fitted on
+    the training split, or a torchvision/timm fine-tune's weights' mean/std (model.json's input_normalization)."""
     docs = [f"{name}: {PREPROCESSORS.entry(name).doc}" for name in dict.fromkeys(names) if name in PREPROCESSORS]
-    return " ".join(docs) + " Fitted on the training split; the statistics are constants of the graph."
+    given = card.get("input_normalization")
+    where = f"The mean/std of the {given['from']}, not fitted on the training split" \
+        if isinstance(given, dict) and "from" in given else "Fitted on the training split"
+    return " ".join(docs) + f" {where}; the statistics are constants of the graph."
 
 
-def _model_name(run: Run) -> str:
-    """The model card's name for the network (``custom`` for an nn.Module passed to train), else the config's."""
+def _card(run: Run) -> dict[str, Any]:
+    """The run's model card, or nothing (an ensemble, a run without a folder, an unreadable card)."""
     from trainwell.train.load import read_card
 
     if run.dir is not None:
         with contextlib.suppress(TrainwellError):
-            return str(read_card(run.dir).get("model") or run.config.model.name)
-    return run.config.model.name
+            return read_card(run.dir)
+    return {}
+
+
+def _model_name(run: Run) -> str:
+    """The model card's name for the network (``custom`` for an nn.Module passed to train, ``torchvision:NAME``
+    for a fine-tuned hub model), else the config's."""
+    return str(_card(run).get("model") or run.config.model.name)
 
 
 def export_metadata(run: Run, dtype: torch.dtype) -> dict[str, Any]:
@@ -250,7 +260,7 @@ def export_metadata(run: Run, dtype: torch.dtype) -> dict[str, Any]:
         "input_shape": ["N", *run.input_shape],
         "input_scaling": "x / 255 (uint8 pixels to [0, 1])" if dtype == torch.uint8 else "none (x as it is)",
         "preprocess": ", ".join(preprocess),
-        "preprocess_doc": _preprocess_doc(preprocess),
+        "preprocess_doc": _preprocess_doc(preprocess, {} if isinstance(model, Ensemble) else _card(run)),
         "output_name": OUTPUT,
         "output": output,
         "classes": list(run.classes),

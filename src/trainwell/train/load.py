@@ -24,6 +24,7 @@ from trainwell.data import PREPROCESSORS, Splits, load_preprocess
 from trainwell.errors import ConfigError, RunDirError, TrainwellError, exception_line, short_repr
 from trainwell.nn import MODELS, build_model
 from trainwell.nn.pipeline import Classifier
+from trainwell.train.hub import HUBS, hub_model
 from trainwell.train.rundir import FORMAT, FORMAT_VERSION, load_weights, read_json, read_summary, require_finished
 from trainwell.train.trainer import resolve_device
 
@@ -107,6 +108,11 @@ def check_card(card: Any, path: Path) -> dict[str, Any]:
     for flag in ("custom_model", "prepared"):
         if flag in card:
             _card_field(card, path, flag, lambda v: isinstance(v, bool), "must be true or false")
+    if "hub" in card:
+        _card_field(card, path, "hub", lambda v: isinstance(v, dict) and v.get("library") in HUBS
+                    and isinstance(v.get("name"), str) and v["name"] != "" and v.get("num_classes") == n,
+                    f"must name the torchvision/timm model the run fine-tuned: {{\"library\": one of {list(HUBS)}, "
+                    f"\"name\": its model name, \"num_classes\": {n}}}")
     return card
 
 
@@ -158,10 +164,34 @@ def _check_net_shapes(cfg: Config, shape: tuple[int, ...], num_classes: int, sta
     except (RuntimeError, ValueError, TypeError, IndexError, ZeroDivisionError, OverflowError) as exc:
         raise _mismatch(run_dir, f"the model cannot be built: {exception_line(exc)}") \
             from None
-    expected = {f"net.{k}": tuple(v.shape) for k, v in net.state_dict().items()}
+    _compare_shapes({f"net.{k}": tuple(v.shape) for k, v in net.state_dict().items()}, state, run_dir, "the config")
+
+
+def _hub_net(hub: dict[str, Any], state: dict[str, torch.Tensor], run_dir: Path) -> torch.nn.Module:
+    """The network of a torchvision/timm fine-tune, rebuilt as ``hub_model(library, name, num_classes,
+    pretrained=False)`` (nothing read from the cache), first on the meta device to compare its tensors
+    with the saved ones. A missing package is hub_model's one-line ConfigError."""
+    lib, name, n = hub["library"], hub["name"], hub["num_classes"]
+    try:
+        with torch.device("meta"):
+            net = hub_model(lib, name, n, pretrained=False)
+    except TrainwellError:
+        raise
+    except Exception as exc:  # third-party builders raise their own types: one line, no traceback
+        raise RunDirError(f"run '{run_dir}': {lib}:{name} cannot be built with {n} classes ({exception_line(exc)}); "
+                          "the installed version may differ from the one it was trained with.") from None
+    _compare_shapes({f"net.{k}": tuple(v.shape) for k, v in net.state_dict().items()}, state, run_dir,
+                    f"{lib}:{name}")
+    return hub_model(lib, name, n, pretrained=False)
+
+
+def _compare_shapes(expected: dict[str, tuple[int, ...]], state: dict[str, torch.Tensor], run_dir: Path,
+                    giver: str) -> None:
+    """Every network tensor the rebuilt model has, saved with the same shape, and no other one."""
+    saved = {k: tuple(v.shape) for k, v in state.items() if k.startswith("net.")}
     for key in sorted(expected.keys() | saved.keys()):
         if expected.get(key) != saved.get(key):
-            raise _mismatch(run_dir, f"'{key}': the config gives {expected.get(key, 'nothing')}, the file "
+            raise _mismatch(run_dir, f"'{key}': {giver} gives {expected.get(key, 'nothing')}, the file "
                                      f"{saved.get(key, 'nothing')}")
 
 
@@ -196,8 +226,12 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> Run:
     pre_state = {k[len("preprocess.") :]: v for k, v in state.items() if k.startswith("preprocess.")}
     preprocess = load_preprocess(card["preprocess"], pre_state)
     net_shape = _preprocessed_shape(preprocess, input_shape, run_dir)
-    _check_net_shapes(cfg, net_shape, card["num_classes"], state, run_dir)
-    model = Classifier(build_model(cfg, net_shape, card["num_classes"]), preprocess)
+    if "hub" in card:
+        net = _hub_net(card["hub"], state, run_dir)
+    else:
+        _check_net_shapes(cfg, net_shape, card["num_classes"], state, run_dir)
+        net = build_model(cfg, net_shape, card["num_classes"])
+    model = Classifier(net, preprocess)
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
