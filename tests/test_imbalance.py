@@ -13,6 +13,7 @@ from sklearn.datasets import load_digits
 from sklearn.utils.class_weight import compute_class_weight
 
 import trainwell
+from interruption import as_if_killed_in_epoch_two
 from trainwell.errors import ConfigError
 from trainwell.train.imbalance import balanced_draw, class_weights, weighted_cross_entropy
 from trainwell.train.trainer import BatchOrder
@@ -116,14 +117,7 @@ def test_a_balanced_run_resumed_mid_epoch_equals_the_uninterrupted_one(tmp_path)
     assert run.summary["class_weights"] == cfg["loss.class_weights"] and run.summary["sampler"] == "balanced"
     rows = (run.dir / "metrics.jsonl").read_text().splitlines()
     weights = load_file(run.dir / "model.safetensors")
-    per_epoch = run.summary["steps"] // 3
-    checkpoints = {int(p.stem[5:]): p for p in (run.dir / "checkpoints").glob("step-*.safetensors")}
-    keep = max(s for s in checkpoints if s < 2 * per_epoch and s % per_epoch)
-    for step, path in checkpoints.items():  # as if killed in epoch 2, after a mid-epoch checkpoint
-        if step > keep:
-            path.unlink()
-    (run.dir / "summary.json").unlink()
-    (run.dir / "model.safetensors").unlink()
+    as_if_killed_in_epoch_two(run.dir, run.summary["steps"], 3)
     resumed = trainwell.train(resume=run.dir, quiet=True)
     again = load_file(resumed.dir / "model.safetensors")
     assert all(torch.equal(weights[k], again[k]) for k in weights)

@@ -12,6 +12,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 import trainwell
+from interruption import as_if_killed_in_epoch_two
 from trainwell.config import resolve
 from trainwell.errors import ConfigError
 from trainwell.train.optim import SCHEDULES, build_optimizer, build_scheduler, cycled_momentum
@@ -203,14 +204,7 @@ def test_a_run_resumed_mid_epoch_equals_the_uninterrupted_one(tmp_path, optim):
     run = trainwell.train(cfg, out=tmp_path / "r", quiet=True)
     rows = (run.dir / "metrics.jsonl").read_text().splitlines()
     weights = load_file(run.dir / "model.safetensors")
-    steps_per_epoch = run.summary["steps"] // 3
-    checkpoints = {int(p.stem[5:]): p for p in (run.dir / "checkpoints").glob("step-*.safetensors")}
-    keep = max(s for s in checkpoints if s < 2 * steps_per_epoch and s % steps_per_epoch)
-    for step, path in checkpoints.items():  # as if killed in epoch 2, after a mid-epoch checkpoint
-        if step > keep:
-            path.unlink()
-    (run.dir / "summary.json").unlink()
-    (run.dir / "model.safetensors").unlink()
+    as_if_killed_in_epoch_two(run.dir, run.summary["steps"], 3)
     resumed = trainwell.train(resume=run.dir, quiet=True)
     again = load_file(resumed.dir / "model.safetensors")
     assert weights.keys() == again.keys() and all(torch.equal(weights[k], again[k]) for k in weights)

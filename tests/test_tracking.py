@@ -261,3 +261,14 @@ def test_import_trainwell_leaves_mlflow_alone_and_without_it_train_log_mlflow_is
     assert done.returncode == 2, done.stderr
     assert done.stderr.count("\n") == 1 and "pip install 'trainwell[mlflow]'" in done.stderr, done.stderr
     assert "Traceback" not in done.stderr and not out.exists()
+
+
+def test_a_fine_tune_is_logged_under_its_folders_name_not_the_one_it_is_built_in(uri, tmp_path):
+    # A fine-tune is built in a hidden sibling (.NAME.tmp-PID) and swapped in at the end.
+    from trainwell.runs.finetune import finetune
+
+    pretrained = trainwell.train(QUICK, out=tmp_path / "pre", quiet=True)
+    tuned = finetune(pretrained.dir, ["train.epochs=1", "train.log=mlflow"], out=tmp_path / "tuned", quiet=True)
+    logged = MlflowClient(uri).get_run(run_id_of(tuned.dir))
+    assert logged.info.run_name == "tuned" and logged.info.status == "FINISHED"
+    assert logged.data.tags["trainwell.run_dir"] == str((tmp_path / "tuned").resolve())

@@ -62,7 +62,15 @@ from trainwell.train.lr_find import lr_range_test, plot_lr_find
 from trainwell.train.plots import plot_curves
 from trainwell.train.progress import print_warning
 from trainwell.fileio import atomic_write_text, write_json
-from trainwell.train.rundir import check_out_dir, is_inside, prepare_out_dir, read_summary, save_weights, staged_out_dir
+from trainwell.train.rundir import (
+    check_out_dir,
+    final_path,
+    is_inside,
+    prepare_out_dir,
+    read_summary,
+    save_weights,
+    staged_out_dir,
+)
 from trainwell.train.trainer import (
     BatchOrder,
     LoopSettings,
@@ -299,7 +307,7 @@ def train(
 
         params = count_parameters(classifier)
         where = f"resuming {out_dir} at epoch {state.epoch + 1}, step {state.step}" if loaded is not None \
-            else f"run dir {out_dir}"
+            else f"run dir {final_path(out_dir)}"
         console.print(
             f"[bold]trainwell[/] {splits.description} | {len(splits.train)}/{len(splits.val)}/{len(splits.test)} "
             f"train/val/test | {cfg.model.name if model is None else type(classifier.net).__name__} "
@@ -554,7 +562,7 @@ def _report(console: Console, summary: dict[str, Any], result: Any, cfg: Config,
     console.print(
         f"test acc {percent(summary['test_acc'])}  test loss {summary['test_loss']:.4f}  "
         f"best val acc {percent(summary['best_val_acc'])}  "
-        f"{summary['examples_per_second']:,.0f} ex/s  -> {out_dir}",
+        f"{summary['examples_per_second']:,.0f} ex/s  -> {final_path(out_dir)}",
         highlight=False,
     )
     if result.diverged:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import time
 from collections.abc import Callable
@@ -137,6 +138,13 @@ def prepare_out_dir(out: str | Path | None, kind: str, tag: str, overwrite: bool
 def _sibling(path: Path, kind: str, pid: int | None = None) -> Path:
     """``.NAME.tmp-PID`` (being built) or ``.NAME.old-PID`` (being replaced), beside ``path``."""
     return path.parent / f".{path.name}.{kind}-{os.getpid() if pid is None else pid}"
+
+
+def final_path(folder: Path) -> Path:
+    """The folder a staged one (``.NAME.tmp-PID``, :class:`StagedDir`) becomes when it is swapped in;
+    any other folder itself. What a run being built names itself by: in its messages, its MLflow run."""
+    match = re.fullmatch(r"\.(.+)\.tmp-\d+", folder.name)
+    return folder.parent / match.group(1) if match else folder
 
 
 def _pid_alive(pid: int) -> bool:

@@ -48,6 +48,7 @@ from urllib.parse import urlparse
 from trainwell.config import Config, Spec, flatten, render
 from trainwell.errors import ConfigError, RunDirError, exception_line
 from trainwell.fileio import write_json
+from trainwell.train.rundir import final_path
 from trainwell.version import __version__
 
 RUN_FILE = "mlflow.json"
@@ -250,7 +251,8 @@ class RunLog:
                 return reopened
         if store is None:
             store = open_store(cfg.train.mlflow_uri, cfg.train.mlflow_experiment)
-        log = cls.create(store, folder.name, {"trainwell.run_dir": str(folder.resolve()),
+        named = final_path(folder)  # (a fine-tune is built in a hidden sibling of its folder)
+        log = cls.create(store, named.name, {"trainwell.run_dir": str(named.resolve()),
                                               "trainwell.version": __version__}, warn)
         log.write_run_file(folder)
         log.log_params(config_params(cfg))
