@@ -565,3 +565,21 @@ def test_predict_logits_runs_the_forward_in_the_format_it_is_given():
     got = predict_logits(model, x, CPU, batch_size=4, fmt=bf16)
     assert got.dtype == torch.float32 and torch.equal(got, expected)
     assert not torch.equal(got, predict_logits(model, x, CPU, batch_size=4))  # fp32 differs: the format mattered
+
+
+def test_evaluate_split_scores_the_forward_in_its_format_and_an_empty_split_as_nan():
+    from trainwell.train.precision import forward_format
+    from trainwell.train.trainer import evaluate_split
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.ReLU(), torch.nn.Linear(32, 3))
+    split = TensorSplit(torch.randn(10, 16), torch.tensor([0, 1, 2, 0, 1, 2, 0, 1, 2, 0]))
+    bf16 = forward_format("bf16", False, CPU)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = model(split.x).float()
+    by_hand = torch.nn.functional.cross_entropy(logits, split.y).item()
+    got = evaluate_split(model, split, CPU, 4, bf16)
+    assert got == {"loss": by_hand, "acc": (logits.argmax(1) == split.y).float().mean().item(), "n": 10}
+    assert evaluate_split(model, split, CPU, 4)["loss"] != by_hand  # fp32 differs: the format mattered
+    empty = evaluate_split(model, TensorSplit(torch.empty(0, 16), torch.empty(0, dtype=torch.int64)), CPU, 4, bf16)
+    assert math.isnan(empty["loss"]) and math.isnan(empty["acc"]) and empty["n"] == 0

@@ -47,7 +47,8 @@ MODULES: dict[str, list[str]] = {
     # import mutmut's copy of the package (mutmut: "could not figure out where the code to mutate is").
     # test_distributed.py's data-parallel runs train in subprocesses, which mutmut cannot map to the
     # functions they run: only its in-process tests of the loop's batching are in the selection.
-    "train/trainer.py": ["tests/test_engine.py", "tests/test_train.py",
+    "train/trainer.py": ["tests/test_engine.py", "tests/test_train.py", "tests/test_imbalance.py",
+                         "tests/test_distributed.py::test_fit_on_two_processes_takes_the_steps_of_one_and_both_stop_at_one_divergence",
                          "tests/test_distributed.py::test_steps_per_epoch_counts_the_batches_the_order_keeps_on_every_rank",
                          "tests/test_distributed.py::test_one_process_keeps_the_single_process_batches",
                          "-k", "not ensemble"],
