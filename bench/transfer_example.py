@@ -18,7 +18,7 @@ OUT/table.json. Resumable: a run folder that has summary.json is read, not retra
 
 ``key=value`` overrides go to both pretraining and fine-tuning (and scratch); ``--pre key=value ...``
 to pretraining only, ``--ft key=value ...`` to fine-tuning and scratch only (these two take every
-key=value after them: put the shared ones first). --data mnist1d is preset=mnist1d (40 epochs,
+key=value after them: put the shared ones first). --data mnist1d is preset=mnist1d as the transfer lab pins it (40 epochs,
 batch 64, ~20 s per pretraining on one core). Results: docs/after-training.md.
 """
 
@@ -32,7 +32,9 @@ import sys
 import time
 from pathlib import Path
 
-DATA = {"digits": ["data.name=digits"], "mnist1d": ["preset=mnist1d"]}
+from trainwell.experiments.labs.transfer import MEASURED_WITH
+
+DATA = {"digits": ["data.name=digits"], "mnist1d": ["preset=mnist1d", *MEASURED_WITH]}  # (the recipe it was measured with)
 OLD, NEW = [0, 1, 2, 3, 4], [5, 6, 7, 8, 9]
 
 
