@@ -350,7 +350,6 @@ def train(
             summary["snapshot_ensemble"] = snapshots.combine(out_dir, splits, console)
         write_run_report(out_dir, summary, result.param_groups)  # report.html, from the figures just written
         write_json(out_dir / "summary.json", summary)  # last: its presence marks a finished run
-        mlflow_log = next((cb for cb in loop_callbacks if isinstance(cb, MlflowLog)), None)
         if mlflow_log is not None:  # the summary, the folder as artifacts; the MLflow run ends
             mlflow_log.log.finish(out_dir, summary)
         _report(console, summary, result, cfg, out_dir)

@@ -231,24 +231,20 @@ def _card(run: Run) -> dict[str, Any]:
     return {}
 
 
-def _model_name(run: Run) -> str:
-    """The model card's name for the network (``custom`` for an nn.Module passed to train, ``torchvision:NAME``
-    for a fine-tuned hub model), else the config's."""
-    return str(_card(run).get("model") or run.config.model.name)
-
-
 def export_metadata(run: Run, dtype: torch.dtype) -> dict[str, Any]:
     """What the exported file records about itself (the module docstring lists where)."""
     from trainwell.version import __version__
 
     model = run.model
     preprocess = _preprocess_names(model)
+    card = {} if isinstance(model, Ensemble) else _card(run)
     if isinstance(model, Ensemble):
         kind = f"ensemble of {len(model.members)} runs ({model.method})"
         output = (f"log-probabilities of the ensemble ({model.method}), N x {len(run.classes)}: logits as trainwell "
                   "treats them; softmax gives trainwell predict's probabilities")
     else:
-        kind = _model_name(run)
+        # the card's name (custom for an nn.Module passed to train, torchvision:NAME for a hub fine-tune)
+        kind = str(card.get("model") or run.config.model.name)
         output = (f"logits, N x {len(run.classes)} float32: softmax gives trainwell predict's probabilities, argmax "
                   "its class")
     return {
@@ -260,7 +256,7 @@ def export_metadata(run: Run, dtype: torch.dtype) -> dict[str, Any]:
         "input_shape": ["N", *run.input_shape],
         "input_scaling": "x / 255 (uint8 pixels to [0, 1])" if dtype == torch.uint8 else "none (x as it is)",
         "preprocess": ", ".join(preprocess),
-        "preprocess_doc": _preprocess_doc(preprocess, {} if isinstance(model, Ensemble) else _card(run)),
+        "preprocess_doc": _preprocess_doc(preprocess, card),
         "output_name": OUTPUT,
         "output": output,
         "classes": list(run.classes),
